@@ -1,0 +1,107 @@
+"""One command line, `hsrl VERB`, generated from each verb's config dataclass.
+
+Each verb is a config dataclass (its fields are the flags; `metadata={"help": ...}` is the help text,
+`metadata={"positional": True}` makes a positional argument) plus a function that runs it. Verbs are
+imported only when used, so `hsrl --help` stays fast.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import types
+import typing
+
+# verb -> ("module", "ConfigClass", "run_function", "one-line summary")
+VERBS: dict[str, tuple[str, str, str, str]] = {
+    "envs": ("hsrl.env.cli", "EnvsConfig", "run_envs", "list the Craftax environments with their actions and achievements"),
+}
+
+
+def _flag_type(tp):
+    """(argparse type, nargs) for a dataclass field annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _flag_type(inner[0])
+    if origin in (tuple, list):
+        return _flag_type(args[0])[0], "+"
+    return tp, None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        help_text = field.metadata.get("help", "")
+        tp, nargs = _flag_type(hints[field.name])
+        default = None if field.default is dataclasses.MISSING else field.default
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        if field.metadata.get("positional"):
+            parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(
+                flag, type=tp, nargs=nargs, default=default, required=default is None and not _optional(hints[field.name]),
+                help=f"{help_text} (default: {default})" if default is not None else help_text,
+                metavar=field.metadata.get("metavar"),
+            )
+
+
+def _optional(tp) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def config_from_args(config_cls, namespace: argparse.Namespace):
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
+    for f in dataclasses.fields(config_cls):
+        if isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return config_cls(**values)
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hsrl",
+        description="LLM hidden states as inputs to RL policies on Craftax. Run `hsrl VERB --help` for a verb's flags.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (module, cls_name, _, summary) in VERBS.items():
+        if verb is not None and name != verb:
+            sub.add_parser(name, help=summary)
+            continue
+        config_cls = getattr(importlib.import_module(module), cls_name)
+        p = sub.add_parser(
+            name, help=summary, description=(config_cls.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_config_arguments(p, config_cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(verb if verb in VERBS else None)
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    module, cls_name, fn_name, _ = VERBS[args.verb]
+    mod = importlib.import_module(module)
+    config = config_from_args(getattr(mod, cls_name), args)
+    try:
+        result = getattr(mod, fn_name)(config)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        # Bad input: a clear one-line message, not a traceback.
+        print(f"hsrl {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
