@@ -1,0 +1,71 @@
+"""Discounted returns-to-go across consecutive chunk files (`hsrl returns`).
+
+One backward pass over the files (last chunk first) carries each environment's running return, so an
+episode that spans files gets its full return. Within a file the recursion
+`G[t] = r[t] + gamma * (1 - done[t]) * G[t+1]` runs over the `(T, num_envs)` view, vectorised over
+environments, in float64; `return_to_go` is stored as float32. Rows whose episode has not ended by the
+end of the data get `return_truncated = True` (their return counts only the rewards that were seen).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hsrl.data.chunks import (
+    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, to_time_env, write_chunk,
+)
+
+
+def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float,
+                       next_return: np.ndarray, next_truncated: np.ndarray):
+    """Returns-to-go of a (T, E) block given the carry from the block after it.
+
+    `next_return` (E,) is the return-to-go at the first step after the block and `next_truncated` (E,)
+    whether that episode is unfinished at the end of the data (True after the last block, with zeros).
+    Returns (return (T, E) float64, truncated (T, E) bool, carry return (E,), carry truncated (E,)).
+    """
+    reward = np.asarray(reward, np.float64)
+    done = np.asarray(done, bool)
+    g = np.array(next_return, np.float64, copy=True)
+    trunc = np.array(next_truncated, bool, copy=True)
+    out = np.empty(reward.shape, np.float64)
+    out_trunc = np.empty(reward.shape, bool)
+    for t in range(reward.shape[0] - 1, -1, -1):
+        g = reward[t] + gamma * np.where(done[t], 0.0, g)
+        trunc = trunc & ~done[t]
+        out[t], out_trunc[t] = g, trunc
+    return out, out_trunc, g, trunc
+
+
+def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progress: bool = True) -> dict:
+    """Add `return_to_go` and `return_truncated` to every chunk in `directory`, rewriting each atomically.
+
+    Chunks must be consecutive (same env and num_envs; `first_step`s that follow on). Meta records
+    `return_gamma`. Safe to rerun (e.g. with another gamma, or after more chunks were collected, which
+    changes the returns of the last episodes). Returns a summary dict.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    files = list_chunks(directory)
+    infos = [inspect_chunk(p) for p in files]
+    check_consecutive(infos)
+    num_envs = infos[0].meta.num_envs
+    g = np.zeros(num_envs, np.float64)
+    trunc = np.ones(num_envs, bool)  # after the data every running episode is cut off
+    rows = truncated = 0
+    for path in progress(files[::-1], "returns", show_progress):
+        chunk = read_chunk(path)
+        ret, ret_trunc, g, trunc = discounted_returns(
+            chunk.time_major("reward"), chunk.time_major("done"), gamma, g, trunc)
+        arrays = dict(chunk.arrays)
+        arrays["return_to_go"] = ret.reshape(-1).astype(np.float32)
+        arrays["return_truncated"] = ret_trunc.reshape(-1)
+        write_chunk(path, arrays, dataclasses.replace(chunk.meta, return_gamma=float(gamma)))
+        rows += chunk.num_rows
+        truncated += int(ret_trunc.sum())
+    return {"directory": str(Path(directory)), "files": len(files), "rows": rows, "gamma": float(gamma),
+            "truncated_rows": truncated}

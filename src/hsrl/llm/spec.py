@@ -1,0 +1,156 @@
+"""`ExtractionSpec`: everything that changes a hidden state, in one frozen, serialisable object.
+
+Its JSON (sorted keys) and a short hash are written into every labelled file, every checkpoint and the server's
+`/health`; a consumer whose spec differs from its producer's refuses to run (`check_compatible`).
+
+Layer numbering follows HuggingFace's `output_hidden_states` tuple of a model with L blocks (L + 1 entries):
+0 is the embedding output (the input of block 1), i (1 <= i < L) is the output of block i (residual stream,
+un-normalised), and L is the last block's output *after* the model's final norm (for models without a final norm,
+such as BERT, simply the last block's output). Negative indices count from the end: -1 == L.
+vLLM numbers its decoder layers from 0 and reports a layer's output before any final norm, so HF index i
+(1 <= i < L) is vLLM layer i - 1, and HF index L (normalised) has no vLLM layer id: vLLM's last layer, L - 1,
+is HF's last block *before* the final norm, which the HF tuple does not contain.
+
+Fields that are "auto" (template, dtype) are resolved by the backend when it loads the model; the spec a backend
+reports (`Extractor.spec`) is the resolved one, and that is what gets written into files.
+"""
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+
+POOLINGS = ("mean", "last")
+TEMPLATES = ("auto", "chat", "short")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+INPUTS = ("text",)  # 'image' will come with VLMs
+BACKENDS = ("transformers",)
+VARIANTS = ("classic", "craftax")
+
+
+def current_renderer_version() -> str:
+    """The text renderer's version (`hsrl.text.RENDERER_VERSION`), the default of `ExtractionSpec.renderer_version`."""
+    from hsrl.text import RENDERER_VERSION
+
+    return str(RENDERER_VERSION)
+
+
+@dataclass(frozen=True)
+class ExtractionSpec:
+    """What produces a hidden state. Two equal specs give the same hidden states (within float tolerance).
+
+    tokens = 1 is prompt-only mode (one forward pass; pooling 'last' = the last prompt token, 'mean' = mean over the
+    observation's tokens); tokens = N > 1 generates up to N tokens and pools the generated tokens' own states
+    ('mean' over the tokens actually generated, end-of-sequence included; 'last' = the last generated token).
+    Sampling (temperature, top_p, seed) matters only when tokens > 1; temperature 0 is greedy.
+    """
+
+    model: str = "minilm"  # registry name (hsrl.llm.models.MODEL_ALIASES), HuggingFace id or local path
+    layer: int | tuple[int, ...] = -1  # HF hidden_states index (see module docstring); several -> one vector each
+    tokens: int = 1
+    pooling: str = "mean"
+    template: str = "auto"  # 'chat' (system + rules + few-shot + observation), 'short', 'auto' (by model kind)
+    template_version: int | None = None  # None: the current version of `template` (hsrl.llm.prompt.TEMPLATE_VERSIONS)
+    variant: str = "classic"  # game variant the prompt describes: 'classic' or 'craftax'
+    renderer_version: str = field(default_factory=current_renderer_version)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int = 0
+    dtype: str = "auto"  # 'auto': bfloat16 on CUDA, float32 on CPU
+    max_prompt_length: int | None = None  # None: the model's context length
+    input: str = "text"
+    backend: str = "transformers"
+
+    def __post_init__(self):
+        layer = self.layer
+        if isinstance(layer, (list, tuple)):
+            layer = tuple(int(x) for x in layer)
+            if not layer:
+                raise ValueError("layer: give at least one layer index")
+        else:
+            layer = int(layer)
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "renderer_version", str(self.renderer_version))
+        if self.template_version is None and self.template != "auto":
+            from hsrl.llm.prompt import TEMPLATE_VERSIONS
+
+            object.__setattr__(self, "template_version", TEMPLATE_VERSIONS.get(self.template))
+        for name, allowed in (
+            ("pooling", POOLINGS), ("template", TEMPLATES), ("dtype", DTYPES), ("input", INPUTS),
+            ("backend", BACKENDS), ("variant", VARIANTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        if not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ValueError(f"tokens={self.tokens!r}; expected an int >= 1 (1 = prompt-only)")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}; expected >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}; expected 0 < top_p <= 1")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length={self.max_prompt_length}; expected >= 1 or None")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layer field as a tuple."""
+        return self.layer if isinstance(self.layer, tuple) else (self.layer,)
+
+    @property
+    def generates(self) -> bool:
+        return self.tokens > 1
+
+    def replace(self, **changes) -> "ExtractionSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["layer"], tuple):
+            d["layer"] = list(d["layer"])
+        return d
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Canonical JSON: sorted keys; with indent=None also no spaces, the form the hash is computed on."""
+        separators = (",", ":") if indent is None else (",", ": ")
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=separators)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractionSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ExtractionSpec fields {unknown} (written by a newer hsrl?)")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExtractionSpec":
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def hash(self) -> str:
+        """First 12 hex digits of the SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def diff(self, other: "ExtractionSpec") -> list[str]:
+        """Names of the fields whose values differ, in field order."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def check_compatible(producer: ExtractionSpec, consumer: ExtractionSpec, allow: bool = False) -> list[str]:
+    """Raise ValueError naming the differing fields unless the specs are equal; with allow=True only warn.
+
+    Returns the differing field names (empty when compatible).
+    """
+    fields = producer.diff(consumer)
+    if fields:
+        detail = "; ".join(f"{n}: {getattr(producer, n)!r} != {getattr(consumer, n)!r}" for n in fields)
+        message = (
+            f"extraction spec mismatch (producer {producer.hash} vs consumer {consumer.hash}) in "
+            f"{', '.join(fields)} ({detail})"
+        )
+        if not allow:
+            raise ValueError(message + "; pass the override flag to run anyway")
+        warnings.warn(message + "; allowed by override", stacklevel=2)
+    return fields

@@ -1,0 +1,303 @@
+"""Chunk file format: round trips, pixel conversion, atomic writes, validation, corruption, dataset loading."""
+
+import dataclasses
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from data_helpers import SPEC, make_arrays, make_dataset, make_meta
+
+from hsrl.data import (
+    PIXEL_ROUNDTRIP_MAX_ERROR, ChunkMeta, DataFileError, chunk_path, inspect_chunk, list_chunks, load_dataset,
+    pixels_to_uint8, read_chunk, read_meta, spec_differences, uint8_to_pixels, update_chunk, write_chunk,
+)
+from hsrl.data import chunks as chunks_mod
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# ------------------------------------------------------------------------------ round trips
+
+
+def test_symbolic_round_trip(tmp_path, rng):
+    arrays = make_arrays(rng, 5, 2, hidden=lambda n: rng.standard_normal((n, 6)).astype(np.float16))
+    meta = make_meta(2, spec=SPEC, extra={"seed": 3, "policy": "random"})
+    path = write_chunk(tmp_path / "c.npz", arrays, meta)
+    chunk = read_chunk(path)
+    assert chunk.meta == meta and chunk.meta.spec_hash and chunk.num_steps == 5
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(chunk[key], value)
+    assert chunk["action"].dtype == np.int32 and chunk["hidden_state"].dtype == np.float16
+    assert chunk["text_obs"].dtype.kind == "U"
+    np.testing.assert_array_equal(chunk.time_major("reward")[1], arrays["reward"][2:4])  # row = t * num_envs + env
+    # Every member loads without pickles, and the file is compressed.
+    with np.load(path, allow_pickle=False) as raw:
+        assert set(raw.files) == set(arrays) | {"meta"}
+        assert json.loads(str(raw["meta"]))["num_envs"] == 2
+    with zipfile.ZipFile(path) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+
+
+def test_pixels_are_stored_as_rounded_uint8(tmp_path, rng):
+    arrays = make_arrays(rng, 4, 2, pixels=True)
+    path = write_chunk(tmp_path / "p.npz", arrays, make_meta(2, pixels=True))
+    info = inspect_chunk(path)
+    assert info.fields["obs"][1] == np.uint8 and info.fields["next_obs"][1] == np.uint8
+    back = uint8_to_pixels(read_chunk(path)["obs"])
+    assert back.dtype == np.float32
+    assert np.abs(back - arrays["obs"]).max() <= PIXEL_ROUNDTRIP_MAX_ERROR + 1e-7
+
+
+def test_pixel_conversion_error_bound():
+    x = np.random.default_rng(1).random(1_000_000, dtype=np.float32)
+    x[:4] = [0.0, 1.0, 0.999, 0.5 / 255]
+    q = pixels_to_uint8(x)
+    assert q[:3].tolist() == [0, 255, 255]  # rounded, not truncated (0.999 * 255 = 254.7)
+    err = np.abs(uint8_to_pixels(q) - x).max()
+    assert 0.00195 < err <= 0.5 / 255 + 1e-7  # the bound is tight and holds
+    # Whole multiples of 1/255 (Craftax images before dimming, computed as render / 255.0) come back exactly.
+    exact = np.arange(256, dtype=np.float32) / 255.0
+    np.testing.assert_array_equal(uint8_to_pixels(pixels_to_uint8(exact)), exact)
+    for bad in ([-0.01], [1.01], [np.nan]):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            pixels_to_uint8(np.array(bad, np.float32))
+
+
+def test_update_chunk_adds_and_replaces_keeping_others(tmp_path, rng):
+    arrays = make_arrays(rng, 3, 2)
+    path = write_chunk(tmp_path / "c.npz", arrays, make_meta(2))
+    hidden = rng.standard_normal((6, 4)).astype(np.float32)
+    new_meta = dataclasses.replace(read_meta(path), spec_json=SPEC)
+    update_chunk(path, {"hidden_state": hidden, "text_generated": np.array(["a", "bb", "", "c", "d", "é"])},
+                 meta=new_meta, drop=["log_prob"])
+    chunk = read_chunk(path)
+    assert chunk.meta.spec_json == SPEC and "log_prob" not in chunk
+    np.testing.assert_array_equal(chunk["hidden_state"], hidden)
+    np.testing.assert_array_equal(chunk["obs"], arrays["obs"])
+    assert chunk["text_generated"][-1] == "é"
+    assert set(read_chunk(path, ["reward"]).arrays) == {"reward"}
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, rng, monkeypatch):
+    arrays = make_arrays(rng, 3, 2)
+    path = write_chunk(tmp_path / "chunk_000000.npz", arrays, make_meta(2))
+    before = path.read_bytes()
+
+    def crash(f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # a crash mid-write
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_chunk(path, make_arrays(rng, 3, 2), make_meta(2))
+    with pytest.raises(KeyboardInterrupt):
+        write_chunk(tmp_path / "chunk_000001.npz", arrays, make_meta(2))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_000000.npz"]
+
+
+def test_invalid_arrays_are_not_written(tmp_path, rng):
+    good = make_arrays(rng, 3, 2)
+    cases = {
+        "reward": (dict(good, reward=np.arange(6)), "float32"),
+        "done": (dict(good, done=np.zeros(6, np.int8)), "bool"),
+        "next_obs": (dict(good, next_obs=good["obs"][:, :3]), "differs from obs"),
+        "log_prob": (dict(good, log_prob=np.zeros(5, np.float32)), "5 rows"),
+        "hidden_state": (dict(good, hidden_state=np.zeros(6, np.float32)), r"\(N, H\) or \(N, T, H\)"),
+        "text_obs": (dict(good, text_obs=np.array([1, "a", 2, 3, 4, 5], object)), "non-strings"),
+        "achievements": (dict(good, achievements=np.zeros((6, 2), bool)), "achievement_names"),
+        "bogus": (dict(good, bogus=np.zeros(6)), "unknown key"),
+        "action": ({k: v for k, v in good.items() if k != "action"}, "missing required key"),
+    }
+    for field, (arrays, message) in cases.items():
+        with pytest.raises(DataFileError, match=message) as err:
+            write_chunk(tmp_path / "c.npz", arrays, make_meta(2))
+        assert err.value.field == field and "c.npz" in str(err.value)
+    with pytest.raises(DataFileError, match="multiple of num_envs"):
+        write_chunk(tmp_path / "c.npz", good, make_meta(4))
+    with pytest.raises(DataFileError, match=r"\[0, 1\]"):
+        write_chunk(tmp_path / "c.npz", dict(good, obs=np.full((6, 2, 2, 3), 2.0)), make_meta(2, pixels=True))
+    assert not any(tmp_path.iterdir())
+
+
+def test_meta_is_validated():
+    with pytest.raises(ValueError, match="num_envs"):
+        ChunkMeta(env_name="x", num_envs=0, obs_kind="symbolic")
+    with pytest.raises(ValueError, match="obs_kind"):
+        ChunkMeta(env_name="x", num_envs=1, obs_kind="rgb")
+    with pytest.raises(ValueError, match="spec_json"):
+        ChunkMeta(env_name="x", num_envs=1, obs_kind="symbolic", spec_json="{not json")
+    meta = make_meta(2, spec=SPEC)
+    assert ChunkMeta.from_json(meta.to_json()) == meta
+    with pytest.raises(DataFileError, match="unknown fields"):
+        ChunkMeta.from_json(json.dumps(dict(json.loads(meta.to_json()), colour=1)), "f.npz")
+    with pytest.raises(DataFileError, match="schema_version"):
+        ChunkMeta.from_json(json.dumps(dict(json.loads(meta.to_json()), schema_version=99)), "f.npz")
+    with pytest.raises(DataFileError, match="spec_hash"):
+        ChunkMeta.from_json(json.dumps(dict(json.loads(meta.to_json()), spec_hash="0" * 12)), "f.npz")
+
+
+# ------------------------------------------------------------------------- malformed files
+
+
+def _raw_chunk(path, arrays, chunk_meta, **overrides):
+    """Write a file with np.savez directly, bypassing hsrl's writer checks."""
+    members = {**arrays, "meta": np.array(chunk_meta.to_json()), **overrides}
+    np.savez(path, **{k: v for k, v in members.items() if v is not None})
+    return path
+
+
+def test_reader_names_file_and_field(tmp_path, rng):
+    arrays = {k: np.asarray(v) for k, v in make_arrays(rng, 3, 2, text=False).items()}
+    arrays["action"] = arrays["action"].astype(np.int32)
+    meta = make_meta(2)
+    cases = {
+        "done": dict(done=np.zeros(6, np.float32)),
+        "reward": dict(reward=np.zeros((6, 1), np.float32)),
+        "action": dict(action=np.zeros(6, np.float32)),
+        "obs": dict(obs=None),
+        "meta": dict(meta=None),
+        "hidden_state": dict(hidden_state=np.zeros((5, 3), np.float32)),
+        "text_obs": dict(text_obs=np.zeros(6, "S3")),  # bytes, not unicode
+    }
+    for field, override in cases.items():
+        path = _raw_chunk(tmp_path / f"bad_{field}.npz", arrays, meta, **override)
+        with pytest.raises(DataFileError) as err:
+            read_chunk(path)
+        assert err.value.field == field, str(err.value)
+        assert f"bad_{field}.npz" in str(err.value)
+    path = _raw_chunk(tmp_path / "meta_json.npz", arrays, meta, meta=np.array("{oops"))
+    with pytest.raises(DataFileError, match="meta: not valid JSON"):
+        read_chunk(path)
+
+
+def test_object_arrays_are_never_unpickled(tmp_path, rng):
+    arrays = make_arrays(rng, 3, 2, text=False)
+    path = _raw_chunk(tmp_path / "pickled.npz", arrays, make_meta(2),
+                      text_obs=np.array(["a", None, "c", "d", "e", "f"], dtype=object))
+    with pytest.raises(DataFileError, match="text_obs: object dtype"):
+        read_chunk(path)
+
+
+def test_truncated_and_corrupt_files(tmp_path, rng):
+    arrays = make_arrays(rng, 64, 4, obs_dim=256)  # big enough that the middle of the file is array data
+    path = write_chunk(tmp_path / "c.npz", arrays, make_meta(4))
+    data = path.read_bytes()
+    for size in (0, 10, len(data) // 2, len(data) - 10):
+        bad = tmp_path / f"trunc_{size}.npz"
+        bad.write_bytes(data[:size])
+        with pytest.raises(DataFileError, match="corrupt or truncated") as err:
+            read_chunk(bad)
+        assert bad.name in str(err.value)
+    with zipfile.ZipFile(path) as zf:
+        obs = zf.getinfo("obs.npy")
+    for offset in (200, obs.compress_size // 2, obs.compress_size - 8):
+        flipped = bytearray(data)
+        flipped[obs.header_offset + 30 + len("obs.npy") + offset] ^= 0xFF
+        bad = tmp_path / f"flip_{offset}.npz"
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(DataFileError, match="corrupt or truncated") as err:
+            read_chunk(bad)
+        assert err.value.field == "obs"
+    with pytest.raises(FileNotFoundError):
+        read_chunk(tmp_path / "missing.npz")
+
+
+# ---------------------------------------------------------------------------------- folders
+
+
+def test_list_chunks_orders_by_index(tmp_path, rng):
+    for i in (10, 2, 0):
+        write_chunk(chunk_path(tmp_path, i), make_arrays(rng, 2, 1), make_meta(1))
+    (tmp_path / "stats.json").write_text("{}")
+    (tmp_path / ".chunk_000011.npz.abc.tmp").write_bytes(b"partial")
+    assert [p.name for p in list_chunks(tmp_path)] == ["chunk_000000.npz", "chunk_000002.npz", "chunk_000010.npz"]
+    (tmp_path / "chunk_2.npz").write_bytes(b"")
+    with pytest.raises(DataFileError, match="index 2"):
+        list_chunks(tmp_path)
+    with pytest.raises(DataFileError, match="no chunk files"):
+        list_chunks(tmp_path / "..")
+    with pytest.raises(FileNotFoundError):
+        list_chunks(tmp_path / "nope")
+
+
+def test_spec_differences():
+    a = json.dumps({"model": "m", "layer": -1, "tokens": 1})
+    b = json.dumps({"model": "m", "layer": 12, "tokens": 1, "dtype": "bf16"})
+    assert spec_differences(a, a) == [] and spec_differences(a, b) == ["dtype", "layer"]
+    assert spec_differences(None, a) == ["<labelled vs unlabelled>"]
+
+
+# ---------------------------------------------------------------------------------- dataset
+
+
+def test_load_dataset_concatenates_requested_keys(tmp_path, rng):
+    written = make_dataset(tmp_path, rng, pixels=True, spec=SPEC,
+                           hidden=lambda n: rng.standard_normal((n, 8)).astype(np.float16))
+    keys = ["obs", "action", "hidden_state", "text_obs"]
+    ds = load_dataset(tmp_path, keys, hidden_dtype=np.float32, show_progress=False)
+    assert set(ds.arrays) == set(keys) and len(ds) == 3 * 21
+    assert ds["obs"].dtype == np.uint8 and ds["hidden_state"].dtype == np.float32
+    for key in keys:
+        expected = np.concatenate([read_chunk(p)[key] for p in list_chunks(tmp_path)])
+        np.testing.assert_array_equal(ds[key], expected.astype(ds[key].dtype))
+    np.testing.assert_array_equal(ds.offsets, [0, 21, 42, 63])
+    batch = ds.batch(np.array([0, 30, 62]))
+    assert batch["obs"].dtype == np.float32
+    np.testing.assert_allclose(batch["obs"][1], written[1]["obs"][9], atol=PIXEL_ROUNDTRIP_MAX_ERROR + 1e-7)
+
+
+def test_load_dataset_streams_in_blocks(tmp_path, rng, monkeypatch):
+    make_dataset(tmp_path, rng, hidden=lambda n: rng.standard_normal((n, 2, 8)).astype(np.float32))
+    monkeypatch.setattr(chunks_mod, "_BLOCK_BYTES", 40)  # force many small steps through both read paths
+    with pytest.raises(DataFileError, match="per-token"):
+        load_dataset(tmp_path, ["hidden_state"], show_progress=False)
+    full = load_dataset(tmp_path, ["hidden_state", "obs"], per_token=True, show_progress=False)
+    assert full["hidden_state"].shape == (63, 2, 8)
+    pooled = load_dataset(tmp_path, ["hidden_state"], pool=lambda h: h.mean(axis=1), show_progress=False)
+    np.testing.assert_allclose(pooled["hidden_state"], full["hidden_state"].mean(axis=1), rtol=1e-6)
+    expected = np.concatenate([read_chunk(p)["obs"] for p in list_chunks(tmp_path)])
+    np.testing.assert_array_equal(full["obs"], expected)
+
+
+def test_load_dataset_memory_mapped_cache(tmp_path, rng, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, rng)
+    first = load_dataset(data, ["obs", "reward", "text_obs"], cache_dir=tmp_path / "cache", show_progress=False)
+    assert isinstance(first["obs"], np.memmap) and not first["obs"].flags.writeable
+    expected = np.concatenate([read_chunk(p)["obs"] for p in list_chunks(data)])
+    np.testing.assert_array_equal(first["obs"], expected)
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a valid cache must not read the chunks")
+
+    with monkeypatch.context() as m:
+        m.setattr(chunks_mod, "_ChunkReader", no_reads)
+        again = load_dataset(data, ["obs", "reward", "text_obs"], cache_dir=tmp_path / "cache", show_progress=False)
+    np.testing.assert_array_equal(again["text_obs"], first["text_obs"])
+    assert again.files == first.files and again.meta == first.meta
+    os.utime(list_chunks(data)[1], ns=(1, 1))  # a changed source invalidates the cache
+    with monkeypatch.context() as m:
+        m.setattr(chunks_mod, "_ChunkReader", no_reads)
+        with pytest.raises(AssertionError, match="must not read"):
+            load_dataset(data, ["obs", "reward", "text_obs"], cache_dir=tmp_path / "cache", show_progress=False)
+
+
+def test_load_dataset_refuses_mixed_data(tmp_path, rng):
+    make_dataset(tmp_path, rng, files=2, spec=SPEC, hidden=lambda n: np.zeros((n, 4), np.float32))
+    other = json.dumps(dict(json.loads(SPEC), layer=3))
+    write_chunk(chunk_path(tmp_path, 2), make_arrays(rng, 7, 3, hidden=lambda n: np.zeros((n, 4), np.float32)),
+                make_meta(3, first_step=14, spec=other))
+    with pytest.raises(DataFileError, match=r"chunk_000002.npz: meta: extraction spec differs .* \['layer'\]"):
+        load_dataset(tmp_path, ["hidden_state"], show_progress=False)
+    with pytest.raises(DataFileError, match="return_to_go: missing"):
+        load_dataset(list_chunks(tmp_path)[:2], ["return_to_go"], show_progress=False)
