@@ -63,6 +63,7 @@ def test_pixel_conversion_error_bound():
     # Whole multiples of 1/255 (Craftax images before dimming, computed as render / 255.0) come back exactly.
     exact = np.arange(256, dtype=np.float32) / 255.0
     np.testing.assert_array_equal(uint8_to_pixels(pixels_to_uint8(exact)), exact)
+    assert pixels_to_uint8(np.array([-1e-7, 1 + 1e-7], np.float32)).tolist() == [0, 255]  # float dust rounds
     for bad in ([-0.01], [1.01], [np.nan]):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             pixels_to_uint8(np.array(bad, np.float32))
@@ -106,18 +107,20 @@ def test_failed_write_leaves_nothing_behind(tmp_path, rng, monkeypatch):
 
 def test_invalid_arrays_are_not_written(tmp_path, rng):
     good = make_arrays(rng, 3, 2)
-    cases = {
-        "reward": (dict(good, reward=np.arange(6)), "float32"),
-        "done": (dict(good, done=np.zeros(6, np.int8)), "bool"),
-        "next_obs": (dict(good, next_obs=good["obs"][:, :3]), "differs from obs"),
-        "log_prob": (dict(good, log_prob=np.zeros(5, np.float32)), "5 rows"),
-        "hidden_state": (dict(good, hidden_state=np.zeros(6, np.float32)), r"\(N, H\) or \(N, T, H\)"),
-        "text_obs": (dict(good, text_obs=np.array([1, "a", 2, 3, 4, 5], object)), "non-strings"),
-        "achievements": (dict(good, achievements=np.zeros((6, 2), bool)), "achievement_names"),
-        "bogus": (dict(good, bogus=np.zeros(6)), "unknown key"),
-        "action": ({k: v for k, v in good.items() if k != "action"}, "missing required key"),
-    }
-    for field, (arrays, message) in cases.items():
+    cases = [
+        ("reward", dict(good, reward=np.arange(6)), "float32"),
+        ("reward", dict(good, reward=np.float32(1.0)), "scalar"),
+        ("action", dict(good, action=good["action"] + 0.5), "integer"),
+        ("done", dict(good, done=np.zeros(6, np.int8)), "bool"),
+        ("next_obs", dict(good, next_obs=good["obs"][:, :3]), "differs from obs"),
+        ("log_prob", dict(good, log_prob=np.zeros(5, np.float32)), "5 rows"),
+        ("hidden_state", dict(good, hidden_state=np.zeros(6, np.float32)), r"\(N, H\) or \(N, T, H\)"),
+        ("text_obs", dict(good, text_obs=np.array([1, "a", 2, 3, 4, 5], object)), "non-strings"),
+        ("achievements", dict(good, achievements=np.zeros((6, 2), bool)), "achievement_names"),
+        ("bogus", dict(good, bogus=np.zeros(6)), "unknown key"),
+        ("action", {k: v for k, v in good.items() if k != "action"}, "missing required key"),
+    ]
+    for field, arrays, message in cases:
         with pytest.raises(DataFileError, match=message) as err:
             write_chunk(tmp_path / "c.npz", arrays, make_meta(2))
         assert err.value.field == field and "c.npz" in str(err.value)
@@ -262,6 +265,9 @@ def test_load_dataset_streams_in_blocks(tmp_path, rng, monkeypatch):
         load_dataset(tmp_path, ["hidden_state"], show_progress=False)
     full = load_dataset(tmp_path, ["hidden_state", "obs"], per_token=True, show_progress=False)
     assert full["hidden_state"].shape == (63, 2, 8)
+    with pytest.raises(ValueError, match="could not broadcast") as err:  # the caller's bug, not a corrupt file
+        load_dataset(tmp_path, ["hidden_state"], pool=lambda h: h, show_progress=False)
+    assert not isinstance(err.value, DataFileError)
     pooled = load_dataset(tmp_path, ["hidden_state"], pool=lambda h: h.mean(axis=1), show_progress=False)
     np.testing.assert_allclose(pooled["hidden_state"], full["hidden_state"].mean(axis=1), rtol=1e-6)
     expected = np.concatenate([read_chunk(p)["obs"] for p in list_chunks(tmp_path)])

@@ -109,7 +109,7 @@ def build_tiny_qwen(
         num_key_value_heads=num_kv_heads,
         head_dim=head_dim,  # Qwen3's default is 128 whatever the hidden size; vLLM's CPU attention needs >= 32
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # a tied head would mostly repeat the input token
         eos_token_id=eos,
         pad_token_id=pad,
         bos_token_id=None,

@@ -15,6 +15,7 @@ import typing
 # verb -> ("module", "ConfigClass", "run_function", "one-line summary")
 VERBS: dict[str, tuple[str, str, str, str]] = {
     "envs": ("hsrl.env.cli", "EnvsConfig", "run_envs", "list the Craftax environments with their actions and achievements"),
+    "collect": ("hsrl.data.collect", "CollectConfig", "run_collect", "roll out a policy and write trajectory chunk files"),
     "returns": ("hsrl.data.cli", "ReturnsConfig", "run_returns", "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
 }

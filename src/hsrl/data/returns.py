@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.data.chunks import (
-    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, to_time_env, write_chunk,
+    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk,
 )
 
 

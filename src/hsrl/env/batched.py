@@ -68,7 +68,10 @@ class BatchedEnv:
         return jax.vmap(self._symbolic_env.get_obs)(env_state)
 
     def _reset_worlds(self, key: jax.Array, n: int):
-        return jax.vmap(self._env.reset_env, in_axes=(0, None))(jax.random.split(key, n), self.params)
+        worlds = jax.vmap(self._env.reset_env, in_axes=(0, None))(jax.random.split(key, n), self.params)
+        # Craftax leaves some fields weakly typed; strong types keep reset and step states identical
+        # in type, so a jitted rollout fed either compiles once.
+        return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), worlds)
 
     def reset(self, key: jax.Array):
         """Fresh worlds for all environments: `(obs, state, info)`; info has `symbolic_obs` if asked."""

@@ -1,0 +1,165 @@
+"""`hsrl collect`: roll out a policy in Craftax and write consecutive chunk files.
+
+Each chunk is one jitted `lax.scan` over `chunk_steps` steps of all environments; Python runs once per
+chunk (render text, write the file, save the rollout state). After every chunk the env state, the
+random key and the step count are saved (`collect_state.npz`, atomically), so a rerun with the same
+flags resumes after the last finished chunk and produces the same files as an uninterrupted run.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hsrl.data.chunks import ChunkMeta, atomic_path, chunk_path, write_chunk
+from hsrl.env import ENV_NAMES, env_info, make_env
+
+STATE_FILE = "collect_state.npz"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Roll out a policy in a Craftax environment and write trajectory chunk files.
+
+    Writes DIR/chunk_000000.npz, chunk_000001.npz, ... each holding `chunk_steps` steps of every
+    environment (rows time-major: row = t * envs + env) with obs, next_obs, action, reward, done,
+    log_prob, achievements and text_obs (rendered from the symbolic observation, also for pixel envs).
+    A rerun with the same flags resumes after the last finished chunk.
+    """
+
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
+    envs: int = field(default=16, metadata={"help": "number of parallel environments"})
+    steps: int = field(default=4096, metadata={"help": "total environment steps over all environments "
+                                                       "(rounded up to whole chunks)"})
+    out: str = field(default="data/collect", metadata={"help": "output folder"})
+    policy: str = field(default="random", metadata={"help": "'random' (uniform over actions)"})
+    chunk_steps: int = field(default=64, metadata={"help": "steps per environment in one chunk file"})
+    seed: int = field(default=0, metadata={"help": "random seed (recorded in every chunk)"})
+    text: bool = field(default=True, metadata={"help": "store text_obs rendered by hsrl.text (--no-text to skip)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def check(self) -> None:
+        if self.env not in ENV_NAMES:
+            raise ValueError(f"--env {self.env!r} is not one of {', '.join(ENV_NAMES)}")
+        for name in ("envs", "steps", "chunk_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.policy != "random":
+            raise ValueError(f"--policy {self.policy!r}: only 'random' is available")
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.steps / (self.envs * self.chunk_steps))
+
+
+def random_policy(num_actions: int):
+    """Uniform policy: `(key, obs) -> (action, log_prob)`."""
+
+    def act(key, obs):
+        action = jax.random.randint(key, (obs.shape[0],), 0, num_actions)
+        return action, jnp.full(action.shape, -math.log(num_actions), jnp.float32)
+
+    return act
+
+
+def make_chunk_rollout(env, policy, chunk_steps: int):
+    """A jitted function `(obs, state, key) -> (obs, state, key, transitions)` over one chunk."""
+    need_symbolic = env.info.pixels
+
+    def body(carry, _):
+        obs, sym, state, key = carry
+        key, k_act, k_step = jax.random.split(key, 3)
+        action, log_prob = policy(k_act, obs)
+        next_obs, state, reward, done, info = env.step(k_step, state, action)
+        out = {"obs": obs, "next_obs": info["terminal_obs"], "action": action, "reward": reward, "done": done,
+               "log_prob": log_prob, "achievements": info["achievements"]}
+        if need_symbolic:
+            out["symbolic_obs"] = sym
+            sym = info["symbolic_obs"]
+        return (next_obs, sym, state, key), out
+
+    def rollout(obs, sym, state, key):
+        (obs, sym, state, key), out = jax.lax.scan(body, (obs, sym, state, key), None, length=chunk_steps)
+        return obs, sym, state, key, out
+
+    return jax.jit(rollout)
+
+
+def _save_state(out: Path, carry, next_chunk: int, config: CollectConfig) -> None:
+    leaves = jax.tree.leaves(carry)
+    with atomic_path(out / STATE_FILE) as f:
+        np.savez(f, allow_pickle=False, config=np.array(json.dumps(asdict(config), sort_keys=True)),
+                 next_chunk=np.array(next_chunk), **{f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)})
+
+
+def _load_state(out: Path, template, config: CollectConfig):
+    """The saved rollout carry and next chunk index, or None when starting fresh."""
+    path = out / STATE_FILE
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        saved = json.loads(str(z["config"]))
+        mine = asdict(config)
+        differ = [k for k in ("env", "envs", "policy", "chunk_steps", "seed") if saved[k] != mine[k]]
+        if differ:
+            raise ValueError(f"{out} holds a collection made with different {', '.join(differ)}; "
+                             f"use another --out or the same flags to resume")
+        leaves, treedef = jax.tree.flatten(template)
+        loaded = [jnp.asarray(z[f"leaf_{i}"]) for i in range(len(leaves))]
+        return jax.tree.unflatten(treedef, loaded), int(z["next_chunk"])
+
+
+def collect(config: CollectConfig) -> Path:
+    config.check()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = env_info(config.env)
+    env = make_env(config.env, config.envs, with_symbolic=info.pixels)
+    policy = random_policy(info.num_actions)
+    rollout = make_chunk_rollout(env, policy, config.chunk_steps)
+
+    key = jax.random.PRNGKey(config.seed)
+    key, k_reset = jax.random.split(key)
+    obs, state, reset_info = jax.jit(env.reset)(k_reset)
+    carry = (obs, reset_info.get("symbolic_obs", obs), state, key)  # symbolic envs: obs is the symbolic obs
+    resumed = _load_state(out, carry, config)
+    start = 0
+    if resumed is not None:
+        carry, start = resumed
+    meta_extra = {"seed": config.seed, "policy": config.policy}
+
+    from tqdm.auto import tqdm
+
+    total = config.num_chunks * config.chunk_steps * config.envs
+    bar = tqdm(total=total, initial=start * config.chunk_steps * config.envs, unit="step", desc="collect",
+               disable=not config.progress, dynamic_ncols=True)
+    episodes = 0
+    for index in range(start, config.num_chunks):
+        *carry_next, out_arrays = rollout(*carry)
+        arrays = {k: np.asarray(v).reshape(-1, *v.shape[2:]) for k, v in out_arrays.items()}
+        symbolic = arrays.pop("symbolic_obs", None)
+        if config.text:
+            from hsrl.text import render_text
+
+            arrays["text_obs"] = np.asarray(render_text(arrays["obs"] if symbolic is None else symbolic, info.variant))
+        meta = ChunkMeta(env_name=config.env, num_envs=config.envs, obs_kind="pixels" if info.pixels else "symbolic",
+                         first_step=index * config.chunk_steps, achievement_names=info.achievement_names,
+                         extra=meta_extra)
+        write_chunk(chunk_path(out, index), arrays, meta)
+        carry = tuple(carry_next)
+        _save_state(out, carry, index + 1, config)
+        episodes += int(arrays["done"].sum())
+        bar.update(config.chunk_steps * config.envs)
+        bar.set_postfix(episodes=episodes, chunk=index)
+    bar.close()
+    return out
+
+
+def run_collect(config: CollectConfig) -> int:
+    out = collect(config)
+    print(f"wrote {config.num_chunks} chunks of {config.chunk_steps} x {config.envs} steps to {out}")
+    return 0

@@ -1,0 +1,13 @@
+"""LLM hidden-state extraction: spec, prompts, backends, pooling, model registry.
+
+    from hsrl.llm import ExtractionSpec, make_extractor
+    extractor = make_extractor(ExtractionSpec(model="minilm"))
+    result = extractor.extract(text_observations)   # result.hidden_state: (B, H) float32
+
+Importing this package does not import torch; the backend loads it.
+"""
+
+from hsrl.llm.extractor import ExtractionResult, Extractor, make_extractor
+from hsrl.llm.spec import ExtractionSpec, check_compatible
+
+__all__ = ["ExtractionResult", "ExtractionSpec", "Extractor", "check_compatible", "make_extractor"]
