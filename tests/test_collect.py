@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from hsrl.data import list_chunks, read_chunk
+from hsrl.data.collect import STATE_FILE, CollectConfig, collect
+
+ENV = "Craftax-Classic-Symbolic-v1"
+
+
+def _config(out, steps, **kw):
+    return CollectConfig(env=ENV, envs=3, steps=steps, out=str(out), chunk_steps=8, seed=7, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect")
+    collect(_config(out, steps=3 * 8 * 4))  # four chunks
+    return out
+
+
+def test_chunks_are_consecutive_time_major(collected):
+    files = list_chunks(collected)
+    assert len(files) == 4
+    chunks = [read_chunk(f) for f in files]
+    for i, c in enumerate(chunks):
+        assert c.meta.env_name == ENV and c.meta.num_envs == 3 and c.meta.first_step == 8 * i
+        assert c.num_rows == 24 and c["text_obs"].shape == (24,)
+        assert c.meta.extra["seed"] == 7
+    obs = np.concatenate([c.time_major("obs") for c in chunks])  # (T, E, D)
+    next_obs = np.concatenate([c.time_major("next_obs") for c in chunks])
+    done = np.concatenate([c.time_major("done") for c in chunks])
+    # row = t * envs + env: the next observation of step t is the observation of step t + 1 unless it ended
+    cont = ~done[:-1]
+    np.testing.assert_array_equal(next_obs[:-1][cont], obs[1:][cont])
+    log_prob = np.concatenate([c["log_prob"] for c in chunks])
+    np.testing.assert_allclose(log_prob, -np.log(17.0), rtol=1e-6)
+
+
+def test_text_obs_rendered_from_the_same_observation(collected):
+    from hsrl.text import render_text
+
+    c = read_chunk(list_chunks(collected)[1])
+    assert list(c["text_obs"][:5]) == render_text(c["obs"][:5], "classic")
+
+
+def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, collected):
+    part = tmp_path / "part"
+    collect(_config(part, steps=3 * 8 * 2))  # stop after two chunks, as if killed
+    assert len(list_chunks(part)) == 2 and (part / STATE_FILE).exists()
+    collect(_config(part, steps=3 * 8 * 4))  # rerun asks for four: resumes at chunk 2
+    for a, b in zip(list_chunks(part), list_chunks(collected), strict=True):
+        ca, cb = read_chunk(a), read_chunk(b)
+        for key in ("obs", "action", "reward", "done", "text_obs"):
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{a.name}:{key}")
+
+
+def test_resume_with_other_flags_is_refused(tmp_path):
+    out = tmp_path / "x"
+    collect(_config(out, steps=24))
+    with pytest.raises(ValueError, match="different seed"):
+        collect(CollectConfig(env=ENV, envs=3, steps=48, out=str(out), chunk_steps=8, seed=8, progress=False))
+
+
+def test_bad_flags_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--envs"):
+        collect(_config(tmp_path, steps=10).__class__(env=ENV, envs=0, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--env"):
+        collect(CollectConfig(env="Nope", out=str(tmp_path)))
