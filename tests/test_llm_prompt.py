@@ -18,8 +18,8 @@ FOOTER_KEYS = {
 # sha256 of each template's text (plain layout) per variant. If you changed a prompt on purpose, bump its
 # TEMPLATE_VERSIONS entry in hsrl/llm/prompt.py and pin the new hashes here.
 PINNED = {
-    ("chat", 1): {"classic": "?", "craftax": "?"},
-    ("short", 1): {"classic": "?", "craftax": "?"},
+    ("chat", 1): {"classic": "985365cf6a72a5a6", "craftax": "4931baeb72951a0d"},
+    ("short", 1): {"classic": "c553072af855d91e", "craftax": "c553072af855d91e"},
 }
 
 

@@ -9,8 +9,9 @@ as a real checkpoint. Labelling, serving and online-RL tests reuse it.
     path = build_tiny_qwen(tmp_path / "qwen")               # chat template with a <think> generation prompt
     path = build_tiny_qwen(tmp_path / "plain", chat_template=None)
 
-With `merges=False` the tokenizer has no BPE merges (one token per byte), so decoding and re-encoding any token
-sequence gives the same ids back: tests that go through text (re-extraction) use it.
+With `char_level=True` the tokenizer has one token per character (printable ASCII, newline, tab) and no merges, so
+decoding and re-encoding any token sequence gives the same ids back (byte-level tokens can decode to invalid UTF-8,
+which does not survive the round trip): tests that go through text (re-extraction) use it.
 """
 
 from pathlib import Path
@@ -51,27 +52,38 @@ make_wood_pickaxe make_stone_pickaxe make_iron_pickaxe make_wood_sword make_ston
 """
 
 
-def train_tokenizer(vocab_size: int = 512, merges: bool = True, chat_template: str | None = THINKING_CHAT_TEMPLATE):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on game text, with Qwen's special tokens."""
+def train_tokenizer(
+    vocab_size: int = 512, char_level: bool = False, chat_template: str | None = THINKING_CHAT_TEMPLATE
+):
+    """A byte-level BPE (or character-level) `PreTrainedTokenizerFast` trained on game text, with Qwen's specials."""
+    import string
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size if merges else len(alphabet) + len(SPECIAL_TOKENS),
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if char_level:
+        chars = sorted(set(string.printable) - set("\r\x0b\x0c"))
+        vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, "<unk>", *chars])}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        tok.add_special_tokens(list(SPECIAL_TOKENS) + ["<unk>"])
+        tok.decoder = decoders.Fuse()
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=4096,
+        clean_up_tokenization_spaces=False,
     )
     if chat_template is not None:
         fast.chat_template = chat_template
@@ -87,7 +99,7 @@ def build_tiny_qwen(
     num_kv_heads: int = 1,
     head_dim: int = 32,
     vocab_size: int = 512,
-    merges: bool = True,
+    char_level: bool = False,
     chat_template: str | None = THINKING_CHAT_TEMPLATE,
     max_position_embeddings: int = 4096,
     seed: int = 0,
@@ -97,7 +109,8 @@ def build_tiny_qwen(
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     folder = Path(folder)
-    tokenizer = train_tokenizer(vocab_size, merges, chat_template)
+    tokenizer = train_tokenizer(vocab_size, char_level, chat_template)
+    tokenizer.model_max_length = max_position_embeddings
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen3Config(

@@ -16,6 +16,8 @@ import typing
 VERBS: dict[str, tuple[str, str, str, str]] = {
     "envs": ("hsrl.env.cli", "EnvsConfig", "run_envs", "list the Craftax environments with their actions and achievements"),
     "collect": ("hsrl.data.collect", "CollectConfig", "run_collect", "roll out a policy and write trajectory chunk files"),
+    "label": ("hsrl.data.label", "LabelConfig", "run_label", "add LLM hidden states to a dataset (resumable)"),
+    "extract": ("hsrl.data.label", "ExtractConfig", "run_extract", "re-extract hidden states of labelled data (other layer/pooling)"),
     "returns": ("hsrl.data.cli", "ReturnsConfig", "run_returns", "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
 }

@@ -109,29 +109,36 @@ _CRAFTAX_RANGED = (
 )
 _CLASSIC_MOBS = ("zombie", "cow", "skeleton", "arrow")
 
-# Craftax inventory entries that are counts, in the vector's order, as render_craftax_text names them.
-_CRAFTAX_COUNTS = ("wood", "stone", "coal", "iron", "diamond", "sapphire", "ruby", "sapling", "torch", "arrow")
-_CRAFTAX_POTIONS = ("red_potion", "green_potion", "blue_potion", "pink_potion", "cyan_potion", "yellow_potion")
-_TOOL_MATERIALS = ("", "wood", "stone", "iron", "diamond")  # pickaxe / sword level 1..4
-_ARMOUR_MATERIALS = ("", "iron", "diamond")  # armour level 1..2
-_ARMOUR_PIECES = ("helmet", "chestplate", "leggings", "boots")
-_ENCHANTMENTS = ("", " with fire enchantment", " with ice enchantment")
-_CLASSIC_INVENTORY = (
+# Inventory entries that are counts, in the vector's order (Craftax: as render_craftax_text names
+# them; Classic: its Inventory fields, tools included).
+_CRAFTAX_COUNTS = (
+    "wood", "stone", "coal", "iron", "diamond", "sapphire", "ruby", "sapling", "torch", "arrow", "book",
+    "red_potion", "green_potion", "blue_potion", "pink_potion", "cyan_potion", "yellow_potion",
+)
+_CLASSIC_COUNTS = (
     "wood", "stone", "coal", "iron", "diamond", "sapling",
     "wood_pickaxe", "stone_pickaxe", "iron_pickaxe", "wood_sword", "stone_sword", "iron_sword",
 )
+_TOOL_MATERIALS = ("wood", "stone", "iron", "diamond")  # Craftax pickaxe / sword level 1..4
+_ARMOUR_MATERIALS = ("iron", "diamond")  # armour level 1..2
+_ARMOUR_PIECES = ("helmet", "chestplate", "leggings", "boots")
+_ENCHANTMENTS = ("", " with fire enchantment", " with ice enchantment")  # enchantment 0..2
+_SPELLS = ("none", "fireball", "iceball", "fireball, iceball")  # fireball learned + 2 * iceball learned
 
 _YES_NO = np.array(["no", "yes"], dtype=object)
+_DAY_NIGHT = np.array(["day", "night"], dtype=object)
 _SEP = np.array(["", ", "], dtype=object)
+_EMPTY = np.array(["", "empty"], dtype=object)
 
-# Number strings are looked up in tables; values outside them are formatted one by one (never seen in play).
+# Numbers are looked up in tables of strings; values outside them are formatted one by one.
+_MAX_COUNT = 1000
 _INT_LO, _INT_HI = -1000, 10000
-_CENT_LO, _CENT_HI = -5000, 5000  # hundredths, i.e. -50.00 .. 49.99
+_CENT_LO, _CENT_HI = -5000, 5000  # hundredths: -50.00 .. 49.99
 
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where everything lies in one variant's symbolic vector, and the name tables to render it."""
+    """Where everything lies in one variant's symbolic vector, and the string tables to render it."""
 
     variant: str
     env_name: str
@@ -140,22 +147,29 @@ class _Layout:
     cols: int
     channels: int  # per tile
     num_blocks: int
-    num_items: int  # 1 in Classic (no items): item code always 0
+    num_items: int  # 1 in Classic (no items: the item code is always 0)
     num_mobs: int
     has_items: bool
     has_light: bool
-    decode: np.ndarray  # (channels, 6): block index, block sum, item index, item sum, mob index sum, mob count
-    tile_names: np.ndarray  # object, index ((mob + 1) * num_items + item) * num_blocks + block, then dark, then ""
-    mob_and: np.ndarray  # object, "<mob> and " per mob channel
+    # (channels, 7) float: per tile block index, block sum, item index, item sum, mob index sum, mob count, lit
+    decode: np.ndarray
+    tile_names: np.ndarray  # ((mob + 1) * num_items + item) * num_blocks + block; then "dark"; then ""
+    mob_and: np.ndarray  # "<mob> and " per mob channel
     background: np.ndarray  # bool per block
-    interesting_prefix: np.ndarray  # object per tile (+ "" at the end): "\n<row>, <col>: "
-    full_prefix: np.ndarray  # object per tile: "\n<row>: " at the start of a row, else " | "
+    interesting_prefix: np.ndarray  # "\n<row>, <col>: " per tile; then ""
+    full_prefix: np.ndarray  # "\n<row>: " at the start of a row, else " | "
     full_header: str
-    directions: np.ndarray  # object: direction names (one-hot index), then "none" for all-zero
+    directions: np.ndarray  # direction names by one-hot index; then "none" (all zero)
+    count_names: np.ndarray  # inventory count entries: "<name> "
+    count_table: np.ndarray  # (num count entries, _MAX_COUNT): "<name> <count>"
 
     @property
     def map_size(self) -> int:
         return self.rows * self.cols * self.channels
+
+    @property
+    def tiles(self) -> int:
+        return self.rows * self.cols
 
     @property
     def dark_code(self) -> int:
@@ -174,6 +188,7 @@ def _enum_names(enum) -> list[str]:
 
 @lru_cache(maxsize=None)
 def _layout(variant: str) -> _Layout:
+    """Read the variant's enums and view from Craftax; build the name tables (once per variant)."""
     from hsrl.env.catalog import craftax_constants, env_info
 
     classic = variant == "classic"
@@ -188,35 +203,33 @@ def _layout(variant: str) -> _Layout:
         items = ["" if name == "none" else name for name in _enum_names(const.ItemType)]
         projectiles = [name.rstrip("2") for name in _enum_names(const.ProjectileType)]
 
-        def cls(names, kind):
+        def mob_class(names, kind):
             assert len(names) <= _MOB_TYPES_PER_CLASS
             return list(names) + [f"{kind}_{i}" for i in range(len(names), _MOB_TYPES_PER_CLASS)]
 
         mobs = (
-            cls(_CRAFTAX_MELEE, "melee_mob")
-            + cls(_CRAFTAX_PASSIVE, "passive_mob")
-            + cls(_CRAFTAX_RANGED, "ranged_mob")
-            + cls(projectiles, "projectile")
-            + cls(["player_" + name for name in projectiles], "player_projectile")
+            mob_class(_CRAFTAX_MELEE, "melee_mob")
+            + mob_class(_CRAFTAX_PASSIVE, "passive_mob")
+            + mob_class(_CRAFTAX_RANGED, "ranged_mob")
+            + mob_class(projectiles, "projectile")
+            + mob_class(["player_" + name for name in projectiles], "player_projectile")
         )
     nb, ni, nm = len(blocks), len(items), len(mobs)
-    has_items, has_light = not classic, not classic
+    has_items = has_light = not classic
     channels = nb + (ni if has_items else 0) + nm + (1 if has_light else 0)
     scalars = 22 if classic else 51
     size = rows * cols * channels + scalars
     if (size,) != info.symbolic_obs_shape:  # Craftax changed its layout: fail loudly, never misread
         raise RuntimeError(f"{info.name}: decoded layout has {size} floats, Craftax says {info.symbolic_obs_shape}")
 
-    decode = np.zeros((channels, 6), dtype=np.float32)
-    decode[:nb, 0] = np.arange(nb)
-    decode[:nb, 1] = 1
-    mob_start = nb
+    decode = np.zeros((channels, 7), dtype=np.float32)
+    decode[:nb, 0], decode[:nb, 1] = np.arange(nb), 1
+    mob_start = nb + (ni if has_items else 0)
     if has_items:
-        decode[nb : nb + ni, 2] = np.arange(ni)
-        decode[nb : nb + ni, 3] = 1
-        mob_start = nb + ni
-    decode[mob_start : mob_start + nm, 4] = np.arange(nm)
-    decode[mob_start : mob_start + nm, 5] = 1
+        decode[nb:mob_start, 2], decode[nb:mob_start, 3] = np.arange(ni), 1
+    decode[mob_start : mob_start + nm, 4], decode[mob_start : mob_start + nm, 5] = np.arange(nm), 1
+    if has_light:
+        decode[-1, 6] = 1
 
     tile_names = [
         " on ".join(part for part in (mob, item, block) if part)
@@ -226,14 +239,12 @@ def _layout(variant: str) -> _Layout:
     ] + [DARK, ""]
     rr, cc = np.divmod(np.arange(rows * cols), cols)
     rr, cc = rr - rows // 2, cc - cols // 2
-    interesting_prefix = [f"\n{r}, {c}: " for r, c in zip(rr, cc)] + [""]
-    full_prefix = [f"\n{r}: " if c == -(cols // 2) else " | " for r, c in zip(rr, cc)]
     full_header = (
         f"Map (every tile, one line per row from row {-(rows // 2)} (up) to {rows // 2} (down); "
         f"each line starts with its row offset, then cols {-(cols // 2)} (left) to {cols // 2} (right) "
         'separated by " | "):'
     )
-    actions = _enum_names(const.Action)
+    counts = _CLASSIC_COUNTS if classic else _CRAFTAX_COUNTS
     return _Layout(
         variant=variant,
         env_name=info.name,
@@ -250,11 +261,33 @@ def _layout(variant: str) -> _Layout:
         tile_names=np.array(tile_names, dtype=object),
         mob_and=np.array([f"{m} and " for m in mobs], dtype=object),
         background=np.isin(blocks, BACKGROUND_BLOCKS[variant]),
-        interesting_prefix=np.array(interesting_prefix, dtype=object),
-        full_prefix=np.array(full_prefix, dtype=object),
+        interesting_prefix=np.array([f"\n{r}, {c}: " for r, c in zip(rr, cc)] + [""], dtype=object),
+        full_prefix=np.array([f"\n{r}: " if c == -(cols // 2) else " | " for r, c in zip(rr, cc)], dtype=object),
         full_header=full_header,
-        directions=np.array(actions[1:5] + ["none"], dtype=object),  # player_direction 1..4 = left, right, up, down
+        # player_direction 1..4 is Action LEFT, RIGHT, UP, DOWN; the vector holds one_hot(direction - 1)
+        directions=np.array(_enum_names(const.Action)[1:5] + ["none"], dtype=object),
+        count_names=np.array([f"{name} " for name in counts], dtype=object),
+        count_table=np.array([[f"{name} {v}" for v in range(_MAX_COUNT)] for name in counts], dtype=object),
     )
+
+
+@lru_cache(maxsize=None)
+def _craftax_item_tables() -> dict[str, np.ndarray]:
+    """Full Craftax's tools and armour by level (and enchantment); '' where nothing is held."""
+
+    def by_level(kind, materials, enchanted=True):
+        return np.array(
+            [[""] * len(_ENCHANTMENTS)]
+            + [[f"{m}{kind}{e}" if enchanted else f"{m}{kind}" for e in _ENCHANTMENTS] for m in materials],
+            dtype=object,
+        )
+
+    return {
+        "pickaxe": by_level("_pickaxe", _TOOL_MATERIALS, enchanted=False)[:, 0],
+        "sword": by_level("_sword", _TOOL_MATERIALS),
+        "bow": by_level("bow", [""]),
+        "armour": np.stack([by_level(f"_{piece}", _ARMOUR_MATERIALS) for piece in _ARMOUR_PIECES]),
+    }
 
 
 @lru_cache(maxsize=None)
@@ -262,8 +295,8 @@ def _int_table() -> np.ndarray:
     return np.array([str(i) for i in range(_INT_LO, _INT_HI)], dtype=object)
 
 
-def _trim(q: int) -> str:
-    return f"{q / 100:.2f}".rstrip("0").rstrip(".")
+def _trim(hundredths: float) -> str:
+    return f"{hundredths / 100:.2f}".rstrip("0").rstrip(".")
 
 
 @lru_cache(maxsize=None)
@@ -272,7 +305,7 @@ def _cent_table() -> np.ndarray:
 
 
 def _int_str(values: np.ndarray) -> np.ndarray:
-    """Integers (given as floats) -> object array of their decimal strings."""
+    """Whole numbers (as floats, any shape) -> object array of their decimal strings."""
     q = np.rint(values)
     inside = (q >= _INT_LO) & (q < _INT_HI)
     out = _int_table()[np.where(inside, q - _INT_LO, 0).astype(np.intp)]
@@ -289,19 +322,106 @@ def _dec_str(values: np.ndarray) -> np.ndarray:
     out = _cent_table()[np.where(inside, q - _CENT_LO, 0).astype(np.intp)]
     if not inside.all():
         idx = np.nonzero(~inside)
-        out[idx] = [_trim(v) if abs(v) < 1e15 else f"{v / 100:g}" for v in q[idx].tolist()]
+        out[idx] = [_trim(v) for v in q[idx].tolist()]
     return out
 
 
-def _named(entries: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """(B, K) entry strings, (B, K) bool -> (B,) ', '-joined held entries, or 'empty'."""
-    entries = np.where(held, entries, "")
+def _counts(values: np.ndarray, lay: _Layout) -> np.ndarray:
+    """(B, K) counts (as floats) -> (B, K) object "<name> <count>"."""
+    q = np.rint(values)
+    inside = (q >= 0) & (q < _MAX_COUNT)
+    out = lay.count_table[np.arange(q.shape[1]), np.where(inside, q, 0).astype(np.intp)]
+    if not inside.all():
+        b, k = np.nonzero(~inside)
+        out[b, k] = [f"{lay.count_names[j]}{v:.0f}" for j, v in zip(k.tolist(), q[b, k].tolist())]
+    return out
+
+
+def _levels(values: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Categorical levels (as floats) -> ints in 0..n-1; anything else is not a Craftax observation."""
+    q = np.rint(values)
+    bad = (q < 0) | (q >= n)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise ValueError(f"expected {what} in 0..{n - 1}, got {q[tuple(where)]:g} at observation {where[0]}")
+    return q.astype(np.intp)
+
+
+def _inventory(entries: np.ndarray, held: np.ndarray) -> list:
+    """(B, K) entry strings and held flags -> columns: ', '-separated held entries, or 'empty'."""
     before = (np.cumsum(held, axis=1) - held) > 0
     out = np.empty((held.shape[0], 2 * held.shape[1] + 1), dtype=object)
-    out[:, 0:-1:2] = _SEP[(held & before).astype(np.intp)]
-    out[:, 1:-1:2] = entries
-    out[:, -1] = np.where(held.any(axis=1), "", "empty")
-    return np.array(["".join(row) for row in out.tolist()], dtype=object)
+    out[:, 0:-1:2] = _SEP[(held & before).view(np.int8)]
+    out[:, 1:-1:2] = np.where(held, entries, "")
+    out[:, -1] = _EMPTY[(~held.any(axis=1)).view(np.int8)]
+    return ["\nInventory: ", out]
+
+
+def _direction(onehot: np.ndarray, lay: _Layout) -> np.ndarray:
+    held = onehot > 0.5
+    return lay.directions[np.where(held.any(axis=1), np.argmax(held, axis=1), len(lay.directions) - 1)]
+
+
+def _flag(values: np.ndarray) -> np.ndarray:
+    return _YES_NO[(values > 0.5).view(np.int8)]
+
+
+def _footer_classic(s: np.ndarray, lay: _Layout) -> list:
+    counts = np.rint(s[:, 0:12] * 10)
+    ints = _int_str(s[:, 12:16] * 10)  # health, food, drink, energy
+    light = s[:, 20]
+    return _inventory(_counts(counts, lay), counts != 0) + [
+        "\nHealth: ", ints[:, 0], ", Food: ", ints[:, 1], ", Drink: ", ints[:, 2], ", Energy: ", ints[:, 3],
+        "\nFacing: ", _direction(s[:, 16:20], lay),
+        "\nTime: ", _DAY_NIGHT[(light < 0.5).view(np.int8)], ", light level ", _dec_str(light),
+        "\nSleeping: ", _flag(s[:, 21]),
+    ]  # fmt: skip
+
+
+def _footer_craftax(s: np.ndarray, lay: _Layout) -> list:
+    tables = _craftax_item_tables()
+    batch = s.shape[0]
+    # Counts: wood .. arrows as sqrt(n) / 10, books / 2, potions as sqrt(n) / 10.
+    counts = np.rint(np.concatenate([np.square(s[:, 0:10] * 10), s[:, 10:11] * 2, np.square(s[:, 16:22] * 10)], 1))
+    pickaxe = _levels(s[:, 11] * 4, 5, "pickaxe level")
+    sword = _levels(s[:, 12] * 4, 5, "sword level")
+    sword_ench = _levels(s[:, 13], 3, "sword enchantment")
+    bow_ench = _levels(s[:, 14], 3, "bow enchantment")
+    bow = _levels(s[:, 15], 2, "bow")
+    armour = _levels(s[:, 35:39] * 2, 3, "armour level")
+    armour_ench = _levels(s[:, 39:43], 3, "armour enchantment")
+    count_entries = _counts(counts, lay)
+    entries = np.empty((batch, 24), dtype=object)  # counts 0..10, pickaxe, sword, bow, potions, armour
+    entries[:, 0:11] = count_entries[:, 0:11]
+    entries[:, 11] = tables["pickaxe"][pickaxe]
+    entries[:, 12] = tables["sword"][sword, sword_ench]
+    entries[:, 13] = tables["bow"][bow, bow_ench]
+    entries[:, 14:20] = count_entries[:, 11:17]
+    entries[:, 20:24] = tables["armour"][np.arange(4), armour, armour_ench]
+    held = np.empty((batch, 24), dtype=bool)
+    held[:, 0:11], held[:, 14:20] = counts[:, 0:11] != 0, counts[:, 11:17] != 0
+    held[:, 11], held[:, 12], held[:, 13], held[:, 20:24] = pickaxe != 0, sword != 0, bow != 0, armour != 0
+
+    intrinsics = s[:, 22:31] * 10  # health, food, drink, energy, mana, xp, dexterity, strength, intelligence
+    ints = _int_str(np.concatenate([intrinsics[:, 1:], s[:, 48:49] * 10], axis=1))  # ... and floor
+    light, sleeping, resting, fireball, iceball, _, ladder, boss = s[:, 43:51].T
+    spells = (fireball > 0.5).view(np.int8) + 2 * (iceball > 0.5).view(np.int8)
+    return _inventory(entries, held) + [
+        "\nHealth: ", _dec_str(intrinsics[:, 0]), ", Food: ", ints[:, 0], ", Drink: ", ints[:, 1],
+        ", Energy: ", ints[:, 2],
+        "\nMana: ", ints[:, 3], ", XP: ", ints[:, 4], ", Dexterity: ", ints[:, 5], ", Strength: ", ints[:, 6],
+        ", Intelligence: ", ints[:, 7],
+        "\nFacing: ", _direction(s[:, 31:35], lay),
+        "\nTime: ", _DAY_NIGHT[(light < 0.5).view(np.int8)], ", light level ", _dec_str(light),
+        "\nSleeping: ", _flag(sleeping), ", Resting: ", _flag(resting),
+        "\nSpells learned: ", np.array(_SPELLS, dtype=object)[spells],
+        "\nFloor: ", ints[:, 8], ", Ladder open: ", _flag(ladder), ", Boss vulnerable: ", _flag(boss),
+    ]  # fmt: skip
+
+
+def _nonfinite_error(x: np.ndarray) -> ValueError:
+    b, i = np.argwhere(~np.isfinite(x))[0]
+    return ValueError(f"expected finite values, got {x[b, i]} at observation {b}, index {i}")
 
 
 def _check(obs, variant: str, view: str) -> np.ndarray:
@@ -326,47 +446,52 @@ def _check(obs, variant: str, view: str) -> np.ndarray:
         )
     if x.dtype != np.float32 and x.dtype != np.float64:
         x = x.astype(np.float32)
-    if not np.isfinite(x.sum()) and not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"expected finite values, got {x[tuple(bad)]} at observation {bad[0]}, index {bad[1]}")
     return x
 
 
 def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> list[str]:
-    """Render symbolic Craftax observations as text (format: see the module docstring).
+    """Render symbolic Craftax observations as text (the format is in the module docstring).
 
-    `symbolic_obs_batch`: float array (B, D), or one observation (D,); D is the length of the
-    variant's symbolic vector. `variant`: 'craftax' or 'classic'. `view`: 'interesting'
-    (background tiles left out) or 'full' (every tile, a grid). Returns B strings.
+    `symbolic_obs_batch`: float array (B, D), or one observation (D,), where D is the length of
+    the variant's symbolic vector. `variant`: 'craftax' or 'classic'. `view`: 'interesting'
+    (background tiles left out) or 'full' (every tile, as a grid). Returns B strings. Raises
+    ValueError on anything that is not a batch of the variant's symbolic observations.
     """
     x = _check(symbolic_obs_batch, variant, view)
     lay = _layout(variant)
-    batch, tiles = x.shape[0], lay.rows * lay.cols
+    batch, tiles = x.shape[0], lay.tiles
     if batch == 0:
         return []
     tile_map = x[:, : lay.map_size].reshape(batch, tiles, lay.channels)
+    scalars = x[:, lay.map_size :]
 
-    # Per tile, one small matmul: block index and sum, item index and sum, mob index sum and count.
-    dec = np.rint(tile_map @ lay.decode.astype(x.dtype)).astype(np.intp)
-    block, block_sum, item, item_sum, mob_sum, mob_count = np.moveaxis(dec, -1, 0)
-    lit = tile_map[..., -1] > 0.5 if lay.has_light else np.ones((batch, tiles), dtype=bool)
-    bad = lit & ((block_sum != 1) | ((item_sum != 1) if lay.has_items else False))
+    # One small matmul per observation decodes every tile; NaN and inf anywhere in a tile show up here.
+    dec = tile_map @ lay.decode.astype(x.dtype)
+    if not (np.isfinite(dec).all() and np.isfinite(scalars).all()):
+        raise _nonfinite_error(x)
+    block, block_sum, item, item_sum, mob_sum, mob_count = np.rint(np.moveaxis(dec[..., :6], -1, 0)).astype(np.intp)
+    lit = dec[..., 6] > 0.5 if lay.has_light else np.ones((batch, tiles), dtype=bool)
+    bad = lit & (block_sum != 1)
+    if lay.has_items:
+        bad |= lit & (item_sum != 1)
     if bad.any():
         b, t = np.argwhere(bad)[0]
+        what = "block and item channels" if lay.has_items else "block channels"
+        got = f"{block_sum[b, t]}" + (f" and {item_sum[b, t]}" if lay.has_items else "")
         raise ValueError(
-            f"expected one-hot block{' and item' if lay.has_items else ''} channels on every lit tile of a "
-            f"{lay.env_name} observation, got sums {block_sum[b, t]}"
-            f"{f' and {item_sum[b, t]}' if lay.has_items else ''} at observation {b}, tile {t}"
+            f"expected one-hot {what} on every lit tile of a {lay.env_name} observation, "
+            f"got sums {got} at observation {b}, tile {t}"
         )
-    block = np.where(lit, block, 0)
-    item = np.where(lit, item, 0)
+    if lay.has_light:
+        block = np.where(lit, block, 0)
+        item = np.where(lit, item, 0)
 
-    # Mobs: a tile with one mob has its index in mob_sum. A tile with several (rare: a projectile
-    # over a mob) is named by its last mob channel, the others go in front as "<mob> and ".
+    # A tile with one mob has its channel in mob_sum. A tile with several (rare: a projectile over
+    # a mob) is named by its last mob channel, and the others go in front as "<mob> and ".
     mob = np.where(mob_count == 1, mob_sum, -1)
     multi = np.nonzero(mob_count > 1)
     if multi[0].size:
-        mob_start = lay.channels - lay.num_mobs - (1 if lay.has_light else 0)
+        mob_start = lay.num_blocks + (lay.num_items if lay.has_items else 0)
         here = tile_map[multi[0], multi[1], mob_start : mob_start + lay.num_mobs] > 0.5
         last = lay.num_mobs - 1 - np.argmax(here[:, ::-1], axis=1)
         mob[multi] = last
@@ -374,127 +499,31 @@ def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> 
         extra = np.array(["".join(row) for row in others.tolist()], dtype=object)
 
     code = ((mob + 1) * lay.num_items + item) * lay.num_blocks + block
-    code = np.where(lit, code, lay.dark_code)
-    pieces = np.empty((batch, tiles, 2), dtype=object)
+    if lay.has_light:
+        code = np.where(lit, code, lay.dark_code)
+    footer = (_footer_classic if variant == "classic" else _footer_craftax)(scalars, lay)
+    width = 1 + 2 * tiles + sum(1 if isinstance(c, str) or c.ndim == 1 else c.shape[1] for c in footer)
+    rows = np.empty((batch, width), dtype=object)
+    map_pieces = rows[:, 1 : 1 + 2 * tiles].reshape(batch, tiles, 2)  # a view: filled in place
     if view == "interesting":
-        shown = ~lit | ~lay.background[block] | (item > 0) | (mob >= 0)
-        pieces[..., 0] = lay.interesting_prefix[np.where(shown, np.arange(tiles), tiles)]
-        pieces[..., 1] = lay.tile_names[np.where(shown, code, lay.empty_code)]
-        header = np.where(shown.any(axis=1), MAP_HEADER, MAP_HEADER + "\nnone").astype(object)
+        shown = ~lay.background[block] | (item > 0) | (mob >= 0)
+        if lay.has_light:
+            shown |= ~lit
+        map_pieces[..., 0] = lay.interesting_prefix[np.where(shown, np.arange(tiles), tiles)]
+        map_pieces[..., 1] = lay.tile_names[np.where(shown, code, lay.empty_code)]
+        rows[:, 0] = np.where(shown.any(axis=1), MAP_HEADER, MAP_HEADER + "\nnone")
     else:
-        pieces[..., 0] = lay.full_prefix[None, :]
-        pieces[..., 1] = lay.tile_names[code]
-        header = np.full(batch, lay.full_header, dtype=object)
-    if multi[0].size:  # every multi-mob tile is shown in both views
-        pieces[multi[0], multi[1], 1] = extra + pieces[multi[0], multi[1], 1]
-
-    footer = _footer_classic(x[:, lay.map_size :], lay) if variant == "classic" else _footer_craftax(
-        x[:, lay.map_size :], lay
-    )
-    rows = np.concatenate([header[:, None], pieces.reshape(batch, -1), footer[:, None]], axis=1)
+        map_pieces[..., 0] = lay.full_prefix
+        map_pieces[..., 1] = lay.tile_names[code]
+        rows[:, 0] = lay.full_header
+    if multi[0].size:  # shown in both views: every tile with a mob is
+        map_pieces[multi[0], multi[1], 1] = extra + map_pieces[multi[0], multi[1], 1]
+    col = 1 + 2 * tiles
+    for piece in footer:
+        if isinstance(piece, str) or piece.ndim == 1:
+            rows[:, col] = piece
+            col += 1
+        else:
+            rows[:, col : col + piece.shape[1]] = piece
+            col += piece.shape[1]
     return ["".join(row) for row in rows.tolist()]
-
-
-def _common_footer(lay, inventory, health, food, drink, energy, direction_onehot, light, sleeping, *, fractional):
-    health_str = _dec_str(health) if fractional else _int_str(health)
-    held = np.abs(direction_onehot) > 0.5
-    direction = np.where(held.any(axis=1), np.argmax(held, axis=1), len(lay.directions) - 1)
-    return (
-        "\nInventory: " + inventory
-        + "\nHealth: " + health_str
-        + ", Food: " + _int_str(food)
-        + ", Drink: " + _int_str(drink)
-        + ", Energy: " + _int_str(energy)
-    ), (
-        "\nFacing: " + lay.directions[direction]
-        + "\nTime: " + np.where(light < 0.5, "night", "day").astype(object)
-        + ", light level " + _dec_str(light)
-        + "\nSleeping: " + _YES_NO[(sleeping > 0.5).astype(np.intp)]
-    )
-
-
-def _footer_classic(s: np.ndarray, lay: _Layout) -> np.ndarray:
-    counts = np.rint(s[:, 0:12] * 10)
-    names = np.array([n + " " for n in _CLASSIC_INVENTORY], dtype=object)
-    inventory = _named(names[None, :] + _int_str(counts), counts != 0)
-    intr = s[:, 12:16] * 10
-    first, second = _common_footer(
-        lay, inventory, *intr.T, s[:, 16:20], s[:, 20], s[:, 21], fractional=False
-    )
-    return first + second
-
-
-def _footer_craftax(s: np.ndarray, lay: _Layout) -> np.ndarray:
-    batch = s.shape[0]
-    counts = np.rint(np.square(s[:, 0:10] * 10))
-    books = np.rint(s[:, 10] * 2)
-    pickaxe = np.rint(s[:, 11] * 4).astype(np.intp)
-    sword = np.rint(s[:, 12] * 4).astype(np.intp)
-    sword_ench, bow_ench, bow = (np.rint(s[:, i]).astype(np.intp) for i in (13, 14, 15))
-    potions = np.rint(np.square(s[:, 16:22] * 10))
-    intr = s[:, 22:31] * 10
-    direction = s[:, 31:35]
-    armour = np.rint(s[:, 35:39] * 2).astype(np.intp)
-    armour_ench = np.rint(s[:, 39:43]).astype(np.intp)
-    light, sleeping, resting, fireball, iceball, floor, ladder, boss = s[:, 43:51].T
-
-    def table(names, level):  # names by level; levels outside the table are shown as numbers
-        names = np.asarray(names, dtype=object)
-        inside = (level >= 0) & (level < len(names))
-        out = names[np.where(inside, level, 0)]
-        if not inside.all():
-            out = np.where(inside, out, "level " + _int_str(level.astype(np.float64)))
-        return out
-
-    tool = lambda kind, level: table([""] + [f"{m}_{kind}" for m in _TOOL_MATERIALS[1:]], level)  # noqa: E731
-    enchant = lambda level: table(_ENCHANTMENTS, level)  # noqa: E731
-    count_names = np.array([n + " " for n in _CRAFTAX_COUNTS + ("book",)], dtype=object)
-    potion_names = np.array([n + " " for n in _CRAFTAX_POTIONS], dtype=object)
-    armour_names = [
-        table([""] + [f"{m}_{piece}" for m in _ARMOUR_MATERIALS[1:]], armour[:, i]) + enchant(armour_ench[:, i])
-        for i, piece in enumerate(_ARMOUR_PIECES)
-    ]
-    entries = np.concatenate(
-        [
-            count_names[None, :] + _int_str(np.concatenate([counts, books[:, None]], axis=1)),
-            tool("pickaxe", pickaxe)[:, None],
-            (tool("sword", sword) + enchant(sword_ench))[:, None],
-            ("bow" + enchant(bow_ench))[:, None],
-            potion_names[None, :] + _int_str(potions),
-            np.stack(armour_names, axis=1),
-        ],
-        axis=1,
-    )
-    held = np.concatenate(
-        [
-            counts != 0,
-            books[:, None] != 0,
-            (pickaxe != 0)[:, None],
-            (sword != 0)[:, None],
-            (bow != 0)[:, None],
-            potions != 0,
-            armour != 0,
-        ],
-        axis=1,
-    )
-    inventory = _named(entries, held)
-    first, second = _common_footer(
-        lay, inventory, *intr[:, 0:4].T, direction, light, sleeping, fractional=True
-    )
-    spells = np.array(["none", "fireball", "iceball", "fireball, iceball"], dtype=object)
-    learned = (fireball > 0.5).astype(np.intp) + 2 * (iceball > 0.5).astype(np.intp)
-    assert first.shape == (batch,)
-    return (
-        first
-        + "\nMana: " + _int_str(intr[:, 4])
-        + ", XP: " + _int_str(intr[:, 5])
-        + ", Dexterity: " + _int_str(intr[:, 6])
-        + ", Strength: " + _int_str(intr[:, 7])
-        + ", Intelligence: " + _int_str(intr[:, 8])
-        + second
-        + ", Resting: " + _YES_NO[(resting > 0.5).astype(np.intp)]
-        + "\nSpells learned: " + spells[learned]
-        + "\nFloor: " + _int_str(floor * 10)
-        + ", Ladder open: " + _YES_NO[(ladder > 0.5).astype(np.intp)]
-        + ", Boss vulnerable: " + _YES_NO[(boss > 0.5).astype(np.intp)]
-    )

@@ -209,6 +209,10 @@ class TransformersExtractor(Extractor):
                 f"than the context of {self.spec.model} ({context} tokens)"
             )
 
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Generated ids -> text that tokenizes back to them: special tokens kept, spaces not cleaned up."""
+        return self.loaded.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     # ---- model calls --------------------------------------------------------------------------------------------
 
     def _layout(self, rows: list[list[int]]):
@@ -405,10 +409,9 @@ class TransformersExtractor(Extractor):
                 for a, values in chunk_states.items():
                     for k, i in enumerate(idx):
                         token_states[a][i, : num_tokens[i]] = values[k, : num_tokens[i]]
-        tok = self.loaded.tokenizer
         return ExtractionResult(
             hidden={layer: hidden[absolute[layer]] for layer in asked},
-            generated_text=[tok.decode(g, skip_special_tokens=False) if g else "" for g in generated],
+            generated_text=[self._decode(g) if g else "" for g in generated],
             generated_ids=generated,
             num_tokens=num_tokens,
             prompt_tokens=np.asarray(prompt_lengths, dtype=np.int64),
@@ -470,6 +473,6 @@ class TransformersExtractor(Extractor):
         result = self._run(rows, lengths, layers, return_token_states, ranges=ranges)
         eos = set(self._eos.tolist())
         result.generated_ids = [list(g) for g in generated_ids]
-        result.generated_text = [self.loaded.tokenizer.decode(g, skip_special_tokens=False) for g in generated_ids]
+        result.generated_text = [self._decode(g) for g in generated_ids]
         result.finished = np.array([g[-1] in eos for g in generated_ids], dtype=bool)
         return result

@@ -1,0 +1,156 @@
+"""Hidden-state extraction throughput, and the speed-up of the shared-prefix KV cache.
+
+Measures, on this machine's device (CPU float32 unless CUDA is present):
+  - MiniLM (the embedded encoder), prompt-only: samples/s and prompt tokens/s;
+  - a tiny random Qwen3 (built here, as in the tests), prompt-only and generation: samples/s, prompt tokens/s and
+    generated tokens/s;
+  - the prefix cache: the tiny Qwen3 with the 'chat' prompt (system + rules + few-shot prefix, >= 1000 tokens) and
+    observations of about 200 tokens, the same batches with and without the cache; ratio = time without / time with,
+    and the largest difference between the two results (they must agree within float tolerance).
+
+Observations are synthetic texts in the renderer's format (random tiles, inventory and stats), so no Craftax rollout
+is needed. Timings exclude loading and the one-off prefix computation (a warm-up batch runs first). The last line is
+one JSON object with the figures.
+
+    python benchmarks/bench_extract.py [--samples 64] [--batch-size 16] [--tokens 16]
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hsrl.llm import ExtractionSpec  # noqa: E402
+from hsrl.llm.models import load_model  # noqa: E402
+from hsrl.llm.transformers_backend import TransformersExtractor  # noqa: E402
+from hsrl.text import MAP_HEADER  # noqa: E402
+from tiny_qwen import build_tiny_qwen  # noqa: E402
+
+TILES = ("tree", "stone", "water", "coal", "iron", "diamond", "crafting_table", "furnace", "cow on grass",
+         "zombie on grass", "skeleton on path", "sand", "lava", "plant")
+ITEMS = ("wood", "stone", "coal", "iron", "diamond", "sapling", "wood_pickaxe", "stone_pickaxe", "wood_sword")
+
+
+def synthetic_observations(n: int, tiles: int, seed: int = 0) -> list[str]:
+    """n Classic-style observations with about `tiles` map lines each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    cells = [(r, c) for r in range(-3, 4) for c in range(-4, 5) if (r, c) != (0, 0)]
+    for _ in range(n):
+        k = int(np.clip(rng.normal(tiles, 3), 1, len(cells)))
+        chosen = sorted(cells[i] for i in rng.choice(len(cells), size=k, replace=False))
+        lines = [MAP_HEADER] + [f"{r}, {c}: {TILES[rng.integers(len(TILES))]}" for r, c in chosen]
+        held = rng.choice(len(ITEMS), size=rng.integers(1, 5), replace=False)
+        lines.append("Inventory: " + ", ".join(f"{ITEMS[i]} {rng.integers(1, 10)}" for i in sorted(held)))
+        h, f, d, e = rng.integers(0, 10, size=4)
+        lines.append(f"Health: {h}, Food: {f}, Drink: {d}, Energy: {e}")
+        lines.append(f"Facing: {('left', 'right', 'up', 'down')[rng.integers(4)]}")
+        light = round(float(rng.uniform(0, 1)), 2)
+        lines.append(f"Time: {'night' if light < 0.5 else 'day'}, light level {light:g}")
+        lines.append(f"Sleeping: {'no' if rng.random() < 0.9 else 'yes'}")
+        out.append("\n".join(lines))
+    return out
+
+
+def timed(extractor: TransformersExtractor, observations: list[str], repeats: int = 1):
+    """(best seconds over repeats, result) after one warm-up batch."""
+    extractor.extract(observations[: extractor.batch_size])
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = extractor.extract(observations)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def rates(name: str, seconds: float, result, n: int) -> dict:
+    prompt = int(result.prompt_tokens.sum())
+    generated = int(sum(len(g) for g in result.generated_ids))
+    row = {
+        "samples_per_s": n / seconds,
+        "prompt_tokens_per_s": prompt / seconds,
+        "mean_prompt_tokens": prompt / n,
+    }
+    if generated:
+        row["generated_tokens_per_s"] = generated / seconds
+        row["mean_generated_tokens"] = generated / n
+    shown = ", ".join(f"{k} {v:,.1f}" for k, v in row.items())
+    print(f"{name:<34} {seconds:7.2f} s  {shown}")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=16, help="tokens to generate in generation mode")
+    parser.add_argument("--tiles", type=int, default=30, help="map lines per observation (~200 tokens at 30)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="tiny Qwen3 hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="tiny Qwen3 blocks")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    observations = synthetic_observations(args.samples, args.tiles)
+    figures: dict = {"device": "cuda" if torch.cuda.is_available() else f"cpu ({platform.processor() or 'unknown'})",
+                     "torch_threads": torch.get_num_threads(), "samples": args.samples, "batch_size": args.batch_size}
+
+    minilm = load_model("minilm")
+    ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
+    seconds, result = timed(ex, observations, args.repeats)
+    figures["minilm_prompt_only"] = rates("minilm prompt-only", seconds, result, args.samples)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = build_tiny_qwen(Path(folder) / "qwen", hidden_size=args.hidden_size, num_layers=args.layers,
+                               num_heads=max(2, args.hidden_size // 64), num_kv_heads=1)
+        qwen = load_model(str(path))
+        figures["tiny_qwen"] = {"hidden_size": qwen.hidden_size, "layers": qwen.num_layers}
+        spec = ExtractionSpec(model=str(path), template="chat", temperature=1.0)
+
+        cached = TransformersExtractor(spec, model=qwen, batch_size=args.batch_size)
+        uncached = TransformersExtractor(spec, model=qwen, batch_size=args.batch_size, prefix_cache=False)
+        _, ranges = cached.encode(observations)
+        figures["prefix_tokens"] = cached.prefix_tokens
+        figures["mean_observation_tokens"] = float((ranges[:, 1] - ranges[:, 0]).mean())
+        print(f"tiny Qwen3 H={qwen.hidden_size} L={qwen.num_layers}: prefix {cached.prefix_tokens} tokens, "
+              f"observation {figures['mean_observation_tokens']:.0f} tokens on average")
+
+        t_cached, r_cached = timed(cached, observations, args.repeats)
+        figures["qwen_prompt_only"] = rates("tiny qwen prompt-only (cache)", t_cached, r_cached, args.samples)
+        t_uncached, r_uncached = timed(uncached, observations, args.repeats)
+        figures["qwen_prompt_only_no_cache"] = rates("tiny qwen prompt-only (no cache)", t_uncached, r_uncached,
+                                                     args.samples)
+
+        gen_spec = spec.replace(tokens=args.tokens)
+        gen_cached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size)
+        gen_uncached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size, prefix_cache=False)
+        tg_cached, g_cached = timed(gen_cached, observations, args.repeats)
+        figures["qwen_generation"] = rates(f"tiny qwen generate {args.tokens} (cache)", tg_cached, g_cached,
+                                           args.samples)
+        tg_uncached, g_uncached = timed(gen_uncached, observations, args.repeats)
+        figures["qwen_generation_no_cache"] = rates(f"tiny qwen generate {args.tokens} (no cache)", tg_uncached,
+                                                    g_uncached, args.samples)
+
+    figures["prefix_cache_speedup"] = t_uncached / t_cached
+    figures["prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state - r_uncached.hidden_state).max())
+    figures["prefix_cache_speedup_generation"] = tg_uncached / tg_cached
+    figures["prefix_cache_generation_same_text"] = g_cached.generated_ids == g_uncached.generated_ids
+    figures["prefix_cache_generation_max_abs_diff"] = float(np.abs(g_cached.hidden_state - g_uncached.hidden_state).max())
+    figures["ratio"] = figures["prefix_cache_speedup"]
+    print(f"prefix cache speed-up: prompt-only {figures['prefix_cache_speedup']:.2f}x "
+          f"(max |diff| {figures['prefix_cache_max_abs_diff']:.2e}), generation "
+          f"{figures['prefix_cache_speedup_generation']:.2f}x (same text: "
+          f"{figures['prefix_cache_generation_same_text']}, max |diff| "
+          f"{figures['prefix_cache_generation_max_abs_diff']:.2e}); target >= 3x")
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

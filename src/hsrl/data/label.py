@@ -1,0 +1,302 @@
+"""`hsrl label` and `hsrl extract`: add LLM hidden states to trajectory chunks, resumably.
+
+For every chunk of IN_DIR, OUT_DIR gets a chunk of the same name holding every input key unchanged plus
+`text_obs` (rendered by hsrl.text where absent), `text_generated`, `hidden_state` (pooled (N, H) float32,
+or per-token (N, T, H) float16 with `hidden_tokens` when token states are saved) and the extraction spec
+JSON in the metadata.
+
+Reliability: each batch's result is saved atomically under OUT_DIR/.partial/<chunk>/ before the next
+starts, so a process killed at any moment resumes at the first unfinished batch; the final chunk is
+assembled from the batch files (per-token states streamed, never held whole) and renamed into place,
+so it appears only complete. Finished outputs are skipped. A bad input file is reported and skipped;
+the others are labelled. Sampling seeds are derived per sample from the spec's seed and the prompt,
+so a resumed run writes the same values as an uninterrupted one.
+"""
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from hsrl.data.chunks import (
+    ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, write_chunk_streamed,
+)
+
+PARTIAL_DIR = ".partial"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Label trajectory chunks with LLM hidden states.
+
+    Reads every chunk_NNNNNN.npz of IN_DIR, renders text_obs where absent, builds prompts, extracts hidden
+    states and writes OUT_DIR/chunk_NNNNNN.npz with text_generated, hidden_state and the extraction spec.
+    Other keys are kept unchanged. Resumable: rerun the same command after a crash. Exits non-zero if any
+    input file was bad (listing them) after labelling the rest.
+    """
+
+    in_dir: str = field(metadata={"positional": True, "help": "dataset folder to label"})
+    out_dir: str = field(metadata={"positional": True, "help": "output folder (created)"})
+    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
+    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
+    tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
+    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
+    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
+    batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
+    save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16 instead of pooled"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def spec(self, variant: str):
+        from hsrl.llm import ExtractionSpec
+
+        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
+                              template=self.template, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, dtype=self.dtype, variant=variant)
+
+
+@dataclass
+class LabelSummary:
+    labelled: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already finished
+    failed: dict[str, str] = field(default_factory=dict)  # file -> reason
+    samples: int = 0
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        rate = self.samples / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
+                 f"{len(self.skipped)} already done, {len(self.failed)} failed"]
+        lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
+        return "\n".join(lines)
+
+
+def _variant(meta: ChunkMeta) -> str:
+    from hsrl.env.catalog import check_env_name
+
+    return "classic" if "Classic" in check_env_name(meta.env_name) else "craftax"
+
+
+def _texts(chunk) -> np.ndarray:
+    if "text_obs" in chunk:
+        return chunk["text_obs"]
+    if chunk.meta.obs_kind != "symbolic":
+        raise DataFileError(chunk.path, "text_obs", "missing, and pixel observations cannot be rendered as text "
+                                                     "(collect with text, which renders the symbolic observation)")
+    from hsrl.text import render_text
+
+    return np.asarray(render_text(chunk["obs"], _variant(chunk.meta)))
+
+
+class Labeller:
+    """Labels chunk files with one extractor, batch by batch, saving progress after each batch.
+
+    mode 'label' runs the spec (prompt-only or generation); mode 'reextract' recomputes states of the
+    `text_generated` already in the input (prefill only).
+    """
+
+    def __init__(self, extractor, batch_size: int, save_token_states: bool, mode: str = "label"):
+        self.extractor = extractor
+        self.spec_json = extractor.spec.to_json()
+        self.batch_size = int(batch_size)
+        self.save_tokens = bool(save_token_states)
+        self.mode = mode
+
+    def _run_batch(self, texts, generated):
+        ex = self.extractor
+        if self.mode == "reextract":
+            res = ex.reextract(list(texts), list(generated), return_token_states=self.save_tokens)
+        else:
+            res = ex.extract(list(texts), return_token_states=self.save_tokens)
+        out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": np.asarray(res.generated_text, dtype=str),
+               "num_tokens": np.asarray(res.num_tokens, np.int32)}
+        if self.save_tokens:
+            (states,) = res.token_states.values()
+            out["token_states"] = states.astype(np.float16)
+        if not np.all(np.isfinite(out["hidden"])):
+            raise RuntimeError("the model returned non-finite hidden states")
+        return out
+
+    def label_file(self, src: Path, dst: Path, on_batch=None) -> int:
+        """Label one chunk into `dst`; returns the number of rows. Resumes from saved batches."""
+        chunk = read_chunk(src)
+        texts = _texts(chunk)
+        generated = None
+        if self.mode == "reextract":
+            if "text_generated" not in chunk:
+                raise DataFileError(src, "text_generated", "missing: `hsrl extract` re-extracts generated text; "
+                                                           "label the data first")
+            generated = chunk["text_generated"]
+        n = len(texts)
+        partial = dst.parent / PARTIAL_DIR / dst.stem
+        self._open_partial(partial, src, n)
+        batch_files = []
+        for i, start in enumerate(range(0, n, self.batch_size)):
+            path = partial / f"batch_{i:06d}.npz"
+            batch_files.append(path)
+            if path.exists():
+                continue
+            sl = slice(start, min(n, start + self.batch_size))
+            out = self._run_batch(texts[sl], None if generated is None else generated[sl])
+            with atomic_path(path) as f:
+                np.savez(f, allow_pickle=False, **out)
+            if on_batch is not None:
+                on_batch(sl.stop - sl.start)
+        self._assemble(chunk, texts, batch_files, dst)
+        shutil.rmtree(partial)
+        return n
+
+    def _open_partial(self, partial: Path, src: Path, n: int) -> None:
+        """Keep saved batches only if they were made by the same spec, batch size and input."""
+        stamp = {"spec": self.spec_json, "batch_size": self.batch_size, "rows": n, "mode": self.mode,
+                 "token_states": self.save_tokens, "input_bytes": src.stat().st_size}
+        marker = partial / "progress.json"
+        if marker.exists() and json.loads(marker.read_text()) == stamp:
+            return
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with atomic_path(marker) as f:
+            f.write(json.dumps(stamp).encode())
+
+    def _assemble(self, chunk, texts, batch_files, dst: Path) -> None:
+        def load(path, key):
+            with np.load(path, allow_pickle=False) as z:
+                return z[key]
+
+        arrays = dict(chunk.arrays)
+        arrays["text_obs"] = texts
+        arrays["text_generated"] = np.concatenate([load(p, "text_generated") for p in batch_files])
+        meta = replace(chunk.meta, spec_json=self.spec_json)
+        streamed = {}
+        if self.save_tokens:
+            counts = np.concatenate([load(p, "num_tokens") for p in batch_files])
+            width = int(counts.max())
+            hidden = self.extractor.hidden_size
+            arrays["hidden_tokens"] = counts
+
+            def blocks():  # pad each batch to the file's widest token count, one batch in memory at a time
+                for p in batch_files:
+                    s = load(p, "token_states")
+                    padded = np.zeros((len(s), width, hidden), np.float16)
+                    padded[:, : s.shape[1]] = s[:, :width]
+                    yield padded
+
+            streamed["hidden_state"] = ((len(texts), width, hidden), np.float16, blocks())
+        else:
+            arrays["hidden_state"] = np.concatenate([load(p, "hidden") for p in batch_files])
+            arrays.pop("hidden_tokens", None)
+        write_chunk_streamed(dst, arrays, meta, streamed)
+
+
+def _label_folder(in_dir: str, out_dir: str, make_labeller, progress: bool, what: str) -> LabelSummary:
+    from tqdm.auto import tqdm
+
+    summary = LabelSummary()
+    files = list_chunks(in_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() == Path(in_dir).resolve():
+        raise ValueError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
+    rows = {}
+    for f in files:
+        try:
+            rows[f] = inspect_chunk(f).num_rows  # validates headers and meta
+        except (DataFileError, OSError) as err:
+            summary.failed[f.name] = str(err)
+    labeller = None
+    start = time.perf_counter()
+    bar = tqdm(total=sum(rows.values()), unit="sample", desc=what, disable=not progress, dynamic_ncols=True)
+    for i, f in enumerate(files):
+        if f not in rows:
+            continue
+        dst = out / f.name
+        if dst.exists():
+            summary.skipped.append(f.name)
+            bar.update(rows[f])
+            continue
+        bar.set_postfix(file=f"{i + 1}/{len(files)}")
+        try:
+            if labeller is None:
+                labeller = make_labeller(read_meta(f))
+            else:
+                _check_variant(labeller, read_meta(f))
+            n = labeller.label_file(f, dst, on_batch=bar.update)
+            summary.labelled.append(f.name)
+            summary.samples += n
+        except DataFileError as err:
+            summary.failed[f.name] = str(err)
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _check_variant(labeller, meta: ChunkMeta) -> None:
+    if labeller.extractor.spec.variant != _variant(meta):
+        raise DataFileError(None, "meta", f"env {meta.env_name} differs from the other files' game variant")
+
+
+def label_dataset(config: LabelConfig) -> LabelSummary:
+    if config.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
+
+    def make(meta: ChunkMeta):
+        from hsrl.llm import make_extractor
+
+        spec = config.spec(_variant(meta))
+        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        return Labeller(extractor, config.batch_size, config.save_token_states)
+
+    return _label_folder(config.in_dir, config.out_dir, make, config.progress, "label")
+
+
+def run_label(config: LabelConfig) -> int:
+    summary = label_dataset(config)
+    print(summary.report())
+    return 1 if summary.failed else 0
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Re-extract hidden states of already labelled data for another layer or pooling.
+
+    Reads the extraction spec and text_generated of IN_DIR's chunks and runs one prefill forward pass over
+    prompt + generated text (no generation), so the generated tokens' states come from the same text.
+    Data labelled prompt-only is simply re-run prompt-only with the new layer/pooling.
+    """
+
+    in_dir: str = field(metadata={"positional": True, "help": "labelled dataset folder"})
+    out_dir: str = field(metadata={"positional": True, "help": "output folder (created)"})
+    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last"})
+    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: CUDA when available)"})
+    batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
+    save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def extract_dataset(config: ExtractConfig) -> LabelSummary:
+    def make(meta: ChunkMeta):
+        from hsrl.llm import ExtractionSpec, make_extractor
+
+        if meta.spec_json is None:
+            raise DataFileError(None, "meta", "not labelled (no extraction spec): run `hsrl label` first")
+        source = ExtractionSpec.from_json(meta.spec_json)
+        spec = source.replace(layer=config.layer, pooling=config.pooling)
+        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        mode = "reextract" if source.generates else "label"
+        return Labeller(extractor, config.batch_size, config.save_token_states, mode=mode)
+
+    return _label_folder(config.in_dir, config.out_dir, make, config.progress, "extract")
+
+
+def run_extract(config: ExtractConfig) -> int:
+    summary = extract_dataset(config)
+    print(summary.report())
+    return 1 if summary.failed else 0

@@ -1,0 +1,243 @@
+"""Actor-critic networks (Flax linen), shared by offline AWR, online PPO and evaluation.
+
+One encoder turns an observation into `width` features: three conv blocks (32 channels, 5x5, ReLU,
+3x3 max-pool with stride 3, SAME padding) then a dense layer for pixels, or two dense layers for
+symbolic vectors. The `*Aug` networks concatenate the *normalised* hidden state (size from the data,
+e.g. 2560 for Qwen3-4B) with those features (512 + 2560 = 3072). Two heads read the result: the actor
+(dense `width` -> logits over the env's actions) and the critic (dense `width` -> one value).
+
+Every network is called the same way, whatever its kind:
+
+    net = make_network(config)
+    params = init_params(config, jax.random.PRNGKey(0))
+    logits, value = net.apply(params, obs, hidden)   # hidden: (B, H) normalised, or None for the baselines
+
+`obs` is (B, *obs_shape): pixels as float32 in [0, 1] or uint8 (converted with `uint8_to_pixels`),
+symbolic vectors as float32. Layer shapes follow from the input (the conv output size is never
+written down), so the same classes serve Craftax (130x110) and Craftax-Classic (63x63) pixels.
+A `NetworkConfig` is small, frozen and JSON-serialisable; checkpoints store it, so an offline
+checkpoint warm-starts online training with no conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hsrl.data.chunks import uint8_to_pixels
+
+KINDS = ("conv", "mlp")
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """What network to build. `hidden_size` None = the baseline (no hidden-state input)."""
+
+    kind: str  # "conv" (pixels) or "mlp" (symbolic vectors)
+    num_actions: int
+    obs_shape: tuple[int, ...]  # one observation: (H, W, C) for conv, (D,) for mlp
+    hidden_size: int | None = None
+    width: int = 512  # encoder features and head layers
+    activation: str = "relu"  # of the dense layers ("relu" or "tanh"); the conv blocks always use ReLU
+
+    def __post_init__(self):
+        object.__setattr__(self, "obs_shape", tuple(int(d) for d in self.obs_shape))
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
+        elif self.kind == "conv" and len(self.obs_shape) != 3:
+            problems.append(f"conv networks take (H, W, C) observations, got obs_shape {self.obs_shape}")
+        elif self.kind == "mlp" and len(self.obs_shape) != 1:
+            problems.append(f"mlp networks take (D,) observations, got obs_shape {self.obs_shape}")
+        if int(self.num_actions) < 1:
+            problems.append(f"num_actions must be positive, got {self.num_actions}")
+        if self.hidden_size is not None and int(self.hidden_size) < 1:
+            problems.append(f"hidden_size must be positive or None, got {self.hidden_size}")
+        if int(self.width) < 1:
+            problems.append(f"width must be positive, got {self.width}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        if problems:
+            raise ValueError("NetworkConfig: " + "; ".join(problems))
+
+    @property
+    def uses_hidden(self) -> bool:
+        return self.hidden_size is not None
+
+    @property
+    def class_name(self) -> str:
+        return NETWORK_CLASSES[(self.kind, self.uses_hidden)].__name__
+
+    @classmethod
+    def for_env(cls, obs_shape, num_actions: int, hidden_size: int | None = None, **kw) -> NetworkConfig:
+        """conv for (H, W, C) observations, mlp for (D,)."""
+        kind = "conv" if len(tuple(obs_shape)) == 3 else "mlp"
+        return cls(kind=kind, num_actions=int(num_actions), obs_shape=tuple(obs_shape),
+                   hidden_size=None if hidden_size is None else int(hidden_size), **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["obs_shape"] = list(self.obs_shape)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d) -> NetworkConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"NetworkConfig: unknown fields {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def _dense(features: int, scale: float) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
+
+
+class ConvEncoder(nn.Module):
+    """(B, H, W, C) pixels -> (B, width): 3 x [conv 32 5x5, ReLU, max-pool 3x3 stride 3] -> dense."""
+
+    width: int = 512
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        x = uint8_to_pixels(obs) if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
+        for _ in range(3):
+            x = nn.Conv(32, (5, 5), kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (3, 3), strides=(3, 3), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        return ACTIVATIONS[self.activation](_dense(self.width, np.sqrt(2))(x))
+
+
+class MLPEncoder(nn.Module):
+    """(B, D) symbolic vector -> (B, width): two dense layers."""
+
+    width: int = 512
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        act = ACTIVATIONS[self.activation]
+        x = obs.astype(jnp.float32)
+        x = act(_dense(self.width, np.sqrt(2))(x))
+        return act(_dense(self.width, np.sqrt(2))(x))
+
+
+class Heads(nn.Module):
+    """features -> (logits (B, num_actions), value (B,)): one hidden layer each."""
+
+    num_actions: int
+    width: int = 512
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, features):
+        act = ACTIVATIONS[self.activation]
+        actor = act(_dense(self.width, np.sqrt(2))(features))
+        logits = _dense(self.num_actions, 0.01)(actor)
+        critic = act(_dense(self.width, np.sqrt(2))(features))
+        value = _dense(1, 1.0)(critic)
+        return logits, jnp.squeeze(value, -1)
+
+
+def _check_hidden(name: str, hidden, hidden_size: int | None):
+    if hidden_size is None:
+        if hidden is not None:
+            raise ValueError(f"{name} takes no hidden state (it is the baseline); pass hidden=None")
+        return None
+    if hidden is None:
+        raise ValueError(f"{name} needs the normalised hidden state (B, {hidden_size})")
+    if hidden.shape[-1] != hidden_size:
+        raise ValueError(f"{name} was built for hidden states of size {hidden_size}, got {hidden.shape[-1]}")
+    return hidden.astype(jnp.float32)
+
+
+class _ActorCritic(nn.Module):
+    num_actions: int
+    hidden_size: int | None = None
+    width: int = 512
+    activation: str = "relu"
+    encoder_cls = None  # set by subclasses
+
+    @nn.compact
+    def __call__(self, obs, hidden=None):
+        hidden = _check_hidden(type(self).__name__, hidden, self.hidden_size)
+        features = self.encoder_cls(self.width, self.activation, name="encoder")(obs)
+        if hidden is not None:
+            features = jnp.concatenate([features, hidden], axis=-1)
+        return Heads(self.num_actions, self.width, self.activation, name="heads")(features)
+
+
+class ActorCriticConv(_ActorCritic):
+    """Pixels -> (logits, value). The baseline: no hidden state."""
+
+    encoder_cls = ConvEncoder
+
+
+class ActorCriticConvAug(_ActorCritic):
+    """Pixels + normalised hidden state -> (logits, value)."""
+
+    encoder_cls = ConvEncoder
+
+
+class ActorCriticMLP(_ActorCritic):
+    """Symbolic vector -> (logits, value). The baseline: no hidden state."""
+
+    encoder_cls = MLPEncoder
+
+
+class ActorCriticMLPAug(_ActorCritic):
+    """Symbolic vector + normalised hidden state -> (logits, value)."""
+
+    encoder_cls = MLPEncoder
+
+
+NETWORK_CLASSES = {
+    ("conv", False): ActorCriticConv,
+    ("conv", True): ActorCriticConvAug,
+    ("mlp", False): ActorCriticMLP,
+    ("mlp", True): ActorCriticMLPAug,
+}
+
+
+def make_network(config: NetworkConfig) -> nn.Module:
+    """The linen module a config describes; `module.apply(params, obs, hidden=None) -> (logits, value)`."""
+    cls = NETWORK_CLASSES[(config.kind, config.uses_hidden)]
+    return cls(num_actions=config.num_actions, hidden_size=config.hidden_size, width=config.width,
+               activation=config.activation)
+
+
+def dummy_inputs(config: NetworkConfig, batch: int = 1):
+    obs = jnp.zeros((batch,) + config.obs_shape, jnp.float32)
+    hidden = jnp.zeros((batch, config.hidden_size), jnp.float32) if config.uses_hidden else None
+    return obs, hidden
+
+
+def init_params(config: NetworkConfig, key: jax.Array):
+    """Fresh parameters for `config` (initialised on a batch of one zero observation)."""
+    obs, hidden = dummy_inputs(config)
+    return make_network(config).init(key, obs, hidden)
+
+
+def param_shapes(config: NetworkConfig):
+    """The parameter tree of `config` as ShapeDtypeStructs, computed without allocating anything."""
+    return jax.eval_shape(lambda k: init_params(config, k), jax.random.PRNGKey(0))
+
+
+def num_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,128 @@
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hsrl.data import list_chunks, read_chunk
+from hsrl.data.collect import CollectConfig, collect
+from hsrl.data.label import ExtractConfig, LabelConfig, extract_dataset, label_dataset, run_label
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three small Classic chunks (2 envs x 8 steps) collected by random play."""
+    out = tmp_path_factory.mktemp("raw")
+    collect(CollectConfig(env="Craftax-Classic-Symbolic-v1", envs=2, steps=48, chunk_steps=8, out=str(out),
+                          seed=3, progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def labelled(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("labelled")
+    summary = label_dataset(LabelConfig(str(dataset), str(out), batch_size=5, progress=False))
+    assert summary.failed == {} and len(summary.labelled) == 3
+    return out
+
+
+def test_label_keeps_keys_and_adds_states_with_spec(dataset, labelled):
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    src, dst = read_chunk(list_chunks(dataset)[1]), read_chunk(list_chunks(labelled)[1])
+    for key in src.arrays:
+        np.testing.assert_array_equal(src[key], dst[key], err_msg=key)
+    spec = ExtractionSpec.from_json(dst.meta.spec_json)
+    assert spec.model == "minilm" and spec.tokens == 1 and spec.variant == "classic"
+    assert dst["hidden_state"].shape == (16, 384) and dst["hidden_state"].dtype == np.float32
+    assert dst["text_generated"].shape == (16,)
+    # same function, same vector: labelling equals calling the extractor directly
+    direct = make_extractor(spec).extract(list(dst["text_obs"][:4])).hidden_state
+    np.testing.assert_allclose(dst["hidden_state"][:4], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_token_states_are_streamed_and_pool_to_the_mean(dataset, labelled, tmp_path):
+    out = tmp_path / "tok"
+    label_dataset(LabelConfig(str(dataset), str(out), batch_size=6, save_token_states=True, progress=False))
+    c = read_chunk(list_chunks(out)[0])
+    states, counts = c["hidden_state"], c["hidden_tokens"]
+    assert states.ndim == 3 and states.dtype == np.float16 and counts.max() == states.shape[1]
+    assert np.all(states[np.arange(states.shape[1])[None, :] >= counts[:, None]] == 0), "padding is zero"
+    pooled = states.astype(np.float32).sum(1) / counts[:, None]
+    reference = read_chunk(list_chunks(labelled)[0])["hidden_state"]
+    np.testing.assert_allclose(pooled, reference, atol=2e-3)
+
+
+def test_bad_input_file_is_reported_and_others_labelled(dataset, tmp_path):
+    bad_in = tmp_path / "in"
+    bad_in.mkdir()
+    files = list_chunks(dataset)
+    for f in files:
+        (bad_in / f.name).write_bytes(f.read_bytes())
+    broken = bad_in / files[1].name
+    broken.write_bytes(broken.read_bytes()[:500])  # truncated
+    out = tmp_path / "out"
+    code = run_label(LabelConfig(str(bad_in), str(out), batch_size=8, progress=False))
+    assert code == 1
+    assert sorted(p.name for p in out.glob("chunk_*.npz")) == [files[0].name, files[2].name]
+    summary = label_dataset(LabelConfig(str(bad_in), str(out), batch_size=8, progress=False))
+    assert list(summary.failed) == [files[1].name] and "corrupt or truncated" in summary.failed[files[1].name]
+    assert len(summary.skipped) == 2  # finished outputs are skipped on a rerun
+
+
+def test_killed_labeller_resumes_to_identical_outputs(dataset, labelled, tmp_path):
+    """Kill a real `hsrl label` process at random moments, rerun, and compare with an uninterrupted run."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hsrl.cli", "label", str(dataset), str(out), "--batch-size", "5", "--no-progress"]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(6.0, 14.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not list(out.glob("*.tmp")), "no temp file under a final name pattern is left in OUT_DIR"
+    assert kills >= 2, "the test should really interrupt the labeller"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
+    for a, b in zip(list_chunks(out), list_chunks(labelled), strict=True):
+        ca, cb = read_chunk(a), read_chunk(b)
+        assert ca.meta == cb.meta
+        np.testing.assert_array_equal(ca["hidden_state"], cb["hidden_state"])
+        np.testing.assert_array_equal(ca["text_obs"], cb["text_obs"])
+
+
+def test_extract_other_layer_of_prompt_only_data(labelled, tmp_path):
+    from hsrl.llm import ExtractionSpec
+
+    out = tmp_path / "layer2"
+    summary = extract_dataset(ExtractConfig(str(labelled), str(out), layer=2, batch_size=8, progress=False))
+    assert not summary.failed
+    c = read_chunk(list_chunks(out)[0])
+    assert ExtractionSpec.from_json(c.meta.spec_json).layer == 2
+    assert not np.allclose(c["hidden_state"], read_chunk(list_chunks(labelled)[0])["hidden_state"])
+
+
+def test_reextract_generated_text_matches_generation(dataset, tmp_path):
+    """Generation-mode labels on a tiny Qwen3; `hsrl extract` at the same layer recomputes the same states."""
+    from tiny_qwen import build_tiny_qwen
+
+    model = build_tiny_qwen(tmp_path / "qwen", char_level=True, max_position_embeddings=16384)
+    gen = tmp_path / "gen"
+    label_dataset(LabelConfig(str(dataset), str(gen), model=str(model), tokens=6, batch_size=8, progress=False))
+    again = tmp_path / "again"
+    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
+    assert not summary.failed
+    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
+    assert (a["text_generated"] != "").all()
+    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
+    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)
