@@ -60,6 +60,17 @@ def synthetic_observations(n: int, tiles: int, seed: int = 0) -> list[str]:
     return out
 
 
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")]
+        if names:
+            return f"CPU {names[0]} x{len(names)}"
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
 def timed(extractor: TransformersExtractor, observations: list[str], repeats: int = 1):
     """(best seconds over repeats, result) after one warm-up batch."""
     extractor.extract(observations[: extractor.batch_size])
@@ -92,15 +103,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16, help="tokens to generate in generation mode")
-    parser.add_argument("--tiles", type=int, default=30, help="map lines per observation (~200 tokens at 30)")
+    parser.add_argument("--tiles", type=int, default=16, help="map lines per observation (~200 tokens at 16)")
     parser.add_argument("--hidden-size", type=int, default=128, help="tiny Qwen3 hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny Qwen3 blocks")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
     args = parser.parse_args()
     torch.manual_seed(0)
     observations = synthetic_observations(args.samples, args.tiles)
-    figures: dict = {"device": "cuda" if torch.cuda.is_available() else f"cpu ({platform.processor() or 'unknown'})",
-                     "torch_threads": torch.get_num_threads(), "samples": args.samples, "batch_size": args.batch_size}
+    figures: dict = {"device": device_name(), "torch_threads": torch.get_num_threads(), "samples": args.samples,
+                     "batch_size": args.batch_size, "tokens": args.tokens}
+    print(f"{figures['device']}, {figures['torch_threads']} torch threads")
 
     minilm = load_model("minilm")
     ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
@@ -143,6 +155,10 @@ def main() -> None:
     figures["prefix_cache_speedup_generation"] = tg_uncached / tg_cached
     figures["prefix_cache_generation_same_text"] = g_cached.generated_ids == g_uncached.generated_ids
     figures["prefix_cache_generation_max_abs_diff"] = float(np.abs(g_cached.hidden_state - g_uncached.hidden_state).max())
+    figures["prefix_cache_same_results"] = bool(
+        figures["prefix_cache_max_abs_diff"] < 1e-4 and figures["prefix_cache_generation_same_text"]
+        and figures["prefix_cache_generation_max_abs_diff"] < 1e-4
+    )
     figures["ratio"] = figures["prefix_cache_speedup"]
     print(f"prefix cache speed-up: prompt-only {figures['prefix_cache_speedup']:.2f}x "
           f"(max |diff| {figures['prefix_cache_max_abs_diff']:.2e}), generation "

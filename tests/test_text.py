@@ -222,10 +222,6 @@ def parse(text: str, items: set[str], cols: int | None = None) -> dict:
     return out
 
 
-def _num(value: str) -> float:
-    return float(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # What Craftax's state holds, computed from the state alone
 
@@ -351,8 +347,9 @@ def _check_against_state(text: str, state, classic: bool, view: str):
         want_tiles = want["tiles"]
     assert got["tiles"] == want_tiles
     assert got["inventory"] == want["inventory"]
-    assert _num(got["Health"]) == pytest.approx(want["Health"], abs=0.006)
-    for key in ("Food", "Drink", "Energy") + (() if classic else ("Mana", "XP", "Dexterity", "Strength", "Intelligence", "Floor")):
+    assert float(got["Health"]) == pytest.approx(want["Health"], abs=0.006)
+    full_only = ("Mana", "XP", "Dexterity", "Strength", "Intelligence", "Floor")
+    for key in ("Food", "Drink", "Energy") + (() if classic else full_only):
         assert int(got[key]) == want[key], key
     assert got["Facing"] == want["Facing"]
     assert got["light"] == pytest.approx(want["light"], abs=0.006)
@@ -389,9 +386,10 @@ def test_rollouts_cover_what_the_text_must_show(classic_play, craftax_play):
     """The state checks above mean something only if play reached mobs, items, darkness, floors, tools."""
     craftax = "\n".join(render_text(craftax_play[0], "craftax"))
     classic = "\n".join(render_text(classic_play[0], "classic"))
-    for needle in (": dark\n", " on path", "ladder_", "_pickaxe", "_potion", "Floor: 3", "Floor: 8", "Ladder open: yes"):
+    for needle in (": dark\n", " on path", "ladder_", "_pickaxe", "_potion", "Floor: 3", "Floor: 8", "open: yes"):
         assert needle in craftax, needle
-    assert re.search(r": (zombie|gnome_warrior|orc_soldier|lizard|knight|troll|pigman|frost_troll|cow|bat|snail)", craftax)
+    mobs = "|".join(CRAFTAX_MOBS[0] + CRAFTAX_MOBS[1] + CRAFTAX_MOBS[2])
+    assert re.search(rf": ({mobs}) on ", craftax)
     for needle in (": water", ": tree", " on grass", "Inventory: empty", "Inventory: wood"):
         assert needle in classic, needle
     assert re.search(r"_pickaxe [1-9]", classic)
@@ -454,7 +452,7 @@ def test_craftax_text_agrees_with_craftax_renderer(craftax_play):
             assert theirs["tiles"][key] == (mobs[0] if mobs else None, item, block), key  # Craftax shows one mob
         assert got["inventory"] == theirs["inventory"]
         f = theirs["fields"]
-        assert _num(got["Health"]) == pytest.approx(float(f["Health"]), abs=0.006)
+        assert float(got["Health"]) == pytest.approx(float(f["Health"]), abs=0.006)
         for key in ("Food", "Drink", "Energy", "Mana", "XP", "Dexterity", "Strength", "Intelligence", "Floor"):
             assert int(got[key]) == int(f[key]), key
         assert got["Facing"] == f["Direction"]

@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "extract": ("hsrl.data.label", "ExtractConfig", "run_extract", "re-extract hidden states of labelled data (other layer/pooling)"),
     "returns": ("hsrl.data.cli", "ReturnsConfig", "run_returns", "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
+    "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),
+    "plot": ("hsrl.rl.cli", "PlotConfig", "run_plot", "draw learning curves of training runs into PNG files"),
 }
 
 
@@ -43,6 +45,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         default = None if field.default is dataclasses.MISSING else field.default
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
+        if "nargs" in field.metadata:  # optional-value flag, e.g. `--ray` or `--ray ADDRESS`
+            parser.add_argument("--" + field.name.replace("_", "-"), type=tp, nargs=field.metadata["nargs"],
+                                const=field.metadata.get("const"), default=default, help=help_text,
+                                metavar=field.metadata.get("metavar"))
+            continue
         if field.metadata.get("positional"):
             parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
             continue

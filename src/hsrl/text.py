@@ -51,13 +51,16 @@ lines marked [craftax] only for full Craftax::
   ``ProjectileType`` (``arrow``, ``fireball``; Craftax's second arrow/fireball/
   iceball types read the same), the player's own ones prefixed ``player_``
   (``player_arrow``); Classic's mobs are ``zombie``, ``cow``, ``skeleton``, ``arrow``.
-- Inventory lists only what is held, in the observation's order: counts as
+- Inventory lists only what is held, in the order of the observation (full
+  Craftax: counts, books, pickaxe, sword, bow, potions, armour, as Craftax's
+  ``render_craftax_text`` lists them): counts as
   ``name count`` (Craftax's text names: ``torch``, ``arrow``, ``book``,
   ``red_potion``; Classic's inventory field names, tools included:
   ``wood_pickaxe 1``), Craftax's tool and armour levels by material
   (``stone_pickaxe``, ``diamond_sword``, ``bow``, ``iron_helmet``,
   ``diamond_boots``) with ``with fire enchantment`` / ``with ice enchantment``
-  when enchanted. ``Inventory: empty`` when nothing is held.
+  when enchanted. ``Inventory: empty`` when nothing is held. Tool, armour and
+  enchantment levels outside Craftax's range raise ValueError.
 - Numbers: integers as integers; health (fractional after damage in Craftax)
   and the light level with at most two decimals, trailing zeros dropped.
   ``Time`` is ``night`` when the light level is below 0.5 (where Craftax's
@@ -466,7 +469,8 @@ def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> 
     scalars = x[:, lay.map_size :]
 
     # One small matmul per observation decodes every tile; NaN and inf anywhere in a tile show up here.
-    dec = tile_map @ lay.decode.astype(x.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dec = tile_map @ lay.decode.astype(x.dtype)
     if not (np.isfinite(dec).all() and np.isfinite(scalars).all()):
         raise _nonfinite_error(x)
     block, block_sum, item, item_sum, mob_sum, mob_count = np.rint(np.moveaxis(dec[..., :6], -1, 0)).astype(np.intp)

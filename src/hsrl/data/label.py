@@ -52,6 +52,12 @@ class LabelConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16 instead of pooled"})
+    ray: str | None = field(default=None, metadata={"help": "distribute files over a Ray cluster: --ray ADDRESS, or --ray "
+                                                            "alone to start a local Ray instance", "nargs": "?", "const": "local",
+                                                            "metavar": "ADDRESS"})
+    workers: int | None = field(default=None, metadata={"help": "Ray: model replicas (default: GPUs / gpus-per-worker, or CPUs)"})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "Ray: GPUs per model replica (0 = CPU workers)"})
+    retries: int = field(default=3, metadata={"help": "Ray: times a file is retried when its worker dies"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def spec(self, variant: str):
@@ -68,12 +74,13 @@ class LabelSummary:
     skipped: list[str] = field(default_factory=list)  # already finished
     failed: dict[str, str] = field(default_factory=dict)  # file -> reason
     samples: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # labelling time, model loading excluded
+    load_seconds: float = 0.0
 
     def report(self) -> str:
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
-                 f"{len(self.skipped)} already done, {len(self.failed)} failed"]
+                 f"{len(self.skipped)} already done, {len(self.failed)} failed (model load {self.load_seconds:.1f} s)"]
         lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
         return "\n".join(lines)
 
@@ -195,51 +202,56 @@ class Labeller:
         write_chunk_streamed(dst, arrays, meta, streamed)
 
 
-def _label_folder(in_dir: str, out_dir: str, make_labeller, progress: bool, what: str) -> LabelSummary:
+def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -> LabelSummary:
     from tqdm.auto import tqdm
 
     summary = LabelSummary()
     files = list_chunks(in_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if out.resolve() == Path(in_dir).resolve():
         raise ValueError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
-    rows = {}
+    out.mkdir(parents=True, exist_ok=True)
+    rows, todo = {}, []
     for f in files:
         try:
             rows[f] = inspect_chunk(f).num_rows  # validates headers and meta
         except (DataFileError, OSError) as err:
             summary.failed[f.name] = str(err)
-    labeller = None
-    start = time.perf_counter()
-    bar = tqdm(total=sum(rows.values()), unit="sample", desc=what, disable=not progress, dynamic_ncols=True)
-    for i, f in enumerate(files):
-        if f not in rows:
             continue
-        dst = out / f.name
-        if dst.exists():
+        if (out / f.name).exists():
             summary.skipped.append(f.name)
-            bar.update(rows[f])
-            continue
-        bar.set_postfix(file=f"{i + 1}/{len(files)}")
+        else:
+            todo.append(f)
+    start = time.perf_counter()
+    bar = tqdm(total=sum(rows[f] for f in todo), unit="sample", desc=what, disable=not config.progress,
+               dynamic_ncols=True)
+    if todo and config.ray is not None:
+        from hsrl.data.label_ray import label_files_ray
+
+        done, failed = label_files_ray(todo, out, make_labeller, address=config.ray, workers=config.workers,
+                                       gpus_per_worker=config.gpus_per_worker, retries=config.retries,
+                                       on_file=lambda f, n: bar.update(rows[f]))
+        summary.labelled += [f.name for f in todo if f.name in done]
+        summary.samples += sum(done.values())
+        summary.failed.update(failed)
+    labeller = None
+    for i, f in enumerate(todo if config.ray is None else []):
+        bar.set_postfix(file=f"{i + 1}/{len(todo)}")
         try:
+            meta = read_meta(f)
             if labeller is None:
-                labeller = make_labeller(read_meta(f))
-            else:
-                _check_variant(labeller, read_meta(f))
-            n = labeller.label_file(f, dst, on_batch=bar.update)
+                t_load = time.perf_counter()
+                labeller = make_labeller(meta)
+                summary.load_seconds = time.perf_counter() - t_load
+            elif labeller.extractor.spec.variant != _variant(meta):
+                raise DataFileError(f, "meta", f"env {meta.env_name} differs from the other files' game variant")
+            summary.samples += labeller.label_file(f, out / f.name, on_batch=bar.update)
             summary.labelled.append(f.name)
-            summary.samples += n
         except DataFileError as err:
             summary.failed[f.name] = str(err)
     bar.close()
-    summary.seconds = time.perf_counter() - start
+    summary.seconds = time.perf_counter() - start - summary.load_seconds
     return summary
-
-
-def _check_variant(labeller, meta: ChunkMeta) -> None:
-    if labeller.extractor.spec.variant != _variant(meta):
-        raise DataFileError(None, "meta", f"env {meta.env_name} differs from the other files' game variant")
 
 
 def label_dataset(config: LabelConfig) -> LabelSummary:
@@ -253,7 +265,7 @@ def label_dataset(config: LabelConfig) -> LabelSummary:
         extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
         return Labeller(extractor, config.batch_size, config.save_token_states)
 
-    return _label_folder(config.in_dir, config.out_dir, make, config.progress, "label")
+    return _label_folder(config.in_dir, config.out_dir, make, config, "label")
 
 
 def run_label(config: LabelConfig) -> int:
@@ -278,6 +290,12 @@ class ExtractConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: CUDA when available)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16"})
+    ray: str | None = field(default=None, metadata={"help": "distribute files over a Ray cluster: --ray ADDRESS, or --ray "
+                                                            "alone to start a local Ray instance", "nargs": "?", "const": "local",
+                                                            "metavar": "ADDRESS"})
+    workers: int | None = field(default=None, metadata={"help": "Ray: model replicas (default: GPUs / gpus-per-worker, or CPUs)"})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "Ray: GPUs per model replica (0 = CPU workers)"})
+    retries: int = field(default=3, metadata={"help": "Ray: times a file is retried when its worker dies"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -293,7 +311,7 @@ def extract_dataset(config: ExtractConfig) -> LabelSummary:
         mode = "reextract" if source.generates else "label"
         return Labeller(extractor, config.batch_size, config.save_token_states, mode=mode)
 
-    return _label_folder(config.in_dir, config.out_dir, make, config.progress, "extract")
+    return _label_folder(config.in_dir, config.out_dir, make, config, "extract")
 
 
 def run_extract(config: ExtractConfig) -> int:

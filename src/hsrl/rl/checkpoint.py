@@ -67,7 +67,7 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: Mapping, met
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    data = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, jax.device_get(dict(state))))
+    data = flax.serialization.to_bytes(jax.tree.map(np.asarray, jax.device_get(dict(state))))
     with atomic_path(directory / f"{name}.msgpack") as f:
         f.write(data)
     sidecar = {"format": FORMAT, "version": VERSION, "step": int(step), "created": time.time(), **meta,

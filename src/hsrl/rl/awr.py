@@ -1,0 +1,470 @@
+"""Offline Advantage-Weighted Regression (AWR), with or without LLM hidden states (`hsrl train-awr`).
+
+The algorithm, per gradient step on a batch of (s, h, a, R) drawn uniformly from the dataset, where
+R is the discounted `return_to_go` and h the hidden state z-scored by `normalize_hidden`:
+
+    A      = R - V(s, h)
+    w      = stop_gradient(min(exp(A / beta), max_weight))
+    actor  = -mean(w * log pi(a | s, h))
+    critic = 0.5 * mean(A^2)
+    loss   = actor + critic                       (Adam; defaults beta 10, max weight 20, batch 256, lr 3e-4)
+
+Speed: the update is one pure function, and K updates run per jitted call as a `lax.scan`. The batch
+of step t is a pure function of (seed, t): positions `randint(fold_in(key, t), (B,), 0, rows)`. When
+the data fits the device (`--device-data`, automatic under `--device-data-max-gb`) it is put there
+once and batches are gathered inside the scan: nothing crosses from the host during training.
+Otherwise a background thread draws the same positions, gathers the rows from host memory and
+`device_put`s K batches ahead (a bounded queue), so the step never waits on the loader
+(`benchmarks/bench_awr.py` measures it). Either way step t sees the same batch, so a resumed run
+repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks, load_dataset, write_text_atomic
+from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
+from hsrl.rl.checkpoint import (
+    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta, restore_state,
+    save_checkpoint,
+)
+from hsrl.rl.metrics import MetricsLogger
+from hsrl.rl.networks import NetworkConfig, init_params, make_network
+
+if TYPE_CHECKING:
+    from hsrl.rl.cli import TrainAWRConfig
+
+RUN_CONFIG_FILE = "run_config.json"
+HOST_BLOCK_BYTES = 64 << 20  # host loader: at most this many bytes of batches per jitted call
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+class Batch(NamedTuple):
+    obs: jax.Array  # (B, *obs_shape): float32 symbolic or uint8/float pixels
+    action: jax.Array  # (B,) int
+    ret: jax.Array  # (B,) float32 return_to_go
+    hidden: jax.Array | None  # (B, H) raw hidden states, or None for the baseline
+
+
+class AWRState(NamedTuple):
+    params: object
+    opt_state: object
+    step: jax.Array  # int32 scalar: gradient steps taken
+    rng: jax.Array  # sampling key: batch t is drawn with fold_in(rng, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class AWRHyper:
+    beta: float = 10.0
+    max_weight: float = 20.0
+    lr: float = 3e-4
+
+
+def awr_loss(params, apply_fn: Callable, batch: Batch, beta: float, max_weight: float, hidden_stats=None):
+    """The AWR loss of one batch and its metrics (see the module docstring)."""
+    hidden = None if batch.hidden is None else normalize_hidden(batch.hidden, hidden_stats)
+    logits, value = apply_fn(params, batch.obs, hidden)
+    ret = batch.ret.astype(jnp.float32)
+    adv = ret - value
+    raw_weight = jnp.exp(jax.lax.stop_gradient(adv) / beta)
+    weight = jnp.minimum(raw_weight, max_weight)
+    log_pi = jax.nn.log_softmax(logits)
+    log_prob = jnp.take_along_axis(log_pi, batch.action[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    actor_loss = -jnp.mean(weight * log_prob)
+    critic_loss = 0.5 * jnp.mean(adv ** 2)
+    var_ret = jnp.var(ret)
+    metrics = {
+        "actor_loss": actor_loss,
+        "critic_loss": critic_loss,
+        "loss": actor_loss + critic_loss,
+        "entropy": -jnp.mean(jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)),
+        "mean_weight": jnp.mean(weight),
+        "clipped_fraction": jnp.mean((raw_weight >= max_weight).astype(jnp.float32)),
+        "advantage_mean": jnp.mean(adv),
+        "advantage_std": jnp.std(adv),
+        "log_prob": jnp.mean(log_prob),
+        "explained_variance": jnp.where(var_ret > 0, 1.0 - jnp.var(ret - value) / jnp.where(var_ret > 0, var_ret, 1.0),
+                                        jnp.nan),
+        "value_mean": jnp.mean(value),
+        "return_mean": jnp.mean(ret),
+    }
+    return actor_loss + critic_loss, metrics
+
+
+def make_update(network_config: NetworkConfig, hyper: AWRHyper, hidden_stats: HiddenStats | None):
+    """`update(state, batch) -> (state, metrics)`: one Adam step on the AWR loss. Pure; jit or scan it."""
+    apply_fn = make_network(network_config).apply
+    optimizer = make_optimizer(hyper)
+
+    def update(state: AWRState, batch: Batch):
+        grads, metrics = jax.grad(awr_loss, has_aux=True)(
+            state.params, apply_fn, batch, hyper.beta, hyper.max_weight, hidden_stats)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return AWRState(params, opt_state, state.step + 1, state.rng), metrics
+
+    return update
+
+
+def make_optimizer(hyper: AWRHyper) -> optax.GradientTransformation:
+    return optax.adam(hyper.lr)
+
+
+def init_state(network_config: NetworkConfig, hyper: AWRHyper, seed: int) -> AWRState:
+    base = jax.random.PRNGKey(seed)
+    params = init_params(network_config, jax.random.fold_in(base, 0))
+    opt_state = make_optimizer(hyper).init(params)
+    return AWRState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.fold_in(base, 1))
+
+
+# --------------------------------------------------------------------------------------- sampling
+
+
+def sample_positions(rng: jax.Array, start: jax.Array, length: int, batch_size: int, num_rows: int) -> jax.Array:
+    """(length, batch_size) int32 positions in [0, num_rows) of steps start .. start + length - 1."""
+    steps = start + jnp.arange(length, dtype=jnp.int32)
+    return jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(rng, t), (batch_size,), 0, num_rows))(steps)
+
+
+def gather(data: Mapping[str, jax.Array], rows) -> Batch:
+    """A Batch of `rows` (any shape of indices) from arrays `obs`, `action`, `return_to_go`, [`hidden_state`]."""
+    take = lambda k: jnp.take(data[k], rows, axis=0)  # noqa: E731
+    return Batch(take("obs"), take("action"), take("return_to_go"),
+                 take("hidden_state") if "hidden_state" in data else None)
+
+
+def _donate() -> tuple[int, ...]:
+    """Donate the state's buffers to the update (in-place on accelerators; CPU cannot use donation)."""
+    return () if jax.default_backend() == "cpu" else (0,)
+
+
+def make_device_block(update, batch_size: int):
+    """`block(state, data, length) -> (state, metrics)`: `length` updates, batches gathered on device.
+
+    `data` holds the arrays (on device) and `rows`, the valid row indices. Metrics are means over the block.
+    """
+
+    def block(state: AWRState, data: Mapping[str, jax.Array], length: int):
+        pos = sample_positions(state.rng, state.step, length, batch_size, data["rows"].shape[0])
+
+        def body(state, pos_t):
+            return update(state, gather(data, jnp.take(data["rows"], pos_t)))
+
+        state, metrics = jax.lax.scan(body, state, pos)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return jax.jit(block, static_argnums=2, donate_argnums=_donate())
+
+
+def make_batches_block(update):
+    """`block(state, batches) -> (state, metrics)`: one update per leading index of `batches` (length, B, ...)."""
+
+    def block(state: AWRState, batches: Batch):
+        state, metrics = jax.lax.scan(update, state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return jax.jit(block, donate_argnums=_donate())
+
+
+class Prefetcher:
+    """Background thread: for each (start, length) block, draw positions, gather rows on the host,
+    `device_put` the (length, B, ...) batches, and queue them (at most `depth` ahead).
+
+    Iterate to get the blocks in order; an error in the thread is raised by the iterator.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray, rng: jax.Array,
+                 blocks: list[tuple[int, int]], batch_size: int, depth: int = 3, device=None):
+        self.arrays, self.rows = arrays, rows
+        self.rng = np.asarray(jax.device_get(rng))  # a host copy: the state's buffers may be donated
+        self.blocks, self.batch_size, self.device = blocks, batch_size, device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._positions = jax.jit(sample_positions, static_argnums=(2, 3, 4))
+        self._thread = threading.Thread(target=self._run, name="awr-prefetch", daemon=True)
+        self._thread.start()
+
+    def make(self, start: int, length: int) -> Batch:
+        pos = np.asarray(self._positions(self.rng, jnp.int32(start), length, self.batch_size, len(self.rows)))
+        idx = self.rows[pos.reshape(-1)]
+        host = {k: v[idx].reshape((length, self.batch_size) + v.shape[1:]) for k, v in self.arrays.items()}
+        return jax.device_put(Batch(host["obs"], host["action"], host["return_to_go"], host.get("hidden_state")),
+                              self.device)
+
+    def _run(self):
+        try:
+            for start, length in self.blocks:
+                item = self.make(start, length)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # handed to the consumer
+            self._queue.put(err)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for _ in self.blocks:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def block_schedule(start: int, end: int, per_call: int, every: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, length) of each jitted call from step `start` to `end`: at most `per_call` steps, never
+    crossing a multiple of any of `every` (log and save points), so logs and checkpoints fall on them."""
+    blocks, step = [], start
+    while step < end:
+        stop = min(end, step + per_call, *[(step // e + 1) * e for e in every if e > 0])
+        blocks.append((step, stop - step))
+        step = stop
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class AWRData:
+    """What training reads: host arrays, the valid rows, and where they came from."""
+
+    arrays: dict[str, np.ndarray]  # obs, action, return_to_go, [hidden_state]
+    rows: np.ndarray  # int32 indices of the rows used (episodes that ended within the data, by default)
+    env_name: str
+    obs_kind: str
+    spec_json: str | None
+    num_rows: int
+    dropped_truncated: int
+
+    @property
+    def hidden_size(self) -> int | None:
+        h = self.arrays.get("hidden_state")
+        return None if h is None else int(h.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values()) + self.rows.nbytes
+
+
+def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
+    """Clear errors for data that cannot train AWR, from the first file's headers (nothing decompressed)."""
+    files = list_chunks(data_dir)
+    info = inspect_chunk(files[0])
+    if "return_to_go" not in info.fields:
+        raise DataFileError(files[0], "return_to_go", f"missing: run `hsrl returns {data_dir}` first")
+    if hidden and "hidden_state" not in info.fields:
+        raise DataFileError(files[0], "hidden_state", f"missing: label the data with `hsrl label` first, or "
+                                                      f"train the baseline with --no-hidden")
+    if hidden and len(info.fields["hidden_state"][0]) == 3:
+        raise DataFileError(files[0], "hidden_state", "stored per-token (N, T, H); AWR reads pooled (N, H) states: "
+                                                      "label with pooled states (without --save-token-states)")
+
+
+def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True) -> AWRData:
+    """Load the keys AWR needs. Rows whose episode was still running at the end of the data have a cut-off
+    return_to_go and are left out unless `truncated`."""
+    check_data_keys(data_dir, hidden)
+    keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden else [])
+    ds = load_dataset(data_dir, keys, show_progress=show_progress)
+    arrays = {k: ds[k] for k in keys if k != "return_truncated"}
+    arrays["action"] = arrays["action"].astype(np.int32, copy=False)
+    trunc = ds["return_truncated"]
+    rows = np.arange(len(ds), dtype=np.int32) if truncated else np.flatnonzero(~trunc).astype(np.int32)
+    if len(rows) == 0:
+        raise ValueError(f"{data_dir}: every row belongs to an episode still running at the end of the data "
+                         "(its return_to_go is cut off); collect more steps, or pass --truncated to use them anyway")
+    return AWRData(arrays, rows, ds.meta.env_name, ds.meta.obs_kind, ds.meta.spec_json, len(ds),
+                   0 if truncated else int(trunc.sum()))
+
+
+def hidden_stats_of(hidden: np.ndarray, spec_json: str | None, block: int = 65536) -> HiddenStats:
+    """Normalisation statistics of pooled hidden states (N, H), streamed in float64 blocks."""
+    moments = RunningMoments(hidden.shape[1])
+    for i in range(0, len(hidden), block):
+        moments.update(hidden[i:i + block])
+    return moments.hidden_stats(spec_json=spec_json)
+
+
+def device_memory_limit(device) -> int | None:
+    try:
+        stats = device.memory_stats()
+    except Exception:  # CPU backends have none
+        return None
+    return None if not stats else stats.get("bytes_limit")
+
+
+# ------------------------------------------------------------------------------------------ train
+
+# Flags that define a run; rerunning into the same --out with other values is refused.
+IDENTITY_FIELDS = ("data_dir", "hidden", "batch_size", "lr", "beta", "max_weight", "seed", "truncated", "width",
+                   "activation")
+
+
+def _run_config(config: TrainAWRConfig) -> dict:
+    d = dataclasses.asdict(config)
+    d["data_dir"] = str(Path(config.data_dir).resolve())
+    return d
+
+
+def _check_same_run(out: Path, config: TrainAWRConfig) -> None:
+    path = out / RUN_CONFIG_FILE
+    mine = _run_config(config)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        differ = [k for k in IDENTITY_FIELDS if saved.get(k) != mine.get(k)]
+        if differ:
+            flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
+            raise ValueError(f"{out} holds a run started with other settings: {flags}; use another --out, "
+                             f"or the same settings to resume")
+    write_text_atomic(path, json.dumps(mine, indent=1, sort_keys=True))
+
+
+def _mean_metrics(parts: list[tuple[int, dict]]) -> dict[str, float]:
+    host = jax.device_get([m for _, m in parts])
+    weights = np.array([n for n, _ in parts], np.float64)
+    return {k: float(np.average([float(m[k]) for m in host], weights=weights)) for k in host[0]}
+
+
+def train_awr(config: TrainAWRConfig) -> dict:
+    """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path)."""
+    config.check()
+    out = Path(config.out)
+    from hsrl.env import env_info
+
+    # --- data
+    data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress)
+    info = env_info(data.env_name)
+    network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
+                                    width=config.width, activation=config.activation)
+    hyper = AWRHyper(beta=config.beta, max_weight=config.max_weight, lr=config.lr)
+
+    # --- resume or start
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / CHECKPOINT_DIR
+    found = list_checkpoints(ckpt_dir)
+    meta = read_checkpoint_meta(found[-1]) if found else None
+    if meta is not None:
+        check_compatible(meta, env_name=data.env_name, hidden_size=data.hidden_size, spec_json=data.spec_json,
+                         allow_spec_mismatch=config.allow_spec_mismatch, what=f"the data in {config.data_dir}")
+        saved_net = NetworkConfig.from_dict(meta["network"])
+        if saved_net != network:
+            raise ValueError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
+                             f"give {network.to_json()}: use another --out")
+    _check_same_run(out, config)
+    if meta is not None and network.uses_hidden:
+        stats = HiddenStats.from_dict(meta["hidden_stats"])  # keep normalising as the run began
+        spec_json = meta.get("spec_json")
+    else:
+        stats = hidden_stats_of(data.arrays["hidden_state"], data.spec_json) if network.uses_hidden else None
+        spec_json = data.spec_json if network.uses_hidden else None
+    state = init_state(network, hyper, config.seed)
+    if meta is not None:
+        state = AWRState(**restore_state(meta, state._asdict()))
+        state = state._replace(step=jnp.asarray(state.step, jnp.int32))
+    start = int(state.step)
+    if start >= config.steps:
+        print(f"{out}: already trained to step {start} (--steps {config.steps}); nothing to do")
+        return {"step": start, "checkpoint": meta["path"] if meta else None, "metrics": {}, "resumed": True}
+
+    # --- where the batches come from
+    device = jax.devices()[0]
+    limit = config.device_data_max_gb * 1e9
+    mem = device_memory_limit(device)
+    if mem is not None:
+        limit = min(limit, 0.5 * mem)
+    on_device = config.device_data if config.device_data is not None else data.nbytes <= limit
+    update = make_update(network, hyper, stats)
+    row_bytes = sum(a[0].nbytes for a in data.arrays.values()) * config.batch_size
+    per_call = config.steps_per_call if on_device else max(1, min(config.steps_per_call, HOST_BLOCK_BYTES // row_bytes))
+    blocks = block_schedule(start, config.steps, per_call, (config.log_every, config.save_every))
+    if on_device:
+        device_data = jax.device_put({**data.arrays, "rows": data.rows}, device)
+        block_fn = make_device_block(update, config.batch_size)
+        calls = ((length, lambda s, n=length: block_fn(s, device_data, n)) for _, length in blocks)
+        prefetch = None
+    else:
+        batches_fn = make_batches_block(update)
+        prefetch = Prefetcher(data.arrays, data.rows, state.rng, blocks, config.batch_size, device=device)
+        calls = ((length, lambda s, b=b: batches_fn(s, b)) for (_, length), b in zip(blocks, prefetch))
+
+    sidecar = {
+        "algorithm": "awr", "network": network.to_dict(), "env_name": data.env_name, "spec_json": spec_json,
+        "hidden_stats": None if stats is None else stats.to_dict(), "data_dir": str(Path(config.data_dir).resolve()),
+        "seed": config.seed, "train_config": _run_config(config), "final": False,
+    }
+
+    def save(state, final=False):
+        path = save_checkpoint(ckpt_dir, int(state.step), state._asdict(), {**sidecar, "final": final})
+        prune_checkpoints(ckpt_dir, config.keep)
+        return path
+
+    # --- the loop
+    from tqdm.auto import tqdm
+
+    logger = MetricsLogger(out, resume_step=start if meta is not None else None, tensorboard=config.tensorboard)
+    if meta is None:
+        logger.text("config", "```\n" + json.dumps(_run_config(config), indent=1) + "\n```")
+    where = "device" if on_device else "host loader"
+    print(f"{'resuming at step ' + str(start) if meta else 'starting'}: {network.class_name} on {data.env_name}, "
+          f"{len(data.rows)} of {data.num_rows} rows ({data.dropped_truncated} in unfinished episodes left out), "
+          f"hidden size {data.hidden_size}, data {data.nbytes / 1e6:.1f} MB via {where}, {per_call} steps per call")
+    bar = tqdm(total=config.steps, initial=start, unit="step", desc="train-awr", disable=not config.progress,
+               dynamic_ncols=True)
+    step, parts, pending, last = start, [], None, None
+    tick = time.perf_counter()
+    last_step, ckpt_path = start, None
+    try:
+        for length, call in calls:
+            state, metrics = call(state)
+            if pending is not None:  # keep one call in flight, so the bar is honest and the device busy
+                jax.block_until_ready(pending)
+                bar.update(pending_len)
+            pending, pending_len = metrics, length
+            parts.append((length, metrics))
+            step += length
+            if step % config.log_every == 0 or step == config.steps:
+                values = _mean_metrics(parts)
+                now = time.perf_counter()
+                values["SPS"] = (step - last_step) / (now - tick)
+                values["samples_per_second"] = values["SPS"] * config.batch_size
+                tick, last_step, parts = now, step, []
+                last = logger.log(step, values)
+                bar.set_postfix(critic=f"{values['critic_loss']:.4g}", actor=f"{values['actor_loss']:.4g}",
+                                ev=f"{values['explained_variance']:.3f}", refresh=False)
+            if step % config.save_every == 0 and step != config.steps:
+                ckpt_path = save(state)
+        if pending is not None:
+            jax.block_until_ready(pending)
+            bar.update(pending_len)
+        ckpt_path = save(state, final=True)
+    finally:
+        bar.close()
+        logger.close()
+        if prefetch is not None:
+            prefetch.close()
+    return {"step": int(state.step), "checkpoint": str(ckpt_path), "metrics": last or {}, "resumed": meta is not None,
+            "on_device": on_device, "network": network.class_name}
