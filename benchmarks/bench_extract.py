@@ -12,7 +12,7 @@ Observations are synthetic texts in the renderer's format (random tiles, invento
 is needed. Timings exclude loading and the one-off prefix computation (a warm-up batch runs first). The last line is
 one JSON object with the figures.
 
-    python benchmarks/bench_extract.py [--samples 64] [--batch-size 16] [--tokens 16]
+    python benchmarks/bench_extract.py [--samples 32] [--batch-size 16] [--tokens 16]
 """
 
 import argparse
@@ -71,15 +71,19 @@ def device_name() -> str:
     return f"CPU {platform.processor() or platform.machine()}"
 
 
-def timed(extractor: TransformersExtractor, observations: list[str], repeats: int = 1):
-    """(best seconds over repeats, result) after one warm-up batch."""
-    extractor.extract(observations[: extractor.batch_size])
-    best, result = float("inf"), None
+def timed(extractors: list[TransformersExtractor], observations: list[str], repeats: int):
+    """Per extractor: (best seconds, result). One warm-up batch each, then the timed runs interleaved (ABAB...),
+    so that load from other processes on a shared machine hits every extractor alike."""
+    for ex in extractors:
+        ex.extract(observations[: ex.batch_size])
+    best = [float("inf")] * len(extractors)
+    results = [None] * len(extractors)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = extractor.extract(observations)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for i, ex in enumerate(extractors):
+            start = time.perf_counter()
+            results[i] = ex.extract(observations)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return list(zip(best, results))
 
 
 def rates(name: str, seconds: float, result, n: int) -> dict:
@@ -100,13 +104,13 @@ def rates(name: str, seconds: float, result, n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16, help="tokens to generate in generation mode")
     parser.add_argument("--tiles", type=int, default=16, help="map lines per observation (~200 tokens at 16)")
     parser.add_argument("--hidden-size", type=int, default=128, help="tiny Qwen3 hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny Qwen3 blocks")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     args = parser.parse_args()
     torch.manual_seed(0)
     observations = synthetic_observations(args.samples, args.tiles)
@@ -116,7 +120,7 @@ def main() -> None:
 
     minilm = load_model("minilm")
     ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
-    seconds, result = timed(ex, observations, args.repeats)
+    [(seconds, result)] = timed([ex], observations, args.repeats)
     figures["minilm_prompt_only"] = rates("minilm prompt-only", seconds, result, args.samples)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -134,19 +138,18 @@ def main() -> None:
         print(f"tiny Qwen3 H={qwen.hidden_size} L={qwen.num_layers}: prefix {cached.prefix_tokens} tokens, "
               f"observation {figures['mean_observation_tokens']:.0f} tokens on average")
 
-        t_cached, r_cached = timed(cached, observations, args.repeats)
+        (t_cached, r_cached), (t_uncached, r_uncached) = timed([cached, uncached], observations, args.repeats)
         figures["qwen_prompt_only"] = rates("tiny qwen prompt-only (cache)", t_cached, r_cached, args.samples)
-        t_uncached, r_uncached = timed(uncached, observations, args.repeats)
         figures["qwen_prompt_only_no_cache"] = rates("tiny qwen prompt-only (no cache)", t_uncached, r_uncached,
                                                      args.samples)
 
         gen_spec = spec.replace(tokens=args.tokens)
         gen_cached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size)
         gen_uncached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size, prefix_cache=False)
-        tg_cached, g_cached = timed(gen_cached, observations, args.repeats)
+        (tg_cached, g_cached), (tg_uncached, g_uncached) = timed([gen_cached, gen_uncached], observations,
+                                                                 args.repeats)
         figures["qwen_generation"] = rates(f"tiny qwen generate {args.tokens} (cache)", tg_cached, g_cached,
                                            args.samples)
-        tg_uncached, g_uncached = timed(gen_uncached, observations, args.repeats)
         figures["qwen_generation_no_cache"] = rates(f"tiny qwen generate {args.tokens} (no cache)", tg_uncached,
                                                     g_uncached, args.samples)
 
@@ -154,7 +157,9 @@ def main() -> None:
     figures["prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state - r_uncached.hidden_state).max())
     figures["prefix_cache_speedup_generation"] = tg_uncached / tg_cached
     figures["prefix_cache_generation_same_text"] = g_cached.generated_ids == g_uncached.generated_ids
-    figures["prefix_cache_generation_max_abs_diff"] = float(np.abs(g_cached.hidden_state - g_uncached.hidden_state).max())
+    figures["prefix_cache_generation_max_abs_diff"] = float(
+        np.abs(g_cached.hidden_state - g_uncached.hidden_state).max()
+    )
     figures["prefix_cache_same_results"] = bool(
         figures["prefix_cache_max_abs_diff"] < 1e-4 and figures["prefix_cache_generation_same_text"]
         and figures["prefix_cache_generation_max_abs_diff"] < 1e-4

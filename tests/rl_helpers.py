@@ -13,7 +13,7 @@ NUM_ACTIONS = 17
 SPEC = json.dumps({"model": "tiny", "layer": -1, "tokens": 1, "pooling": "mean"})
 
 
-def hidden_task_arrays(rng, n, *, obs_dim=8, hidden_size=24, reward=10.0, noise=0.3):
+def hidden_task_arrays(rng, n, *, obs_dim=8, hidden_size=24, reward=10.0, noise=0.1):
     """Rows where the best action is written only in the hidden state.
 
     `best` is uniform over the actions; the hidden state is one_hot(best) plus Gaussian noise, padded

@@ -60,6 +60,24 @@ def test_prompt_text_is_pinned_to_its_version(template, variant):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["classic", "craftax"])
+def test_fewshot_line_keys_match_a_rendered_observation(variant):
+    """The examples' line structure equals that of a real observation rendered by hsrl.text (Craftax reset)."""
+    import jax
+    import numpy as np
+
+    from hsrl.env.catalog import craftax_env
+    from hsrl.text import render_text
+
+    env = craftax_env(ENV[variant])
+    obs, _ = env.reset(jax.random.PRNGKey(0), env.default_params)
+    lines = render_text(np.asarray(obs), variant)[0].split("\n")
+    assert lines[0] == MAP_HEADER
+    footer = [l.split(":")[0] for l in lines if not re.fullmatch(r"-?\d+, -?\d+: .+", l)][1:]
+    assert footer == FOOTER_KEYS[variant]
+
+
 def test_chat_template_prefix_is_shared_and_ends_with_generation_prompt():
     tokenizer = train_tokenizer()
     t = build_template("chat", "classic", tokenizer)

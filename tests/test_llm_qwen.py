@@ -115,7 +115,9 @@ def test_generation_pools_the_generated_tokens_own_states(qwen, prefix_cache):
     for b in range(len(OBS)):
         gen = result.generated_ids[b]
         assert len(gen) == result.num_tokens[b] == 6 and not result.finished[b]
-        assert result.generated_text[b] == qwen.tokenizer.decode(gen, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert result.generated_text[b] == qwen.tokenizer.decode(
+            gen, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         for layer in (1, -1):
             states = manual_generated_states(qwen, rows[b], gen, layer)
             np.testing.assert_allclose(result.hidden[layer][b], states.mean(0).numpy(), atol=ATOL)

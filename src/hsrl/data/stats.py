@@ -93,13 +93,16 @@ class HiddenStats:
                              f"fields that differ: {', '.join(diff)}")
 
 
-def normalize_hidden(h, stats: HiddenStats):
+def normalize_hidden(h, stats):
     """z-score hidden states `(..., H)`: `(h - stats.mean) / stats.std` (std floored). numpy or JAX arrays.
 
-    float16/float32 input gives float32 output. The last axis must be the statistics' hidden size.
+    `stats` is a `HiddenStats`, or anything with `.mean` and `.std` arrays (inside `jax.jit`, a NamedTuple
+    of traced arrays, so changing statistics do not recompile). float16/float32 input gives float32
+    output. The last axis must be the statistics' hidden size.
     """
-    if h.shape[-1] != stats.hidden_size:
-        raise ValueError(f"hidden states have size {h.shape[-1]} but the statistics have {stats.hidden_size}")
+    size = stats.mean.shape[-1]
+    if h.shape[-1] != size:
+        raise ValueError(f"hidden states have size {h.shape[-1]} but the statistics have {size}")
     return (h - stats.mean) / stats.std
 
 

@@ -119,7 +119,7 @@ class PromptTemplate:
 
 
 def build_template(template: str, variant: str, tokenizer=None) -> PromptTemplate:
-    """The prompt template `template` ('chat' | 'short') for a game variant, using `tokenizer`'s chat template if any."""
+    """The prompt template 'chat' or 'short' for a game variant, with `tokenizer`'s chat template if it has one."""
     if template == "short":
         return PromptTemplate("short", TEMPLATE_VERSIONS["short"], "", "\n" + SHORT_INSTRUCTION, chat=False)
     if template != "chat":

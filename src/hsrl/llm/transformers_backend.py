@@ -127,7 +127,9 @@ class TransformersExtractor(Extractor):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}; expected 'left' or 'right'")
         if padding_side == "left" and prefix_cache and model.causal:
-            raise ValueError("the shared-prefix cache needs right padding; pass prefix_cache=False with padding_side='left'")
+            raise ValueError(
+                "the shared-prefix cache needs right padding; pass prefix_cache=False with padding_side='left'"
+            )
         template = spec.template if spec.template != "auto" else ("chat" if model.causal else "short")
         version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
         if version != TEMPLATE_VERSIONS[template]:
@@ -152,7 +154,8 @@ class TransformersExtractor(Extractor):
         params = inspect.signature(self._base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self._eos = torch.tensor(_eos_ids(model), dtype=torch.long, device=self.device)
+        self._eos_ids = _eos_ids(model)
+        self._eos = torch.tensor(self._eos_ids, dtype=torch.long, device=self.device)
         if model.causal:
             leading = [] if self.template.chat else _leading_special_ids(tok)
             self._prefix_ids = leading + tok(self.template.prefix, add_special_tokens=False).input_ids
@@ -281,7 +284,9 @@ class TransformersExtractor(Extractor):
             pos = torch.arange(n, device=self.device)[None]
             _, _, cache = self._forward(ids, mask, pos, DynamicCache(config=config), set())
             self._prefix_kv = [(k, v) for k, v, *_ in cache]
-        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv], config=config)
+        # update() concatenates, so each batch gets its own copy of the prefix and the stored one stays intact
+        expanded = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv]
+        return DynamicCache(expanded, config=config)
 
     def _prefill(self, rows: list[list[int]], layers: set[int], keep_cache: bool):
         """Forward over padded rows. Returns (states, last_hidden, cache, mask, pos, offsets, first_column)."""
@@ -362,7 +367,10 @@ class TransformersExtractor(Extractor):
             raise ValueError(f"{len(seeds)} seeds for {len(observations)} observations")
         out = np.empty((len(observations), self.spec.tokens), dtype=np.float64)
         for b, obs in enumerate(observations):
-            key = int(seeds[b]) % 2**64 if seeds is not None else int.from_bytes(hashlib.sha256(obs.encode()).digest()[:8], "little")
+            if seeds is not None:
+                key = int(seeds[b]) % 2**64
+            else:
+                key = int.from_bytes(hashlib.sha256(obs.encode()).digest()[:8], "little")
             out[b] = np.random.default_rng([self.spec.seed % 2**64, key]).random(self.spec.tokens)
         return out
 
@@ -391,7 +399,7 @@ class TransformersExtractor(Extractor):
                     ids = ids.cpu().numpy()
                     for k, i in enumerate(idx):
                         generated[i] = ids[k, : counts[k]].tolist()
-                        finished[i] = bool(np.isin(generated[i][-1:], self._eos.cpu().numpy()).any())
+                        finished[i] = generated[i][-1] in self._eos_ids
                 num_tokens[idx] = counts
                 for a in wanted:
                     values = h[a].cpu().numpy()
@@ -471,8 +479,7 @@ class TransformersExtractor(Extractor):
         self._check_lengths(rows, lengths, 0)
         ranges = np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
         result = self._run(rows, lengths, layers, return_token_states, ranges=ranges)
-        eos = set(self._eos.tolist())
         result.generated_ids = [list(g) for g in generated_ids]
         result.generated_text = [self._decode(g) for g in generated_ids]
-        result.finished = np.array([g[-1] in eos for g in generated_ids], dtype=bool)
+        result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
         return result
