@@ -49,7 +49,7 @@ def test_loss_matches_the_formula_and_stops_the_weight_gradient():
     beta, max_weight = 2.0, 20.0
     loss, m = awr_loss(params, apply_fn, batch, beta, max_weight)
     logits, value = apply_fn(params, batch.obs)
-    adv = np.asarray(batch.ret) - np.asarray(value)
+    adv = np.asarray(batch.ret, np.float64) - np.asarray(value, np.float64)
     w = np.minimum(np.exp(adv / beta), max_weight)
     logp = np.asarray(jax.nn.log_softmax(logits))[np.arange(6), np.asarray(batch.action)]
     np.testing.assert_allclose(m["actor_loss"], -np.mean(w * logp), rtol=1e-5)
@@ -253,3 +253,23 @@ def test_policy_refuses_other_spec_and_size(small, tmp_path):
         policy.check_compatible(env_name="Craftax-Symbolic-v1")
     with pytest.raises(ValueError, match="size 23"):
         policy.act(np.zeros((2, 8), np.float32), np.zeros((2, 23), np.float32), greedy=True)
+
+
+def test_pixel_data_trains_the_conv_networks(tmp_path):
+    from data_helpers import make_dataset
+
+    from hsrl.data import add_returns
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    make_dataset(tmp_path / "data", rng, files=2, steps=8, num_envs=4, pixels=True, spec=SPEC,
+                 hidden=lambda n: rng.standard_normal((n, 12)).astype(np.float16))
+    add_returns(tmp_path / "data", 0.9, show_progress=False)
+    for hidden, device_data, name in ((True, False, "ActorCriticConvAug"), (False, True, "ActorCriticConv")):
+        out = tmp_path / f"run_{hidden}"
+        result = train_awr(config(tmp_path / "data", out, hidden=hidden, device_data=device_data, steps=6,
+                                  log_every=3, batch_size=16, truncated=True))
+        assert result["network"] == name and result["on_device"] == device_data
+        policy = load_policy(out)
+        assert policy.network.obs_shape == (4, 3, 3) and policy.network.kind == "conv"
+        assert all(np.isfinite(line["critic_loss"]) for line in read_metrics(out))

@@ -411,8 +411,9 @@ class TransformersExtractor(Extractor):
                     token_chunks.append((idx, {a: t[a].to(torch.float16).cpu().numpy() for a in wanted}))
         token_states = None
         if want_tokens:
-            T = int(num_tokens.max())
-            token_states = {a: np.zeros((n, T, self.hidden_size), dtype=np.float16) for a in wanted}
+            # rows are padded past num_tokens[b] (documented in ExtractionResult); pooled states never are
+            padded_shape = (n, int(num_tokens.max()), self.hidden_size)
+            token_states = {a: np.zeros(padded_shape, dtype=np.float16) for a in wanted}
             for idx, chunk_states in token_chunks:
                 for a, values in chunk_states.items():
                     for k, i in enumerate(idx):

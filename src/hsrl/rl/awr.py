@@ -127,10 +127,15 @@ def make_optimizer(hyper: AWRHyper) -> optax.GradientTransformation:
 
 
 def init_state(network_config: NetworkConfig, hyper: AWRHyper, seed: int) -> AWRState:
-    base = jax.random.PRNGKey(seed)
-    params = init_params(network_config, jax.random.fold_in(base, 0))
-    opt_state = make_optimizer(hyper).init(params)
-    return AWRState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.fold_in(base, 1))
+    """Fresh parameters (key fold_in(seed, 0)), Adam state, step 0 and the sampling key (fold_in(seed, 1))."""
+
+    @jax.jit
+    def init(base):
+        params = init_params(network_config, jax.random.fold_in(base, 0))
+        opt_state = make_optimizer(hyper).init(params)
+        return AWRState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.fold_in(base, 1))
+
+    return init(jax.random.PRNGKey(seed))
 
 
 # --------------------------------------------------------------------------------------- sampling

@@ -230,13 +230,17 @@ def dummy_inputs(config: NetworkConfig, batch: int = 1):
 
 def init_params(config: NetworkConfig, key: jax.Array):
     """Fresh parameters for `config` (initialised on a batch of one zero observation)."""
-    obs, hidden = dummy_inputs(config)
-    return make_network(config).init(key, obs, hidden)
+    def init(key):
+        obs, hidden = dummy_inputs(config)
+        return make_network(config).init(key, obs, hidden)
+
+    return jax.jit(init)(key)  # one compiled program, not one per layer (eager init compiles each op)
 
 
 def param_shapes(config: NetworkConfig):
     """The parameter tree of `config` as ShapeDtypeStructs, computed without allocating anything."""
-    return jax.eval_shape(lambda k: init_params(config, k), jax.random.PRNGKey(0))
+    obs, hidden = dummy_inputs(config)
+    return jax.eval_shape(make_network(config).init, jax.random.PRNGKey(0), obs, hidden)
 
 
 def num_params(params) -> int:

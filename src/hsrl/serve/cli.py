@@ -1,0 +1,107 @@
+"""`hsrl serve`: load a model and serve hidden states over HTTP (routes and payloads: `hsrl.serve.server`)."""
+
+import ipaddress
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from hsrl.serve.wire import TOKEN_ENV
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Serve LLM hidden states of Craftax observations over HTTP.
+
+    GET /health (open): ready flag, model, hidden size, spec JSON and hash, env, limits.
+    POST /v1/hidden-states: {"observations": {"dtype": "float32", "shape": [B, D], "data": base64} or lists}
+    or {"texts": [...]} -> {"hidden": {"dtype": "float32", "shape": [B, H], "data": base64}, "spec_hash": ...}
+    (+ "generated_text" when --tokens > 1). GET /v1/stats: batching statistics.
+    Observations are rendered with hsrl.text and extracted exactly as `hsrl label` does. Requests from concurrent
+    clients run together in batches of up to --max-batch observations. Binds to loopback unless --host says
+    otherwise; a bearer token (--token or $HSRL_SERVE_TOKEN) then guards every route but /health.
+    """
+
+    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
+    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
+    tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
+    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
+    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": "environment whose symbolic observations are served (sets the renderer, the observation length and the spec's variant)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback by default)"})
+    port: int = field(default=8000, metadata={"help": "port to bind"})
+    max_batch: int = field(default=64, metadata={"help": "observations per model call; concurrent requests are batched up to this"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for more requests before a batch runs"})
+    max_request: int = field(default=1024, metadata={"help": "observations (or texts) per request"})
+    max_body_mb: float = field(default=32.0, metadata={"help": "largest request body in MiB"})
+    max_text_chars: int = field(default=20_000, metadata={"help": "longest text of a `texts` request, in characters"})
+    token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
+    log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
+    access_log: bool = field(default=False, metadata={"help": "log every request"})
+
+    def spec(self):
+        from hsrl.env.catalog import env_info
+        from hsrl.llm import ExtractionSpec
+
+        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
+                              template=self.template, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, dtype=self.dtype, variant=env_info(self.env).variant)
+
+    def settings(self, token: str | None):
+        from hsrl.serve.server import ServerSettings
+
+        if not self.max_body_mb > 0:
+            raise ValueError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+        return ServerSettings(env=self.env, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
+                              max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
+                              max_text_chars=self.max_text_chars, token=token)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(config: ServeConfig) -> int:
+    """Serve until interrupted; exits 1 if the model fails to load."""
+    import uvicorn
+
+    from hsrl.env.catalog import check_env_name
+    from hsrl.serve.server import create_app
+
+    check_env_name(config.env)
+    if not 0 <= config.port < 65536:
+        raise ValueError(f"--port must be in 0..65535, got {config.port}")
+    token = config.token if config.token is not None else os.environ.get(TOKEN_ENV) or None
+    settings = config.settings(token)
+    if not _is_loopback(config.host) and token is None:
+        print(f"hsrl serve: warning: binding {config.host} without a bearer token: anyone who can reach the port "
+              f"can use the model (set ${TOKEN_ENV})", file=sys.stderr)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(err: BaseException) -> None:
+        failed.append(err)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config.spec(), settings, device=config.device, on_load_error=on_load_error)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                           access_log=config.access_log, lifespan="on"))
+    print(f"hsrl serve: {config.model} for {config.env} on http://{config.host}:{config.port} "
+          f"(token {'required' if token else 'off'}); the model loads in the background, see /health", flush=True)
+    server.run()
+    if failed:
+        print(f"hsrl serve: error: the model failed to load: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,234 @@
+"""Client of the hidden-state server (`hsrl serve`): observations or texts in, (B, H) float32 hidden states out.
+
+    from hsrl.serve import HiddenStateClient
+    with HiddenStateClient("http://127.0.0.1:8000") as client:   # token: argument or $HSRL_SERVE_TOKEN
+        client.wait_ready()
+        client.check_spec(checkpoint_spec_json)       # ValueError naming the differing fields
+        hidden = client.hidden_states(observations=obs)          # (B, H) float32
+        result = client.extract(texts=["..."])                   # .hidden_state, .generated_text, .spec_hash
+
+Connection errors, timeouts and 5xx answers are retried with exponential backoff (the request is a pure function
+of its body, so retrying is safe); 4xx answers are not. When it cannot get an answer the client raises
+`ServerError`: it never returns zeros or a partial batch. Batches larger than the server's per-request maximum
+are split into several requests and joined.
+"""
+
+import os
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, TOKEN_ENV, decode_array, encode_array
+
+
+class ServerError(RuntimeError):
+    """The server could not be reached or answered with an error. `status`: the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServerResult:
+    """One `extract` answer, named like `hsrl.llm.ExtractionResult`'s fields."""
+
+    hidden_state: np.ndarray  # (B, H) float32
+    generated_text: list[str]  # per sample; '' in prompt-only mode
+    spec_hash: str
+
+
+class HiddenStateClient:
+    """Talks to one hidden-state server.
+
+    url: base URL, e.g. http://127.0.0.1:8000. token: bearer token (default: $HSRL_SERVE_TOKEN, if set).
+    timeout: seconds per HTTP request. retries: extra attempts after a connection error, timeout or 5xx.
+    backoff: first wait between attempts in seconds, doubled each time up to max_backoff.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 60.0,
+                 retries: int = 3, backoff: float = 0.25, max_backoff: float = 5.0):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.url = url.rstrip("/")
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._max_request: int | None = None
+        self._expected_hash: str | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "HiddenStateClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- transport -----------------------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        """The JSON answer of one request, retried on connection errors, timeouts and 5xx; ServerError otherwise."""
+        where = f"{method} {self.url}{path}"
+        last: ServerError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as err:
+                last = ServerError(f"{where}: {type(err).__name__}: {err}")
+                continue
+            if response.status_code >= 400:
+                error = ServerError(f"{where} answered {response.status_code}: {_detail(response)}",
+                                    response.status_code)
+                if response.status_code < 500:
+                    raise error
+                last = error
+                continue
+            try:
+                return response.json()
+            except ValueError as err:
+                raise ServerError(f"{where}: the answer is not JSON ({err})", response.status_code) from None
+        raise ServerError(f"{last} (gave up after {self.retries + 1} attempts)", last.status)
+
+    # ---- routes --------------------------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """The server's /health: ready, model, hidden_size, spec_json, spec_hash, env, limits."""
+        return self._call("GET", HEALTH_PATH)
+
+    def stats(self) -> dict:
+        """The server's batching statistics (/v1/stats)."""
+        return self._call("GET", STATS_PATH)
+
+    def wait_ready(self, timeout: float = 300.0, poll: float = 0.5) -> dict:
+        """Poll /health until the model is loaded; returns the health. ServerError if loading failed or timed out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = self.health()
+            except ServerError as err:
+                if err.status is not None or time.monotonic() > deadline:
+                    raise
+                health = None
+            if health is not None:
+                if health.get("ready"):
+                    self._max_request = int(health["max_request"])
+                    return health
+                if health.get("status") == "failed":
+                    raise ServerError(f"the server's model failed to load: {health.get('error')}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.url} was not ready after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def spec(self):
+        """The server's resolved ExtractionSpec."""
+        from hsrl.llm.spec import ExtractionSpec
+
+        health = self.health()
+        if not health.get("ready"):
+            raise ServerError(f"{self.url} is not ready ({health.get('status')}): its spec is not known yet")
+        return ExtractionSpec.from_json(health["spec_json"])
+
+    def check_spec(self, expected, allow: bool = False) -> list[str]:
+        """Compare the server's spec with `expected` (ExtractionSpec, its JSON or dict).
+
+        Raises ValueError naming the differing fields (with allow=True only warns); returns them. Afterwards every
+        answer's spec_hash is checked against the server's, so a server restarted with another spec is noticed.
+        """
+        from hsrl.llm.spec import ExtractionSpec, check_compatible
+
+        if isinstance(expected, str):
+            expected = ExtractionSpec.from_json(expected)
+        elif isinstance(expected, dict):
+            expected = ExtractionSpec.from_dict(expected)
+        served = self.spec()
+        differ = check_compatible(served, expected, allow=allow)
+        self._expected_hash = served.hash
+        return differ
+
+    def extract(self, observations=None, texts=None) -> ServerResult:
+        """Hidden states for symbolic observations ((B, D) or (D,) array of the server's env) or text observations."""
+        if (observations is None) == (texts is None):
+            raise ValueError("give exactly one of observations and texts")
+        if observations is not None:
+            x = np.asarray(observations)
+            if x.ndim == 1:
+                x = x[None]
+            if x.ndim != 2:
+                raise ValueError(f"observations: expected shape (batch, length), got {x.shape}")
+            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+                raise ValueError(f"observations: expected numbers, got dtype {x.dtype}")
+            x = x.astype(np.float32)
+            n = len(x)
+        else:
+            if isinstance(texts, str):
+                raise ValueError("texts: give a list of strings, not one string")
+            texts = list(texts)
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("texts: every item must be a string")
+            n = len(texts)
+        if n == 0:
+            raise ValueError("no observations to extract")
+        step = self._request_limit()
+        parts = []
+        for start in range(0, n, step):
+            if observations is not None:
+                body = {"observations": encode_array(x[start : start + step])}
+            else:
+                body = {"texts": texts[start : start + step]}
+            parts.append(self._post(body, min(step, n - start)))
+        return ServerResult(
+            hidden_state=np.concatenate([p.hidden_state for p in parts]),
+            generated_text=[t for p in parts for t in p.generated_text],
+            spec_hash=parts[0].spec_hash,
+        )
+
+    def hidden_states(self, observations=None, texts=None) -> np.ndarray:
+        """(B, H) float32 hidden states; see `extract` (which also gives the generated texts)."""
+        return self.extract(observations=observations, texts=texts).hidden_state
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+
+    def _request_limit(self) -> int:
+        if self._max_request is None:
+            self._max_request = int(self.health()["max_request"])
+        return self._max_request
+
+    def _post(self, body: dict, n: int) -> ServerResult:
+        answer = self._call("POST", HIDDEN_STATES_PATH, json=body)
+        where = f"POST {self.url}{HIDDEN_STATES_PATH}"
+        try:
+            hidden = decode_array(**answer["hidden"], what="hidden", dtypes=("float32",))
+            spec_hash = str(answer["spec_hash"])
+            generated = answer.get("generated_text")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ServerError(f"{where}: malformed answer ({type(err).__name__}: {err})") from None
+        if hidden.ndim != 2 or hidden.shape[0] != n:
+            raise ServerError(f"{where}: {tuple(hidden.shape)} hidden states for {n} observations")
+        if not np.isfinite(hidden).all():
+            raise ServerError(f"{where}: the answer holds non-finite hidden states")
+        if self._expected_hash is not None and spec_hash != self._expected_hash:
+            raise ServerError(f"{where}: the server's spec changed (hash {spec_hash}, checked {self._expected_hash})")
+        if generated is None:
+            generated = [""] * n
+        elif not (isinstance(generated, list) and len(generated) == n and all(isinstance(t, str) for t in generated)):
+            raise ServerError(f"{where}: malformed generated_text")
+        return ServerResult(hidden_state=hidden.copy(), generated_text=generated, spec_hash=spec_hash)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    text = detail if isinstance(detail, str) else response.text
+    return text[:500] if text else response.reason_phrase
+

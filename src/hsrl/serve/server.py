@@ -1,0 +1,579 @@
+"""The hidden-state server: a FastAPI app that turns observations into pooled hidden states, batching requests.
+
+Routes (wire format in `hsrl.serve.wire`):
+
+- ``GET /health`` (never guarded): ``ready``, ``status`` ('loading', 'ready', 'failed'), ``error``, ``model``,
+  ``hidden_size``, ``spec`` / ``spec_json`` / ``spec_hash`` (the extractor's resolved spec; null until ready), ``env``,
+  ``variant``, ``observation_length``, ``generates`` and the limits (``max_batch``, ``max_wait_ms``, ``max_request``,
+  ``max_body_bytes``, ``max_text_chars``), ``auth`` (whether a token is required).
+- ``POST /v1/hidden-states``: a JSON object with exactly one of ``observations`` (symbolic vectors of the server's
+  env, ``{"dtype": "float32" | "float64", "shape": [B, D], "data": base64}`` or a list of B lists of D numbers) or
+  ``texts`` (B ready text observations). Answers ``{"hidden": {"dtype": "float32", "shape": [B, H], "data": ...},
+  "spec_hash": ...}`` plus ``"generated_text": [B strings]`` when the spec generates (tokens > 1).
+- ``GET /v1/stats``: batches run, requests, observations, largest batch seen and histograms of batch sizes (in
+  observations and in requests), answers by status.
+
+Observations go through exactly the labelling path: `hsrl.text.render_text(obs, variant)` then the extractor's
+`extract(texts)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
+batcher task hands the model thread whole requests together, up to ``max_batch`` observations (one request larger
+than that runs alone), waiting at most ``max_wait_ms`` after the oldest waiting request arrived. While a batch runs,
+new requests queue up and form the next one. If a batch of several requests fails, each request is rerun alone, so
+one bad request (say, a text too long for the model) fails only itself.
+
+Errors answer ``{"detail": message}``: 400 malformed JSON, 401 missing or wrong bearer token, 413 body larger than
+``max_body_bytes``, 415 not ``application/json``, 422 a well-formed body with a bad value (unknown or missing field,
+wrong type, dtype, shape or length for the env, NaN/inf, bad base64, too many observations, an observation the
+renderer or the model rejects), 503 model still loading (or failed to load), 500 an extraction that failed for
+another reason. Nothing is ever answered with zeros in place of hidden states.
+"""
+
+import asyncio
+import collections
+import hmac
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, decode_array, encode_array
+
+log = logging.getLogger("hsrl.serve")
+
+OPEN_PATHS = frozenset({HEALTH_PATH})  # routes the bearer token does not guard
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server batches and what it accepts."""
+
+    env: str = "Craftax-Classic-Symbolic-v1"  # which renderer and observation length apply
+    max_batch: int = 64  # observations per model call (requests are never split)
+    max_wait_ms: float = 5.0  # longest wait for more requests after the oldest waiting one arrived
+    max_request: int = 1024  # observations (or texts) per request
+    max_body_bytes: int = 32 * 2**20
+    max_text_chars: int = 20_000  # per text of a `texts` request
+    token: str | None = None  # bearer token guarding every route but /health; None: open
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the bearer token is empty; give a non-empty token or none")
+
+
+class RequestError(Exception):
+    """A request the server answers with an error status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---- request body --------------------------------------------------------------------------------------------------
+
+
+class ArrayPayload(BaseModel):
+    """An array as base64 little-endian bytes in C order, with its dtype and shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    dtype: str
+    shape: list[int]
+    data: str
+
+
+def _observations_kind(value) -> str:
+    return "array" if isinstance(value, dict) else "lists"
+
+
+Observations = Annotated[
+    Union[Annotated[ArrayPayload, Tag("array")], Annotated[list[list[float]], Tag("lists")]],
+    Discriminator(_observations_kind),
+]
+
+
+class HiddenStatesRequest(BaseModel):
+    """Body of POST /v1/hidden-states: exactly one of `observations` and `texts`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    observations: Observations | None = None
+    texts: list[str] | None = None
+
+
+_UNION_TAGS = {"array", "lists"}
+
+
+def _location(loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in _UNION_TAGS:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(err: ValidationError, limit: int = 3) -> str:
+    errors = err.errors(include_url=False, include_input=False)
+    parts = [f"{_location(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in errors[:limit]]
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)
+
+
+class Preparer:
+    """Body bytes -> validated text observations (rendered with `render_text` for symbolic observations)."""
+
+    def __init__(self, settings: ServerSettings, variant: str, observation_length: int):
+        self.settings = settings
+        self.variant = variant
+        self.length = observation_length
+
+    def __call__(self, body: bytes) -> list[str]:
+        try:
+            request = HiddenStatesRequest.model_validate_json(body)
+        except ValidationError as err:
+            if any(e["type"] == "json_invalid" for e in err.errors()):
+                raise RequestError(400, f"malformed JSON: {_describe(err)}") from None
+            raise RequestError(422, _describe(err)) from None
+        if (request.observations is None) == (request.texts is None):
+            raise RequestError(422, "give exactly one of 'observations' (symbolic vectors) and 'texts'")
+        if request.texts is not None:
+            return self._texts(request.texts)
+        return self._render(self._observations(request.observations))
+
+    def _count(self, n: int, what: str) -> None:
+        if n == 0:
+            raise RequestError(422, f"{what}: empty; give at least one")
+        if n > self.settings.max_request:
+            raise RequestError(422, f"{what}: {n} in one request, more than the maximum of {self.settings.max_request}; "
+                                    f"split the batch")
+
+    def _texts(self, texts: list[str]) -> list[str]:
+        self._count(len(texts), "texts")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise RequestError(422, f"texts[{i}]: empty text")
+            if len(text) > self.settings.max_text_chars:
+                raise RequestError(422, f"texts[{i}]: {len(text)} characters, more than the maximum of "
+                                        f"{self.settings.max_text_chars}")
+        return texts
+
+    def _observations(self, obs) -> np.ndarray:
+        D = self.length
+        if isinstance(obs, ArrayPayload):
+            shape = obs.shape
+            if len(shape) != 2 or shape[1] != D:
+                raise RequestError(422, f"observations.shape: expected [batch, {D}] for {self.settings.env}, got {shape}")
+            self._count(shape[0], "observations")
+            try:
+                x = decode_array(obs.dtype, shape, obs.data, what="observations")
+            except ValueError as err:
+                raise RequestError(422, str(err)) from None
+        else:
+            self._count(len(obs), "observations")
+            for b, row in enumerate(obs):
+                if len(row) != D:
+                    raise RequestError(422, f"observations[{b}]: length {len(row)}, expected {D} for {self.settings.env}")
+            x = np.array(obs, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x32 = x.astype(np.float32)
+        bad = ~np.isfinite(x32)
+        if bad.any():
+            b, i = np.argwhere(bad)[0]
+            value = float(x[b, i])
+            why = "is not finite" if not math.isfinite(value) else "overflows float32"
+            raise RequestError(422, f"observations[{b}][{i}]: value {value:g} {why} "
+                                    f"({int(bad.sum())} such values in the request)")
+        return x32
+
+    def _render(self, x: np.ndarray) -> list[str]:
+        from hsrl.text import render_text
+
+        try:
+            return render_text(x, self.variant)
+        except ValueError as err:
+            raise RequestError(422, f"observations: not a {self.settings.env} observation: {err}") from None
+
+
+# ---- dynamic batching ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has run. Touched only on the event loop."""
+
+    batches: int = 0
+    requests: int = 0
+    observations: int = 0
+    max_batch_observations: int = 0
+    max_batch_requests: int = 0
+    extract_seconds: float = 0.0
+    batch_observations: collections.Counter = field(default_factory=collections.Counter)
+    batch_requests: collections.Counter = field(default_factory=collections.Counter)
+    responses: collections.Counter = field(default_factory=collections.Counter)  # status -> count
+
+    def record(self, observations: int, requests: int, seconds: float) -> None:
+        self.batches += 1
+        self.requests += requests
+        self.observations += observations
+        self.max_batch_observations = max(self.max_batch_observations, observations)
+        self.max_batch_requests = max(self.max_batch_requests, requests)
+        self.extract_seconds += seconds
+        self.batch_observations[observations] += 1
+        self.batch_requests[requests] += 1
+
+    def to_dict(self) -> dict:
+        def hist(c):
+            return {str(k): c[k] for k in sorted(c)}
+
+        return {
+            "batches": self.batches, "requests": self.requests, "observations": self.observations,
+            "max_batch_observations": self.max_batch_observations, "max_batch_requests": self.max_batch_requests,
+            "mean_batch_observations": self.observations / self.batches if self.batches else 0.0,
+            "extract_seconds": self.extract_seconds,
+            "batch_observations_histogram": hist(self.batch_observations),
+            "batch_requests_histogram": hist(self.batch_requests),
+            "responses": hist(self.responses),
+        }
+
+
+@dataclass
+class _Waiting:
+    texts: list[str]
+    future: asyncio.Future
+    arrived: float
+
+
+class Batcher:
+    """Queues requests and runs them together on one model thread.
+
+    `run(texts) -> (hidden (B, H) float32, generated texts)` is called on the model thread only.
+    """
+
+    def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float):
+        self.run = run
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.stats = BatchStats()
+        self._pending: collections.deque[_Waiting] = collections.deque()
+        self._pending_count = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="hsrl-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            waiting = self._pending.popleft()
+            if not waiting.future.done():
+                waiting.future.set_exception(RequestError(503, "the server is shutting down"))
+
+    async def submit(self, texts: list[str]):
+        """(hidden (len(texts), H), generated texts) for these texts, run together with other waiting requests."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(texts, loop.create_future(), loop.time())
+        self._pending.append(waiting)
+        self._pending_count += len(texts)
+        self._wakeup.set()
+        return await waiting.future
+
+    def _take(self) -> list[_Waiting]:
+        batch, size = [], 0
+        while self._pending:
+            head = self._pending[0]
+            if head.future.done():  # the client went away
+                self._pending.popleft()
+                self._pending_count -= len(head.texts)
+                continue
+            if batch and size + len(head.texts) > self.max_batch:
+                break
+            self._pending.popleft()
+            self._pending_count -= len(head.texts)
+            batch.append(head)
+            size += len(head.texts)
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._pending[0].arrived + self.max_wait_s
+            while self._pending_count < self.max_batch and (remaining := deadline - loop.time()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                try:
+                    await self._execute(batch)
+                except Exception:  # never let the batcher die; _execute answers every request itself
+                    log.exception("batcher error")
+                    for waiting in batch:
+                        if not waiting.future.done():
+                            waiting.future.set_exception(RequestError(500, "internal error in the batcher"))
+
+    async def _execute(self, batch: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [t for waiting in batch for t in waiting.texts]
+        start = time.perf_counter()
+        try:
+            hidden, generated = await loop.run_in_executor(self.executor, self.run, texts)
+        except Exception as err:
+            if len(batch) > 1:  # find the request that failed: rerun each alone
+                log.info("a batch of %d requests failed (%s); rerunning them one by one", len(batch), err)
+                for waiting in batch:
+                    await self._execute([waiting])
+                return
+            _fail(batch[0], err)
+            return
+        self.stats.record(len(texts), len(batch), time.perf_counter() - start)
+        if hidden.shape[0] != len(texts):  # a backend bug; never hand out misaligned rows
+            for waiting in batch:
+                _fail(waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {len(texts)} texts"))
+            return
+        offset = 0
+        for waiting in batch:
+            n = len(waiting.texts)
+            if not waiting.future.done():
+                waiting.future.set_result((hidden[offset : offset + n], generated[offset : offset + n]))
+            offset += n
+
+
+def _fail(waiting: _Waiting, err: Exception) -> None:
+    if isinstance(err, RequestError):
+        pass
+    elif isinstance(err, ValueError):
+        err = RequestError(422, f"the model rejected the input: {err}")
+    else:
+        log.error("extraction failed", exc_info=err)
+        err = RequestError(500, f"extraction failed: {type(err).__name__}: {err}")
+    if not waiting.future.done():
+        waiting.future.set_exception(err)
+
+
+# ---- the app -------------------------------------------------------------------------------------------------------
+
+
+class ModelState:
+    """The extractor and its loading status ('loading', 'ready', 'failed'), shared by the routes."""
+
+    def __init__(self, spec, extractor=None):
+        self.requested = spec
+        self.extractor = extractor
+        self.status = "ready" if extractor is not None else "loading"
+        self.error: str | None = None
+
+    def run(self, texts: list[str]):
+        result = self.extractor.extract(texts)
+        hidden = np.asarray(result.hidden_state, dtype=np.float32)
+        if not np.isfinite(hidden).all():
+            raise RuntimeError("the model returned non-finite hidden states")
+        return hidden, list(result.generated_text)
+
+    def require_ready(self) -> None:
+        if self.status == "loading":
+            raise RequestError(503, "the model is still loading; poll /health until ready")
+        if self.status == "failed":
+            raise RequestError(503, f"the model failed to load: {self.error}")
+
+
+class _BearerGuard:
+    """ASGI middleware: every HTTP route but the open ones needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)):
+                problem = "missing bearer token" if not header else "wrong bearer token"
+                response = JSONResponse({"detail": f"{problem}: send 'Authorization: Bearer <token>'"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _CountResponses:
+    """ASGI middleware: counts answers by HTTP status (an exception counts as 500)."""
+
+    def __init__(self, app, counter: collections.Counter):
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.counter[message["status"]] += 1
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            self.counter[500] += 1
+            raise
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        shown = content_type or "none"
+        raise RequestError(415, f"content type {shown!r}: send the body as 'application/json'")
+
+
+def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The server for `spec` (an ExtractionSpec). The model loads in the background after startup, unless an
+    `extractor` (already loaded, for this spec) is given; `on_load_error` is called if loading fails."""
+    from hsrl.env.catalog import env_info
+
+    info = env_info(settings.env)
+    if spec.variant != info.variant:
+        raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
+    if len(spec.layers) != 1:
+        raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
+    if extractor is not None:
+        resolved = ("template", "template_version", "dtype")  # filled in by the backend
+        differ = [f for f in extractor.spec.diff(spec) if f not in resolved]
+        if differ:
+            raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
+    observation_length = int(info.symbolic_obs_shape[0])
+    model = ModelState(spec, extractor)
+    prepare = Preparer(settings, info.variant, observation_length)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
+    batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000)
+
+    def load() -> None:  # on the model thread
+        from hsrl.llm import make_extractor
+
+        try:
+            model.extractor = make_extractor(spec, device=device, batch_size=settings.max_batch)
+            model.status = "ready"
+            log.info("model ready: %s (spec %s)", model.extractor.spec.model, model.extractor.spec.hash)
+        except Exception as err:  # reported in /health and by on_load_error
+            model.error = f"{type(err).__name__}: {err}"
+            model.status = "failed"
+            log.error("the model failed to load: %s", model.error)
+            if on_load_error is not None:
+                on_load_error(err)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        if model.extractor is None:
+            asyncio.get_running_loop().run_in_executor(executor, load)
+        yield
+        await batcher.stop()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="hsrl hidden-state server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.model = model
+    app.state.batcher = batcher
+    app.state.settings = settings
+    if settings.token is not None:
+        app.add_middleware(_BearerGuard, token=settings.token)
+
+    app.add_middleware(_CountResponses, counter=batcher.stats.responses)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.get(HEALTH_PATH)
+    async def health() -> dict:
+        ex = model.extractor if model.status == "ready" else None
+        return {
+            "ready": ex is not None, "status": model.status, "error": model.error,
+            "model": spec.model, "hidden_size": ex.hidden_size if ex else None,
+            "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
+            "spec_hash": ex.spec.hash if ex else None,
+            "env": settings.env, "variant": info.variant, "observation_length": observation_length,
+            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+            "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
+            "max_text_chars": settings.max_text_chars, "auth": settings.token is not None,
+        }
+
+    @app.get(STATS_PATH)
+    async def stats() -> dict:
+        return batcher.stats.to_dict()
+
+    request_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
+
+    @app.post(HIDDEN_STATES_PATH, openapi_extra=request_schema)
+    async def hidden_states(request: Request) -> JSONResponse:
+        model.require_ready()
+        _check_content_type(request)
+        body = await _read_body(request, settings.max_body_bytes)
+        texts = await run_in_threadpool(prepare, body)
+        hidden, generated = await batcher.submit(texts)
+        reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
+        if spec.generates:
+            reply["generated_text"] = generated
+        return JSONResponse(reply)
+
+    return app
+
+
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    """Run `app` with uvicorn in a daemon thread; returns (server, thread, port). Stop with `server.should_exit = True`."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name="hsrl-serve")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, bound

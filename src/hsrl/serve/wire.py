@@ -1,0 +1,50 @@
+"""The hidden-state server's wire format, shared by the server and its client (numpy only, no web framework).
+
+Arrays travel as JSON objects ``{"dtype": "float32", "shape": [B, D], "data": "<base64>"}``, the data being the
+array's bytes in little-endian C order. Requests may also give observations as plain JSON lists of lists.
+"""
+
+import base64
+import binascii
+import math
+
+import numpy as np
+
+HEALTH_PATH = "/health"
+HIDDEN_STATES_PATH = "/v1/hidden-states"
+STATS_PATH = "/v1/stats"
+TOKEN_ENV = "HSRL_SERVE_TOKEN"  # the bearer token, for `hsrl serve` and the client, when not given explicitly
+
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+
+
+def encode_array(x: np.ndarray, dtype: str = "float32") -> dict:
+    """Array -> ``{"dtype", "shape", "data"}`` with base64 little-endian data."""
+    arr = np.ascontiguousarray(x, dtype=DTYPES[dtype])
+    return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def decode_array(dtype: str, shape, data: str, *, what: str = "array", dtypes=tuple(DTYPES)) -> np.ndarray:
+    """``{"dtype", "shape", "data"}`` fields -> array; ValueError naming `what` and the problem otherwise.
+
+    The byte count implied by dtype and shape is checked against the decoded data before any array is built.
+    """
+    if dtype not in dtypes:
+        raise ValueError(f"{what}.dtype: {dtype!r} is not supported; expected one of {', '.join(dtypes)}")
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise ValueError(f"{what}.shape: expected a list of integers, got {shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}.shape: negative dimension in {list(shape)}")
+    if not isinstance(data, str):
+        raise ValueError(f"{what}.data: expected a base64 string, got {type(data).__name__}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"{what}.data: invalid base64 ({err})") from None
+    item = DTYPES[dtype].itemsize
+    expected = math.prod(shape) * item
+    if len(raw) != expected:
+        raise ValueError(
+            f"{what}.data: {len(raw)} bytes decoded, but dtype {dtype} and shape {list(shape)} need {expected}"
+        )
+    return np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape)

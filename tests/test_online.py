@@ -1,0 +1,121 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hsrl.env import make_env
+from hsrl.rl.networks import NetworkConfig, init_params, make_network
+from hsrl.rl.ppo import LiveHidden, Norm, OnlineConfig, Runner, make_rollout, make_update, train_online
+
+ENV = "Craftax-Classic-Symbolic-v1"
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    return make_extractor(ExtractionSpec(model="minilm", variant="classic"), batch_size=16)
+
+
+def _runner(env, live, key):
+    obs, env_state, info = jax.jit(env.reset)(key)
+    hidden = jnp.asarray(live(np.asarray(info["symbolic_obs"]), np.ones(env.num_envs, bool)))
+    return Runner(env_state, obs, info["symbolic_obs"], hidden, jnp.zeros(env.num_envs, bool),
+                  jnp.zeros((), jnp.int32), key)
+
+
+def test_refresh_every_skip_n_and_at_once_after_a_reset(extractor):
+    """The state a policy acts on is the extractor's state of that very observation right after a
+    refresh (every skip_n steps) and on an episode's first step; in between it is reused."""
+    from hsrl.text import render_text
+
+    config = OnlineConfig(env=ENV, envs=3, num_steps=12, skip_n=5, num_minibatches=1)
+    env = make_env(ENV, 3, with_symbolic=True)
+    live = LiveHidden(extractor, "classic", None)
+    net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape,
+                        hidden_size=extractor.hidden_size, width=32)
+    params = init_params(net, jax.random.PRNGKey(0))
+    runner = _runner(env, live, jax.random.PRNGKey(1))
+    # env 1 ends its episode at its first step (time limit), so step 1 starts a new episode
+    t = runner.env_state.env_state.timestep.at[1].set(100_000)
+    runner = runner._replace(env_state=runner.env_state._replace(env_state=runner.env_state.env_state.replace(timestep=t)))
+    stats = live.stats()
+    rollout = make_rollout(config, env, make_network(net).apply, live)
+    _, traj, _ = rollout(params, runner, Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
+    obs, hidden, done = map(np.asarray, (traj.obs, traj.hidden, traj.done))
+    assert done[0, 1] and not done[1:4, 1].any()
+
+    def expected(t, e):
+        return extractor.extract(render_text(obs[t, e], "classic")).hidden_state[0]
+
+    for t_, e in [(0, 0), (1, 1), (5, 0), (5, 2), (10, 1)]:  # initial, after the reset, periodic refreshes
+        np.testing.assert_allclose(hidden[t_, e], expected(t_, e), rtol=1e-4, atol=1e-5, err_msg=f"t={t_} e={e}")
+    np.testing.assert_array_equal(hidden[1:5, 0], np.repeat(hidden[:1, 0], 4, 0))  # reused in between
+    assert not np.allclose(hidden[1, 1], hidden[0, 1]), "the new episode did not keep the old state"
+    assert not np.isnan(hidden).any()
+
+
+def test_ppo_update_improves_its_objective_on_the_data():
+    """One update on a rollout raises the clipped surrogate and lowers the value loss on that rollout."""
+    config = OnlineConfig(env=ENV, envs=8, num_steps=32, num_minibatches=4, no_llm=True, width=64)
+    env = make_env(ENV, 8, with_symbolic=True)
+    net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape, width=64)
+    apply = make_network(net).apply
+    params = init_params(net, jax.random.PRNGKey(0))
+    obs, env_state, info = jax.jit(env.reset)(jax.random.PRNGKey(2))
+    runner = Runner(env_state, obs, info["symbolic_obs"], jnp.zeros((8, 1)), jnp.zeros(8, bool),
+                    jnp.zeros((), jnp.int32), jax.random.PRNGKey(3))
+    norm = Norm(jnp.zeros(1), jnp.ones(1))
+    _, traj, last_value = make_rollout(config, env, apply, None)(params, runner, norm)
+    import optax
+
+    from hsrl.rl.ppo import gae
+
+    optimizer = optax.adam(1e-3)
+    new_params, _, _ = make_update(config, apply, optimizer, False)(params, optimizer.init(params), traj, last_value,
+                                                                     norm, jax.random.PRNGKey(4))
+    adv, ret = gae(traj, last_value, config.gamma, config.gae_lambda)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+    def objective(p):
+        logits, value = jax.vmap(lambda o: apply(p, o, None))(traj.obs)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), traj.action[..., None], -1)[..., 0]
+        return float((jnp.exp(logp - traj.log_prob) * adv).mean()), float(((value - ret) ** 2).mean())
+
+    (s0, v0), (s1, v1) = objective(params), objective(new_params)
+    assert s1 > s0 + 1e-3 and v1 < v0
+
+
+def test_short_online_run_with_llm_writes_a_loadable_checkpoint(tmp_path):
+    from hsrl.llm import ExtractionSpec
+    from hsrl.rl.checkpoint import load_policy
+    from hsrl.rl.metrics import read_metrics
+
+    out = tmp_path / "run"
+    summary = train_online(OnlineConfig(env=ENV, envs=4, steps=128, num_steps=16, skip_n=8, num_minibatches=2,
+                                        width=32, out=str(out), progress=False))
+    assert summary["llm"] and summary["llm_calls"] >= 3 and summary["steps"] == 128
+    policy = load_policy(out)
+    assert policy.uses_hidden and policy.hidden_stats.count >= 4 and policy.network.hidden_size == 384
+    assert ExtractionSpec.from_json(policy.spec_json).model == "minilm"
+    lines = read_metrics(out)
+    assert len(lines) == 2 and "llm/time_share" in lines[-1] and "hidden/mean_pairwise_cosine" in lines[-1]
+    assert lines[-1]["llm/calls"] >= 3
+
+
+def test_no_llm_baseline_runs(tmp_path):
+    summary = train_online(OnlineConfig(env=ENV, envs=4, steps=128, num_steps=16, num_minibatches=2, width=32,
+                                        no_llm=True, out=str(tmp_path / "base"), progress=False))
+    assert not summary["llm"] and summary["llm_calls"] == 0 and summary["time_share"]["llm"] == 0
+
+
+def test_checkpoint_with_another_spec_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, out=str(out),
+                              progress=False))
+    with pytest.raises(Exception, match="layer"):
+        train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, layer=3,
+                                  checkpoint=str(out), out=str(tmp_path / "warm"), progress=False))
+    warm = train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32,
+                                     checkpoint=str(out), out=str(tmp_path / "warm2"), progress=False))
+    assert warm["steps"] == 64
