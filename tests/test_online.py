@@ -31,7 +31,7 @@ def test_refresh_every_skip_n_and_at_once_after_a_reset(extractor):
 
     config = OnlineConfig(env=ENV, envs=3, num_steps=12, skip_n=5, num_minibatches=1)
     env = make_env(ENV, 3, with_symbolic=True)
-    live = LiveHidden(extractor, "classic", None)
+    live = LiveHidden("classic", None, extractor=extractor)
     net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape,
                         hidden_size=extractor.hidden_size, width=32)
     params = init_params(net, jax.random.PRNGKey(0))

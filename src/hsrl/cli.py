@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "label": ("hsrl.data.label", "LabelConfig", "run_label", "add LLM hidden states to a dataset (resumable)"),
     "extract": ("hsrl.data.label", "ExtractConfig", "run_extract", "re-extract hidden states of labelled data (other layer/pooling)"),
     "online": ("hsrl.rl.ppo", "OnlineConfig", "run_online", "online PPO with live LLM hidden states (or --no-llm)"),
+    "eval": ("hsrl.evaluate", "EvalConfig", "run_eval", "evaluate a policy with hidden-state ablations"),
     "returns": ("hsrl.data.cli", "ReturnsConfig", "run_returns", "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
     "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),

@@ -41,7 +41,8 @@ class BatchedEnv:
         `with_symbolic=True`; text is rendered from it), and `terminal_symbolic_obs` likewise.
     """
 
-    def __init__(self, name: str, num_envs: int, reset_pool: int | None = None, with_symbolic: bool = False):
+    def __init__(self, name: str, num_envs: int, reset_pool: int | None = None, with_symbolic: bool = False,
+                 max_timesteps: int | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         self.info: EnvInfo = env_info(name)
@@ -52,6 +53,10 @@ class BatchedEnv:
         self.with_symbolic = bool(with_symbolic)
         self._env = craftax_env(name)
         self.params = self._env.default_params
+        if max_timesteps is not None:  # shorter episodes (Craftax's default time limit is 10000 steps)
+            if max_timesteps < 1:
+                raise ValueError(f"max_timesteps must be at least 1, got {max_timesteps}")
+            self.params = self.params.replace(max_timesteps=int(max_timesteps))
         if self.info.pixels and with_symbolic:
             self._symbolic_env = craftax_env(name.replace("Pixels", "Symbolic"))
         else:
@@ -122,9 +127,10 @@ class BatchedEnv:
         return obs, new_state, reward, done, info
 
 
-def make_env(name: str, num_envs: int, reset_pool: int | None = None, with_symbolic: bool = False) -> BatchedEnv:
+def make_env(name: str, num_envs: int, reset_pool: int | None = None, with_symbolic: bool = False,
+             max_timesteps: int | None = None) -> BatchedEnv:
     """The one factory for hsrl's Craftax environments (see BatchedEnv)."""
     from hsrl.jaxcache import enable_compilation_cache
 
     enable_compilation_cache()
-    return BatchedEnv(name, num_envs, reset_pool=reset_pool, with_symbolic=with_symbolic)
+    return BatchedEnv(name, num_envs, reset_pool=reset_pool, with_symbolic=with_symbolic, max_timesteps=max_timesteps)

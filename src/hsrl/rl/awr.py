@@ -22,6 +22,7 @@ repeats an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import queue
@@ -126,16 +127,21 @@ def make_optimizer(hyper: AWRHyper) -> optax.GradientTransformation:
     return optax.adam(hyper.lr)
 
 
-def init_state(network_config: NetworkConfig, hyper: AWRHyper, seed: int) -> AWRState:
-    """Fresh parameters (key fold_in(seed, 0)), Adam state, step 0 and the sampling key (fold_in(seed, 1))."""
-
-    @jax.jit
+@functools.lru_cache(maxsize=16)
+def _init_fn(network_config: NetworkConfig, hyper: AWRHyper):
     def init(base):
         params = init_params(network_config, jax.random.fold_in(base, 0))
         opt_state = make_optimizer(hyper).init(params)
         return AWRState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.fold_in(base, 1))
 
-    return init(jax.random.PRNGKey(seed))
+    return jax.jit(init)
+
+
+def init_state(network_config: NetworkConfig, hyper: AWRHyper, seed: int, device=None) -> AWRState:
+    """Fresh parameters (key fold_in(seed, 0)), Adam state, step 0 and the sampling key (fold_in(seed, 1)),
+    committed to `device` (default: the first), so the first jitted call compiles the same program as the rest."""
+    state = _init_fn(network_config, hyper)(jax.random.PRNGKey(seed))
+    return jax.device_put(state, device or jax.devices()[0])
 
 
 # --------------------------------------------------------------------------------------- sampling
@@ -198,7 +204,7 @@ class Prefetcher:
                  blocks: list[tuple[int, int]], batch_size: int, depth: int = 3, device=None):
         self.arrays, self.rows = arrays, rows
         self.rng = np.asarray(jax.device_get(rng))  # a host copy: the state's buffers may be donated
-        self.blocks, self.batch_size, self.device = blocks, batch_size, device
+        self.blocks, self.batch_size, self.device = blocks, batch_size, device or jax.devices()[0]
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._positions = jax.jit(sample_positions, static_argnums=(2, 3, 4))
@@ -386,17 +392,17 @@ def train_awr(config: TrainAWRConfig) -> dict:
     else:
         stats = hidden_stats_of(data.arrays["hidden_state"], data.spec_json) if network.uses_hidden else None
         spec_json = data.spec_json if network.uses_hidden else None
-    state = init_state(network, hyper, config.seed)
+    device = jax.devices()[0]
+    state = init_state(network, hyper, config.seed, device)
     if meta is not None:
         state = AWRState(**restore_state(meta, state._asdict()))
-        state = state._replace(step=jnp.asarray(state.step, jnp.int32))
+        state = jax.device_put(state._replace(step=np.asarray(state.step, np.int32)), device)
     start = int(state.step)
     if start >= config.steps:
         print(f"{out}: already trained to step {start} (--steps {config.steps}); nothing to do")
         return {"step": start, "checkpoint": meta["path"] if meta else None, "metrics": {}, "resumed": True}
 
     # --- where the batches come from
-    device = jax.devices()[0]
     limit = config.device_data_max_gb * 1e9
     mem = device_memory_limit(device)
     if mem is not None:

@@ -122,30 +122,49 @@ class Transition(NamedTuple):
 
 
 class LiveHidden:
-    """Host side of the LLM in the loop: text for the asked environments, one batched extraction."""
+    """Host side of the LLM in the loop: hidden states for the asked environments, in one batched call.
 
-    def __init__(self, extractor, variant: str, fixed_stats: HiddenStats | None):
-        self.extractor = extractor
+    The states come from an in-process `Extractor` (text rendered here with `hsrl.text`) or from a
+    hidden-state server's client (`hsrl.serve.client.HiddenStateClient`, which renders the same way).
+    """
+
+    def __init__(self, variant: str, fixed_stats: HiddenStats | None, extractor=None, client=None):
+        if (extractor is None) == (client is None):
+            raise ValueError("give exactly one of extractor and client")
+        self.extractor, self.client = extractor, client
         self.variant = variant
-        self.hidden_size = extractor.hidden_size
+        if extractor is not None:
+            self.spec_json, self.hidden_size = extractor.spec.to_json(), extractor.hidden_size
+        else:
+            health = client.health()
+            self.spec_json, self.hidden_size = health["spec_json"], int(health["hidden_size"])
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)
         self.calls = self.samples = 0
         self.llm_seconds = self.text_seconds = 0.0
         self.last_batch: np.ndarray | None = None
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        from hsrl.text import render_text
-
-        idx = np.flatnonzero(mask)
+    def states(self, sym: np.ndarray) -> np.ndarray:
+        """(n, H) raw pooled states of n symbolic observations."""
         t0 = time.perf_counter()
-        texts = render_text(np.asarray(sym)[idx], self.variant)
-        t1 = time.perf_counter()
-        states = self.extractor.extract(texts).hidden_state
-        self.llm_seconds += time.perf_counter() - t1
-        self.text_seconds += t1 - t0
+        if self.client is not None:
+            states = self.client.hidden_states(observations=sym)
+            self.llm_seconds += time.perf_counter() - t0
+        else:
+            from hsrl.text import render_text
+
+            texts = render_text(sym, self.variant)
+            t1 = time.perf_counter()
+            states = self.extractor.extract(texts).hidden_state
+            self.text_seconds += t1 - t0
+            self.llm_seconds += time.perf_counter() - t1
         self.calls += 1
-        self.samples += len(idx)
+        self.samples += len(sym)
+        return states
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(mask)
+        states = self.states(np.asarray(sym)[idx])
         self.moments.update(states)
         if len(idx) == len(mask):
             self.last_batch = states
@@ -157,7 +176,7 @@ class LiveHidden:
     def stats(self) -> HiddenStats:
         if self.fixed_stats is not None:
             return self.fixed_stats
-        return self.moments.hidden_stats(spec_json=self.extractor.spec.to_json())
+        return self.moments.hidden_stats(spec_json=self.spec_json)
 
     def timing_reset(self) -> tuple[float, float]:
         llm, text = self.llm_seconds, self.text_seconds
@@ -340,7 +359,7 @@ def train_online(config: OnlineConfig) -> dict:
     if config.checkpoint:
         params, fixed_stats = _load_warm_start(config, net_config, spec_json)
     if not config.no_llm:
-        live = LiveHidden(extractor, info.variant, fixed_stats)
+        live = LiveHidden(info.variant, fixed_stats, extractor=extractor)
 
     num_updates = config.num_updates
     schedule = (optax.linear_schedule(config.lr, 0.0, num_updates * config.update_epochs * config.num_minibatches)

@@ -1,0 +1,288 @@
+"""`hsrl eval`: run a trained policy in its env and report returns, achievements and Craftax score,
+with ablations that show whether the policy really uses the hidden state.
+
+Hidden states come from a hidden-state server (`--server URL`, spec checked against the checkpoint's
+before anything runs) or are computed in-process by the same functions (render_text + Extractor).
+They refresh every `--skip-n` steps and at once when an episode resets, as in online training
+(default skip-n: the checkpoint's online setting, else 1 = every step, as offline data were labelled).
+
+Ablations act on what the network reads (its normalised hidden input):
+  real      the policy's own hidden states
+  zero      all zeros (the raw state set to the normalisation mean)
+  shuffled  at each refresh, every environment gets another environment's real state
+  constant  one state for all, from a fixed text (`--constant-text`)
+Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from hsrl.env import craftax_score, make_env
+
+ABLATIONS = ("real", "zero", "shuffled", "constant")
+DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your surroundings."
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate a checkpoint with hidden-state ablations; writes JSON, a markdown table and a PNG chart."""
+
+    checkpoint: str = field(metadata={"positional": True, "help": "run folder, checkpoints folder or checkpoint file"})
+    episodes: int = field(default=10, metadata={"help": "finished episodes per ablation"})
+    envs: int = field(default=8, metadata={"help": "parallel environments"})
+    server: str | None = field(default=None, metadata={"help": "hidden-state server URL (default: compute in-process)"})
+    token: str | None = field(default=None, metadata={"help": "bearer token of the server (or env HSRL_SERVE_TOKEN)"})
+    ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated: real,zero,shuffled,constant"})
+    constant_text: str = field(default=DEFAULT_CONSTANT_TEXT, metadata={"help": "text whose state the constant ablation uses"})
+    skip_n: int | None = field(default=None, metadata={"help": "LLM refresh period (default: the checkpoint's, else 1)"})
+    max_episode_steps: int | None = field(default=None, metadata={"help": "cut episodes at this length (default: Craftax's 10000)"})
+    max_steps: int = field(default=20_000, metadata={"help": "give up after this many steps per environment"})
+    greedy: bool = field(default=False, metadata={"help": "take the most likely action instead of sampling"})
+    video: bool = field(default=False, metadata={"help": "save environment 0's first episode per ablation as a GIF"})
+    allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if the server's spec differs"})
+    device: str | None = field(default=None, metadata={"help": "LLM device for in-process extraction"})
+    seed: int = field(default=0, metadata={"help": "environment and sampling seed"})
+    out: str = field(default="runs/eval", metadata={"help": "output folder"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def ablations(self) -> tuple[str, ...]:
+        names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
+        bad = [a for a in names if a not in ABLATIONS]
+        if bad or not names:
+            raise ValueError(f"--ablation {self.ablation!r}: expected a comma-separated subset of {','.join(ABLATIONS)}")
+        return names
+
+
+class AblatedHidden:
+    """Host callback: the hidden states an ablation hands the policy for the environments asked for."""
+
+    def __init__(self, live, ablation: str, stats, constant_state: np.ndarray | None, seed: int):
+        self.live, self.ablation, self.stats = live, ablation, stats
+        self.constant_state = constant_state
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        n, h = len(mask), self.live.hidden_size
+        if self.ablation == "real":
+            return self.live(sym, mask)
+        if self.ablation == "zero":
+            return np.broadcast_to(self.stats.mean, (n, h)).astype(np.float32)
+        if self.ablation == "constant":
+            return np.broadcast_to(self.constant_state, (n, h)).astype(np.float32)
+        states = self.live.states(np.asarray(sym))  # shuffled: all real states, then a derangement
+        perm = (np.arange(n) + self.rng.integers(1, n)) % n if n > 1 else np.arange(n)
+        return states[perm].astype(np.float32)
+
+
+def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool, frames: bool):
+    """Jitted `(carry) -> (carry, outputs)` over `length` steps; the LLM is called through `hidden_fn`."""
+    E = env.num_envs
+    uses_hidden = hidden_fn is not None
+    H = policy.network.hidden_size if uses_hidden else 1
+    render = _pixel_renderer(env) if frames else None
+
+    def refresh(carry):
+        env_state, obs, sym, hidden, fresh, since, key = carry
+        if not uses_hidden:
+            return carry
+        periodic = since >= skip_n
+        mask = fresh | periodic
+
+        def call(_):
+            new = io_callback(hidden_fn, jax.ShapeDtypeStruct((E, H), jnp.float32), sym, mask, ordered=False)
+            return jnp.where(mask[:, None], new, hidden)
+
+        hidden = jax.lax.cond(mask.any(), call, lambda _: hidden, None)
+        return env_state, obs, sym, hidden, jnp.zeros_like(fresh), jnp.where(periodic, 0, since), key
+
+    def step(carry, _):
+        env_state, obs, sym, hidden, fresh, since, key = refresh(carry)
+        key, k_act, k_env = jax.random.split(key, 3)
+        logits, _ = policy.apply(obs, hidden if uses_hidden else None)
+        action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_act, logits)
+        obs, env_state, reward, done, info = env.step(k_env, env_state, action)
+        sym = info["symbolic_obs"] if env.with_symbolic else obs
+        out = {"done": done, "episode_return": info["episode_return"], "episode_length": info["episode_length"],
+               "achievements": info["achievements"]}
+        if render is not None:
+            out["frame"] = render(jax.tree.map(lambda x: x[0], env_state.env_state))
+        return (env_state, obs, sym, hidden, done, since + 1, key), out
+
+    return jax.jit(lambda carry: jax.lax.scan(step, carry, None, length=length))
+
+
+def _pixel_renderer(env):
+    info = env.info
+    if info.classic:
+        from craftax.craftax_classic.constants import BLOCK_PIXEL_SIZE_AGENT
+        from craftax.craftax_classic.renderer import make_craftax_pixel_renderer
+    else:
+        from craftax.craftax.constants import BLOCK_PIXEL_SIZE_AGENT
+        from craftax.craftax.renderer import make_craftax_pixel_renderer
+    render = make_craftax_pixel_renderer(BLOCK_PIXEL_SIZE_AGENT)
+    return lambda state: jnp.clip(render(state), 0, 255).astype(jnp.uint8)
+
+
+def evaluate_ablation(env, policy, hidden_fn, config: EvalConfig, skip_n: int, ablation: str, out: Path,
+                      on_episodes=lambda n: None) -> dict:
+    """Run until `episodes` episodes finish; summary of the first `episodes` of them (in finishing order)."""
+    segment_len = 64
+    segment = make_segment(env, policy, hidden_fn, skip_n, segment_len, config.greedy, config.video)
+    key = jax.random.PRNGKey(config.seed)  # the same seeds for every ablation
+    k_reset, k_run = jax.random.split(key)
+    obs, env_state, info = jax.jit(env.reset)(k_reset)
+    sym = info["symbolic_obs"]
+    E = env.num_envs
+    H = policy.network.hidden_size if hidden_fn is not None else 1
+    hidden = jnp.full((E, H), jnp.nan) if hidden_fn is not None else jnp.zeros((E, 1))
+    carry = (env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
+    returns, lengths, achievements, frames = [], [], [], []
+    steps = 0
+    while len(returns) < config.episodes and steps < config.max_steps:
+        carry, outs = segment(carry)
+        outs = jax.device_get(outs)
+        done = outs["done"]
+        t_idx, e_idx = np.nonzero(done)  # time-major: finishing order
+        returns += list(outs["episode_return"][t_idx, e_idx])
+        lengths += list(outs["episode_length"][t_idx, e_idx])
+        achievements += list(outs["achievements"][t_idx, e_idx])
+        if config.video and "frame" in outs and not (frames and frames[-1] is None):
+            first_done = np.flatnonzero(done[:, 0])
+            stop = first_done[0] + 1 if len(first_done) else segment_len
+            frames += list(outs["frame"][:stop])
+            if len(first_done):
+                frames.append(None)  # episode over
+        steps += segment_len
+        on_episodes(min(len(returns), config.episodes))
+    if len(returns) < config.episodes:
+        raise RuntimeError(f"{ablation}: only {len(returns)} of {config.episodes} episodes finished in "
+                           f"{config.max_steps} steps per environment; raise --max-steps or set --max-episode-steps")
+    n = config.episodes
+    ach = np.asarray(achievements[:n], bool)
+    rates = ach.mean(0) * 100
+    if config.video and frames:
+        _save_gif([f for f in frames if f is not None], out / f"episode_{ablation}.gif")
+    return {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns[:n])),
+            "return_std": float(np.std(returns[:n])), "length_mean": float(np.mean(lengths[:n])),
+            "craftax_score": craftax_score(rates),
+            "achievements": {name: float(r) for name, r in zip(env.info.achievement_names, rates)}}
+
+
+def _save_gif(frames, path: Path) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimsave(path, [np.asarray(f) for f in frames], duration=0.1)
+
+
+def _markdown(results: list[dict], names) -> str:
+    lines = ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['ablation']} | {r['episodes']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} | "
+                     f"{r['length_mean']:.0f} | {r['craftax_score']:.2f} |")
+    lines += ["", "Success rate per achievement (%):", "",
+              "| achievement | " + " | ".join(r["ablation"] for r in results) + " |",
+              "|---|" + "---|" * len(results)]
+    for name in names:
+        if any(r["achievements"][name] > 0 for r in results):
+            lines.append(f"| {name} | " + " | ".join(f"{r['achievements'][name]:.0f}" for r in results) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["ablation"] for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.bar(names, [r["return_mean"] for r in results], yerr=[r["return_std"] for r in results], capsize=4,
+          color="#4c72b0")
+    a.set_title("episode return")
+    b.bar(names, [r["craftax_score"] for r in results], color="#dd8452")
+    b.set_title("Craftax score")
+    for ax in (a, b):
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("hidden-state ablations")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(config: EvalConfig) -> dict:
+    import os
+
+    from tqdm.auto import tqdm
+
+    from hsrl.rl.checkpoint import load_policy
+    from hsrl.rl.ppo import LiveHidden
+
+    ablations = config.ablations()
+    if config.episodes < 1 or config.envs < 1:
+        raise ValueError("--episodes and --envs must be at least 1")
+    policy = load_policy(config.checkpoint)
+    train = (policy.meta or {}).get("train_config") or {}
+    skip_n = config.skip_n or int(train.get("skip_n", 1))
+    env = make_env(policy.env_name, config.envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
+    if tuple(env.info.obs_shape) != tuple(policy.network.obs_shape):
+        raise ValueError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
+                         f"{env.info.obs_shape}")
+    live = None
+    if policy.uses_hidden:
+        if config.server:
+            from hsrl.serve.client import HiddenStateClient
+
+            client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
+            client.check_spec(policy.spec_json, allow=config.allow_spec_mismatch)  # before anything runs
+            live = LiveHidden(env.info.variant, policy.hidden_stats, client=client)
+            policy.check_compatible(hidden_size=live.hidden_size, what=f"the server {config.server}")
+        else:
+            from hsrl.llm import ExtractionSpec, make_extractor
+
+            extractor = make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device)
+            live = LiveHidden(env.info.variant, policy.hidden_stats, extractor=extractor)
+    else:
+        ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
+    constant = None
+    if live is not None and "constant" in ablations:
+        if live.client is not None:
+            constant = live.client.hidden_states(texts=[config.constant_text])[0]
+        else:
+            constant = live.extractor.extract([config.constant_text]).hidden_state[0]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)
+    results = []
+    for i, name in enumerate(ablations):
+        bar.set_postfix(ablation=name)
+        fn = AblatedHidden(live, name, policy.hidden_stats, constant, config.seed) if live is not None else None
+        t0 = time.perf_counter()
+        base = config.episodes * i
+        r = evaluate_ablation(env, policy, fn, config, skip_n, name, out,
+                              on_episodes=lambda n, base=base: bar.update(base + n - bar.n))
+        r["seconds"] = time.perf_counter() - t0
+        results.append(r)
+    bar.close()
+    report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
+              "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n,
+              "config": asdict(config), "results": results}
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    (out / "eval.md").write_text(_markdown(results, env.info.achievement_names))
+    _chart(results, out / "ablations.png")
+    return report
+
+
+def run_eval(config: EvalConfig) -> int:
+    report = evaluate(config)
+    print(_markdown(report["results"], [])[: -1])
+    print(f"wrote {config.out}/eval.json, eval.md, ablations.png")
+    return 0
