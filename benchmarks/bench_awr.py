@@ -38,7 +38,8 @@ def make_arrays(rows, obs_dim, hidden, rng):
 
 
 def measure(modes, calls, per_call, repeats):
-    """Median steps/s of each mode over `repeats` rounds, the modes interleaved within each round (so load from
+    """Median steps/s of each mode over `repeats` rounds, the modes interleaved within each round and their
+    order rotated (so load from
     other processes falls on all of them alike). A mode is (run(state, i) -> (state, metrics), state); each does
     one warm-up call (compilation) first."""
     states = {}
@@ -47,8 +48,10 @@ def measure(modes, calls, per_call, repeats):
         jax.block_until_ready(m)
         states[name] = state
     rates = {name: [] for name in modes}
+    names = list(modes)
     for r in range(repeats):
-        for name, (run, _) in modes.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            run = modes[name][0]
             state = states[name]
             t0 = time.perf_counter()
             for i in range(calls):

@@ -13,7 +13,10 @@ collected by random play (`hsrl.data.collect`):
 The server's vectors are checked against the in-process ones (max |diff| reported). The last line is one JSON object
 with the figures.
 
-    python benchmarks/bench_serve.py [--clients 1 8 32] [--seconds 15] [--per-request 1] [--max-batch 64]
+    python benchmarks/bench_serve.py [--clients 1 8 32] [--seconds 15] [--per-request 1] [--max-batch 64] [--threads N]
+
+On a CPU shared with other work, pass --threads 1: torch's default of one thread per core spins when the cores are
+busy (on a loaded 2-core machine a single MiniLM observation took ~1 s with 2 threads, ~65 ms with 1).
 """
 
 import argparse
@@ -130,7 +133,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64, help="server --max-batch and in-process batch size")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=2, help="in-process timed runs (best is kept)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads, in-process and in the server (OMP_NUM_THREADS; default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch loads, here and in the server process
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch

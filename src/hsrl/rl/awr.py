@@ -295,12 +295,14 @@ def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
                                                       "label with pooled states (without --save-token-states)")
 
 
-def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True) -> AWRData:
-    """Load the keys AWR needs. Rows whose episode was still running at the end of the data have a cut-off
-    return_to_go and are left out unless `truncated`."""
+def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True,
+                  cache_dir: str | Path | None = None) -> AWRData:
+    """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`).
+    Rows whose episode was still running at the end of the data have a cut-off return_to_go and are left
+    out unless `truncated`."""
     check_data_keys(data_dir, hidden)
     keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden else [])
-    ds = load_dataset(data_dir, keys, show_progress=show_progress)
+    ds = load_dataset(data_dir, keys, cache_dir=cache_dir, show_progress=show_progress)
     arrays = {k: ds[k] for k in keys if k != "return_truncated"}
     arrays["action"] = arrays["action"].astype(np.int32, copy=False)
     trunc = ds["return_truncated"]
@@ -321,10 +323,8 @@ def hidden_stats_of(hidden: np.ndarray, spec_json: str | None, block: int = 6553
 
 
 def device_memory_limit(device) -> int | None:
-    try:
-        stats = device.memory_stats()
-    except Exception:  # CPU backends have none
-        return None
+    """Bytes the device can hold (None on CPU, whose `memory_stats()` is None)."""
+    stats = device.memory_stats()
     return None if not stats else stats.get("bytes_limit")
 
 
@@ -367,7 +367,8 @@ def train_awr(config: TrainAWRConfig) -> dict:
     from hsrl.env import env_info
 
     # --- data
-    data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress)
+    data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
+                         cache_dir=config.cache_dir)
     info = env_info(data.env_name)
     network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
                                     width=config.width, activation=config.activation)
@@ -412,8 +413,13 @@ def train_awr(config: TrainAWRConfig) -> dict:
     row_bytes = sum(a[0].nbytes for a in data.arrays.values()) * config.batch_size
     per_call = config.steps_per_call if on_device else max(1, min(config.steps_per_call, HOST_BLOCK_BYTES // row_bytes))
     blocks = block_schedule(start, config.steps, per_call, (config.log_every, config.save_every))
+    where = "device" if on_device else "host loader"
+    print(f"{'resuming at step ' + str(start) if meta else 'starting'}: {network.class_name} on {data.env_name}, "
+          f"{len(data.rows)} of {data.num_rows} rows ({data.dropped_truncated} in unfinished episodes left out), "
+          f"hidden size {data.hidden_size}, data {data.nbytes / 1e6:.1f} MB via {where}, {per_call} steps per call")
     if on_device:
         device_data = jax.device_put({**data.arrays, "rows": data.rows}, device)
+        data.arrays.clear()  # the host copy is no longer needed
         block_fn = make_device_block(update, config.batch_size)
         calls = ((length, lambda s, n=length: block_fn(s, device_data, n)) for _, length in blocks)
         prefetch = None
@@ -439,10 +445,6 @@ def train_awr(config: TrainAWRConfig) -> dict:
     logger = MetricsLogger(out, resume_step=start if meta is not None else None, tensorboard=config.tensorboard)
     if meta is None:
         logger.text("config", "```\n" + json.dumps(_run_config(config), indent=1) + "\n```")
-    where = "device" if on_device else "host loader"
-    print(f"{'resuming at step ' + str(start) if meta else 'starting'}: {network.class_name} on {data.env_name}, "
-          f"{len(data.rows)} of {data.num_rows} rows ({data.dropped_truncated} in unfinished episodes left out), "
-          f"hidden size {data.hidden_size}, data {data.nbytes / 1e6:.1f} MB via {where}, {per_call} steps per call")
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="train-awr", disable=not config.progress,
                dynamic_ncols=True)
     step, parts, pending, last = start, [], None, None

@@ -37,6 +37,9 @@ class TrainAWRConfig:
         "help": "put the whole dataset on the device and sample batches there (default: when it fits "
                 "--device-data-max-gb and half the device memory; --no-device-data: background host loader)"})
     device_data_max_gb: float = field(default=4.0, metadata={"help": "largest dataset put on the device automatically"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "load the data through memory-mapped .npy files in this folder (built on first use; for data "
+                "larger than memory)"})
     truncated: bool = field(default=False, metadata={"help": "also train on rows of episodes still running at the end "
                                                              "of the data (their return_to_go is cut off)"})
     width: int = field(default=512, metadata={"help": "features of the encoder and the head layers"})

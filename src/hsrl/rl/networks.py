@@ -223,9 +223,12 @@ def make_network(config: NetworkConfig) -> nn.Module:
 
 
 def dummy_inputs(config: NetworkConfig, batch: int = 1):
+    """Placeholder (obs, hidden) of the right shapes, for initialisation and shape inference only."""
     obs = jnp.zeros((batch,) + config.obs_shape, jnp.float32)
-    hidden = jnp.zeros((batch, config.hidden_size), jnp.float32) if config.uses_hidden else None
-    return obs, hidden
+    if not config.uses_hidden:
+        return obs, None
+    shape = (batch, config.hidden_size)
+    return obs, jnp.ones(shape, jnp.float32)
 
 
 def init_params(config: NetworkConfig, key: jax.Array):

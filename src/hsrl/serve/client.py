@@ -128,20 +128,19 @@ class HiddenStateClient:
                 raise ServerError(f"{self.url} was not ready after {timeout:.0f} s")
             time.sleep(poll)
 
-    def spec(self):
-        """The server's resolved ExtractionSpec."""
+    def spec(self, wait: float = 300.0):
+        """The server's resolved ExtractionSpec, waiting up to `wait` seconds for its model to load."""
         from hsrl.llm.spec import ExtractionSpec
 
-        health = self.health()
-        if not health.get("ready"):
-            raise ServerError(f"{self.url} is not ready ({health.get('status')}): its spec is not known yet")
+        health = self.wait_ready(timeout=wait)
         return ExtractionSpec.from_json(health["spec_json"])
 
-    def check_spec(self, expected, allow: bool = False) -> list[str]:
+    def check_spec(self, expected, allow: bool = False, wait: float = 300.0) -> list[str]:
         """Compare the server's spec with `expected` (ExtractionSpec, its JSON or dict).
 
-        Raises ValueError naming the differing fields (with allow=True only warns); returns them. Afterwards every
-        answer's spec_hash is checked against the server's, so a server restarted with another spec is noticed.
+        Waits up to `wait` seconds for the model to load. Raises ValueError naming the differing fields (with
+        allow=True only warns); returns them. Afterwards every answer's spec_hash is checked against the server's,
+        so a server restarted with another spec is noticed.
         """
         from hsrl.llm.spec import ExtractionSpec, check_compatible
 
@@ -149,7 +148,7 @@ class HiddenStateClient:
             expected = ExtractionSpec.from_json(expected)
         elif isinstance(expected, dict):
             expected = ExtractionSpec.from_dict(expected)
-        served = self.spec()
+        served = self.spec(wait=wait)
         differ = check_compatible(served, expected, allow=allow)
         self._expected_hash = served.hash
         return differ

@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, decode_array, encode_array
 
@@ -384,8 +385,7 @@ def _fail(waiting: _Waiting, err: Exception) -> None:
 class ModelState:
     """The extractor and its loading status ('loading', 'ready', 'failed'), shared by the routes."""
 
-    def __init__(self, spec, extractor=None):
-        self.requested = spec
+    def __init__(self, extractor=None):
         self.extractor = extractor
         self.status = "ready" if extractor is not None else "loading"
         self.error: str | None = None
@@ -453,11 +453,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -485,7 +488,7 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         if differ:
             raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
     observation_length = int(info.symbolic_obs_shape[0])
-    model = ModelState(spec, extractor)
+    model = ModelState(extractor)
     prepare = Preparer(settings, info.variant, observation_length)
     executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
     batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000)
