@@ -273,3 +273,9 @@ def test_pixel_data_trains_the_conv_networks(tmp_path):
         policy = load_policy(out)
         assert policy.network.obs_shape == (4, 3, 3) and policy.network.kind == "conv"
         assert all(np.isfinite(line["critic_loss"]) for line in read_metrics(out))
+
+
+def test_memory_mapped_cache_feeds_the_host_loader(small, tmp_path):
+    cache = tmp_path / "cache"
+    result = train_awr(config(small, tmp_path / "run", steps=4, log_every=2, device_data=False, cache_dir=str(cache)))
+    assert result["step"] == 4 and (cache / "manifest.json").exists() and (cache / "hidden_state.npy").exists()

@@ -14,6 +14,7 @@ import typing
 
 # verb -> ("module", "ConfigClass", "run_function", "one-line summary")
 VERBS: dict[str, tuple[str, str, str, str]] = {
+    "quickstart": ("hsrl.quickstart", "QuickstartConfig", "run_quickstart", "the whole pipeline at small scale, with a report"),
     "envs": ("hsrl.env.cli", "EnvsConfig", "run_envs", "list the Craftax environments with their actions and achievements"),
     "collect": ("hsrl.data.collect", "CollectConfig", "run_collect", "roll out a policy and write trajectory chunk files"),
     "label": ("hsrl.data.label", "LabelConfig", "run_label", "add LLM hidden states to a dataset (resumable)"),

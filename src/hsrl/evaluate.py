@@ -132,18 +132,20 @@ def _pixel_renderer(env):
     return lambda state: jnp.clip(render(state), 0, 255).astype(jnp.uint8)
 
 
-def evaluate_ablation(env, policy, hidden_fn, config: EvalConfig, skip_n: int, ablation: str, out: Path,
+SEGMENT_STEPS = 64
+
+
+def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfig, ablation: str, out: Path,
                       on_episodes=lambda n: None) -> dict:
     """Run until `episodes` episodes finish; summary of the first `episodes` of them (in finishing order)."""
-    segment_len = 64
-    segment = make_segment(env, policy, hidden_fn, skip_n, segment_len, config.greedy, config.video)
+    segment_len = SEGMENT_STEPS
     key = jax.random.PRNGKey(config.seed)  # the same seeds for every ablation
     k_reset, k_run = jax.random.split(key)
     obs, env_state, info = jax.jit(env.reset)(k_reset)
     sym = info["symbolic_obs"]
     E = env.num_envs
-    H = policy.network.hidden_size if hidden_fn is not None else 1
-    hidden = jnp.full((E, H), jnp.nan) if hidden_fn is not None else jnp.zeros((E, 1))
+    H = policy.network.hidden_size if uses_hidden else 1
+    hidden = jnp.full((E, H), jnp.nan) if uses_hidden else jnp.zeros((E, 1))
     carry = (env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
     returns, lengths, achievements, frames = [], [], [], []
     steps = 0
@@ -262,12 +264,17 @@ def evaluate(config: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)
     results = []
+    # one compiled segment serves every ablation: the host callback switches what it hands back
+    fn = AblatedHidden(live, "real", policy.hidden_stats, constant, config.seed) if live is not None else None
+    segment = make_segment(env, policy, fn, skip_n, SEGMENT_STEPS, config.greedy, config.video)
     for i, name in enumerate(ablations):
         bar.set_postfix(ablation=name)
-        fn = AblatedHidden(live, name, policy.hidden_stats, constant, config.seed) if live is not None else None
+        if fn is not None:
+            fn.ablation = name
+            fn.rng = np.random.default_rng(config.seed)
         t0 = time.perf_counter()
         base = config.episodes * i
-        r = evaluate_ablation(env, policy, fn, config, skip_n, name, out,
+        r = evaluate_ablation(env, policy, segment, fn is not None, config, name, out,
                               on_episodes=lambda n, base=base: bar.update(base + n - bar.n))
         r["seconds"] = time.perf_counter() - t0
         results.append(r)

@@ -39,6 +39,8 @@ class CollectConfig:
     policy: str = field(default="random", metadata={"help": "'random' (uniform over actions)"})
     chunk_steps: int = field(default=64, metadata={"help": "steps per environment in one chunk file"})
     seed: int = field(default=0, metadata={"help": "random seed (recorded in every chunk)"})
+    max_episode_steps: int | None = field(default=None, metadata={"help": "end episodes at this length (default: "
+                                                                         "Craftax's 10000)"})
     text: bool = field(default=True, metadata={"help": "store text_obs rendered by hsrl.text (--no-text to skip)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -104,7 +106,8 @@ def _load_state(out: Path, template, config: CollectConfig):
     with np.load(path, allow_pickle=False) as z:
         saved = json.loads(str(z["config"]))
         mine = asdict(config)
-        differ = [k for k in ("env", "envs", "policy", "chunk_steps", "seed") if saved[k] != mine[k]]
+        differ = [k for k in ("env", "envs", "policy", "chunk_steps", "seed", "max_episode_steps")
+                  if saved.get(k) != mine[k]]
         if differ:
             raise ValueError(f"{out} holds a collection made with different {', '.join(differ)}; "
                              f"use another --out or the same flags to resume")
@@ -118,7 +121,7 @@ def collect(config: CollectConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     info = env_info(config.env)
-    env = make_env(config.env, config.envs, with_symbolic=info.pixels)
+    env = make_env(config.env, config.envs, with_symbolic=info.pixels, max_timesteps=config.max_episode_steps)
     policy = random_policy(info.num_actions)
     rollout = make_chunk_rollout(env, policy, config.chunk_steps)
 
@@ -130,7 +133,7 @@ def collect(config: CollectConfig) -> Path:
     start = 0
     if resumed is not None:
         carry, start = resumed
-    meta_extra = {"seed": config.seed, "policy": config.policy}
+    meta_extra = {"seed": config.seed, "policy": config.policy, "max_episode_steps": config.max_episode_steps}
 
     from tqdm.auto import tqdm
 

@@ -88,7 +88,8 @@ class MetricsLogger:
         self._file.flush()
         if self._writer is not None:
             for k, v in values.items():
-                self._writer.add_scalar(tag(k), v, int(step))
+                if math.isfinite(v):  # TensorBoard gets no NaN (undefined values stay null in the JSONL)
+                    self._writer.add_scalar(tag(k), v, int(step))
         return line
 
     def text(self, name: str, text: str, step: int = 0) -> None:
