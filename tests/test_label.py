@@ -77,28 +77,40 @@ def test_bad_input_file_is_reported_and_others_labelled(dataset, tmp_path):
     assert len(summary.skipped) == 2  # finished outputs are skipped on a rerun
 
 
+def _progress(out):
+    """Saved batches plus finished files: grows as the labeller works."""
+    return len(list(out.glob(".partial/*/batch_*.npz"))) + 100 * len(list(out.glob("chunk_*.npz")))
+
+
 def test_killed_labeller_resumes_to_identical_outputs(dataset, labelled, tmp_path):
-    """Kill a real `hsrl label` process at random moments, rerun, and compare with an uninterrupted run."""
+    """Kill a real `hsrl label` process at random moments while it works, rerun, and compare with an
+    uninterrupted run."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "hsrl.cli", "label", str(dataset), str(out), "--batch-size", "5", "--no-progress"]
+    cmd = [sys.executable, "-m", "hsrl.cli", "label", str(dataset), str(out), "--batch-size", "2", "--no-progress"]
     rng = random.Random(0)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
+        before = _progress(out) if out.exists() else 0
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(6.0, 14.0))
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and (not out.exists() or _progress(out) <= before):
+            time.sleep(0.05)  # wait until this run has saved something
+        time.sleep(rng.uniform(0.0, 0.6))  # then kill at a random moment
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        assert not list(out.glob("*.tmp")), "no temp file under a final name pattern is left in OUT_DIR"
     assert kills >= 2, "the test should really interrupt the labeller"
+    assert len(list(out.glob("chunk_*.npz"))) < 3, "some work was left for the final run"
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert not list(out.glob("**/*.tmp")), "no temporary file is left behind"
     assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
     for a, b in zip(list_chunks(out), list_chunks(labelled), strict=True):
         ca, cb = read_chunk(a), read_chunk(b)
         assert ca.meta == cb.meta
-        np.testing.assert_array_equal(ca["hidden_state"], cb["hidden_state"])
         np.testing.assert_array_equal(ca["text_obs"], cb["text_obs"])
+        # batch size 2 here, 5 in the reference: the same function on other batches, float tolerance
+        np.testing.assert_allclose(ca["hidden_state"], cb["hidden_state"], rtol=1e-5, atol=1e-6)
 
 
 def test_extract_other_layer_of_prompt_only_data(labelled, tmp_path):

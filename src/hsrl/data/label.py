@@ -211,6 +211,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     if out.resolve() == Path(in_dir).resolve():
         raise ValueError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".chunk_*.npz.*.tmp"):  # left by a process killed while writing a final file
+        stale.unlink()
     rows, todo = {}, []
     for f in files:
         try:
