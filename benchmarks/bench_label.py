@@ -41,7 +41,7 @@ def main() -> None:
 
     from hsrl.llm import make_extractor
 
-    extractor = make_extractor(config.spec("classic"), batch_size=args.batch_size)
+    extractor = make_extractor(config.extraction_spec("classic"), batch_size=args.batch_size)
     extractor.extract(list(texts[: args.batch_size]))  # warm up
     t0 = time.perf_counter()
     for i in range(0, len(texts), args.batch_size):

@@ -58,7 +58,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
             continue
         flag = "--" + field.name.replace("_", "-")
-        if tp is bool:
+        if tp is bool and field.name.startswith("no_"):  # --no-llm: a plain switch, not --no-no-llm
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(

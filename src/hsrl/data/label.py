@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hsrl.llm.flags import SpecFlags
 from hsrl.data.chunks import (
     ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, write_chunk_streamed,
 )
@@ -28,8 +29,18 @@ from hsrl.data.chunks import (
 PARTIAL_DIR = ".partial"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RayFlags:
+    ray: str | None = field(default=None, metadata={"help": "distribute files over a Ray cluster: --ray ADDRESS, or --ray "
+                                                            "alone to start a local Ray instance", "nargs": "?", "const": "local",
+                                                            "metavar": "ADDRESS"})
+    workers: int | None = field(default=None, metadata={"help": "Ray: model replicas (default: GPUs / gpus-per-worker, or CPUs)"})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "Ray: GPUs per model replica (0 = CPU workers)"})
+    retries: int = field(default=3, metadata={"help": "Ray: times a file is retried when its worker dies"})
+
+
 @dataclass(frozen=True)
-class LabelConfig:
+class LabelConfig(SpecFlags, RayFlags):
     """Label trajectory chunks with LLM hidden states.
 
     Reads every chunk_NNNNNN.npz of IN_DIR, renders text_obs where absent, builds prompts, extracts hidden
@@ -40,32 +51,9 @@ class LabelConfig:
 
     in_dir: str = field(metadata={"positional": True, "help": "dataset folder to label"})
     out_dir: str = field(metadata={"positional": True, "help": "output folder (created)"})
-    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
-    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
-    tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
-    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
-    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16 instead of pooled"})
-    ray: str | None = field(default=None, metadata={"help": "distribute files over a Ray cluster: --ray ADDRESS, or --ray "
-                                                            "alone to start a local Ray instance", "nargs": "?", "const": "local",
-                                                            "metavar": "ADDRESS"})
-    workers: int | None = field(default=None, metadata={"help": "Ray: model replicas (default: GPUs / gpus-per-worker, or CPUs)"})
-    gpus_per_worker: float = field(default=0.0, metadata={"help": "Ray: GPUs per model replica (0 = CPU workers)"})
-    retries: int = field(default=3, metadata={"help": "Ray: times a file is retried when its worker dies"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def spec(self, variant: str):
-        from hsrl.llm import ExtractionSpec
-
-        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
-                              template=self.template, temperature=self.temperature, top_p=self.top_p,
-                              seed=self.seed, dtype=self.dtype, variant=variant)
 
 
 @dataclass
@@ -263,7 +251,7 @@ def label_dataset(config: LabelConfig) -> LabelSummary:
     def make(meta: ChunkMeta):
         from hsrl.llm import make_extractor
 
-        spec = config.spec(_variant(meta))
+        spec = config.extraction_spec(_variant(meta))
         extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
         return Labeller(extractor, config.batch_size, config.save_token_states)
 
@@ -277,7 +265,7 @@ def run_label(config: LabelConfig) -> int:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(RayFlags):
     """Re-extract hidden states of already labelled data for another layer or pooling.
 
     Reads the extraction spec and text_generated of IN_DIR's chunks and runs one prefill forward pass over
@@ -292,12 +280,6 @@ class ExtractConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: CUDA when available)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16"})
-    ray: str | None = field(default=None, metadata={"help": "distribute files over a Ray cluster: --ray ADDRESS, or --ray "
-                                                            "alone to start a local Ray instance", "nargs": "?", "const": "local",
-                                                            "metavar": "ADDRESS"})
-    workers: int | None = field(default=None, metadata={"help": "Ray: model replicas (default: GPUs / gpus-per-worker, or CPUs)"})
-    gpus_per_worker: float = field(default=0.0, metadata={"help": "Ray: GPUs per model replica (0 = CPU workers)"})
-    retries: int = field(default=3, metadata={"help": "Ray: times a file is retried when its worker dies"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 

@@ -34,11 +34,12 @@ from jax.experimental import io_callback
 
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.env import ENV_NAMES, craftax_score, make_env
+from hsrl.llm.flags import SpecFlags
 from hsrl.rl.networks import NetworkConfig, init_params, make_network
 
 
 @dataclass(frozen=True)
-class OnlineConfig:
+class OnlineConfig(SpecFlags):
     """Online PPO on Craftax with hidden states from an LLM running live (or without, --no-llm).
 
     The LLM refreshes every environment's hidden state every --skip-n steps (one batched call), and
@@ -50,12 +51,7 @@ class OnlineConfig:
     envs: int = field(default=128, metadata={"help": "parallel environments"})
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
-    model: str = field(default="minilm", metadata={"help": "LLM: registry name, HuggingFace id or local path"})
-    layer: int = field(default=-1, metadata={"help": "hidden_states index (-1 = last layer)"})
-    tokens: int = field(default=1, metadata={"help": "1 = prompt-only; N > 1 = generate N tokens first"})
-    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
     llm_batch_size: int = field(default=64, metadata={"help": "samples per LLM forward pass"})
-    device: str | None = field(default=None, metadata={"help": "LLM device (default: CUDA when available)"})
     no_llm: bool = field(default=False, metadata={"help": "baseline: the same PPO without hidden states"})
     checkpoint: str | None = field(default=None, metadata={"help": "warm-start from an AWR (or online) run or checkpoint"})
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if --checkpoint's extraction spec differs"})
@@ -72,7 +68,7 @@ class OnlineConfig:
     update_epochs: int = field(default=4, metadata={"help": "epochs per update"})
     num_minibatches: int = field(default=8, metadata={"help": "minibatches per epoch"})
     width: int = field(default=512, metadata={"help": "layer width of the network"})
-    seed: int = field(default=0, metadata={"help": "random seed (recorded)"})
+    seed: int = field(default=0, metadata={"help": "random seed of the run and of LLM sampling (recorded)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N updates (and at the end)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -343,10 +339,9 @@ def train_online(config: OnlineConfig) -> dict:
 
     live, spec_json, hidden_size = None, None, None
     if not config.no_llm:
-        from hsrl.llm import ExtractionSpec, make_extractor
+        from hsrl.llm import make_extractor
 
-        spec = ExtractionSpec(model=config.model, layer=config.layer, tokens=config.tokens, pooling=config.pooling,
-                              seed=config.seed, variant=info.variant)
+        spec = config.extraction_spec(info.variant)
         extractor = make_extractor(spec, device=config.device, batch_size=config.llm_batch_size)
         spec_json, hidden_size = extractor.spec.to_json(), extractor.hidden_size
     kind = "conv" if info.pixels else "mlp"

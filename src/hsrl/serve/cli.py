@@ -6,11 +6,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from hsrl.llm.flags import SpecFlags
 from hsrl.serve.wire import TOKEN_ENV
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(SpecFlags):
     """Serve LLM hidden states of Craftax observations over HTTP.
 
     GET /health (open): ready flag, model, hidden size, spec JSON and hash, env, limits.
@@ -22,16 +23,6 @@ class ServeConfig:
     otherwise; a bearer token (--token or $HSRL_SERVE_TOKEN) then guards every route but /health.
     """
 
-    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
-    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
-    tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
-    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
-    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
     env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": "environment whose symbolic observations are served (sets the renderer, the observation length and the spec's variant)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback by default)"})
     port: int = field(default=8000, metadata={"help": "port to bind"})
@@ -46,11 +37,8 @@ class ServeConfig:
 
     def spec(self):
         from hsrl.env.catalog import env_info
-        from hsrl.llm import ExtractionSpec
 
-        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
-                              template=self.template, temperature=self.temperature, top_p=self.top_p,
-                              seed=self.seed, dtype=self.dtype, variant=env_info(self.env).variant)
+        return self.extraction_spec(env_info(self.env).variant)
 
     def settings(self, token: str | None):
         from hsrl.serve.server import ServerSettings

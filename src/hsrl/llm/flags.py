@@ -1,0 +1,25 @@
+"""The command-line flags that make an `ExtractionSpec`, shared by every verb that runs an LLM
+(`label`, `serve`, `online`): one definition, one help text, one way to build the spec."""
+
+from dataclasses import dataclass, field
+
+from hsrl.llm.spec import ExtractionSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecFlags:
+    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
+    layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
+    tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
+    pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
+    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
+
+    def extraction_spec(self, variant: str) -> ExtractionSpec:
+        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
+                              template=self.template, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, dtype=self.dtype, variant=variant)
