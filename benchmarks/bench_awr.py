@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from hsrl.rl.awr import (
-    AWRHyper, Batch, HOST_BLOCK_BYTES, Prefetcher, block_schedule, hidden_stats_of, init_state, make_batches_block,
+    AWRHyper, HOST_BLOCK_BYTES, Prefetcher, block_schedule, hidden_stats_of, init_state, make_batches_block,
     make_device_block, make_update,
 )
 from hsrl.rl.networks import NetworkConfig

@@ -9,7 +9,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 
 from hsrl.env import make_env
 

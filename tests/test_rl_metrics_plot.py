@@ -1,6 +1,5 @@
 """Metrics logger (JSONL + TensorBoard), `hsrl plot`, and the `hsrl train-awr` command line."""
 
-import json
 
 import numpy as np
 import pytest

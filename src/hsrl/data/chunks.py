@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -45,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hsrl.llm.spec import spec_hash  # noqa: F401  (re-exported: the one spec hash)
 
 SCHEMA_VERSION = 1
 ROW_LAYOUT = "time-major: row = t * num_envs + env"
@@ -215,11 +216,6 @@ def spec_differences(a: str | None, b: str | None) -> list[str]:
         return ["<labelled vs unlabelled>"]
     da, db = json.loads(a), json.loads(b)
     return sorted(k for k in set(da) | set(db) if da.get(k, "<absent>") != db.get(k, "<absent>"))
-
-
-def spec_hash(spec_json: str) -> str:
-    """A short hash of a spec JSON string (first 12 hex digits of its SHA-256), for logs and file tags."""
-    return hashlib.sha256(spec_json.encode()).hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------------- validation

@@ -36,6 +36,11 @@ def current_renderer_version() -> str:
     return str(RENDERER_VERSION)
 
 
+def spec_hash(spec_json: str) -> str:
+    """The short hash of a spec's JSON, as written in files, checkpoints and /health: first 12 hex of SHA-256."""
+    return hashlib.sha256(spec_json.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class ExtractionSpec:
     """What produces a hidden state. Two equal specs give the same hidden states (within float tolerance).
@@ -130,8 +135,8 @@ class ExtractionSpec:
 
     @property
     def hash(self) -> str:
-        """First 12 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+        """First 12 hex digits of the SHA-256 of the canonical JSON (`spec_hash(self.to_json())`)."""
+        return spec_hash(self.to_json())
 
     def diff(self, other: "ExtractionSpec") -> list[str]:
         """Names of the fields whose values differ, in field order."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import queue
 import threading
 import time
@@ -288,8 +287,8 @@ def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
     if "return_to_go" not in info.fields:
         raise DataFileError(files[0], "return_to_go", f"missing: run `hsrl returns {data_dir}` first")
     if hidden and "hidden_state" not in info.fields:
-        raise DataFileError(files[0], "hidden_state", f"missing: label the data with `hsrl label` first, or "
-                                                      f"train the baseline with --no-hidden")
+        raise DataFileError(files[0], "hidden_state", "missing: label the data with `hsrl label` first, or "
+                                                      "train the baseline with --no-hidden")
     if hidden and len(info.fields["hidden_state"][0]) == 3:
         raise DataFileError(files[0], "hidden_state", "stored per-token (N, T, H); AWR reads pooled (N, H) states: "
                                                       "label with pooled states (without --save-token-states)")
@@ -447,7 +446,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
         logger.text("config", "```\n" + json.dumps(_run_config(config), indent=1) + "\n```")
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="train-awr", disable=not config.progress,
                dynamic_ncols=True)
-    step, parts, pending, last = start, [], None, None
+    step, parts, pending, pending_len, last = start, [], None, 0, None
     tick = time.perf_counter()
     last_step, ckpt_path = start, None
     try:

@@ -20,7 +20,6 @@ Update. GAE, then `update_epochs` x `num_minibatches` clipped-PPO steps in a jit
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
