@@ -66,3 +66,17 @@ def test_bad_flags_are_refused(tmp_path):
         collect(_config(tmp_path, steps=10).__class__(env=ENV, envs=0, out=str(tmp_path)))
     with pytest.raises(ValueError, match="--env"):
         collect(CollectConfig(env="Nope", out=str(tmp_path)))
+
+
+def test_collect_with_a_trained_policy(tmp_path):
+    """--checkpoint rolls out a trained (baseline) policy and records its log-probabilities."""
+    from hsrl.rl.ppo import OnlineConfig, train_online
+
+    run = tmp_path / "run"
+    train_online(OnlineConfig(env=ENV, envs=3, steps=48, num_steps=16, num_minibatches=1, width=16, no_llm=True,
+                              out=str(run), progress=False))
+    out = tmp_path / "data"
+    collect(_config(out, steps=24, checkpoint=str(run)))
+    c = read_chunk(list_chunks(out)[0])
+    assert c.meta.extra["policy"] == str(run)
+    assert np.all(c["log_prob"] <= 0) and not np.allclose(c["log_prob"], -np.log(17.0))

@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from hsrl.evaluate import AblatedHidden, EvalConfig, evaluate
 from hsrl.rl.ppo import OnlineConfig, train_online
 
 ENV = "Craftax-Classic-Symbolic-v1"
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +74,38 @@ def test_ablations_change_only_the_hidden_input():
 def test_bad_ablation_name(run_dir, tmp_path):
     with pytest.raises(ValueError, match="ablation"):
         evaluate(EvalConfig(str(run_dir), ablation="real,nope", out=str(tmp_path), progress=False))
+
+
+def _serve(port, *extra):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "hsrl.cli", "serve", "--env", ENV, "--port", str(port), "--log-level", "warning", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def test_eval_through_the_server_equals_in_process_and_checks_the_spec(run_dir, tmp_path):
+    """Same observations, same hidden states: evaluating with a real server gives the in-process numbers;
+    a server with another spec is refused before anything runs."""
+    from hsrl.serve import HiddenStateClient
+    from test_serve import free_port
+
+    good, bad = free_port(), free_port()
+    procs = [_serve(good), _serve(bad, "--layer", "2")]
+    try:
+        for port in (good, bad):
+            HiddenStateClient(f"http://127.0.0.1:{port}", timeout=30).wait_ready(timeout=240)
+        kw = dict(episodes=2, envs=2, max_episode_steps=16, ablation="real,shuffled", progress=False)
+        local = evaluate(EvalConfig(str(run_dir), out=str(tmp_path / "local"), **kw))
+        served = evaluate(EvalConfig(str(run_dir), server=f"http://127.0.0.1:{good}", out=str(tmp_path / "srv"), **kw))
+        for a, b in zip(local["results"], served["results"], strict=True):
+            assert a["return_mean"] == pytest.approx(b["return_mean"]) and a["achievements"] == b["achievements"]
+        with pytest.raises(ValueError, match="layer"):
+            evaluate(EvalConfig(str(run_dir), server=f"http://127.0.0.1:{bad}", out=str(tmp_path / "bad"), **kw))
+        assert not (tmp_path / "bad" / "eval.json").exists()
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)

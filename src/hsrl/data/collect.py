@@ -36,7 +36,9 @@ class CollectConfig:
     steps: int = field(default=4096, metadata={"help": "total environment steps over all environments "
                                                        "(rounded up to whole chunks)"})
     out: str = field(default="data/collect", metadata={"help": "output folder"})
-    policy: str = field(default="random", metadata={"help": "'random' (uniform over actions)"})
+    policy: str = field(default="random", metadata={"help": "'random' (uniform over actions); see --checkpoint"})
+    checkpoint: str | None = field(default=None, metadata={"help": "roll out a trained policy instead (a run folder or "
+                                                                   "checkpoint of one that reads no hidden state)"})
     chunk_steps: int = field(default=64, metadata={"help": "steps per environment in one chunk file"})
     seed: int = field(default=0, metadata={"help": "random seed (recorded in every chunk)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "end episodes at this length (default: "
@@ -51,7 +53,7 @@ class CollectConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.policy != "random":
-            raise ValueError(f"--policy {self.policy!r}: only 'random' is available")
+            raise ValueError(f"--policy {self.policy!r}: only 'random' is available (or give --checkpoint)")
 
     @property
     def num_chunks(self) -> int:
@@ -64,6 +66,25 @@ def random_policy(num_actions: int):
     def act(key, obs):
         action = jax.random.randint(key, (obs.shape[0],), 0, num_actions)
         return action, jnp.full(action.shape, -math.log(num_actions), jnp.float32)
+
+    return act
+
+
+def checkpoint_policy(path: str, env_name: str):
+    """A trained policy: `(key, obs) -> (sampled action, its log-probability)`."""
+    from hsrl.rl.checkpoint import load_policy
+
+    policy = load_policy(path)
+    policy.check_compatible(env_name=env_name, what="this collection")
+    if policy.uses_hidden:
+        raise ValueError(f"{path} reads hidden states; collect with a policy that does not (a --no-hidden or "
+                         f"--no-llm run), then label the data")
+    module, params = policy.module, policy.params
+
+    def act(key, obs):
+        logits, _ = module.apply(params, obs, None)
+        action = jax.random.categorical(key, logits)
+        return action, jax.nn.log_softmax(logits)[jnp.arange(obs.shape[0]), action]
 
     return act
 
@@ -106,7 +127,7 @@ def _load_state(out: Path, template, config: CollectConfig):
     with np.load(path, allow_pickle=False) as z:
         saved = json.loads(str(z["config"]))
         mine = asdict(config)
-        differ = [k for k in ("env", "envs", "policy", "chunk_steps", "seed", "max_episode_steps")
+        differ = [k for k in ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps")
                   if saved.get(k) != mine[k]]
         if differ:
             raise ValueError(f"{out} holds a collection made with different {', '.join(differ)}; "
@@ -122,7 +143,7 @@ def collect(config: CollectConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     info = env_info(config.env)
     env = make_env(config.env, config.envs, with_symbolic=info.pixels, max_timesteps=config.max_episode_steps)
-    policy = random_policy(info.num_actions)
+    policy = checkpoint_policy(config.checkpoint, config.env) if config.checkpoint else random_policy(info.num_actions)
     rollout = make_chunk_rollout(env, policy, config.chunk_steps)
 
     key = jax.random.PRNGKey(config.seed)
@@ -133,7 +154,8 @@ def collect(config: CollectConfig) -> Path:
     start = 0
     if resumed is not None:
         carry, start = resumed
-    meta_extra = {"seed": config.seed, "policy": config.policy, "max_episode_steps": config.max_episode_steps}
+    meta_extra = {"seed": config.seed, "policy": config.checkpoint or config.policy,
+                  "max_episode_steps": config.max_episode_steps}
 
     from tqdm.auto import tqdm
 
