@@ -67,6 +67,11 @@ def test_pixel_conversion_error_bound():
     for bad in ([-0.01], [1.01], [np.nan]):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             pixels_to_uint8(np.array(bad, np.float32))
+    # one function for both kinds of input: uint8 passes through unchanged, other integers are refused
+    np.testing.assert_array_equal(pixels_to_uint8(q), q)
+    assert pixels_to_uint8(x.astype(np.float64))[:3].tolist() == [0, 255, 255]
+    with pytest.raises(TypeError, match="int32"):
+        pixels_to_uint8(np.zeros(3, np.int32))
 
 
 def test_update_chunk_adds_and_replaces_keeping_others(tmp_path, rng):

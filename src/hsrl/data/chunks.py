@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.llm.spec import spec_hash  # noqa: F401  (re-exported: the one spec hash)
+from hsrl.pixels import pixels_to_uint8, uint8_to_pixels  # noqa: F401  (re-exported by hsrl.data)
 
 SCHEMA_VERSION = 1
 ROW_LAYOUT = "time-major: row = t * num_envs + env"
@@ -82,38 +83,6 @@ class DataFileError(ValueError):
         self.problem = problem
         where = str(path) if path is not None else "<arrays>"
         super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
-
-
-# ----------------------------------------------------------------------------------------- pixels
-
-
-def pixels_to_uint8(pixels) -> np.ndarray:
-    """Float pixels in [0, 1] (Craftax renders `image / 255.0`) -> uint8, rounded to nearest: `rint(x * 255)`.
-
-    Rounding, not truncation, bounds the round-trip error `|uint8_to_pixels(pixels_to_uint8(x)) - x|` by
-    0.5/255 ~= 0.00196 (plus float32 rounding, ~1e-7). Measured: 0.0019608 max on 10^6 uniform floats;
-    0.0019608 max, 0.00070 mean on 120 Craftax-Classic-Pixels frames of a random policy (brightness
-    scaling makes 76% of their values non-multiples of 1/255). Pixels that are whole multiples of 1/255
-    come back bit-identical.
-    Values that would round outside 0..255 (below -0.5/255 or above 1 + 0.5/255) or NaN raise ValueError
-    rather than being clipped; float dust just outside [0, 1] rounds to 0 or 255.
-    """
-    x = np.asarray(pixels, dtype=np.float32)
-    y = np.rint(x * np.float32(255.0))
-    if y.size and not (np.all(y >= 0.0) and np.all(y <= 255.0)):  # NaN fails both comparisons
-        nan = int(np.isnan(x).sum())
-        finite = x[np.isfinite(x)]
-        seen = f"min {finite.min():.6g}, max {finite.max():.6g}" if finite.size else "no finite values"
-        raise ValueError(f"pixel values must lie in [0, 1] (got {seen}{f', {nan} NaN' if nan else ''})")
-    return y.astype(np.uint8)
-
-
-def uint8_to_pixels(pixels):
-    """uint8 pixels -> float32 in [0, 1], the inverse of `pixels_to_uint8`; works on numpy and JAX arrays.
-
-    Divides by 255 as Craftax does, so whole-valued images come back bit-identical.
-    """
-    return pixels.astype(np.float32) / np.float32(255.0)
 
 
 # ------------------------------------------------------------------------------------------- meta

@@ -1,4 +1,7 @@
-"""The one backend interface: text observations in, one hidden-state vector per sample (per layer) out.
+"""The one backend interface: observations in, one hidden-state vector per sample (per layer) out.
+
+Observations are text (rendered by `hsrl.text`) and, for vision-language models (`spec.input` 'image' or
+'image+text'), images: `(B, H, W, 3)` float in [0, 1] or uint8, converted by `hsrl.pixels.to_uint8`.
 
 Labelling, the hidden-state server, online RL and evaluation all call `Extractor.extract` (and `reextract` to recompute
 states for text that was generated before). Backends differ only inside it. A failed extraction raises; it never
@@ -65,13 +68,16 @@ class Extractor(ABC):
     @abstractmethod
     def extract(
         self,
-        observations: Sequence[str],
+        observations: Sequence[str] | None,
         layers: Sequence[int] | int | None = None,
         seeds: Sequence[int] | None = None,
         return_token_states: bool = False,
+        images=None,
     ) -> ExtractionResult:
-        """Hidden states for text observations (any number; batched inside), by the spec's mode and pooling.
+        """Hidden states for observations (any number; batched inside), by the spec's mode and pooling.
 
+        observations: the text observations (None when spec.input is 'image'); images: (B, H, W, 3) image
+        observations, required when spec.input is 'image' or 'image+text'.
         layers overrides spec.layer for this call. seeds (one int per sample) are mixed with spec.seed to seed each
         sample's sampling; by default each sample's seed is derived from spec.seed and its prompt text, so the same
         observation gives the same generation whatever else is in the batch.
@@ -80,19 +86,28 @@ class Extractor(ABC):
     @abstractmethod
     def reextract(
         self,
-        observations: Sequence[str],
+        observations: Sequence[str] | None,
         generated_texts: Sequence[str] | None = None,
         layers: Sequence[int] | int | None = None,
         generated_ids: Sequence[Sequence[int]] | None = None,
         return_token_states: bool = False,
+        images=None,
     ) -> ExtractionResult:
         """States of already generated text: one prefill over prompt + generated tokens, pooled over the latter."""
 
 
 def make_extractor(spec: ExtractionSpec, **kwargs) -> Extractor:
     """The backend that `spec.backend` names, loaded and ready (kwargs go to the backend's constructor)."""
+    if spec.backend == "transformers" and spec.reads_images:
+        from hsrl.llm.vision_backend import VisionExtractor
+
+        return VisionExtractor(spec, **kwargs)
     if spec.backend == "transformers":
         from hsrl.llm.transformers_backend import TransformersExtractor
 
         return TransformersExtractor(spec, **kwargs)
+    if spec.backend == "vllm":
+        from hsrl.llm.vllm_backend import VLLMExtractor
+
+        return VLLMExtractor(spec, **kwargs)
     raise ValueError(f"unknown backend {spec.backend!r}")

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 POOLINGS = ("mean", "last")
 TEMPLATES = ("auto", "chat", "short")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-INPUTS = ("text",)  # 'image' will come with VLMs
-BACKENDS = ("transformers",)
+INPUTS = ("text", "image", "image+text")  # what the model reads: the text rendering, the image, or both
+BACKENDS = ("transformers", "vllm")
 VARIANTS = ("classic", "craftax")
 
 
@@ -64,8 +64,8 @@ class ExtractionSpec:
     seed: int = 0
     dtype: str = "auto"  # 'auto': bfloat16 on CUDA, float32 on CPU
     max_prompt_length: int | None = None  # None: the model's context length
-    input: str = "text"
-    backend: str = "transformers"
+    input: str = "text"  # 'text' (hsrl.text rendering), 'image' (pixel observation, VLMs), 'image+text' (both)
+    backend: str = "transformers"  # 'transformers' or 'vllm'
 
     def __post_init__(self):
         layer = self.layer
@@ -106,6 +106,16 @@ class ExtractionSpec:
     @property
     def generates(self) -> bool:
         return self.tokens > 1
+
+    @property
+    def reads_images(self) -> bool:
+        """True when the model reads the image observation (input 'image' or 'image+text')."""
+        return self.input != "text"
+
+    @property
+    def reads_text(self) -> bool:
+        """True when the model reads the text observation (input 'text' or 'image+text')."""
+        return self.input != "image"
 
     def replace(self, **changes) -> "ExtractionSpec":
         return dataclasses.replace(self, **changes)

@@ -74,6 +74,11 @@ def _eos_ids(loaded: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def _refuse_images(images) -> None:
+    if images is not None:
+        raise ValueError("this extractor's spec has input='text': it reads no images (use input='image' with a VLM)")
+
+
 def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """(B, V) logits, (B,) uniforms in [0, 1) -> (B,) token ids, by inverse CDF after temperature and top-p.
 
@@ -113,6 +118,11 @@ class TransformersExtractor(Extractor):
         padding_side: str = "right",
         model: LoadedModel | None = None,
     ):
+        if spec.reads_images or spec.backend != "transformers":
+            raise ValueError(
+                f"TransformersExtractor reads text with transformers; spec.input={spec.input!r}, "
+                f"spec.backend={spec.backend!r} needs another backend (use hsrl.llm.make_extractor)"
+            )
         if model is None:
             model = load_model(spec.model, spec.dtype, device)
         elif resolve_model(spec.model) != model.path:
@@ -434,7 +444,9 @@ class TransformersExtractor(Extractor):
         layers: Sequence[int] | int | None = None,
         seeds: Sequence[int] | None = None,
         return_token_states: bool = False,
+        images=None,
     ) -> ExtractionResult:
+        _refuse_images(images)
         observations = list(observations)
         if not observations:
             raise ValueError("no observations to extract")
@@ -460,7 +472,9 @@ class TransformersExtractor(Extractor):
         layers: Sequence[int] | int | None = None,
         generated_ids: Sequence[Sequence[int]] | None = None,
         return_token_states: bool = False,
+        images=None,
     ) -> ExtractionResult:
+        _refuse_images(images)
         if not self.loaded.causal:
             raise ValueError(f"{self.spec.model} is an encoder model: there is no generated text to re-extract")
         if (generated_texts is None) == (generated_ids is None):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.data.chunks import uint8_to_pixels
+from hsrl.pixels import uint8_to_pixels
 
 KINDS = ("conv", "mlp")
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
