@@ -64,6 +64,26 @@ def test_finished_episodes_get_fresh_distinct_worlds(classic_env):
     assert np.all(np.asarray(new.episode_length)[running] == 4)
 
 
+def test_fresh_worlds_are_used_up_in_order_before_a_new_pool_is_generated(classic_env):
+    env, reset, step = classic_env  # pool of four
+    _, state, _ = reset(jax.random.PRNGKey(1))
+    action = jnp.zeros((8,), jnp.int32)
+    pools, worlds = [], []
+    for i, finishers in enumerate([[1, 2], [3, 4], [5]]):
+        pools.append(np.asarray(state.fresh_state.map))
+        _, state, _, done, _ = step(jax.random.PRNGKey(20 + i), _force_done(state, finishers), action)
+        assert np.array_equal(np.flatnonzero(done), finishers)
+        worlds += [np.asarray(state.env_state.map)[e] for e in finishers]
+    assert int(state.fresh_used) == 1
+    # steps 1 and 2 take worlds 0-1 and 2-3 of the pool made at reset; step 3 needs a new pool and takes its first
+    for k in range(4):
+        assert np.array_equal(worlds[k], pools[0][k])
+    np.testing.assert_array_equal(pools[2], pools[0])  # no world was generated on steps 1 and 2
+    new_pool = np.asarray(state.fresh_state.map)
+    assert not np.array_equal(new_pool[0], pools[0][0]) and np.array_equal(worlds[4], new_pool[0])
+    assert len({w.tobytes() for w in worlds}) == 5  # no world was given twice
+
+
 def test_episode_return_and_achievements_logged(classic_env):
     env, reset, step = classic_env
     _, state, _ = reset(jax.random.PRNGKey(3))

@@ -2,10 +2,12 @@
 
 Craftax's own `auto_reset=True` generates a fresh world for every environment on every step and
 selects between it and the stepped state: on CPU that makes stepping ~10x slower. hsrl keeps the
-game's semantics (every finished episode starts in a freshly generated world) with a small pool of
-fresh worlds generated only on steps where some environment finished (`lax.cond` on "any done").
-The k-th environment to finish in a step takes world `k mod pool`, so two environments share one
-world only when more than `pool` finish in the same step, as with optimistic resets.
+game's semantics (every finished episode starts in a freshly generated world) with a pool of fresh
+worlds kept in the state and used up in order: finishers take the next unused worlds, and a new pool
+is generated (`lax.cond`) only when a step needs more worlds than are left. So world generation costs
+one pool per `pool` finished episodes, not one per step with a finisher (which, with hundreds of envs
+on a GPU, is nearly every step). A world is never given twice, except when more than `pool`
+environments finish in the same step: then the k-th takes world `k mod pool`, as with optimistic resets.
 
 All methods are pure functions of explicit state, usable inside `jax.jit` and `lax.scan`.
 """
@@ -22,10 +24,13 @@ class LogState(NamedTuple):
     env_state: object  # Craftax EnvState, batched
     episode_return: jax.Array  # (num_envs,) float32, running return of the current episode
     episode_length: jax.Array  # (num_envs,) int32
+    fresh_obs: object  # (pool, ...) observations of the fresh worlds
+    fresh_state: object  # (pool, ...) Craftax EnvState of the fresh worlds
+    fresh_used: jax.Array  # () int32, how many of the pool's worlds were given out
 
 
 def default_reset_pool(num_envs: int) -> int:
-    """Fresh worlds generated on a step where some episode ended: 1 per 32 envs, at least 1."""
+    """Fresh worlds generated at a time (when the previous ones are used up): 1 per 32 envs, at least 1."""
     return max(1, num_envs // 32)
 
 
@@ -80,9 +85,12 @@ class BatchedEnv:
 
     def reset(self, key: jax.Array):
         """Fresh worlds for all environments: `(obs, state, info)`; info has `symbolic_obs` if asked."""
-        obs, env_state = self._reset_worlds(key, self.num_envs)
+        key_envs, key_pool = jax.random.split(key)
+        obs, env_state = self._reset_worlds(key_envs, self.num_envs)
+        fresh_obs, fresh_state = self._reset_worlds(key_pool, self.reset_pool)
         zeros = jnp.zeros((self.num_envs,), jnp.float32)
-        state = LogState(env_state, zeros, jnp.zeros((self.num_envs,), jnp.int32))
+        state = LogState(env_state, zeros, jnp.zeros((self.num_envs,), jnp.int32), fresh_obs, fresh_state,
+                         jnp.zeros((), jnp.int32))
         info = {"symbolic_obs": self.symbolic_obs(env_state)} if self.with_symbolic else {}
         return obs, state, info
 
@@ -95,18 +103,23 @@ class BatchedEnv:
         reward = reward.astype(jnp.float32)
         done = done.astype(bool)
 
+        finished = done.sum(dtype=jnp.int32)
+        pool = (state.fresh_obs, state.fresh_state, state.fresh_used)
+        refill = lambda _: (*self._reset_worlds(key_reset, self.reset_pool), jnp.zeros((), jnp.int32))
+        fresh_obs, fresh_state, used = jax.lax.cond(
+            state.fresh_used + finished > self.reset_pool, refill, lambda _: pool, None
+        )
+
         def with_resets(_):
-            obs_re, env_re = self._reset_worlds(key_reset, self.reset_pool)
-            slot = (jnp.cumsum(done) - 1) % self.reset_pool  # k-th finisher takes world k mod pool
+            slot = (used + jnp.cumsum(done) - 1) % self.reset_pool  # the k-th finisher takes the k-th unused world
 
             def pick(fresh, stepped):
-                chosen = fresh[slot]
                 mask = done.reshape((-1,) + (1,) * (stepped.ndim - 1))
-                return jnp.where(mask, chosen, stepped)
+                return jnp.where(mask, fresh[slot], stepped)
 
-            return jax.tree.map(pick, obs_re, obs_st), jax.tree.map(pick, env_re, env_st)
+            return jax.tree.map(pick, fresh_obs, obs_st), jax.tree.map(pick, fresh_state, env_st)
 
-        obs, env_state = jax.lax.cond(done.any(), with_resets, lambda _: (obs_st, env_st), None)
+        obs, env_state = jax.lax.cond(finished > 0, with_resets, lambda _: (obs_st, env_st), None)
 
         episode_return = state.episode_return + reward
         episode_length = state.episode_length + 1
@@ -123,6 +136,9 @@ class BatchedEnv:
             env_state,
             jnp.where(done, 0.0, episode_return),
             jnp.where(done, 0, episode_length),
+            fresh_obs,
+            fresh_state,
+            jnp.minimum(used + finished, self.reset_pool),
         )
         return obs, new_state, reward, done, info
 
