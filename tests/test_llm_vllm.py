@@ -289,3 +289,19 @@ def test_hsrl_serve_backend_vllm(tiny, vllm_prompt):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_hsrl_label_ray_backend_vllm(tiny, vllm_prompt, chunk_dir, tmp_path):
+    """On CPUs `--ray --backend vllm` starts one engine (one worker); with GPUs one per GPU (--gpus-per-worker 1)."""
+    from hsrl.data import list_chunks, read_chunk
+    from hsrl.data.label import LabelConfig, label_dataset
+
+    out = tmp_path / "ray"
+    run_cli("label", chunk_dir, out, "--model", tiny, "--backend", "vllm", "--ray", "--no-progress")
+    assert len(list((out / ".workers").iterdir())) == 1
+    chunk = read_chunk(list_chunks(out)[0])
+    want = like(vllm_prompt, layer=-1).extract(list(chunk["text_obs"])).hidden_state
+    np.testing.assert_allclose(chunk["hidden_state"], want, atol=ATOL)
+    with pytest.raises(ValueError, match="one engine per GPU"):
+        label_dataset(LabelConfig(str(chunk_dir), str(tmp_path / "half"), model=tiny, backend="vllm", ray="local",
+                                  gpus_per_worker=0.5, progress=False))
