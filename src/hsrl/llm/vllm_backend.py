@@ -205,6 +205,12 @@ class VLLMEngine:
         if self._cleanup is not None:
             self._cleanup()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prompt blocks (benchmarks: vLLM would otherwise reuse whole prompts it has seen)."""
+        with self._own_connector():
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM could not reset its prefix cache (requests still running?)")
+
     def run(self, rows: list[list[int]], params: list):
         """One engine call; returns the request outputs in input order and each request's hidden-state file path."""
         from vllm.inputs import TokensPrompt
