@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from hsrl.llm import ExtractionSpec, make_extractor  # noqa: E402
 from hsrl.llm.models import load_model  # noqa: E402
 from hsrl.llm.transformers_backend import TransformersExtractor  # noqa: E402
-from hsrl.llm.vllm_backend import VLLMEngine, VLLMExtractor, read_hidden_states  # noqa: E402
+from hsrl.llm.vllm_backend import VLLMExtractor, read_hidden_states  # noqa: E402
 from test_llm_qwen import OBS  # noqa: E402
 from tiny_qwen import build_tiny_qwen  # noqa: E402
 

@@ -19,15 +19,19 @@ How it works:
   starts); a call may ask for a subset of them.
 - Prompt-only (tokens = 1): one request per sample with max_tokens=1; states of the prompt tokens pooled like the
   transformers backend ('last': last prompt token, 'mean': the observation's tokens).
-- Generation (tokens = N > 1): vLLM generation with the spec's temperature and top-p, each sample seeded from
+- Generation (tokens = N > 1): vLLM generation on a second, plain engine of the same model (the extraction engine
+  samples wrongly, see `VLLMExtractor.__init__`) with the spec's temperature and top-p, each sample seeded from
   spec.seed and its key (`hsrl.llm.tokens.sample_keys`: its seed or a hash of its text) and stopped at the model's
-  end-of-sequence ids; then one prefill over prompt + generated ids, pooled over the generated positions (end of
-  sequence included), so the states are the generated tokens' own ones. vLLM's sampler is not the transformers
-  backend's, so the two backends generate different texts from the same seed; greedy (temperature 0) agrees.
+  end-of-sequence ids; then one prefill over prompt + generated ids on the extraction engine, pooled over the
+  generated positions (end of sequence included), so the states are the generated tokens' own ones. vLLM's sampler
+  is not the transformers backend's, so the two backends generate different texts from the same seed; greedy
+  (temperature 0) agrees.
 - Engine defaults for this use: in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set: no spawned engine
   process, so library callers, the server's model thread and Ray actors need no `__main__` guard), prefix caching
   on (the shared prompt prefix is computed once), eager mode on CPU (compiling takes minutes there), and on CPU
   `VLLM_CPU_KVCACHE_SPACE=1` (GiB) unless set, since vLLM's default fails its memory check on small machines.
+  vLLM keeps one worker-side KV connector per process; each engine swaps its own in around its calls
+  (`VLLMEngine._own_connector`), so an extraction and a sampling engine (or several extractors) share a process.
 """
 
 import os

@@ -11,6 +11,7 @@ thread holds until the write).
 """
 
 import os
+
 import torch
 from safetensors.torch import save_file
 from vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector import (
