@@ -187,7 +187,22 @@ def test_files_are_removed_and_the_folder_is_private(vllm_prompt, vllm_generate)
     folder = Path(vllm_prompt.engine.storage)
     assert folder.is_dir() and list(folder.iterdir()) == []  # every file and lock file was read and removed
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # tempfile.mkdtemp: this user only
+    assert folder.name.startswith(f"hsrl-vllm-{os.getpid()}-")
     assert vllm_generate.generation_engine.storage is None  # the sampling engine writes no files
+
+
+def test_folders_of_killed_processes_are_removed(tmp_path):
+    from hsrl.llm.vllm_backend import FOLDER_PREFIX, remove_stale_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{FOLDER_PREFIX}{gone.pid}-abc"
+    alive = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-abc"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "0-x.safetensors.lock").write_text("")
+    assert remove_stale_folders(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists()
 
 
 def test_connector_files_are_checked(tmp_path):

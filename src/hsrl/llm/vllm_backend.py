@@ -57,6 +57,30 @@ from hsrl.llm.tokens import (
 
 CONNECTOR = "HsrlHiddenStatesConnector"
 CONNECTOR_MODULE = "hsrl.llm.vllm_connector"
+FOLDER_PREFIX = "hsrl-vllm-"  # + pid + random: an engine's private folder for hidden-state files
+
+
+def remove_stale_folders(root: str | Path | None = None) -> list[Path]:
+    """Remove this user's engine folders whose process is gone (killed workers leave theirs); returns them.
+
+    An engine removes its folder when it closes or its process exits normally; a process killed by a signal (a
+    Ray worker, a stopped server) cannot, and its folder may still hold files.
+    """
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's process with that pid): keep
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def read_hidden_states(path: str | Path, request: str, token_ids: Sequence[int], num_layers: int,
@@ -163,7 +187,9 @@ class VLLMEngine:
             enable_prefix_caching=True,
         )
         if self.layers is not None:
-            self.storage = tempfile.mkdtemp(prefix="hsrl-vllm-")  # private: never shared with another process
+            remove_stale_folders()
+            # private (mode 0700, one per engine, named by pid): never shared with another process
+            self.storage = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
             kwargs["speculative_config"] = {
                 "method": "extract_hidden_states", "num_speculative_tokens": 1,
                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": list(self.layers)}},
