@@ -320,3 +320,19 @@ def test_hsrl_label_ray_backend_vllm(tiny, vllm_prompt, chunk_dir, tmp_path):
     with pytest.raises(ValueError, match="one engine per GPU"):
         label_dataset(LabelConfig(str(chunk_dir), str(tmp_path / "half"), model=tiny, backend="vllm", ray="local",
                                   gpus_per_worker=0.5, progress=False))
+
+
+def test_engine_length_limit(tiny, monkeypatch):
+    """An engine holds $HSRL_VLLM_MAX_MODEL_LEN tokens; a longer prompt is refused before it reaches vLLM."""
+    monkeypatch.setenv("HSRL_VLLM_MAX_MODEL_LEN", "256")
+    ex = VLLMExtractor(ExtractionSpec(model=tiny, backend="vllm", template="short"))
+    try:
+        assert ex.engine.max_model_len == ex.context_length == 256
+        short, long = OBS[3], OBS[2]
+        assert len(ex.encode([short])[0][0]) < 256 < len(ex.encode([long])[0][0])
+        assert ex.extract([short]).hidden_state.shape == (1, ex.hidden_size)
+        with pytest.raises(ValueError, match="more than the context"):
+            ex.extract([short, long])
+    finally:
+        ex.close()
+    assert not Path(ex.engine.storage).exists()  # closing removes the engine's folder

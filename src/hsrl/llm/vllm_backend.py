@@ -57,6 +57,7 @@ from hsrl.llm.tokens import (
 
 CONNECTOR = "HsrlHiddenStatesConnector"
 CONNECTOR_MODULE = "hsrl.llm.vllm_connector"
+DEFAULT_MAX_MODEL_LEN = 32768  # tokens an engine holds unless max_model_len or $HSRL_VLLM_MAX_MODEL_LEN says
 FOLDER_PREFIX = "hsrl-vllm-"  # + pid + random: an engine's private folder for hidden-state files
 
 
@@ -292,8 +293,9 @@ class VLLMExtractor(Extractor):
     device: None (vLLM's platform), 'cpu' or 'cuda' as the installed vLLM build runs; choose the GPU with
         CUDA_VISIBLE_DEVICES (Ray does it per worker).
     batch_size: samples per engine call (vLLM schedules inside a call; this bounds the files and memory per call).
-    max_model_len: longest prompt + generation the engine holds (default: spec.max_prompt_length + tokens when set,
-        else the model's context length).
+    max_model_len: longest prompt + generation the engine holds (default: $HSRL_VLLM_MAX_MODEL_LEN, else
+        spec.max_prompt_length + tokens when set, else 32768; never more than the model's context). Longer prompts
+        are refused with an error.
     enforce_eager: None = eager on CPU (compilation takes minutes there), compiled on GPUs.
     engine_kwargs: more arguments for `vllm.LLM` (e.g. gpu_memory_utilization).
     engine: a running extraction `VLLMEngine` of the spec's model to share (its layers must include the spec's).
@@ -358,9 +360,13 @@ class VLLMExtractor(Extractor):
         tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
         if context is None or (tokenizer_max is not None and tokenizer_max < context):
             context = tokenizer_max
+        if max_model_len is None and os.environ.get("HSRL_VLLM_MAX_MODEL_LEN"):
+            max_model_len = int(os.environ["HSRL_VLLM_MAX_MODEL_LEN"])
         if max_model_len is None:
+            # vLLM reserves KV cache for one whole max_model_len sequence at start-up; a long-context model's full
+            # context (Qwen3-4B-2507: 262144) would not fit beside a second engine. Game prompts are ~2k tokens.
             limit = spec.max_prompt_length
-            max_model_len = min(context, limit + spec.tokens) if limit is not None else context
+            max_model_len = min(context, limit + spec.tokens if limit is not None else DEFAULT_MAX_MODEL_LEN)
         engine_kwargs = dict(engine_kwargs or {})
         if spec.generates and platform_device != "cpu":
             engine_kwargs.setdefault("gpu_memory_utilization", 0.45)  # two engines share the GPU
