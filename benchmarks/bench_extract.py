@@ -6,7 +6,10 @@ Measures, on this machine's device (CPU float32 unless CUDA is present):
     generated tokens/s;
   - the prefix cache: the tiny Qwen3 with the 'chat' prompt (system + rules + few-shot prefix, >= 1000 tokens) and
     observations of about 200 tokens, the same batches with and without the cache; ratio = time without / time with,
-    and the largest difference between the two results (they must agree within float tolerance).
+    and the largest difference between the two results (they must agree within float tolerance);
+  - where vLLM is installed, the vLLM backend on the same model and prompts (prompt-only, timed interleaved with the
+    transformers backend, and generation), and the largest difference between the two backends' prompt-only states.
+    Elsewhere the vLLM rows are skipped (said so in the output).
 
 Observations are synthetic texts in the renderer's format (random tiles, inventory and stats), so no Craftax rollout
 is needed. Timings exclude loading and the one-off prefix computation (a warm-up batch runs first). The last line is
@@ -71,15 +74,18 @@ def device_name() -> str:
     return f"CPU {platform.processor() or platform.machine()}"
 
 
-def timed(extractors: list[TransformersExtractor], observations: list[str], repeats: int):
+def timed(extractors: list, observations: list[str], repeats: int, before: list | None = None):
     """Per extractor: (best seconds, result). One warm-up batch each, then the timed runs interleaved (ABAB...),
-    so that load from other processes on a shared machine hits every extractor alike."""
+    so that load from other processes on a shared machine hits every extractor alike. before[i], if given, runs
+    (untimed) before each of extractor i's runs."""
     for ex in extractors:
         ex.extract(observations[: ex.batch_size])
     best = [float("inf")] * len(extractors)
     results = [None] * len(extractors)
     for _ in range(repeats):
         for i, ex in enumerate(extractors):
+            if before is not None and before[i] is not None:
+                before[i]()
             start = time.perf_counter()
             results[i] = ex.extract(observations)
             best[i] = min(best[i], time.perf_counter() - start)
@@ -100,6 +106,45 @@ def rates(name: str, seconds: float, result, n: int) -> dict:
     shown = ", ".join(f"{k} {v:,.1f}" for k, v in row.items())
     print(f"{name:<34} {seconds:7.2f} s  {shown}")
     return row
+
+
+def vllm_rows(figures: dict, spec, gen_spec, transformers_prompt, transformers_generation, observations, args):
+    """The vLLM backend on the same model and prompts, next to the transformers backend (prefix cache on)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("vLLM rows skipped: vllm is not installed (pip install -e '.[vllm]', see the README)")
+        figures["vllm"] = "not installed"
+        return
+    from hsrl.llm.vllm_backend import VLLMExtractor
+
+    start = time.perf_counter()
+    prompt_only = VLLMExtractor(spec.replace(backend="vllm"), batch_size=args.batch_size)
+    generation = VLLMExtractor(gen_spec.replace(backend="vllm"), batch_size=args.batch_size, engine=prompt_only.engine)
+    figures["vllm_start_s"] = time.perf_counter() - start  # both engines: extraction and sampling
+    warm = synthetic_observations(1, args.tiles, seed=1)
+
+    def forget_prompts():  # vLLM caches whole prompts; keep only the shared prefix, as the transformers backend does
+        for engine in (prompt_only.engine, generation.generation_engine):
+            engine.reset_prefix_cache()
+        generation.extract(warm)
+
+    (t_tf, r_tf), (t_vllm, r_vllm) = timed([transformers_prompt, prompt_only], observations, args.repeats,
+                                           before=[None, forget_prompts])
+    rates("transformers prompt-only (again)", t_tf, r_tf, args.samples)
+    figures["vllm_prompt_only"] = rates("vllm prompt-only", t_vllm, r_vllm, args.samples)
+    (tg_tf, g_tf), (tg_vllm, g_vllm) = timed([transformers_generation, generation], observations, args.repeats,
+                                             before=[None, forget_prompts])
+    rates(f"transformers generate {args.tokens} (again)", tg_tf, g_tf, args.samples)
+    figures["vllm_generation"] = rates(f"vllm generate {args.tokens}", tg_vllm, g_vllm, args.samples)
+    figures["vllm_vs_transformers_prompt_only"] = t_tf / t_vllm
+    figures["vllm_vs_transformers_generation"] = tg_tf / tg_vllm
+    figures["vllm_prompt_only_max_abs_diff"] = float(np.abs(r_vllm.hidden_state - r_tf.hidden_state).max())
+    print(f"vLLM vs transformers (same prompts, time transformers / time vLLM): prompt-only "
+          f"{figures['vllm_vs_transformers_prompt_only']:.2f}x (max |diff| {figures['vllm_prompt_only_max_abs_diff']:.2e})"
+          f", generation {figures['vllm_vs_transformers_generation']:.2f}x (different samplers, different texts); "
+          f"engines started in {figures['vllm_start_s']:.1f} s")
+    generation.close()
 
 
 def main() -> None:
@@ -152,6 +197,7 @@ def main() -> None:
                                            args.samples)
         figures["qwen_generation_no_cache"] = rates(f"tiny qwen generate {args.tokens} (no cache)", tg_uncached,
                                                     g_uncached, args.samples)
+        vllm_rows(figures, spec, gen_spec, cached, gen_cached, observations, args)
 
     figures["prefix_cache_speedup"] = t_uncached / t_cached
     figures["prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state - r_uncached.hidden_state).max())

@@ -247,6 +247,14 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
 def label_dataset(config: LabelConfig) -> LabelSummary:
     if config.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.ray is not None and config.backend == "vllm":
+        # One vLLM engine per GPU (Ray gives each actor its own CUDA_VISIBLE_DEVICES); on CPUs one engine, which
+        # uses every core by itself.
+        if config.gpus_per_worker not in (0, 1):
+            raise ValueError(f"--backend vllm runs one engine per GPU: --gpus-per-worker 1 (or 0 on CPUs), "
+                             f"not {config.gpus_per_worker}")
+        if config.workers is None and config.gpus_per_worker == 0:
+            config = replace(config, workers=1)
 
     def make(meta: ChunkMeta):
         from hsrl.llm import make_extractor

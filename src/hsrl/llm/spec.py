@@ -7,9 +7,11 @@ Layer numbering follows HuggingFace's `output_hidden_states` tuple of a model wi
 0 is the embedding output (the input of block 1), i (1 <= i < L) is the output of block i (residual stream,
 un-normalised), and L is the last block's output *after* the model's final norm (for models without a final norm,
 such as BERT, simply the last block's output). Negative indices count from the end: -1 == L.
-vLLM numbers its decoder layers from 0 and reports a layer's output before any final norm, so HF index i
-(1 <= i < L) is vLLM layer i - 1, and HF index L (normalised) has no vLLM layer id: vLLM's last layer, L - 1,
-is HF's last block *before* the final norm, which the HF tuple does not contain.
+vLLM's layer id k (`eagle_aux_hidden_state_layer_ids` of its `extract_hidden_states` method) is the residual stream
+after k decoder layers, before the final norm: k = 0 is the embedding output and k < L equals HF index k. vLLM's id
+L is the last block's output *before* the final norm, which the HF tuple does not contain; the vLLM backend
+(`hsrl.llm.vllm_backend`) applies the model's final norm to it, so layer L (-1) means the same vector on both
+backends (checked in tests/test_llm_vllm.py).
 
 Fields that are "auto" (template, dtype) are resolved by the backend when it loads the model; the spec a backend
 reports (`Extractor.spec`) is the resolved one, and that is what gets written into files.

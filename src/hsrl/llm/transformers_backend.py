@@ -31,7 +31,6 @@ How a batch runs (causal LMs):
 Encoder models (MiniLM) run the whole prompt bidirectionally in one pass: prompt-only only.
 """
 
-import hashlib
 import inspect
 from typing import Sequence
 
@@ -41,18 +40,11 @@ import torch
 from hsrl.llm.extractor import ExtractionResult, Extractor
 from hsrl.llm.models import LoadedModel, load_model, resolve_model
 from hsrl.llm.pooling import pool, resolve_layer
-from hsrl.llm.prompt import TEMPLATE_VERSIONS, build_template
+from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
-
-
-def _leading_special_ids(tokenizer) -> list[int]:
-    """Ids the tokenizer puts before a text (e.g. BOS) when adding special tokens; [] if none."""
-    plain = tokenizer("x", add_special_tokens=False).input_ids
-    full = tokenizer("x", add_special_tokens=True).input_ids
-    for k in range(len(full) - len(plain) + 1):
-        if full[k : k + len(plain)] == plain:
-            return list(full[:k])
-    return []
+from hsrl.llm.tokens import (
+    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_keys,
+)
 
 
 def _find_blocks(base) -> torch.nn.ModuleList:
@@ -65,13 +57,7 @@ def _find_blocks(base) -> torch.nn.ModuleList:
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
-    ids = set()
-    gen_config = getattr(loaded.model, "generation_config", None)
-    for source in (getattr(gen_config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
-        if source is None:
-            continue
-        ids.update([source] if isinstance(source, int) else source)
-    return sorted(ids)
+    return eos_ids(getattr(loaded.model, "generation_config", None), loaded.tokenizer)
 
 
 def _refuse_images(images) -> None:
@@ -140,13 +126,7 @@ class TransformersExtractor(Extractor):
             raise ValueError(
                 "the shared-prefix cache needs right padding; pass prefix_cache=False with padding_side='left'"
             )
-        template = spec.template if spec.template != "auto" else ("chat" if model.causal else "short")
-        version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
-        if version != TEMPLATE_VERSIONS[template]:
-            raise ValueError(
-                f"prompt template {template!r} version {version} is not available: this hsrl builds version "
-                f"{TEMPLATE_VERSIONS[template]}"
-            )
+        template, version = resolve_template_name(spec, "chat" if model.causal else "short")
         self.spec = spec.replace(template=template, template_version=version, dtype=model.dtype)
         self.loaded = model
         self.hidden_size = model.hidden_size
@@ -166,11 +146,7 @@ class TransformersExtractor(Extractor):
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self._eos_ids = _eos_ids(model)
         self._eos = torch.tensor(self._eos_ids, dtype=torch.long, device=self.device)
-        if model.causal:
-            leading = [] if self.template.chat else _leading_special_ids(tok)
-            self._prefix_ids = leading + tok(self.template.prefix, add_special_tokens=False).input_ids
-        else:
-            self._prefix_ids = []
+        self._prefix_ids = prefix_ids(tok, self.template, model.causal)
         self.prefix_cache = bool(prefix_cache and model.causal and self._prefix_ids)
         self._prefix_kv = None
 
@@ -183,48 +159,16 @@ class TransformersExtractor(Extractor):
 
     def encode(self, observations: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Prompt token ids per sample and the (B, 2) [start, end) token range of each observation in them."""
-        tok = self.loaded.tokenizer
-        if self.loaded.causal:
-            texts = [self.template.suffix(o) for o in observations]
-            spans = [(0, len(o)) for o in observations]
-            enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-            head = self._prefix_ids
-        else:
-            texts = [self.template.render(o) for o in observations]
-            spans = [self.template.observation_span(o) for o in observations]
-            enc = tok(texts, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
-            head = []
-        rows, ranges = [], np.zeros((len(texts), 2), dtype=np.int64)
-        for b, (ids, offsets, (lo, hi)) in enumerate(zip(enc.input_ids, enc.offset_mapping, spans)):
-            inside = [k for k, (s, e) in enumerate(offsets) if e > s and s < hi and e > lo]
-            if inside:
-                ranges[b] = (len(head) + inside[0], len(head) + inside[-1] + 1)
-            rows.append(list(head) + list(ids))
-        return rows, ranges
+        return encode_prompts(self.loaded.tokenizer, self.template, self._prefix_ids, self.loaded.causal, observations)
 
     def _check_lengths(self, rows: list[list[int]], prompt_lengths: Sequence[int], extra: int) -> None:
         """Raise if a prompt is longer than max_prompt_length, or prompt + `extra` tokens exceed the context."""
-        lengths = np.asarray(prompt_lengths)
-        limit = self.spec.max_prompt_length
-        if limit is not None and lengths.max() > limit:
-            b = int(lengths.argmax())
-            raise ValueError(
-                f"prompt of sample {b} is {lengths[b]} tokens, {lengths[b] - limit} more than "
-                f"max_prompt_length={limit}"
-            )
-        total = np.array([len(r) for r in rows]) + extra
-        context = self.loaded.context_length
-        if total.max() > context:
-            b = int(total.argmax())
-            more = f" + {total[b] - lengths[b]} generated" if total[b] > lengths[b] else ""
-            raise ValueError(
-                f"sample {b}: prompt of {lengths[b]} tokens{more} = {total[b]} tokens, {total[b] - context} more "
-                f"than the context of {self.spec.model} ({context} tokens)"
-            )
+        check_lengths(rows, prompt_lengths, extra, self.spec.max_prompt_length, self.loaded.context_length,
+                      self.spec.model)
 
     def _decode(self, ids: Sequence[int]) -> str:
         """Generated ids -> text that tokenizes back to them: special tokens kept, spaces not cleaned up."""
-        return self.loaded.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return decode_generated(self.loaded.tokenizer, ids)
 
     # ---- model calls --------------------------------------------------------------------------------------------
 
@@ -373,14 +317,8 @@ class TransformersExtractor(Extractor):
 
     def _uniforms(self, observations, seeds) -> np.ndarray:
         """(B, N) uniforms: each sample's own stream, from spec.seed and its seed (default: hash of its text)."""
-        if seeds is not None and len(seeds) != len(observations):
-            raise ValueError(f"{len(seeds)} seeds for {len(observations)} observations")
         out = np.empty((len(observations), self.spec.tokens), dtype=np.float64)
-        for b, obs in enumerate(observations):
-            if seeds is not None:
-                key = int(seeds[b]) % 2**64
-            else:
-                key = int.from_bytes(hashlib.sha256(obs.encode()).digest()[:8], "little")
+        for b, key in enumerate(sample_keys(observations, seeds)):
             out[b] = np.random.default_rng([self.spec.seed % 2**64, key]).random(self.spec.tokens)
         return out
 

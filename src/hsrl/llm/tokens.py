@@ -1,0 +1,110 @@
+"""Prompt token ids, shared by the text backends (transformers and vLLM), so both feed a model the same ids.
+
+Causal models: a sample's ids are `prefix ids + ids of (observation + tail)` (see `hsrl.llm.prompt`); the observation's
+token range (for 'mean' pooling) is the tokens whose character offsets overlap the observation. Encoder models
+tokenize the whole prompt at once. Also here: the template resolution, the end-of-sequence ids, the length checks,
+the decoding of generated ids and the per-sample sampling key, each defined once.
+"""
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from hsrl.llm.prompt import TEMPLATE_VERSIONS, PromptTemplate
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """Ids the tokenizer puts before a text (e.g. BOS) when adding special tokens; [] if none."""
+    plain = tokenizer("x", add_special_tokens=False).input_ids
+    full = tokenizer("x", add_special_tokens=True).input_ids
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            return list(full[:k])
+    return []
+
+
+def resolve_template_name(spec, default: str) -> tuple[str, int]:
+    """(template, version) of a spec, 'auto' resolved to `default`; raises if the version is not the one built here."""
+    template = spec.template if spec.template != "auto" else default
+    version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
+    if version != TEMPLATE_VERSIONS[template]:
+        raise ValueError(
+            f"prompt template {template!r} version {version} is not available: this hsrl builds version "
+            f"{TEMPLATE_VERSIONS[template]}"
+        )
+    return template, version
+
+
+def prefix_ids(tokenizer, template: PromptTemplate, causal: bool) -> list[int]:
+    """The shared prefix's ids (causal models; [] for encoders, which tokenize whole prompts)."""
+    if not causal:
+        return []
+    leading = [] if template.chat else leading_special_ids(tokenizer)
+    return leading + tokenizer(template.prefix, add_special_tokens=False).input_ids
+
+
+def encode_prompts(tokenizer, template: PromptTemplate, prefix: Sequence[int], causal: bool,
+                   observations: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+    """Prompt token ids per sample and the (B, 2) [start, end) token range of each observation in them."""
+    if causal:
+        texts = [template.suffix(o) for o in observations]
+        spans = [(0, len(o)) for o in observations]
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        head = list(prefix)
+    else:
+        texts = [template.render(o) for o in observations]
+        spans = [template.observation_span(o) for o in observations]
+        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        head = []
+    rows, ranges = [], np.zeros((len(texts), 2), dtype=np.int64)
+    for b, (ids, offsets, (lo, hi)) in enumerate(zip(enc.input_ids, enc.offset_mapping, spans)):
+        inside = [k for k, (s, e) in enumerate(offsets) if e > s and s < hi and e > lo]
+        if inside:
+            ranges[b] = (len(head) + inside[0], len(head) + inside[-1] + 1)
+        rows.append(head + list(ids))
+    return rows, ranges
+
+
+def eos_ids(generation_config, tokenizer) -> list[int]:
+    """End-of-sequence ids: the generation config's plus the tokenizer's."""
+    ids = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        ids.update([source] if isinstance(source, int) else source)
+    return sorted(ids)
+
+
+def check_lengths(rows: Sequence[Sequence[int]], prompt_lengths: Sequence[int], extra: int,
+                  max_prompt_length: int | None, context: int, model: str) -> None:
+    """Raise if a prompt is longer than max_prompt_length, or prompt + `extra` tokens exceed the context."""
+    lengths = np.asarray(prompt_lengths)
+    if max_prompt_length is not None and lengths.max() > max_prompt_length:
+        b = int(lengths.argmax())
+        raise ValueError(
+            f"prompt of sample {b} is {lengths[b]} tokens, {lengths[b] - max_prompt_length} more than "
+            f"max_prompt_length={max_prompt_length}"
+        )
+    total = np.array([len(r) for r in rows]) + extra
+    if total.max() > context:
+        b = int(total.argmax())
+        more = f" + {total[b] - lengths[b]} generated" if total[b] > lengths[b] else ""
+        raise ValueError(
+            f"sample {b}: prompt of {lengths[b]} tokens{more} = {total[b]} tokens, {total[b] - context} more "
+            f"than the context of {model} ({context} tokens)"
+        )
+
+
+def decode_generated(tokenizer, ids: Sequence[int]) -> str:
+    """Generated ids -> text that tokenizes back to them: special tokens kept, spaces not cleaned up."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def sample_keys(observations: Sequence[str], seeds: Sequence[int] | None = None) -> list[int]:
+    """Each sample's sampling key: its seed when given, else a hash of its text (the same text, the same draws)."""
+    if seeds is not None and len(seeds) != len(observations):
+        raise ValueError(f"{len(seeds)} seeds for {len(observations)} observations")
+    if seeds is not None:
+        return [int(s) % 2**64 for s in seeds]
+    return [int.from_bytes(hashlib.sha256(o.encode()).digest()[:8], "little") for o in observations]
