@@ -97,6 +97,33 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: flo
     return order.gather(1, k).squeeze(1)
 
 
+def sample_uniforms(seed: int, tokens: int, keys: Sequence[bytes], seeds: Sequence[int] | None = None) -> np.ndarray:
+    """(B, tokens) uniforms, each sample's own stream from `seed` mixed with its seed (default: a hash of its key).
+
+    A sample's key is what identifies its input (the prompt text; an image's bytes plus text for VLMs), so the same
+    input draws the same uniforms whatever else is in its batch.
+    """
+    if seeds is not None and len(seeds) != len(keys):
+        raise ValueError(f"{len(seeds)} seeds for {len(keys)} observations")
+    out = np.empty((len(keys), tokens), dtype=np.float64)
+    for b, key in enumerate(keys):
+        k = int(seeds[b]) % 2**64 if seeds is not None else int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+        out[b] = np.random.default_rng([seed % 2**64, k]).random(tokens)
+    return out
+
+
+def resolve_template(spec: ExtractionSpec, default: str) -> tuple[str, int]:
+    """(template, version) of a spec, 'auto' resolved to `default`; raises if the version is not the one built here."""
+    template = spec.template if spec.template != "auto" else default
+    version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
+    if version != TEMPLATE_VERSIONS[template]:
+        raise ValueError(
+            f"prompt template {template!r} version {version} is not available: this hsrl builds version "
+            f"{TEMPLATE_VERSIONS[template]}"
+        )
+    return template, version
+
+
 class TransformersExtractor(Extractor):
     """Extractor on a transformers model. See the module docstring for how batches, layers and sampling work.
 
@@ -140,32 +167,11 @@ class TransformersExtractor(Extractor):
             raise ValueError(
                 "the shared-prefix cache needs right padding; pass prefix_cache=False with padding_side='left'"
             )
-        template = spec.template if spec.template != "auto" else ("chat" if model.causal else "short")
-        version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
-        if version != TEMPLATE_VERSIONS[template]:
-            raise ValueError(
-                f"prompt template {template!r} version {version} is not available: this hsrl builds version "
-                f"{TEMPLATE_VERSIONS[template]}"
-            )
-        self.spec = spec.replace(template=template, template_version=version, dtype=model.dtype)
-        self.loaded = model
-        self.hidden_size = model.hidden_size
-        self.num_layers = model.num_layers
-        for layer in self.spec.layers:
-            resolve_layer(layer, self.num_layers)
+        template, version = resolve_template(spec, "chat" if model.causal else "short")
+        self._bind(spec.replace(template=template, template_version=version, dtype=model.dtype), model,
+                   model.model.base_model, batch_size, padding_side)
         self.template = build_template(template, spec.variant, model.tokenizer)
-        self.batch_size = int(batch_size)
-        self.padding_side = padding_side
-        self.device = torch.device(model.device)
-
         tok = model.tokenizer
-        self._base = model.model.base_model
-        self._blocks = _find_blocks(self._base)
-        params = inspect.signature(self._base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self._eos_ids = _eos_ids(model)
-        self._eos = torch.tensor(self._eos_ids, dtype=torch.long, device=self.device)
         if model.causal:
             leading = [] if self.template.chat else _leading_special_ids(tok)
             self._prefix_ids = leading + tok(self.template.prefix, add_special_tokens=False).input_ids
@@ -173,6 +179,27 @@ class TransformersExtractor(Extractor):
             self._prefix_ids = []
         self.prefix_cache = bool(prefix_cache and model.causal and self._prefix_ids)
         self._prefix_kv = None
+
+    def _bind(self, spec: ExtractionSpec, model: LoadedModel, base, batch_size: int, padding_side: str,
+              blocks=None) -> None:
+        """Attach the resolved spec and the loaded model (base model, its blocks, pad and end-of-sequence ids)."""
+        self.spec = spec
+        self.loaded = model
+        self.hidden_size = model.hidden_size
+        self.num_layers = model.num_layers
+        for layer in self.spec.layers:
+            resolve_layer(layer, self.num_layers)
+        self.batch_size = int(batch_size)
+        self.padding_side = padding_side
+        self.device = torch.device(model.device)
+        self._base = base
+        self._blocks = _find_blocks(base) if blocks is None else blocks
+        params = inspect.signature(base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        tok = model.tokenizer
+        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self._eos_ids = _eos_ids(model)
+        self._eos = torch.tensor(self._eos_ids, dtype=torch.long, device=self.device)
 
     # ---- tokenization -------------------------------------------------------------------------------------------
 
@@ -242,8 +269,11 @@ class TransformersExtractor(Extractor):
         pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), pos.to(self.device), offsets
 
-    def _forward(self, ids, mask, pos, cache, layers: set[int]):
-        """Base-model forward; returns ({layer: (B, T, H) states}, last_hidden_state, cache)."""
+    def _base_forward(self, layers: set[int], **kwargs):
+        """Base-model forward with the blocks' states captured by hooks: ({layer: (B, T, H)}, base model output).
+
+        Layer 0 is the first block's input, layer i < L block i's output, L the base model's last_hidden_state.
+        """
         captured: dict[int, torch.Tensor] = {}
         handles = []
         L = self.num_layers
@@ -262,9 +292,6 @@ class TransformersExtractor(Extractor):
                 handles.append(self._blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
             elif layer < L:
                 handles.append(self._blocks[layer - 1].register_forward_hook(make_hook(layer)))
-        kwargs = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": pos}
-        if self.loaded.causal:
-            kwargs.update({self._cache_kw: cache, "use_cache": cache is not None})
         try:
             out = self._base(**kwargs)
         finally:
@@ -272,6 +299,14 @@ class TransformersExtractor(Extractor):
                 h.remove()
         if L in layers:
             captured[L] = out.last_hidden_state
+        return captured, out
+
+    def _forward(self, ids, mask, pos, cache, layers: set[int]):
+        """Base-model forward; returns ({layer: (B, T, H) states}, last_hidden_state, cache)."""
+        kwargs = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": pos}
+        if self.loaded.causal:
+            kwargs.update({self._cache_kw: cache, "use_cache": cache is not None})
+        captured, out = self._base_forward(layers, **kwargs)
         cache = getattr(out, self._cache_kw, None) if cache is not None else None
         return captured, out.last_hidden_state, cache
 
@@ -329,7 +364,7 @@ class TransformersExtractor(Extractor):
             hidden[layer] = pool(picked, mask, self.spec.pooling)
             if want_tokens:
                 tokens[layer] = picked
-        return hidden, tokens
+        return hidden, tokens, counts.cpu().numpy()
 
     def _generate(self, rows, uniforms: torch.Tensor, layers: set[int]):
         """Sample up to N tokens per row; returns (hidden, token states, gen ids (B, n), valid (B, n))."""
@@ -373,19 +408,14 @@ class TransformersExtractor(Extractor):
 
     def _uniforms(self, observations, seeds) -> np.ndarray:
         """(B, N) uniforms: each sample's own stream, from spec.seed and its seed (default: hash of its text)."""
-        if seeds is not None and len(seeds) != len(observations):
-            raise ValueError(f"{len(seeds)} seeds for {len(observations)} observations")
-        out = np.empty((len(observations), self.spec.tokens), dtype=np.float64)
-        for b, obs in enumerate(observations):
-            if seeds is not None:
-                key = int(seeds[b]) % 2**64
-            else:
-                key = int.from_bytes(hashlib.sha256(obs.encode()).digest()[:8], "little")
-            out[b] = np.random.default_rng([self.spec.seed % 2**64, key]).random(self.spec.tokens)
-        return out
+        return sample_uniforms(self.spec.seed, self.spec.tokens, [o.encode() for o in observations], seeds)
 
     def _run(self, rows, prompt_lengths, layers, want_tokens, ranges=None, uniforms=None) -> ExtractionResult:
-        """Batch rows by length, run each batch, and assemble one result in the input order."""
+        """Batch rows by length, run each batch, and assemble one result in the input order.
+
+        ranges: per row, what `_pooled_prefill` pools (prompt-only and re-extraction); uniforms: (B, N) per-row
+        sampling uniforms (generation). Exactly one is given.
+        """
         asked, absolute = self._layers(layers)
         wanted = set(absolute.values())
         n = len(rows)
@@ -400,8 +430,7 @@ class TransformersExtractor(Extractor):
                 idx = order[start : start + self.batch_size]
                 chunk = [rows[i] for i in idx]
                 if uniforms is None:
-                    h, t = self._pooled_prefill(chunk, ranges[idx], wanted, want_tokens)
-                    counts = ranges[idx, 1] - ranges[idx, 0]
+                    h, t, counts = self._pooled_prefill(chunk, ranges[idx], wanted, want_tokens)
                 else:
                     u = torch.as_tensor(uniforms[idx], dtype=torch.float32, device=self.device)
                     h, t, ids, valid = self._generate(chunk, u, wanted)
