@@ -8,8 +8,9 @@ Measures, on this machine's device (CPU float32 unless CUDA is present):
     observations of about 200 tokens, the same batches with and without the cache; ratio = time without / time with,
     and the largest difference between the two results (they must agree within float tolerance);
   - image input: a tiny random Qwen3-VL of the same text size (built here, as in the tests) reading 63 x 63 frames
-    (a Craftax-Classic-Pixels observation's size; 16 image tokens each), input 'image', prompt-only and generation,
-    and its time relative to the tiny Qwen3 reading text (prompt-only, prefix cache on).
+    (a Craftax-Classic-Pixels observation's size; 16 image tokens each), input 'image', prompt-only (with and
+    without its prefix cache: everything before the image) and generation, and its time relative to the tiny Qwen3
+    reading text (prompt-only, prefix cache on).
 
 Observations are synthetic texts in the renderer's format (random tiles, inventory and stats), so no Craftax rollout
 is needed. Timings exclude loading and the one-off prefix computation (a warm-up batch runs first). The last line is
@@ -177,16 +178,25 @@ def main() -> None:
         frames = list(synthetic_frames(args.samples))
         image_spec = ExtractionSpec(model=str(vlm_path), input="image", template="chat", temperature=1.0)
         image = VisionExtractor(image_spec, model=vlm, batch_size=args.batch_size)
+        image_uncached = VisionExtractor(image_spec, model=vlm, batch_size=args.batch_size, prefix_cache=False)
         image_gen = VisionExtractor(image_spec.replace(tokens=args.tokens), model=vlm, batch_size=args.batch_size)
-        (t_image, r_image), (t_text, _) = timed([image, cached], [frames, observations], args.repeats)
+        (t_image, r_image), (t_image_uncached, r_image_uncached), (t_text, _) = timed(
+            [image, image_uncached, cached], [frames, frames, observations], args.repeats)
         figures["vlm_image_prompt_only"] = rates("tiny qwen3-vl image prompt-only", t_image, r_image, args.samples)
+        figures["vlm_image_prompt_only_no_cache"] = rates("tiny qwen3-vl image (no cache)", t_image_uncached,
+                                                          r_image_uncached, args.samples)
+        figures["vlm_prefix_cache_speedup"] = t_image_uncached / t_image
+        figures["vlm_prefix_cache_max_abs_diff"] = float(np.abs(r_image.hidden_state
+                                                                - r_image_uncached.hidden_state).max())
         [(t_image_gen, r_image_gen)] = timed([image_gen], [frames], args.repeats)
         figures["vlm_image_generation"] = rates(f"tiny qwen3-vl image generate {args.tokens}", t_image_gen,
                                                 r_image_gen, args.samples)
         figures["vlm_image_tokens"] = int(r_image.num_tokens[0])
         figures["vlm_image_vs_text_time"] = t_image / t_text
         print(f"image input: {figures['vlm_image_tokens']} image tokens per frame, prompt {r_image.prompt_tokens[0]} "
-              f"tokens; time {figures['vlm_image_vs_text_time']:.2f}x the text model's (prompt-only)")
+              f"tokens ({image.prefix_tokens} cached); time {figures['vlm_image_vs_text_time']:.2f}x the text "
+              f"model's (prompt-only); prefix cache {figures['vlm_prefix_cache_speedup']:.2f}x (max |diff| "
+              f"{figures['vlm_prefix_cache_max_abs_diff']:.2e})")
 
     figures["prefix_cache_speedup"] = t_uncached / t_cached
     figures["prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state - r_uncached.hidden_state).max())

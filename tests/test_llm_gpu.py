@@ -32,7 +32,8 @@ def test_cuda_bfloat16_prefix_cache_generation_and_reextraction(tmp_path):
 
 
 def test_cuda_bfloat16_vision_language_model(tmp_path):
-    """The vision backend on CUDA in bfloat16: prompt-only batch independence and float/uint8 equality, generation
+    """The vision backend on CUDA in bfloat16: prompt-only batch independence, prefix cache on and off, float/uint8
+    equality, generation
     and its re-extraction. Needs only torch, transformers and hsrl.llm ('short' template: no Craftax import)."""
     from hsrl.llm.models import load_vision_model
     from hsrl.llm.vision_backend import VisionExtractor
@@ -48,6 +49,8 @@ def test_cuda_bfloat16_vision_language_model(tmp_path):
     assert batch.dtype == np.float32 and np.isfinite(batch).all() and ex.spec.dtype == "bfloat16"
     alone = np.concatenate([ex.extract(TEXTS[b : b + 1], images=images[b : b + 1]).hidden_state for b in range(3)])
     np.testing.assert_allclose(batch, alone, atol=0.05 * np.abs(alone).max())
+    uncached = VisionExtractor(spec, model=vlm, prefix_cache=False).extract(TEXTS, images=images).hidden_state
+    np.testing.assert_allclose(uncached, batch, atol=0.05 * np.abs(batch).max())
     np.testing.assert_array_equal(ex.extract(TEXTS, images=images.astype(np.float32) / 255).hidden_state, batch)
     gen_ex = VisionExtractor(spec.replace(tokens=8, temperature=1.0), model=vlm)
     gen = gen_ex.extract(TEXTS, images=images)

@@ -88,17 +88,24 @@ def test_last_pools_the_last_prompt_token(vlm, images):
 
 
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_batch_independent(vlm, images, tokens):
-    """A sample alone equals the same sample in a left-padded batch of other images and texts of other lengths."""
-    ex = VisionExtractor(spec_for(vlm, input="image+text", tokens=tokens, temperature=1.0), model=vlm, batch_size=3)
-    batch = ex.extract(TEXTS, images=images)
-    lengths = {len(r) for r in ex.encode(TEXTS, images)}
+def test_batch_independent_and_prefix_cache_equal(vlm, images, tokens):
+    """A sample alone (whole prompt, no cache) equals the same sample in a batch of other images and texts of other
+    lengths, right-padded after the cached prefix or left-padded without the cache."""
+    spec = spec_for(vlm, input="image+text", tokens=tokens, temperature=1.0)
+    cached = VisionExtractor(spec, model=vlm, batch_size=3)
+    uncached = VisionExtractor(spec, model=vlm, batch_size=3, prefix_cache=False)
+    assert cached.prefix_cache and cached.prefix_tokens > 500 and not uncached.prefix_cache
+    batch = cached.extract(TEXTS, images=images)
+    lengths = {len(r) for r in cached.encode(TEXTS, images)}
     assert len(lengths) == 3, "rows of different lengths, so padding is exercised"
     for b in range(3):
-        alone = ex.extract(TEXTS[b : b + 1], images=images[b : b + 1])
+        alone = uncached.extract(TEXTS[b : b + 1], images=images[b : b + 1])
         np.testing.assert_allclose(alone.hidden_state[0], batch.hidden_state[b], atol=ATOL)
         assert alone.generated_ids[0] == batch.generated_ids[b]
-    np.testing.assert_array_equal(batch.hidden_state, ex.extract(TEXTS, images=images).hidden_state)  # deterministic
+    left = uncached.extract(TEXTS, images=images)
+    np.testing.assert_allclose(left.hidden_state, batch.hidden_state, atol=ATOL)
+    assert left.generated_ids == batch.generated_ids
+    np.testing.assert_array_equal(batch.hidden_state, cached.extract(TEXTS, images=images).hidden_state)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])

@@ -315,11 +315,11 @@ class TransformersExtractor(Extractor):
         cap = getattr(self.loaded.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _new_cache(self, batch: int):
+    def _new_cache(self, batch: int, config=None):
         """A DynamicCache for `batch` rows, holding the shared prefix when the prefix cache is on."""
         from transformers import DynamicCache
 
-        config = self.loaded.model.config
+        config = config if config is not None else self.loaded.model.config
         if not self.prefix_cache:
             return DynamicCache(config=config)
         if self._prefix_kv is None:

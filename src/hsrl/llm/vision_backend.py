@@ -19,10 +19,13 @@ Tested with Qwen3-VL (reference: `Qwen/Qwen3-VL-4B-Instruct`, registry name `qwe
 - Generation (tokens = N > 1): the text backend's decoding loop (each sampled token fed back so its own states are
   pooled, end-of-sequence included, batch stops when all rows stopped), with per-sample uniforms keyed by a hash of
   the image's bytes and the text observation, so a sample's draw does not depend on its batch.
-- Batches are left-padded: the 3D positions come from `get_rope_index` with the attention mask, so every row's
-  positions start at 0 at its first real token whatever the padding; generated tokens continue from the largest
-  prompt position (what HF's rope deltas give). Re-extraction is one prefill over prompt + generated ids.
-- No shared-prefix cache: the image sits inside the prompt and the rows are left-padded.
+- Padding: the 3D positions come from `get_rope_index` with the attention mask, so every row's positions start at
+  0 at its first real token whatever the padding; generated tokens continue from the largest prompt position (what
+  HF's rope deltas give). Re-extraction is one prefill over prompt + generated ids.
+- Shared-prefix cache (default): everything before the image (the system message: most of the prompt) is the same
+  for every sample, so, as in the text backend, its keys/values are computed once and copied into each batch's
+  cache, rows are right-padded and only the image and what follows run. `prefix_cache=False` runs whole prompts,
+  left-padded (equal results, tested).
 """
 
 import inspect
@@ -65,6 +68,8 @@ class VisionExtractor(TransformersExtractor):
 
     spec: input 'image' or 'image+text'; `self.spec` is it resolved ('auto' template and dtype filled in).
     device: None = CUDA when available, else CPU. batch_size: samples per forward pass.
+    prefix_cache: reuse the keys/values of the prompt before the image (rows right-padded); False: whole prompts,
+        left-padded.
     model: an already loaded model (`hsrl.llm.models.load_vision_model`) to share between extractors.
     """
 
@@ -74,6 +79,7 @@ class VisionExtractor(TransformersExtractor):
         *,
         device: str | None = None,
         batch_size: int = 16,
+        prefix_cache: bool = True,
         model: LoadedModel | None = None,
     ):
         if not spec.reads_images or spec.backend != "transformers":
@@ -95,14 +101,18 @@ class VisionExtractor(TransformersExtractor):
                              f"from get_rope_index), the family VisionExtractor supports")
         template, version = resolve_template(spec, "chat")
         resolved = spec.replace(template=template, template_version=version, dtype=model.dtype)
-        self._bind(resolved, model, base, batch_size, "left", blocks=_find_blocks(base.language_model))
+        padding = "right" if prefix_cache else "left"
+        self._bind(resolved, model, base, batch_size, padding, blocks=_find_blocks(base.language_model))
         self._image_token_id = int(model.model.config.image_token_id)
         image_token = model.tokenizer.convert_ids_to_tokens(self._image_token_id)
         self.template = build_vision_template(template, spec.variant, spec.input, model.tokenizer, image_token)
         self._merge = int(model.image_processor.merge_size)
         self._rope_takes_types = "mm_token_type_ids" in inspect.signature(base.get_rope_index).parameters
-        self.prefix_cache = False
-        self._prefix_ids: list[int] = []
+        # the image placeholder is a special token, so the text before it tokenizes alike alone and in a prompt
+        before_image = self.template.prefix.split(image_token)[0]
+        self._prefix_ids = model.tokenizer(before_image, add_special_tokens=False).input_ids if prefix_cache else []
+        self.prefix_cache = bool(self._prefix_ids)
+        self._prefix_kv = None
 
     # ---- inputs -------------------------------------------------------------------------------------------------
 
@@ -157,16 +167,20 @@ class VisionExtractor(TransformersExtractor):
                                  f"{counts[b]} (does the text observation contain {image_token!r}?)")
             text_positions = [k for k, (s, e) in enumerate(offsets) if e > s and s < hi and e > lo]
             row.observation = np.asarray(image_positions + text_positions, dtype=np.int64)
+            if self._prefix_ids and ids[: len(self._prefix_ids)] != self._prefix_ids:
+                raise AssertionError("the prompt does not start with the cached prefix's tokens")
             rows.append(row)
         return rows
 
     # ---- model calls --------------------------------------------------------------------------------------------
 
-    def _prefill(self, rows: list[_Row], layers: set[int], keep_cache: bool):
-        """Forward over left-padded rows with their images; same return values as the text backend's `_prefill`,
-        `pos` being each token's largest 3D position (a text token's position; the next token follows it)."""
-        from transformers import DynamicCache
+    def _new_cache(self, batch: int):
+        """The text backend's cache (holding the shared prefix when on), made with the language model's config."""
+        return super()._new_cache(batch, config=self.loaded.model.config.get_text_config())
 
+    def _prefill(self, rows: list[_Row], layers: set[int], keep_cache: bool):
+        """Forward over padded rows with their images; same return values as the text backend's `_prefill`,
+        `pos` being each token's largest 3D position (a text token's position; the next token follows it)."""
         ids, mask, _, offsets = self._layout(rows)
         pixel_values = torch.cat([r.pixel_values for r in rows]).to(self.device)
         grid = torch.stack([r.grid for r in rows]).to(self.device)
@@ -175,24 +189,28 @@ class VisionExtractor(TransformersExtractor):
             rope_kw["mm_token_type_ids"] = (ids == self._image_token_id).int()
         rope, _ = self._base.get_rope_index(**rope_kw)  # (3, B, T), each row from 0 at its first real token
         text_pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.loaded.model.config.get_text_config()) if keep_cache else None
+        positions = torch.cat([text_pos[None], rope])
+        cache = self._new_cache(len(rows)) if keep_cache or self.prefix_cache else None
+        first = len(self._prefix_ids)  # columns held by the cache, not run here (0 without the prefix cache)
         states, out = self._base_forward(
-            layers, input_ids=ids, attention_mask=mask.long(), position_ids=torch.cat([text_pos[None], rope]),
-            pixel_values=pixel_values, image_grid_thw=grid, use_cache=keep_cache, **{self._cache_kw: cache},
+            layers, input_ids=ids[:, first:], attention_mask=mask.long(), position_ids=positions[:, :, first:],
+            pixel_values=pixel_values, image_grid_thw=grid, use_cache=cache is not None, **{self._cache_kw: cache},
         )
         cache = getattr(out, self._cache_kw, None) if keep_cache else None
-        return states, out.last_hidden_state, cache, mask, rope.max(dim=0).values, offsets, 0
+        return states, out.last_hidden_state, cache, mask, rope.max(dim=0).values, offsets, first
 
     def _pooled_prefill(self, rows, targets, layers: set[int], want_tokens: bool):
         """Prefill and pool, per row, the states at its target positions (row coordinates)."""
-        states, _, _, _, _, offsets, _ = self._prefill(rows, layers, keep_cache=False)
+        states, _, _, _, _, offsets, first = self._prefill(rows, layers, keep_cache=False)
         counts = np.array([len(t) for t in targets], dtype=np.int64)
         if (counts == 0).any():
             raise ValueError(f"samples {np.flatnonzero(counts == 0).tolist()} of the batch have no tokens to pool")
         cols = np.zeros((len(rows), int(counts.max())), dtype=np.int64)
         for b, t in enumerate(targets):
-            cols[b] = offsets[b] + t[0]  # padding repeats the first target; masked out below
-            cols[b, : counts[b]] = offsets[b] + t
+            cols[b] = offsets[b] + t[0] - first  # padding repeats the first target; masked out below
+            cols[b, : counts[b]] = offsets[b] + t - first
+        if (cols < 0).any():
+            raise AssertionError("pooled tokens fall inside the cached prefix")
         cols = torch.as_tensor(cols, device=self.device)
         mask = torch.arange(cols.shape[1], device=self.device)[None] < torch.as_tensor(counts, device=self.device)[:, None]
         hidden, tokens = {}, {}
