@@ -52,6 +52,10 @@ def test_spec_records_the_image_input_and_resolves(vlm):
     assert ExtractionSpec.from_json(ex.spec.to_json()).input == "image"
     assert ex.hidden_size == 64 and ex.num_layers == 2
     assert ex.template.image_token == "<|image_pad|>" and "Observations are images" in ex.template.prefix
+    assert ex.template.tail == "" and ex.template.prefix.endswith("<|im_start|>assistant\n")  # no text observation
+    short = VisionExtractor(spec_for(vlm, template="short", input="image+text"), model=vlm).template
+    assert short.prefix.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")  # no system
+    assert short.tail.startswith("\n\nWhat should the player do next")
 
 
 @pytest.mark.parametrize("input_", ["image", "image+text"])
