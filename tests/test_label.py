@@ -178,3 +178,21 @@ def test_label_pixel_data_with_a_vision_language_model(classic_pixel_dataset, ti
     assert len(summary.failed) == 3
     name, why = next(iter(summary.failed.items()))
     assert name in why and "obs" in why and "Pixels env" in why
+
+
+def test_reextract_generated_text_of_pixel_data_matches_generation(classic_pixel_dataset, tmp_path):
+    """Generation-mode labels from a tiny Qwen3-VL reading the frames; `hsrl extract` recomputes the same states from
+    the frames and the generated text."""
+    from tiny_vlm import build_tiny_vlm
+
+    model = build_tiny_vlm(tmp_path / "vlm", char_level=True)
+    gen = tmp_path / "gen"
+    assert not label_dataset(LabelConfig(str(classic_pixel_dataset), str(gen), model=str(model), input="image",
+                                         tokens=5, temperature=1.0, batch_size=8, progress=False)).failed
+    again = tmp_path / "again"
+    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
+    assert not summary.failed
+    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
+    assert (a["text_generated"] != "").all()
+    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
+    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)

@@ -154,6 +154,17 @@ def test_seeds_are_per_sample_from_the_image(vlm, images):
     assert same.generated_ids[0] == same.generated_ids[1] == base.generated_ids[0]
 
 
+def test_image_placeholders_are_never_generated_nor_re_extracted(vlm, images):
+    """A placeholder id in a prompt is an image slot to the model, so generation rules them out and re-extraction
+    refuses them."""
+    ex = VisionExtractor(spec_for(vlm, tokens=4, temperature=1.0), model=vlm)
+    placeholders = [vlm.model.config.image_token_id, vlm.model.config.video_token_id]
+    logits = ex._logits(torch.randn(3, vlm.hidden_size))
+    assert torch.isinf(logits[:, placeholders]).all() and torch.isfinite(logits[:, :placeholders[0]]).all()
+    with pytest.raises(ValueError, match="placeholder"):
+        ex.reextract(None, generated_ids=[[5, placeholders[0]], [5], [6]], images=images)
+
+
 def test_float_and_uint8_images_give_identical_states(vlm, images):
     ex = VisionExtractor(spec_for(vlm), model=vlm)
     as_uint8 = ex.extract(None, images=images).hidden_state

@@ -48,15 +48,20 @@ def build_tiny_vlm(
     vision_depth: int = 2,
     patch_size: int = 8,
     max_position_embeddings: int = 8192,
+    char_level: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Save a tiny random Qwen3-VL model and its processor under `folder`; returns the folder."""
+    """Save a tiny random Qwen3-VL model and its processor under `folder`; returns the folder.
+
+    char_level: one token per character (see `tiny_qwen.train_tokenizer`), so generated text re-tokenizes to the
+    same ids (re-extraction from text).
+    """
     import torch
     from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     folder = Path(folder)
-    tokenizer = train_tokenizer(chat_template=VL_CHAT_TEMPLATE)
+    tokenizer = train_tokenizer(char_level=char_level, chat_template=VL_CHAT_TEMPLATE)
     tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
     tokenizer.model_max_length = max_position_embeddings
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}

@@ -18,7 +18,9 @@ Tested with Qwen3-VL (reference: `Qwen/Qwen3-VL-4B-Instruct`, registry name `qwe
   plus the text observation's tokens for 'image+text'.
 - Generation (tokens = N > 1): the text backend's decoding loop (each sampled token fed back so its own states are
   pooled, end-of-sequence included, batch stops when all rows stopped), with per-sample uniforms keyed by a hash of
-  the image's bytes and the text observation, so a sample's draw does not depend on its batch.
+  the image's bytes and the text observation, so a sample's draw does not depend on its batch. The image and video
+  placeholder tokens are never sampled: the model reads any such id in a prompt as a slot for image features, so a
+  generation holding one could not be re-extracted (a trained model does not write them; random ones do).
 - Padding: the 3D positions come from `get_rope_index` with the attention mask, so every row's positions start at
   0 at its first real token whatever the padding; generated tokens continue from the largest prompt position (what
   HF's rope deltas give). Re-extraction is one prefill over prompt + generated ids.
@@ -107,6 +109,8 @@ class VisionExtractor(TransformersExtractor):
         image_token = model.tokenizer.convert_ids_to_tokens(self._image_token_id)
         self.template = build_vision_template(template, spec.variant, spec.input, model.tokenizer, image_token)
         self._merge = int(model.image_processor.merge_size)
+        placeholders = {self._image_token_id, getattr(model.model.config, "video_token_id", None)} - {None}
+        self._placeholder_ids = torch.tensor(sorted(placeholders), dtype=torch.long, device=self.device)
         self._rope_takes_types = "mm_token_type_ids" in inspect.signature(base.get_rope_index).parameters
         # the image placeholder is a special token, so the text before it tokenizes alike alone and in a prompt
         before_image = self.template.prefix.split(image_token)[0]
@@ -173,6 +177,12 @@ class VisionExtractor(TransformersExtractor):
         return rows
 
     # ---- model calls --------------------------------------------------------------------------------------------
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits with the image/video placeholders ruled out (see the module docstring)."""
+        logits = super()._logits(hidden)
+        logits[..., self._placeholder_ids] = float("-inf")
+        return logits
 
     def _new_cache(self, batch: int):
         """The text backend's cache (holding the shared prefix when on), made with the language model's config."""
@@ -265,6 +275,11 @@ class VisionExtractor(TransformersExtractor):
         empty = [b for b, g in enumerate(generated_ids) if len(g) == 0]
         if empty:
             raise ValueError(f"samples {empty} have no generated tokens to pool")
+        placeholders = set(self._placeholder_ids.tolist())
+        held = [b for b, g in enumerate(generated_ids) if placeholders.intersection(g)]
+        if held:
+            raise ValueError(f"the generations of samples {held} hold image/video placeholder tokens, which the model "
+                             f"would read as image slots")
         prompts = self.encode(texts, u8)
         rows = [p.extended(g) for p, g in zip(prompts, generated_ids)]
         lengths = [len(p) for p in prompts]
