@@ -210,6 +210,23 @@ def test_bad_inputs_are_errors(vlm, images, tmp_path):
         text_ex.extract(TEXTS, images=images)
 
 
+def test_chat_template_from_the_processor_file(tmp_path, images, vlm):
+    """Checkpoints that keep the chat template only for the processor (chat_template.json) load with it."""
+    import json
+
+    folder = build_tiny_vlm(tmp_path / "legacy")
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    legacy = load_vision_model(str(folder))
+    assert legacy.tokenizer.chat_template == template
+    ex = VisionExtractor(spec_for(legacy), model=legacy)
+    reference = VisionExtractor(spec_for(vlm), model=vlm)
+    assert ex.template.prefix == reference.template.prefix
+    np.testing.assert_allclose(ex.extract(None, images=images).hidden_state,
+                               reference.extract(None, images=images).hidden_state, atol=ATOL)
+
+
 def test_failed_extraction_raises_never_zeros(tmp_path, images):
     broken = load_vision_model(str(build_tiny_vlm(tmp_path / "broken")))
     with torch.no_grad():

@@ -116,10 +116,27 @@ def load_vision_model(name: str, dtype: str = "auto", device: str | None = None)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=local)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _processor_chat_template(path, local)
     image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
     loaded = _loaded(name, path, model, tokenizer, True, device, dtype)
     loaded.image_processor = image_processor
     return loaded
+
+
+def _processor_chat_template(path: str, local: bool) -> str | None:
+    """The chat template a checkpoint keeps for its processor (chat_template.jinja, or the older chat_template.json
+    that tokenizers do not read), or None."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        found = cached_file(path, name, local_files_only=local, _raise_exceptions_for_missing_entries=False)
+        if found:
+            text = Path(found).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
 
 
 def _loaded(name, path, model, tokenizer, causal, device, dtype) -> LoadedModel:
