@@ -10,6 +10,10 @@ Measures, on this machine's device (CPU float32 unless CUDA is present):
   - where vLLM is installed, the vLLM backend on the same model and prompts (prompt-only, timed interleaved with the
     transformers backend, and generation), and the largest difference between the two backends' prompt-only states.
     Elsewhere the vLLM rows are skipped (said so in the output).
+  - image input: a tiny random Qwen3-VL of the same text size (built here, as in the tests) reading 63 x 63 frames
+    (a Craftax-Classic-Pixels observation's size; 16 image tokens each), input 'image', prompt-only (with and
+    without its prefix cache: everything before the image) and generation, and its time relative to the tiny Qwen3
+    reading text (prompt-only, prefix cache on).
 
 Observations are synthetic texts in the renderer's format (random tiles, inventory and stats), so no Craftax rollout
 is needed. Timings exclude loading and the one-off prefix computation (a warm-up batch runs first). The last line is
@@ -32,10 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hsrl.llm import ExtractionSpec  # noqa: E402
-from hsrl.llm.models import load_model  # noqa: E402
+from hsrl.llm.models import load_model, load_vision_model  # noqa: E402
 from hsrl.llm.transformers_backend import TransformersExtractor  # noqa: E402
+from hsrl.llm.vision_backend import VisionExtractor  # noqa: E402
 from hsrl.text import MAP_HEADER  # noqa: E402
 from tiny_qwen import build_tiny_qwen  # noqa: E402
+from tiny_vlm import build_tiny_vlm  # noqa: E402
 
 TILES = ("tree", "stone", "water", "coal", "iron", "diamond", "crafting_table", "furnace", "cow on grass",
          "zombie on grass", "skeleton on path", "sand", "lava", "plant")
@@ -74,20 +80,32 @@ def device_name() -> str:
     return f"CPU {platform.processor() or platform.machine()}"
 
 
-def timed(extractors: list, observations: list[str], repeats: int, before: list | None = None):
+def synthetic_frames(n: int, seed: int = 0) -> np.ndarray:
+    """n uint8 frames of a Craftax-Classic-Pixels observation's size: 7 x 7-pixel blocks of random colours."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (n, 9, 9, 3), dtype=np.uint8)
+    return blocks.repeat(7, axis=1).repeat(7, axis=2)
+
+
+def timed(extractors: list, observations: list, repeats: int, before: list | None = None):
     """Per extractor: (best seconds, result). One warm-up batch each, then the timed runs interleaved (ABAB...),
-    so that load from other processes on a shared machine hits every extractor alike. before[i], if given, runs
+    so that load from other processes on a shared machine hits every extractor alike. observations[i] is extractor
+    i's: texts, or for extractors that read images frames (passed as `images`). before[i], if given, runs
     (untimed) before each of extractor i's runs."""
-    for ex in extractors:
-        ex.extract(observations[: ex.batch_size])
+
+    def run(ex, obs):
+        return ex.extract(None, images=np.stack(obs)) if ex.spec.reads_images else ex.extract(obs)
+
+    for ex, obs in zip(extractors, observations):
+        run(ex, obs[: ex.batch_size])
     best = [float("inf")] * len(extractors)
     results = [None] * len(extractors)
     for _ in range(repeats):
-        for i, ex in enumerate(extractors):
+        for i, (ex, obs) in enumerate(zip(extractors, observations)):
             if before is not None and before[i] is not None:
                 before[i]()
             start = time.perf_counter()
-            results[i] = ex.extract(observations)
+            results[i] = run(ex, obs)
             best[i] = min(best[i], time.perf_counter() - start)
     return list(zip(best, results))
 
@@ -129,11 +147,11 @@ def vllm_rows(figures: dict, spec, gen_spec, transformers_prompt, transformers_g
             engine.reset_prefix_cache()
         generation.extract(warm)
 
-    (t_tf, r_tf), (t_vllm, r_vllm) = timed([transformers_prompt, prompt_only], observations, args.repeats,
+    (t_tf, r_tf), (t_vllm, r_vllm) = timed([transformers_prompt, prompt_only], [observations] * 2, args.repeats,
                                            before=[None, forget_prompts])
     rates("transformers prompt-only (again)", t_tf, r_tf, args.samples)
     figures["vllm_prompt_only"] = rates("vllm prompt-only", t_vllm, r_vllm, args.samples)
-    (tg_tf, g_tf), (tg_vllm, g_vllm) = timed([transformers_generation, generation], observations, args.repeats,
+    (tg_tf, g_tf), (tg_vllm, g_vllm) = timed([transformers_generation, generation], [observations] * 2, args.repeats,
                                              before=[None, forget_prompts])
     rates(f"transformers generate {args.tokens} (again)", tg_tf, g_tf, args.samples)
     figures["vllm_generation"] = rates(f"vllm generate {args.tokens}", tg_vllm, g_vllm, args.samples)
@@ -165,7 +183,7 @@ def main() -> None:
 
     minilm = load_model("minilm")
     ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
-    [(seconds, result)] = timed([ex], observations, args.repeats)
+    [(seconds, result)] = timed([ex], [observations], args.repeats)
     figures["minilm_prompt_only"] = rates("minilm prompt-only", seconds, result, args.samples)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -183,7 +201,7 @@ def main() -> None:
         print(f"tiny Qwen3 H={qwen.hidden_size} L={qwen.num_layers}: prefix {cached.prefix_tokens} tokens, "
               f"observation {figures['mean_observation_tokens']:.0f} tokens on average")
 
-        (t_cached, r_cached), (t_uncached, r_uncached) = timed([cached, uncached], observations, args.repeats)
+        (t_cached, r_cached), (t_uncached, r_uncached) = timed([cached, uncached], [observations] * 2, args.repeats)
         figures["qwen_prompt_only"] = rates("tiny qwen prompt-only (cache)", t_cached, r_cached, args.samples)
         figures["qwen_prompt_only_no_cache"] = rates("tiny qwen prompt-only (no cache)", t_uncached, r_uncached,
                                                      args.samples)
@@ -191,13 +209,40 @@ def main() -> None:
         gen_spec = spec.replace(tokens=args.tokens)
         gen_cached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size)
         gen_uncached = TransformersExtractor(gen_spec, model=qwen, batch_size=args.batch_size, prefix_cache=False)
-        (tg_cached, g_cached), (tg_uncached, g_uncached) = timed([gen_cached, gen_uncached], observations,
+        (tg_cached, g_cached), (tg_uncached, g_uncached) = timed([gen_cached, gen_uncached], [observations] * 2,
                                                                  args.repeats)
         figures["qwen_generation"] = rates(f"tiny qwen generate {args.tokens} (cache)", tg_cached, g_cached,
                                            args.samples)
         figures["qwen_generation_no_cache"] = rates(f"tiny qwen generate {args.tokens} (no cache)", tg_uncached,
                                                     g_uncached, args.samples)
         vllm_rows(figures, spec, gen_spec, cached, gen_cached, observations, args)
+
+        # image input: a tiny Qwen3-VL with the same text model size reads frames instead of text
+        vlm_path = build_tiny_vlm(Path(folder) / "vlm", hidden_size=args.hidden_size, num_layers=args.layers,
+                                  num_heads=max(2, args.hidden_size // 64), num_kv_heads=1)
+        vlm = load_vision_model(str(vlm_path))
+        frames = list(synthetic_frames(args.samples))
+        image_spec = ExtractionSpec(model=str(vlm_path), input="image", template="chat", temperature=1.0)
+        image = VisionExtractor(image_spec, model=vlm, batch_size=args.batch_size)
+        image_uncached = VisionExtractor(image_spec, model=vlm, batch_size=args.batch_size, prefix_cache=False)
+        image_gen = VisionExtractor(image_spec.replace(tokens=args.tokens), model=vlm, batch_size=args.batch_size)
+        (t_image, r_image), (t_image_uncached, r_image_uncached), (t_text, _) = timed(
+            [image, image_uncached, cached], [frames, frames, observations], args.repeats)
+        figures["vlm_image_prompt_only"] = rates("tiny qwen3-vl image prompt-only", t_image, r_image, args.samples)
+        figures["vlm_image_prompt_only_no_cache"] = rates("tiny qwen3-vl image (no cache)", t_image_uncached,
+                                                          r_image_uncached, args.samples)
+        figures["vlm_prefix_cache_speedup"] = t_image_uncached / t_image
+        figures["vlm_prefix_cache_max_abs_diff"] = float(np.abs(r_image.hidden_state
+                                                                - r_image_uncached.hidden_state).max())
+        [(t_image_gen, r_image_gen)] = timed([image_gen], [frames], args.repeats)
+        figures["vlm_image_generation"] = rates(f"tiny qwen3-vl image generate {args.tokens}", t_image_gen,
+                                                r_image_gen, args.samples)
+        figures["vlm_image_tokens"] = int(r_image.num_tokens[0])
+        figures["vlm_image_vs_text_time"] = t_image / t_text
+        print(f"image input: {figures['vlm_image_tokens']} image tokens per frame, prompt {r_image.prompt_tokens[0]} "
+              f"tokens ({image.prefix_tokens} cached); time {figures['vlm_image_vs_text_time']:.2f}x the text "
+              f"model's (prompt-only); prefix cache {figures['vlm_prefix_cache_speedup']:.2f}x (max |diff| "
+              f"{figures['vlm_prefix_cache_max_abs_diff']:.2e})")
 
     figures["prefix_cache_speedup"] = t_uncached / t_cached
     figures["prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state - r_uncached.hidden_state).max())

@@ -46,11 +46,12 @@ class _FakeLive:
     """Stands in for LiveHidden's host call: state i of an observation is its first entry repeated."""
 
     hidden_size = 3
+    reads_images = False
 
-    def states(self, sym):
+    def states(self, sym, pixels=None):
         return np.repeat(np.asarray(sym)[:, :1], 3, axis=1).astype(np.float32)
 
-    def __call__(self, sym, mask):
+    def __call__(self, sym, mask, pixels=None):
         return self.states(sym)
 
 

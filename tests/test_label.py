@@ -137,3 +137,62 @@ def test_reextract_generated_text_matches_generation(dataset, tmp_path):
     assert (a["text_generated"] != "").all()
     np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
     np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)
+
+
+def test_label_pixel_data_with_a_vision_language_model(classic_pixel_dataset, tiny_vlm_path, dataset, tmp_path):
+    """`--input image` reads the chunk's uint8 frames: the stored states equal the extractor's on the same frames
+    (as uint8 or as the env's float pixels); `image+text` through the CLI; symbolic data is refused by name."""
+    from hsrl.cli import main
+    from hsrl.data import uint8_to_pixels
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    out = tmp_path / "image"
+    summary = label_dataset(LabelConfig(str(classic_pixel_dataset), str(out), model=str(tiny_vlm_path),
+                                        input="image", batch_size=5, progress=False))
+    assert not summary.failed and len(summary.labelled) == 2
+    src, dst = read_chunk(list_chunks(classic_pixel_dataset)[1]), read_chunk(list_chunks(out)[1])
+    assert src["obs"].dtype == np.uint8 and src["obs"].shape == (16, 63, 63, 3)
+    for key in src.arrays:
+        np.testing.assert_array_equal(src[key], dst[key], err_msg=key)
+    spec = ExtractionSpec.from_json(dst.meta.spec_json)
+    assert spec.input == "image" and spec.model == str(tiny_vlm_path) and spec.variant == "classic"
+    assert dst["hidden_state"].shape == (16, 64) and dst["hidden_state"].dtype == np.float32
+    ex = make_extractor(spec, batch_size=3)
+    np.testing.assert_allclose(dst["hidden_state"][:6], ex.extract(None, images=src["obs"][:6]).hidden_state,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(ex.extract(None, images=uint8_to_pixels(src["obs"][:3])).hidden_state,
+                                  ex.extract(None, images=src["obs"][:3]).hidden_state)
+
+    both = tmp_path / "both"
+    assert main(["label", str(classic_pixel_dataset), str(both), "--model", str(tiny_vlm_path), "--input",
+                 "image+text", "--batch-size", "8", "--no-progress"]) == 0
+    c = read_chunk(list_chunks(both)[0])
+    assert ExtractionSpec.from_json(c.meta.spec_json).input == "image+text"
+    src0 = read_chunk(list_chunks(classic_pixel_dataset)[0])
+    spec = ExtractionSpec.from_json(c.meta.spec_json)
+    direct = make_extractor(spec).extract(list(src0["text_obs"][:4]), images=src0["obs"][:4]).hidden_state
+    np.testing.assert_allclose(c["hidden_state"][:4], direct, rtol=1e-4, atol=1e-5)
+
+    summary = label_dataset(LabelConfig(str(dataset), str(tmp_path / "symbolic"), model=str(tiny_vlm_path),
+                                        input="image", progress=False))
+    assert len(summary.failed) == 3
+    name, why = next(iter(summary.failed.items()))
+    assert name in why and "obs" in why and "Pixels env" in why
+
+
+def test_reextract_generated_text_of_pixel_data_matches_generation(classic_pixel_dataset, tmp_path):
+    """Generation-mode labels from a tiny Qwen3-VL reading the frames; `hsrl extract` recomputes the same states from
+    the frames and the generated text."""
+    from tiny_vlm import build_tiny_vlm
+
+    model = build_tiny_vlm(tmp_path / "vlm", char_level=True)
+    gen = tmp_path / "gen"
+    assert not label_dataset(LabelConfig(str(classic_pixel_dataset), str(gen), model=str(model), input="image",
+                                         tokens=5, temperature=1.0, batch_size=8, progress=False)).failed
+    again = tmp_path / "again"
+    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
+    assert not summary.failed
+    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
+    assert (a["text_generated"] != "").all()
+    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
+    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)

@@ -119,3 +119,46 @@ def test_checkpoint_with_another_spec_is_refused(tmp_path):
     warm = train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32,
                                      checkpoint=str(out), out=str(tmp_path / "warm2"), progress=False))
     assert warm["steps"] == 64
+
+
+def test_live_hidden_sends_pixels_to_image_specs(classic_pixel_dataset, tiny_vlm_path):
+    """The host callback of online PPO and eval with a vision-language model: the asked environments' frames (float
+    pixels, as the env gives them) are extracted in one call; the others are NaN; no frames is an error."""
+    from hsrl.data import list_chunks, read_chunk, uint8_to_pixels
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    frames = read_chunk(list_chunks(classic_pixel_dataset)[0])["obs"][:4]
+    extractor = make_extractor(ExtractionSpec(model=str(tiny_vlm_path), input="image"), batch_size=4)
+    live = LiveHidden("classic", None, extractor=extractor)
+    assert live.reads_images and not live.reads_text
+    sym = np.zeros((4, 1345), np.float32)  # not read by an image-only spec
+    mask = np.array([True, False, True, True])
+    out = live(sym, mask, uint8_to_pixels(frames))
+    assert np.isnan(out[1]).all() and live.calls == 1 and live.samples == 3
+    np.testing.assert_array_equal(out[[0, 2, 3]], extractor.extract(None, images=frames[[0, 2, 3]]).hidden_state)
+    with pytest.raises(ValueError, match="pixel observations"):
+        live(sym, mask)
+    with pytest.raises(ValueError, match="Craftax-Classic-Pixels-v1"):
+        train_online(OnlineConfig(env=ENV, envs=2, steps=16, num_steps=8, num_minibatches=1, model=str(tiny_vlm_path),
+                                  input="image", progress=False))
+
+
+@pytest.mark.slow
+def test_online_and_eval_on_pixels_with_a_vision_language_model(tiny_vlm_path, tmp_path):
+    """A few PPO updates on Craftax-Classic-Pixels with a tiny Qwen3-VL reading the frames, then eval with ablations."""
+    from hsrl.evaluate import EvalConfig, evaluate
+    from hsrl.llm import ExtractionSpec
+    from hsrl.rl.checkpoint import load_policy
+
+    out = tmp_path / "run"
+    summary = train_online(OnlineConfig(env="Craftax-Classic-Pixels-v1", envs=2, steps=32, num_steps=8, skip_n=4,
+                                        num_minibatches=1, width=16, model=str(tiny_vlm_path), input="image",
+                                        out=str(out), progress=False))
+    assert summary["llm"] and summary["llm_calls"] >= 4 and summary["steps"] == 32
+    policy = load_policy(out)
+    assert ExtractionSpec.from_json(policy.spec_json).input == "image"
+    assert policy.network.obs_shape == (63, 63, 3) and policy.network.hidden_size == 64
+    report = evaluate(EvalConfig(str(out), episodes=1, envs=2, max_episode_steps=8, ablation="real,shuffled,constant",
+                                 out=str(tmp_path / "eval"), progress=False))
+    assert [r["ablation"] for r in report["results"]] == ["real", "shuffled", "constant"]
+    assert all(np.isfinite(r["return_mean"]) and r["length_mean"] == 8 for r in report["results"])

@@ -425,6 +425,8 @@ def test_error_messages_name_the_problem(server):
     assert "more than the maximum of 64" in detail({"texts": ["a"] * 65})
     assert "one-hot" in detail({"observations": encode_array(np.zeros((1, 1345), np.float32))})
     assert "exactly one" in detail({})
+    frames = encode_array(np.zeros((1, 63, 63, 3), np.uint8), "uint8")
+    assert "reads no images" in detail({"images": frames})
 
 
 def test_client_raises_on_failure_never_zeros(server, client):
@@ -560,6 +562,64 @@ def test_generation_mode_returns_generated_text(tmp_path):
         want = direct.extract(texts)
         assert got.generated_text == want.generated_text and all(got.generated_text)
         close(got.hidden_state, want.hidden_state)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_image_payloads_equal_labelling_with_a_vision_language_model(classic_pixel_dataset, tiny_vlm_path, tmp_path):
+    """A tiny Qwen3-VL served for Craftax-Classic-Pixels: base64 uint8 frames (or float frames, sent as uint8) give
+    the vectors `hsrl label --input image` stored for the same frames; bad image payloads get a 422 naming the field."""
+    from hsrl.data import uint8_to_pixels
+    from hsrl.llm import ExtractionSpec, make_extractor
+    from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
+
+    out = tmp_path / "labelled"
+    assert not label_dataset(LabelConfig(str(classic_pixel_dataset), str(out), model=str(tiny_vlm_path),
+                                         input="image", batch_size=5, progress=False)).failed
+    chunk = read_chunk(list_chunks(out)[0])
+    frames, labelled = chunk["obs"], chunk["hidden_state"]
+    spec = ExtractionSpec(model=str(tiny_vlm_path), input="image", variant="classic")
+    with pytest.raises(ValueError, match="serve a Pixels env"):
+        create_app(spec, ServerSettings())
+    pixels_env = "Craftax-Classic-Pixels-v1"
+    app = create_app(spec, ServerSettings(env=pixels_env, max_wait_ms=200), extractor=make_extractor(spec, batch_size=8))
+    server, thread, port = serve_in_thread(app)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with HiddenStateClient(url) as c:
+            health = c.wait_ready(timeout=10)
+            assert health["input"] == "image" and health["image_shape"] == [63, 63, 3] and health["env"] == pixels_env
+            assert c.check_spec(chunk.meta.spec_json) == []
+            close(c.hidden_states(images=frames[:5]), labelled[:5])
+            close(c.hidden_states(images=uint8_to_pixels(frames[5])), labelled[5:6])  # one float frame
+            answers = {}
+
+            def send(rows):
+                with HiddenStateClient(url) as other:
+                    answers[rows] = other.hidden_states(images=frames[list(rows)])
+
+            pool = [threading.Thread(target=send, args=(rows,)) for rows in ((6, 7), (8,), (9, 10, 11))]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join(60)
+            for rows, got in answers.items():  # batched together, each request got its own rows
+                close(got, labelled[list(rows)])
+            assert len(answers) == 3 and c.stats()["max_batch_requests"] > 1
+
+        def detail(body):
+            r = httpx.post(url + HIDDEN_STATES_PATH, json=body)
+            assert r.status_code == 422, r.text
+            return r.json()["detail"]
+
+        good = encode_array(frames[:1], "uint8")
+        assert "images: missing" in detail({"texts": ["Map:\nnone"]})
+        assert "reads no text" in detail({"images": good, "texts": ["Map:\nnone"]})
+        assert "images.shape" in detail({"images": encode_array(frames[:1, :60], "uint8")})
+        assert "images.dtype" in detail({"images": {**good, "dtype": "float32"}})
+        assert "images.data" in detail({"images": {**good, "data": good["data"][:-8]}})
+        assert "images" in detail({"images": [[1, 2, 3]]})
     finally:
         server.should_exit = True
         thread.join(10)

@@ -10,7 +10,8 @@ Ablations act on what the network reads (its normalised hidden input):
   real      the policy's own hidden states
   zero      all zeros (the raw state set to the normalisation mean)
   shuffled  at each refresh, every environment gets another environment's real state
-  constant  one state for all, from a fixed text (`--constant-text`)
+  constant  one state for all, from a fixed text (`--constant-text`); for specs that read images, the
+            first observation of environment 0 (a fixed frame, with its text for image+text)
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
 """
 
@@ -42,7 +43,7 @@ class EvalConfig:
     server: str | None = field(default=None, metadata={"help": "hidden-state server URL (default: compute in-process)"})
     token: str | None = field(default=None, metadata={"help": "bearer token of the server (or env HSRL_SERVE_TOKEN)"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated: real,zero,shuffled,constant"})
-    constant_text: str = field(default=DEFAULT_CONSTANT_TEXT, metadata={"help": "text whose state the constant ablation uses"})
+    constant_text: str = field(default=DEFAULT_CONSTANT_TEXT, metadata={"help": "text whose state the constant ablation uses (specs that read images use environment 0's first frame)"})
     skip_n: int | None = field(default=None, metadata={"help": "LLM refresh period (default: the checkpoint's, else 1)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "cut episodes at this length (default: Craftax's 10000)"})
     max_steps: int = field(default=20_000, metadata={"help": "give up after this many steps per environment"})
@@ -69,16 +70,17 @@ class AblatedHidden:
         self.live, self.ablation, self.stats = live, ablation, stats
         self.constant_state = constant_state
         self.rng = np.random.default_rng(seed)
+        self.reads_images = live.reads_images
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         n, h = len(mask), self.live.hidden_size
         if self.ablation == "real":
-            return self.live(sym, mask)
+            return self.live(sym, mask, pixels)
         if self.ablation == "zero":
             return np.broadcast_to(self.stats.mean, (n, h)).astype(np.float32)
         if self.ablation == "constant":
             return np.broadcast_to(self.constant_state, (n, h)).astype(np.float32)
-        states = self.live.states(np.asarray(sym))  # shuffled: all real states, then a derangement
+        states = self.live.states(np.asarray(sym), pixels)  # shuffled: all real states, then a derangement
         perm = (np.arange(n) + self.rng.integers(1, n)) % n if n > 1 else np.arange(n)
         return states[perm].astype(np.float32)
 
@@ -98,7 +100,9 @@ def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool,
         mask = fresh | periodic
 
         def call(_):
-            new = io_callback(hidden_fn, jax.ShapeDtypeStruct((E, H), jnp.float32), sym, mask, ordered=False)
+            frames = (obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
+            new = io_callback(hidden_fn, jax.ShapeDtypeStruct((E, H), jnp.float32), sym, mask, *frames,
+                              ordered=False)
             return jnp.where(mask[:, None], new, hidden)
 
         hidden = jax.lax.cond(mask.any(), call, lambda _: hidden, None)
@@ -256,7 +260,10 @@ def evaluate(config: EvalConfig) -> dict:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
     constant = None
     if live is not None and "constant" in ablations:
-        if live.client is not None:
+        if live.reads_images:  # a fixed frame: environment 0's first observation under the evaluation seed
+            obs0, _, info0 = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(config.seed))[0])
+            constant = live.states(np.asarray(info0["symbolic_obs"])[:1], np.asarray(obs0)[:1])[0]
+        elif live.client is not None:
             constant = live.client.hidden_states(texts=[config.constant_text])[0]
         else:
             constant = live.extractor.extract([config.constant_text]).hidden_state[0]

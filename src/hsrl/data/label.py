@@ -5,6 +5,10 @@ For every chunk of IN_DIR, OUT_DIR gets a chunk of the same name holding every i
 or per-token (N, T, H) float16 with `hidden_tokens` when token states are saved) and the extraction spec
 JSON in the metadata.
 
+A spec that reads images (`--input image` or `image+text`, vision-language models) takes them from the
+chunk's `obs`, which must be pixels (a Pixels env's data; stored as uint8); with `image+text` the text
+observation comes along as for text models.
+
 Reliability: each batch's result is saved atomically under OUT_DIR/.partial/<chunk>/ before the next
 starts, so a process killed at any moment resumes at the first unfinished batch; the final chunk is
 assembled from the batch files (per-token states streamed, never held whole) and renamed into place,
@@ -79,6 +83,16 @@ def _variant(meta: ChunkMeta) -> str:
     return "classic" if "Classic" in check_env_name(meta.env_name) else "craftax"
 
 
+def _images(chunk, spec) -> np.ndarray | None:
+    """The chunk's pixel observations when the spec reads images, else None."""
+    if not spec.reads_images:
+        return None
+    if chunk.meta.obs_kind != "pixels":
+        raise DataFileError(chunk.path, "obs", f"{chunk.meta.obs_kind} observations of {chunk.meta.env_name}, but "
+                                               f"--input {spec.input} reads images: label data of a Pixels env")
+    return chunk["obs"]
+
+
 def _texts(chunk) -> np.ndarray:
     if "text_obs" in chunk:
         return chunk["text_obs"]
@@ -104,12 +118,13 @@ class Labeller:
         self.save_tokens = bool(save_token_states)
         self.mode = mode
 
-    def _run_batch(self, texts, generated):
+    def _run_batch(self, texts, generated, images):
         ex = self.extractor
+        texts = None if texts is None else list(texts)
         if self.mode == "reextract":
-            res = ex.reextract(list(texts), list(generated), return_token_states=self.save_tokens)
+            res = ex.reextract(texts, list(generated), return_token_states=self.save_tokens, images=images)
         else:
-            res = ex.extract(list(texts), return_token_states=self.save_tokens)
+            res = ex.extract(texts, return_token_states=self.save_tokens, images=images)
         out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": np.asarray(res.generated_text, dtype=str),
                "num_tokens": np.asarray(res.num_tokens, np.int32)}
         if self.save_tokens:
@@ -122,14 +137,16 @@ class Labeller:
     def label_file(self, src: Path, dst: Path, on_batch=None) -> int:
         """Label one chunk into `dst`; returns the number of rows. Resumes from saved batches."""
         chunk = read_chunk(src)
-        texts = _texts(chunk)
+        spec = self.extractor.spec
+        images = _images(chunk, spec)
+        texts = _texts(chunk) if spec.reads_text else None
         generated = None
         if self.mode == "reextract":
             if "text_generated" not in chunk:
                 raise DataFileError(src, "text_generated", "missing: `hsrl extract` re-extracts generated text; "
                                                            "label the data first")
             generated = chunk["text_generated"]
-        n = len(texts)
+        n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
         self._open_partial(partial, src, n)
         batch_files = []
@@ -139,7 +156,8 @@ class Labeller:
             if path.exists():
                 continue
             sl = slice(start, min(n, start + self.batch_size))
-            out = self._run_batch(texts[sl], None if generated is None else generated[sl])
+            out = self._run_batch(None if texts is None else texts[sl], None if generated is None else generated[sl],
+                                  None if images is None else images[sl])
             with atomic_path(path) as f:
                 np.savez(f, allow_pickle=False, **out)
             if on_batch is not None:
@@ -166,7 +184,8 @@ class Labeller:
                 return z[key]
 
         arrays = dict(chunk.arrays)
-        arrays["text_obs"] = texts
+        if texts is not None:  # an image-only spec keeps the chunk's own text_obs, if any
+            arrays["text_obs"] = texts
         arrays["text_generated"] = np.concatenate([load(p, "text_generated") for p in batch_files])
         meta = replace(chunk.meta, spec_json=self.spec_json)
         streamed = {}
@@ -183,7 +202,7 @@ class Labeller:
                     padded[:, : s.shape[1]] = s[:, :width]
                     yield padded
 
-            streamed["hidden_state"] = ((len(texts), width, hidden), np.float16, blocks())
+            streamed["hidden_state"] = ((len(counts), width, hidden), np.float16, blocks())
         else:
             arrays["hidden_state"] = np.concatenate([load(p, "hidden") for p in batch_files])
             arrays.pop("hidden_tokens", None)

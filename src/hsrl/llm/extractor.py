@@ -1,7 +1,7 @@
 """The one backend interface: observations in, one hidden-state vector per sample (per layer) out.
 
 Observations are text (rendered by `hsrl.text`) and, for vision-language models (`spec.input` 'image' or
-'image+text'), images: `(B, H, W, 3)` float in [0, 1] or uint8, converted by `hsrl.pixels.to_uint8`.
+'image+text'), images: `(B, H, W, 3)` float in [0, 1] or uint8, converted by `hsrl.pixels.pixels_to_uint8`.
 
 Labelling, the hidden-state server, online RL and evaluation all call `Extractor.extract` (and `reextract` to recompute
 states for text that was generated before). Backends differ only inside it. A failed extraction raises; it never

@@ -8,7 +8,7 @@ from hsrl.llm.spec import ExtractionSpec
 
 @dataclass(frozen=True, kw_only=True)
 class SpecFlags:
-    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking), HuggingFace id or local path"})
+    model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking, qwen3-vl-4b with --input image), HuggingFace id or local path"})
     layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
     tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
     pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})

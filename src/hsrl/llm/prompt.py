@@ -19,6 +19,13 @@ samples, which is what the backend's shared-prefix cache reuses. The observation
 tokenize prefix and `observation + tail` separately and concatenate the ids (the boundary is the same for every
 sample, with or without the prefix cache); encoder models tokenize the whole prompt at once.
 
+Vision-language models (`spec.input` 'image' or 'image+text', `build_vision_template`) get the same two templates
+with the image in the user message: 'chat' has a system message with the same rules, actions and achievements (but
+no few-shot examples, which are text observations) and says that observations are images; the user message is the
+image, then for 'image+text' the text observation, then the question. The tokenizer's chat template renders the image
+as its placeholder (Qwen-VL: `<|vision_start|><|image_pad|><|vision_end|>`), which the backend expands to one token
+per image patch group; `PromptTemplate.image_token` names it.
+
 Any change to the text of a template (here or in `fewshot.py`) must bump its entry in TEMPLATE_VERSIONS.
 """
 
@@ -96,6 +103,26 @@ def system_prompt(variant: str) -> str:
     )
 
 
+def vision_system_prompt(variant: str, with_text: bool) -> str:
+    """The 'chat' template's system message for vision-language models (observations are images, maybe plus text)."""
+    from hsrl.text import COORDINATE_HELP
+
+    if variant not in _RULES:
+        raise ValueError(f"unknown game variant {variant!r}; expected one of {', '.join(_RULES)}")
+    actions, achievements = _actions_and_achievements(variant)
+    seen = ("Observations are images of the game: the map around the player, who stands at the centre, with the "
+            "inventory and the health, food, drink and energy levels drawn below it.")
+    if with_text:
+        seen += f" Each image comes with the same observation as text. {COORDINATE_HELP}"
+    return (
+        f"{_RULES[variant]}\n\n"
+        f"{seen}\n\n"
+        f"Actions (answer with exactly one of these names): {', '.join(actions)}.\n\n"
+        f"Achievements: {', '.join(achievements)}.\n\n"
+        f"Answer in a few sentences: what you see, what to do next, then `Action: <name>`."
+    )
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A prompt with a hole for the observation: prompt = prefix + observation + tail."""
@@ -105,6 +132,7 @@ class PromptTemplate:
     prefix: str  # identical for every sample: what the shared-prefix cache holds
     tail: str  # after the observation, up to the end of the prompt (incl. the generation prompt)
     chat: bool  # True when built with the tokenizer's chat template (its special tokens are in the text)
+    image_token: str | None = None  # vision templates: the image placeholder token, once in the prefix
 
     def render(self, observation: str) -> str:
         return self.prefix + observation + self.tail
@@ -140,6 +168,39 @@ def build_template(template: str, variant: str, tokenizer=None) -> PromptTemplat
         raise ValueError("the chat template did not keep the observation placeholder exactly once")
     prefix, tail = text.split(_PLACEHOLDER)
     return PromptTemplate("chat", TEMPLATE_VERSIONS["chat"], prefix, tail, chat)
+
+
+def build_vision_template(template: str, variant: str, input: str, tokenizer, image_token: str) -> PromptTemplate:
+    """The 'chat' or 'short' template for a vision-language model reading `input` ('image' or 'image+text').
+
+    The user message is the image, then the text observation ('image+text'), then the question; the tokenizer's chat
+    template renders it (a vision-language model always has one). For input 'image' there is no text observation:
+    the whole prompt is the prefix and `render('')` gives it.
+    """
+    if input not in ("image", "image+text"):
+        raise ValueError(f"input={input!r}: a vision template reads 'image' or 'image+text'")
+    if template not in TEMPLATE_VERSIONS:
+        raise ValueError(f"unknown prompt template {template!r}; expected 'chat' or 'short'")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this vision-language model's tokenizer has no chat template to place the image with")
+    question = QUESTION if template == "chat" else SHORT_INSTRUCTION
+    text = f"{_PLACEHOLDER}\n\n{question}" if input == "image+text" else question
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    if template == "chat":
+        messages.insert(0, {"role": "system", "content": vision_system_prompt(variant, input == "image+text")})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if rendered.count(image_token) != 1:
+        raise ValueError(f"the chat template rendered the image placeholder {image_token!r} "
+                         f"{rendered.count(image_token)} times; expected once")
+    if input == "image":
+        prefix, tail = rendered, ""
+    else:
+        if rendered.count(_PLACEHOLDER) != 1:
+            raise ValueError("the chat template did not keep the observation placeholder exactly once")
+        prefix, tail = rendered.split(_PLACEHOLDER)
+        if image_token not in prefix:
+            raise ValueError("the chat template put the text observation before the image")
+    return PromptTemplate(template, TEMPLATE_VERSIONS[template], prefix, tail, chat=True, image_token=image_token)
 
 
 def build_prompts(observations: list[str], template: str, variant: str, tokenizer=None) -> list[str]:

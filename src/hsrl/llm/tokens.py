@@ -101,10 +101,20 @@ def decode_generated(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def sample_keys(observations: Sequence[str], seeds: Sequence[int] | None = None) -> list[int]:
-    """Each sample's sampling key: its seed when given, else a hash of its text (the same text, the same draws)."""
+def sample_keys(observations: Sequence[str | bytes], seeds: Sequence[int] | None = None) -> list[int]:
+    """Each sample's sampling key: its seed when given, else a hash of what identifies its input (its text; for
+    vision-language models its image's bytes plus text), so the same input draws the same whatever its batch."""
     if seeds is not None and len(seeds) != len(observations):
         raise ValueError(f"{len(seeds)} seeds for {len(observations)} observations")
     if seeds is not None:
         return [int(s) % 2**64 for s in seeds]
-    return [int.from_bytes(hashlib.sha256(o.encode()).digest()[:8], "little") for o in observations]
+    raw = [o.encode() if isinstance(o, str) else bytes(o) for o in observations]
+    return [int.from_bytes(hashlib.sha256(r).digest()[:8], "little") for r in raw]
+
+
+def sample_uniforms(seed: int, tokens: int, keys: Sequence[int]) -> np.ndarray:
+    """(B, tokens) uniforms in [0, 1): sample b's own stream, seeded by `seed` mixed with its key (`sample_keys`)."""
+    out = np.empty((len(keys), tokens), dtype=np.float64)
+    for b, key in enumerate(keys):
+        out[b] = np.random.default_rng([seed % 2**64, key]).random(tokens)
+    return out

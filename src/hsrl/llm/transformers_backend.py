@@ -44,6 +44,7 @@ from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import (
     check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_keys,
+    sample_uniforms,
 )
 
 
@@ -127,28 +128,34 @@ class TransformersExtractor(Extractor):
                 "the shared-prefix cache needs right padding; pass prefix_cache=False with padding_side='left'"
             )
         template, version = resolve_template_name(spec, "chat" if model.causal else "short")
-        self.spec = spec.replace(template=template, template_version=version, dtype=model.dtype)
+        self._bind(spec.replace(template=template, template_version=version, dtype=model.dtype), model,
+                   model.model.base_model, batch_size, padding_side)
+        self.template = build_template(template, spec.variant, model.tokenizer)
+        tok = model.tokenizer
+        self._prefix_ids = prefix_ids(tok, self.template, model.causal)
+        self.prefix_cache = bool(prefix_cache and model.causal and self._prefix_ids)
+        self._prefix_kv = None
+
+    def _bind(self, spec: ExtractionSpec, model: LoadedModel, base, batch_size: int, padding_side: str,
+              blocks=None) -> None:
+        """Attach the resolved spec and the loaded model (base model, its blocks, pad and end-of-sequence ids)."""
+        self.spec = spec
         self.loaded = model
         self.hidden_size = model.hidden_size
         self.num_layers = model.num_layers
         for layer in self.spec.layers:
             resolve_layer(layer, self.num_layers)
-        self.template = build_template(template, spec.variant, model.tokenizer)
         self.batch_size = int(batch_size)
         self.padding_side = padding_side
         self.device = torch.device(model.device)
-
-        tok = model.tokenizer
-        self._base = model.model.base_model
-        self._blocks = _find_blocks(self._base)
-        params = inspect.signature(self._base.forward).parameters
+        self._base = base
+        self._blocks = _find_blocks(base) if blocks is None else blocks
+        params = inspect.signature(base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        tok = model.tokenizer
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self._eos_ids = _eos_ids(model)
         self._eos = torch.tensor(self._eos_ids, dtype=torch.long, device=self.device)
-        self._prefix_ids = prefix_ids(tok, self.template, model.causal)
-        self.prefix_cache = bool(prefix_cache and model.causal and self._prefix_ids)
-        self._prefix_kv = None
 
     # ---- tokenization -------------------------------------------------------------------------------------------
 
@@ -186,8 +193,11 @@ class TransformersExtractor(Extractor):
         pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), pos.to(self.device), offsets
 
-    def _forward(self, ids, mask, pos, cache, layers: set[int]):
-        """Base-model forward; returns ({layer: (B, T, H) states}, last_hidden_state, cache)."""
+    def _base_forward(self, layers: set[int], **kwargs):
+        """Base-model forward with the blocks' states captured by hooks: ({layer: (B, T, H)}, base model output).
+
+        Layer 0 is the first block's input, layer i < L block i's output, L the base model's last_hidden_state.
+        """
         captured: dict[int, torch.Tensor] = {}
         handles = []
         L = self.num_layers
@@ -206,9 +216,6 @@ class TransformersExtractor(Extractor):
                 handles.append(self._blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
             elif layer < L:
                 handles.append(self._blocks[layer - 1].register_forward_hook(make_hook(layer)))
-        kwargs = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": pos}
-        if self.loaded.causal:
-            kwargs.update({self._cache_kw: cache, "use_cache": cache is not None})
         try:
             out = self._base(**kwargs)
         finally:
@@ -216,6 +223,14 @@ class TransformersExtractor(Extractor):
                 h.remove()
         if L in layers:
             captured[L] = out.last_hidden_state
+        return captured, out
+
+    def _forward(self, ids, mask, pos, cache, layers: set[int]):
+        """Base-model forward; returns ({layer: (B, T, H) states}, last_hidden_state, cache)."""
+        kwargs = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": pos}
+        if self.loaded.causal:
+            kwargs.update({self._cache_kw: cache, "use_cache": cache is not None})
+        captured, out = self._base_forward(layers, **kwargs)
         cache = getattr(out, self._cache_kw, None) if cache is not None else None
         return captured, out.last_hidden_state, cache
 
@@ -224,11 +239,11 @@ class TransformersExtractor(Extractor):
         cap = getattr(self.loaded.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _new_cache(self, batch: int):
+    def _new_cache(self, batch: int, config=None):
         """A DynamicCache for `batch` rows, holding the shared prefix when the prefix cache is on."""
         from transformers import DynamicCache
 
-        config = self.loaded.model.config
+        config = config if config is not None else self.loaded.model.config
         if not self.prefix_cache:
             return DynamicCache(config=config)
         if self._prefix_kv is None:
@@ -273,7 +288,7 @@ class TransformersExtractor(Extractor):
             hidden[layer] = pool(picked, mask, self.spec.pooling)
             if want_tokens:
                 tokens[layer] = picked
-        return hidden, tokens
+        return hidden, tokens, counts.cpu().numpy()
 
     def _generate(self, rows, uniforms: torch.Tensor, layers: set[int]):
         """Sample up to N tokens per row; returns (hidden, token states, gen ids (B, n), valid (B, n))."""
@@ -317,13 +332,14 @@ class TransformersExtractor(Extractor):
 
     def _uniforms(self, observations, seeds) -> np.ndarray:
         """(B, N) uniforms: each sample's own stream, from spec.seed and its seed (default: hash of its text)."""
-        out = np.empty((len(observations), self.spec.tokens), dtype=np.float64)
-        for b, key in enumerate(sample_keys(observations, seeds)):
-            out[b] = np.random.default_rng([self.spec.seed % 2**64, key]).random(self.spec.tokens)
-        return out
+        return sample_uniforms(self.spec.seed, self.spec.tokens, sample_keys(observations, seeds))
 
     def _run(self, rows, prompt_lengths, layers, want_tokens, ranges=None, uniforms=None) -> ExtractionResult:
-        """Batch rows by length, run each batch, and assemble one result in the input order."""
+        """Batch rows by length, run each batch, and assemble one result in the input order.
+
+        ranges: per row, what `_pooled_prefill` pools (prompt-only and re-extraction); uniforms: (B, N) per-row
+        sampling uniforms (generation). Exactly one is given.
+        """
         asked, absolute = self._layers(layers)
         wanted = set(absolute.values())
         n = len(rows)
@@ -338,8 +354,7 @@ class TransformersExtractor(Extractor):
                 idx = order[start : start + self.batch_size]
                 chunk = [rows[i] for i in idx]
                 if uniforms is None:
-                    h, t = self._pooled_prefill(chunk, ranges[idx], wanted, want_tokens)
-                    counts = ranges[idx, 1] - ranges[idx, 0]
+                    h, t, counts = self._pooled_prefill(chunk, ranges[idx], wanted, want_tokens)
                 else:
                     u = torch.as_tensor(uniforms[idx], dtype=torch.float32, device=self.device)
                     h, t, ids, valid = self._generate(chunk, u, wanted)

@@ -8,7 +8,9 @@ runs on the host through `io_callback`, called from inside the scan only when ne
   - at once for environments whose episode just reset, so no episode ever acts on the previous
     episode's hidden state (their fresh state is computed before their first action).
 Between refreshes the last hidden state of each environment is reused. The host side renders text
-for the batch with `hsrl.text`, extracts with the one `Extractor`, and hands back a device array.
+for the batch with `hsrl.text`, extracts with the one `Extractor`, and hands back a device array. A spec
+that reads images (vision-language models, Pixels envs) also gets the environments' frames: the callback
+then carries the pixel observations too (and the text is rendered only when the spec reads text).
 
 Normalisation. The policy reads `normalize_hidden(raw, stats)` (the one normaliser). Statistics come
 from `--checkpoint` (fixed), or are running statistics over every state extracted so far when
@@ -121,9 +123,12 @@ class LiveHidden:
 
     The states come from an in-process `Extractor` (text rendered here with `hsrl.text`) or from a
     hidden-state server's client (`hsrl.serve.client.HiddenStateClient`, which renders the same way).
+    When the spec reads images (`reads_images`), the environments' pixel frames go with the call.
     """
 
     def __init__(self, variant: str, fixed_stats: HiddenStats | None, extractor=None, client=None):
+        from hsrl.llm.spec import ExtractionSpec
+
         if (extractor is None) == (client is None):
             raise ValueError("give exactly one of extractor and client")
         self.extractor, self.client = extractor, client
@@ -133,33 +138,42 @@ class LiveHidden:
         else:
             health = client.health()
             self.spec_json, self.hidden_size = health["spec_json"], int(health["hidden_size"])
+        spec = ExtractionSpec.from_json(self.spec_json)
+        self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)
         self.calls = self.samples = 0
         self.llm_seconds = self.text_seconds = 0.0
         self.last_batch: np.ndarray | None = None
 
-    def states(self, sym: np.ndarray) -> np.ndarray:
-        """(n, H) raw pooled states of n symbolic observations."""
+    def states(self, sym: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """(n, H) raw pooled states of n observations: symbolic vectors (rendered as text when the spec reads
+        text) and, when the spec reads images, their (n, H, W, 3) pixel frames."""
+        if self.reads_images and pixels is None:
+            raise ValueError("the extraction spec reads images: pass the pixel observations (a Pixels env)")
+        images = pixels if self.reads_images else None
         t0 = time.perf_counter()
         if self.client is not None:
-            states = self.client.hidden_states(observations=sym)
+            states = self.client.hidden_states(observations=sym if self.reads_text else None, images=images)
             self.llm_seconds += time.perf_counter() - t0
         else:
             from hsrl.text import render_text
 
-            texts = render_text(sym, self.variant)
+            texts = render_text(sym, self.variant) if self.reads_text else None
             t1 = time.perf_counter()
-            states = self.extractor.extract(texts).hidden_state
+            if images is None:
+                states = self.extractor.extract(texts).hidden_state
+            else:
+                states = self.extractor.extract(texts, images=images).hidden_state
             self.text_seconds += t1 - t0
             self.llm_seconds += time.perf_counter() - t1
         self.calls += 1
         self.samples += len(sym)
         return states
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         idx = np.flatnonzero(mask)
-        states = self.states(np.asarray(sym)[idx])
+        states = self.states(np.asarray(sym)[idx], None if pixels is None else np.asarray(pixels)[idx])
         self.moments.update(states)
         if len(idx) == len(mask):
             self.last_batch = states
@@ -203,7 +217,8 @@ def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
         shape = jax.ShapeDtypeStruct((E, live.hidden_size), jnp.float32)
 
         def call(_):
-            new = io_callback(live, shape, runner.sym, mask, ordered=False)
+            frames = (runner.obs,) if live.reads_images else ()  # pixels cross to the host only when read
+            new = io_callback(live, shape, runner.sym, mask, *frames, ordered=False)
             return jnp.where(mask[:, None], new, runner.hidden)
 
         hidden = jax.lax.cond(mask.any(), call, lambda _: runner.hidden, None)
@@ -341,6 +356,9 @@ def train_online(config: OnlineConfig) -> dict:
         from hsrl.llm import make_extractor
 
         spec = config.extraction_spec(info.variant)
+        if spec.reads_images and not info.pixels:
+            raise ValueError(f"--input {spec.input} reads pixel observations; {config.env} is symbolic: use "
+                             f"{config.env.replace('Symbolic', 'Pixels')}")
         extractor = make_extractor(spec, device=config.device, batch_size=config.llm_batch_size)
         spec_json, hidden_size = extractor.spec.to_json(), extractor.hidden_size
     kind = "conv" if info.pixels else "mlp"
@@ -367,7 +385,7 @@ def train_online(config: OnlineConfig) -> dict:
     sym = reset_info["symbolic_obs"]
     E = config.envs
     if live is not None:  # every environment starts with its state
-        hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool)))
+        hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool), np.asarray(obs) if live.reads_images else None))
     else:
         hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
     runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key)

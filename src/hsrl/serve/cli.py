@@ -17,13 +17,15 @@ class ServeConfig(SpecFlags):
     GET /health (open): ready flag, model, hidden size, spec JSON and hash, env, limits.
     POST /v1/hidden-states: {"observations": {"dtype": "float32", "shape": [B, D], "data": base64} or lists}
     or {"texts": [...]} -> {"hidden": {"dtype": "float32", "shape": [B, H], "data": base64}, "spec_hash": ...}
-    (+ "generated_text" when --tokens > 1). GET /v1/stats: batching statistics.
+    (+ "generated_text" when --tokens > 1). With --input image (a vision-language model on a Pixels --env) the
+    request carries {"images": {"dtype": "uint8", "shape": [B, H, W, 3], "data": base64}} instead (image+text:
+    images plus observations or texts). GET /v1/stats: batching statistics.
     Observations are rendered with hsrl.text and extracted exactly as `hsrl label` does. Requests from concurrent
     clients run together in batches of up to --max-batch observations. Binds to loopback unless --host says
     otherwise; a bearer token (--token or $HSRL_SERVE_TOKEN) then guards every route but /health.
     """
 
-    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": "environment whose symbolic observations are served (sets the renderer, the observation length and the spec's variant)"})
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": "environment whose observations are served (sets the renderer, the observation length and frame size, and the spec's variant); a Pixels env for --input image"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback by default)"})
     port: int = field(default=8000, metadata={"help": "port to bind"})
     max_batch: int = field(default=64, metadata={"help": "observations per model call; concurrent requests are batched up to this"})

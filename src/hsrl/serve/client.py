@@ -5,6 +5,7 @@
         client.wait_ready()
         client.check_spec(checkpoint_spec_json)       # ValueError naming the differing fields
         hidden = client.hidden_states(observations=obs)          # (B, H) float32
+        hidden = client.hidden_states(images=frames)              # input='image' servers: (B, H, W, 3) frames
         result = client.extract(texts=["..."])                   # .hidden_state, .generated_text, .spec_hash
 
 Connection errors, timeouts and 5xx answers are retried with exponential backoff (the request is a pure function
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
+from hsrl.pixels import pixels_to_uint8
 from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, TOKEN_ENV, decode_array, encode_array
 
 
@@ -153,10 +155,20 @@ class HiddenStateClient:
         self._expected_hash = served.hash
         return differ
 
-    def extract(self, observations=None, texts=None) -> ServerResult:
-        """Hidden states for symbolic observations ((B, D) or (D,) array of the server's env) or text observations."""
-        if (observations is None) == (texts is None):
-            raise ValueError("give exactly one of observations and texts")
+    def extract(self, observations=None, texts=None, images=None) -> ServerResult:
+        """Hidden states for symbolic observations ((B, D) or (D,) array of the server's env) or text observations,
+        and/or images ((B, H, W, 3) or (H, W, 3), float in [0, 1] or uint8; sent as uint8) for servers whose spec
+        reads images (input 'image': images alone; 'image+text': images plus observations or texts)."""
+        if (observations is not None and texts is not None) or (observations is texts is images is None):
+            raise ValueError("give exactly one of observations and texts, or images (with one of them for image+text)")
+        n = None
+        if images is not None:
+            frames = pixels_to_uint8(images)
+            if frames.ndim == 3:
+                frames = frames[None]
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"images: expected shape (batch, height, width, 3), got {frames.shape}")
+            n = len(frames)
         if observations is not None:
             x = np.asarray(observations)
             if x.ndim == 1:
@@ -166,23 +178,31 @@ class HiddenStateClient:
             if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
                 raise ValueError(f"observations: expected numbers, got dtype {x.dtype}")
             x = x.astype(np.float32)
-            n = len(x)
-        else:
+            count = len(x)
+        elif texts is not None:
             if isinstance(texts, str):
                 raise ValueError("texts: give a list of strings, not one string")
             texts = list(texts)
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError("texts: every item must be a string")
-            n = len(texts)
+            count = len(texts)
+        else:
+            count = n
+        if n is not None and count != n:
+            raise ValueError(f"{n} images for {count} text observations")
+        n = count
         if n == 0:
             raise ValueError("no observations to extract")
         step = self._request_limit()
         parts = []
         for start in range(0, n, step):
+            body = {}
             if observations is not None:
-                body = {"observations": encode_array(x[start : start + step])}
-            else:
-                body = {"texts": texts[start : start + step]}
+                body["observations"] = encode_array(x[start : start + step])
+            elif texts is not None:
+                body["texts"] = texts[start : start + step]
+            if images is not None:
+                body["images"] = encode_array(frames[start : start + step], "uint8")
             parts.append(self._post(body, min(step, n - start)))
         return ServerResult(
             hidden_state=np.concatenate([p.hidden_state for p in parts]),
@@ -190,9 +210,9 @@ class HiddenStateClient:
             spec_hash=parts[0].spec_hash,
         )
 
-    def hidden_states(self, observations=None, texts=None) -> np.ndarray:
+    def hidden_states(self, observations=None, texts=None, images=None) -> np.ndarray:
         """(B, H) float32 hidden states; see `extract` (which also gives the generated texts)."""
-        return self.extract(observations=observations, texts=texts).hidden_state
+        return self.extract(observations=observations, texts=texts, images=images).hidden_state
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 

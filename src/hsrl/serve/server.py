@@ -4,17 +4,20 @@ Routes (wire format in `hsrl.serve.wire`):
 
 - ``GET /health`` (never guarded): ``ready``, ``status`` ('loading', 'ready', 'failed'), ``error``, ``model``,
   ``hidden_size``, ``spec`` / ``spec_json`` / ``spec_hash`` (the extractor's resolved spec; null until ready), ``env``,
-  ``variant``, ``observation_length``, ``generates`` and the limits (``max_batch``, ``max_wait_ms``, ``max_request``,
+  ``variant``, ``observation_length``, ``input`` (what the spec reads), ``image_shape`` (Pixels envs), ``generates``
+  and the limits (``max_batch``, ``max_wait_ms``, ``max_request``,
   ``max_body_bytes``, ``max_text_chars``), ``auth`` (whether a token is required).
 - ``POST /v1/hidden-states``: a JSON object with exactly one of ``observations`` (symbolic vectors of the server's
   env, ``{"dtype": "float32" | "float64", "shape": [B, D], "data": base64}`` or a list of B lists of D numbers) or
-  ``texts`` (B ready text observations). Answers ``{"hidden": {"dtype": "float32", "shape": [B, H], "data": ...},
+  ``texts`` (B ready text observations). A spec that reads images (input 'image' or 'image+text', a Pixels env)
+  takes ``images`` (``{"dtype": "uint8", "shape": [B, H, W, 3], "data": base64}``, the env's frame size): alone
+  for 'image', with ``observations`` or ``texts`` of the same B for 'image+text'. Answers ``{"hidden": {"dtype": "float32", "shape": [B, H], "data": ...},
   "spec_hash": ...}`` plus ``"generated_text": [B strings]`` when the spec generates (tokens > 1).
 - ``GET /v1/stats``: batches run, requests, observations, largest batch seen and histograms of batch sizes (in
   observations and in requests), answers by status.
 
 Observations go through exactly the labelling path: `hsrl.text.render_text(obs, variant)` then the extractor's
-`extract(texts)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
+`extract(texts, images=...)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
 batcher task hands the model thread whole requests together, up to ``max_batch`` observations (one request larger
 than that runs alone), waiting at most ``max_wait_ms`` after the oldest waiting request arrived. While a batch runs,
 new requests queue up and form the next one. If a batch of several requests fails, each request is rerun alone, so
@@ -46,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, decode_array, encode_array
+from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, STATS_PATH, decode_array, encode_array
 
 log = logging.getLogger("hsrl.serve")
 
@@ -107,11 +110,29 @@ Observations = Annotated[
 
 
 class HiddenStatesRequest(BaseModel):
-    """Body of POST /v1/hidden-states: exactly one of `observations` and `texts`."""
+    """Body of POST /v1/hidden-states: exactly one of `observations` and `texts`, and/or `images` (by the spec)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     observations: Observations | None = None
     texts: list[str] | None = None
+    images: ArrayPayload | None = None
+
+
+@dataclass
+class Inputs:
+    """Observations as the extractor takes them: text observations and/or (B, H, W, 3) uint8 images."""
+
+    texts: list[str] | None
+    images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.texts is not None else len(self.images)
+
+    @staticmethod
+    def join(parts: list["Inputs"]) -> "Inputs":
+        texts = None if parts[0].texts is None else [t for p in parts for t in p.texts]
+        images = None if parts[0].images is None else np.concatenate([p.images for p in parts])
+        return Inputs(texts, images)
 
 
 _UNION_TAGS = {"array", "lists"}
@@ -136,25 +157,60 @@ def _describe(err: ValidationError, limit: int = 3) -> str:
 
 
 class Preparer:
-    """Body bytes -> validated text observations (rendered with `render_text` for symbolic observations)."""
+    """Body bytes -> validated `Inputs` (symbolic observations rendered with `render_text`; images as uint8).
 
-    def __init__(self, settings: ServerSettings, variant: str, observation_length: int):
+    input: what the spec reads ('text', 'image', 'image+text'); image_shape: the env's (H, W, 3) frame (Pixels envs).
+    """
+
+    def __init__(self, settings: ServerSettings, variant: str, observation_length: int, input: str = "text",
+                 image_shape: tuple[int, ...] | None = None):
         self.settings = settings
         self.variant = variant
         self.length = observation_length
+        self.input = input
+        self.image_shape = image_shape
 
-    def __call__(self, body: bytes) -> list[str]:
+    def __call__(self, body: bytes) -> Inputs:
         try:
             request = HiddenStatesRequest.model_validate_json(body)
         except ValidationError as err:
             if any(e["type"] == "json_invalid" for e in err.errors()):
                 raise RequestError(400, f"malformed JSON: {_describe(err)}") from None
             raise RequestError(422, _describe(err)) from None
+        has_text = request.observations is not None or request.texts is not None
+        if self.input == "text":
+            if request.images is not None:
+                raise RequestError(422, "images: this server's spec has input='text' and reads no images")
+        elif request.images is None:
+            raise RequestError(422, f"images: missing; this server's spec has input={self.input!r} and reads images")
+        if self.input == "image":
+            if has_text:
+                raise RequestError(422, "this server's spec has input='image' and reads no text: send only 'images'")
+            return Inputs(None, self._images(request.images))
         if (request.observations is None) == (request.texts is None):
-            raise RequestError(422, "give exactly one of 'observations' (symbolic vectors) and 'texts'")
+            with_images = " (with 'images')" if self.input == "image+text" else ""
+            raise RequestError(422, f"give exactly one of 'observations' (symbolic vectors) and 'texts'{with_images}")
         if request.texts is not None:
-            return self._texts(request.texts)
-        return self._render(self._observations(request.observations))
+            texts = self._texts(request.texts)
+        else:
+            texts = self._render(self._observations(request.observations))
+        if self.input == "text":
+            return Inputs(texts)
+        images = self._images(request.images)
+        if len(images) != len(texts):
+            raise RequestError(422, f"images: {len(images)} images for {len(texts)} text observations")
+        return Inputs(texts, images)
+
+    def _images(self, payload: ArrayPayload) -> np.ndarray:
+        shape, expected = payload.shape, list(self.image_shape)
+        if len(shape) != 4 or shape[1:] != expected:
+            raise RequestError(422, f"images.shape: expected [batch, {', '.join(map(str, expected))}] for "
+                                    f"{self.settings.env}, got {shape}")
+        self._count(shape[0], "images")
+        try:
+            return decode_array(payload.dtype, shape, payload.data, what="images", dtypes=IMAGE_DTYPES)
+        except ValueError as err:
+            raise RequestError(422, str(err)) from None
 
     def _count(self, n: int, what: str) -> None:
         if n == 0:
@@ -254,7 +310,7 @@ class BatchStats:
 
 @dataclass
 class _Waiting:
-    texts: list[str]
+    inputs: Inputs
     future: asyncio.Future
     arrived: float
 
@@ -262,7 +318,7 @@ class _Waiting:
 class Batcher:
     """Queues requests and runs them together on one model thread.
 
-    `run(texts) -> (hidden (B, H) float32, generated texts)` is called on the model thread only.
+    `run(inputs) -> (hidden (B, H) float32, generated texts)` is called on the model thread only.
     """
 
     def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float):
@@ -292,12 +348,12 @@ class Batcher:
             if not waiting.future.done():
                 waiting.future.set_exception(RequestError(503, "the server is shutting down"))
 
-    async def submit(self, texts: list[str]):
-        """(hidden (len(texts), H), generated texts) for these texts, run together with other waiting requests."""
+    async def submit(self, inputs: Inputs):
+        """(hidden (len(inputs), H), generated texts) for these inputs, run together with other waiting requests."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(texts, loop.create_future(), loop.time())
+        waiting = _Waiting(inputs, loop.create_future(), loop.time())
         self._pending.append(waiting)
-        self._pending_count += len(texts)
+        self._pending_count += len(inputs)
         self._wakeup.set()
         return await waiting.future
 
@@ -307,14 +363,14 @@ class Batcher:
             head = self._pending[0]
             if head.future.done():  # the client went away
                 self._pending.popleft()
-                self._pending_count -= len(head.texts)
+                self._pending_count -= len(head.inputs)
                 continue
-            if batch and size + len(head.texts) > self.max_batch:
+            if batch and size + len(head.inputs) > self.max_batch:
                 break
             self._pending.popleft()
-            self._pending_count -= len(head.texts)
+            self._pending_count -= len(head.inputs)
             batch.append(head)
-            size += len(head.texts)
+            size += len(head.inputs)
         return batch
 
     async def _work(self) -> None:
@@ -342,10 +398,11 @@ class Batcher:
 
     async def _execute(self, batch: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
-        texts = [t for waiting in batch for t in waiting.texts]
+        inputs = Inputs.join([waiting.inputs for waiting in batch])
+        n_inputs = len(inputs)
         start = time.perf_counter()
         try:
-            hidden, generated = await loop.run_in_executor(self.executor, self.run, texts)
+            hidden, generated = await loop.run_in_executor(self.executor, self.run, inputs)
         except Exception as err:
             if len(batch) > 1:  # find the request that failed: rerun each alone
                 log.info("a batch of %d requests failed (%s); rerunning them one by one", len(batch), err)
@@ -354,14 +411,14 @@ class Batcher:
                 return
             _fail(batch[0], err)
             return
-        self.stats.record(len(texts), len(batch), time.perf_counter() - start)
-        if hidden.shape[0] != len(texts):  # a backend bug; never hand out misaligned rows
+        self.stats.record(n_inputs, len(batch), time.perf_counter() - start)
+        if hidden.shape[0] != n_inputs:  # a backend bug; never hand out misaligned rows
             for waiting in batch:
-                _fail(waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {len(texts)} texts"))
+                _fail(waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {n_inputs} inputs"))
             return
         offset = 0
         for waiting in batch:
-            n = len(waiting.texts)
+            n = len(waiting.inputs)
             if not waiting.future.done():
                 waiting.future.set_result((hidden[offset : offset + n], generated[offset : offset + n]))
             offset += n
@@ -390,8 +447,11 @@ class ModelState:
         self.status = "ready" if extractor is not None else "loading"
         self.error: str | None = None
 
-    def run(self, texts: list[str]):
-        result = self.extractor.extract(texts)
+    def run(self, inputs: Inputs):
+        if inputs.images is None:
+            result = self.extractor.extract(inputs.texts)
+        else:
+            result = self.extractor.extract(inputs.texts, images=inputs.images)
         hidden = np.asarray(result.hidden_state, dtype=np.float32)
         if not np.isfinite(hidden).all():
             raise RuntimeError("the model returned non-finite hidden states")
@@ -482,6 +542,9 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
     if len(spec.layers) != 1:
         raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
+    if spec.reads_images and not info.pixels:
+        raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
+                         f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
     if extractor is not None:
         resolved = ("template", "template_version", "dtype")  # filled in by the backend
         differ = [f for f in extractor.spec.diff(spec) if f not in resolved]
@@ -489,7 +552,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
             raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
     observation_length = int(info.symbolic_obs_shape[0])
     model = ModelState(extractor)
-    prepare = Preparer(settings, info.variant, observation_length)
+    image_shape = tuple(info.obs_shape) if info.pixels else None
+    prepare = Preparer(settings, info.variant, observation_length, spec.input, image_shape)
     executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
     batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000)
 
@@ -538,6 +602,7 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
             "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
             "spec_hash": ex.spec.hash if ex else None,
             "env": settings.env, "variant": info.variant, "observation_length": observation_length,
+            "input": spec.input, "image_shape": list(image_shape) if image_shape else None,
             "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
             "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
             "max_text_chars": settings.max_text_chars, "auth": settings.token is not None,
@@ -555,8 +620,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         model.require_ready()
         _check_content_type(request)
         body = await _read_body(request, settings.max_body_bytes)
-        texts = await run_in_threadpool(prepare, body)
-        hidden, generated = await batcher.submit(texts)
+        inputs = await run_in_threadpool(prepare, body)
+        hidden, generated = await batcher.submit(inputs)
         reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
         if spec.generates:
             reply["generated_text"] = generated

@@ -1,7 +1,9 @@
 """The hidden-state server's wire format, shared by the server and its client (numpy only, no web framework).
 
 Arrays travel as JSON objects ``{"dtype": "float32", "shape": [B, D], "data": "<base64>"}``, the data being the
-array's bytes in little-endian C order. Requests may also give observations as plain JSON lists of lists.
+array's bytes in little-endian C order. Requests may also give observations as plain JSON lists of lists. Image
+observations travel as ``{"dtype": "uint8", "shape": [B, H, W, 3], "data": "<base64>"}`` (float frames are converted
+with `hsrl.pixels.pixels_to_uint8` first).
 """
 
 import base64
@@ -15,7 +17,9 @@ HIDDEN_STATES_PATH = "/v1/hidden-states"
 STATS_PATH = "/v1/stats"
 TOKEN_ENV = "HSRL_SERVE_TOKEN"  # the bearer token, for `hsrl serve` and the client, when not given explicitly
 
-DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "uint8": np.dtype("u1")}
+NUMBER_DTYPES = ("float32", "float64")  # symbolic observations and hidden states
+IMAGE_DTYPES = ("uint8",)  # image observations
 
 
 def encode_array(x: np.ndarray, dtype: str = "float32") -> dict:
@@ -24,7 +28,7 @@ def encode_array(x: np.ndarray, dtype: str = "float32") -> dict:
     return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
 
 
-def decode_array(dtype: str, shape, data: str, *, what: str = "array", dtypes=tuple(DTYPES)) -> np.ndarray:
+def decode_array(dtype: str, shape, data: str, *, what: str = "array", dtypes=NUMBER_DTYPES) -> np.ndarray:
     """``{"dtype", "shape", "data"}`` fields -> array; ValueError naming `what` and the problem otherwise.
 
     The byte count implied by dtype and shape is checked against the decoded data before any array is built.
