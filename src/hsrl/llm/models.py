@@ -159,3 +159,15 @@ def _loaded(name, path, model, tokenizer, causal, device, dtype) -> LoadedModel:
         device=device,
         dtype=dtype,
     )
+
+
+def model_for_spec(spec, model: LoadedModel | None, loader, device: str | None) -> LoadedModel:
+    """The model an extractor runs: `loader(spec.model, spec.dtype, device)`, or `model` (one loaded before, to share
+    between extractors) checked to be the spec's model and dtype."""
+    if model is None:
+        return loader(spec.model, spec.dtype, device)
+    if resolve_model(spec.model) != model.path:
+        raise ValueError(f"spec.model={spec.model!r} but the model given was loaded from {model.path}")
+    if spec.dtype not in ("auto", model.dtype):
+        raise ValueError(f"spec.dtype={spec.dtype!r} but the model given is {model.dtype}")
+    return model

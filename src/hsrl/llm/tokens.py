@@ -118,3 +118,14 @@ def sample_uniforms(seed: int, tokens: int, keys: Sequence[int]) -> np.ndarray:
     for b, key in enumerate(keys):
         out[b] = np.random.default_rng([seed % 2**64, key]).random(tokens)
     return out
+
+
+def prompt_only_ranges(pooling: str, lengths: Sequence[int], observation_ranges: np.ndarray) -> np.ndarray:
+    """(B, 2) [start, end) of the tokens prompt-only mode pools: the last prompt token ('last') or the observation's
+    tokens ('mean'); raises where an observation has no tokens."""
+    if pooling == "last":
+        return np.stack([np.asarray(lengths) - 1, np.asarray(lengths)], axis=1)
+    empty = np.nonzero(observation_ranges[:, 1] <= observation_ranges[:, 0])[0]
+    if len(empty):
+        raise ValueError(f"observations {empty.tolist()} have no tokens to pool (empty text?)")
+    return observation_ranges

@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from hsrl.llm.extractor import ExtractionResult, Extractor
-from hsrl.llm.models import LoadedModel, load_model, resolve_model
+from hsrl.llm.models import LoadedModel, load_model, model_for_spec
 from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_keys,
-    sample_uniforms,
+    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, prompt_only_ranges, resolve_template_name,
+    sample_keys, sample_uniforms,
 )
 
 
@@ -110,12 +110,7 @@ class TransformersExtractor(Extractor):
                 f"TransformersExtractor reads text with transformers; spec.input={spec.input!r}, "
                 f"spec.backend={spec.backend!r} needs another backend (use hsrl.llm.make_extractor)"
             )
-        if model is None:
-            model = load_model(spec.model, spec.dtype, device)
-        elif resolve_model(spec.model) != model.path:
-            raise ValueError(f"spec.model={spec.model!r} but the model given was loaded from {model.path}")
-        elif spec.dtype not in ("auto", model.dtype):
-            raise ValueError(f"spec.dtype={spec.dtype!r} but the model given is {model.dtype}")
+        model = model_for_spec(spec, model, load_model, device)
         if spec.generates and not model.causal:
             raise ValueError(
                 f"{spec.model} is an encoder model ({', '.join(model.model.config.architectures or ['no LM head'])}): "
@@ -409,13 +404,7 @@ class TransformersExtractor(Extractor):
             self._check_lengths(rows, lengths, self.spec.tokens)
             return self._run(rows, lengths, layers, return_token_states, uniforms=self._uniforms(observations, seeds))
         self._check_lengths(rows, lengths, 0)
-        if self.spec.pooling == "last":
-            ranges = np.stack([np.array(lengths) - 1, np.array(lengths)], axis=1)
-        else:
-            ranges = obs_ranges
-            empty = np.nonzero(ranges[:, 1] <= ranges[:, 0])[0]
-            if len(empty):
-                raise ValueError(f"observations {empty.tolist()} have no tokens to pool (empty text?)")
+        ranges = prompt_only_ranges(self.spec.pooling, lengths, obs_ranges)
         return self._run(rows, lengths, layers, return_token_states, ranges=ranges)
 
     def reextract(

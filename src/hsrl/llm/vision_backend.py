@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from hsrl.llm.extractor import ExtractionResult
-from hsrl.llm.models import LoadedModel, load_vision_model, resolve_model
+from hsrl.llm.models import LoadedModel, load_vision_model, model_for_spec
 from hsrl.llm.pooling import pool
 from hsrl.llm.prompt import build_vision_template
 from hsrl.llm.spec import ExtractionSpec
@@ -90,12 +90,7 @@ class VisionExtractor(TransformersExtractor):
                 f"VisionExtractor reads images with transformers; spec.input={spec.input!r}, "
                 f"spec.backend={spec.backend!r} needs another backend (use hsrl.llm.make_extractor)"
             )
-        if model is None:
-            model = load_vision_model(spec.model, spec.dtype, device)
-        elif resolve_model(spec.model) != model.path:
-            raise ValueError(f"spec.model={spec.model!r} but the model given was loaded from {model.path}")
-        elif spec.dtype not in ("auto", model.dtype):
-            raise ValueError(f"spec.dtype={spec.dtype!r} but the model given is {model.dtype}")
+        model = model_for_spec(spec, model, load_vision_model, device)
         if model.image_processor is None:
             raise ValueError(f"{model.path} was loaded without an image processor (load it with load_vision_model)")
         base = model.model.base_model

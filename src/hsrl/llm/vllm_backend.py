@@ -52,7 +52,8 @@ from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_keys,
+    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, prompt_only_ranges, resolve_template_name,
+    sample_keys,
 )
 
 CONNECTOR = "HsrlHiddenStatesConnector"
@@ -534,13 +535,7 @@ class VLLMExtractor(Extractor):
             ranges = np.array([[len(r), len(f)] for r, f in zip(rows, full)], dtype=np.int64)
             return self._run(full, ranges, lengths, layers, return_token_states, generated)
         self._check_lengths(rows, lengths, 0)
-        if self.spec.pooling == "last":
-            ranges = np.stack([np.array(lengths) - 1, np.array(lengths)], axis=1)
-        else:
-            ranges = obs_ranges
-            empty = np.nonzero(ranges[:, 1] <= ranges[:, 0])[0]
-            if len(empty):
-                raise ValueError(f"observations {empty.tolist()} have no tokens to pool (empty text?)")
+        ranges = prompt_only_ranges(self.spec.pooling, lengths, obs_ranges)
         return self._run(rows, ranges, lengths, layers, return_token_states)
 
     def reextract(
