@@ -322,6 +322,29 @@ def test_hsrl_label_ray_backend_vllm(tiny, vllm_prompt, chunk_dir, tmp_path):
                                   gpus_per_worker=0.5, progress=False))
 
 
+def test_online_ppo_acts_on_vllm_states_of_each_observation(vllm_prompt):
+    """Online PPO's host callback with the vLLM backend: right after a refresh and on an episode's first step the
+    policy sees vLLM's state of that very observation (the same check as tests/test_online.py)."""
+    from test_online import test_refresh_every_skip_n_and_at_once_after_a_reset as check_refresh
+
+    check_refresh(like(vllm_prompt, layer=-1, variant="classic"))
+
+
+def test_hsrl_online_backend_vllm(tiny, vllm_prompt, tmp_path):
+    from hsrl.llm import ExtractionSpec
+    from hsrl.rl.checkpoint import load_policy
+    from hsrl.rl.metrics import read_metrics
+
+    out = tmp_path / "online"
+    run_cli("online", "--env", "Craftax-Classic-Symbolic-v1", "--model", tiny, "--backend", "vllm", "--envs", 4,
+            "--steps", 64, "--num-steps", 16, "--skip-n", 8, "--num-minibatches", 2, "--width", 32, "--out", out,
+            "--no-progress")
+    policy = load_policy(out)
+    assert policy.uses_hidden and policy.network.hidden_size == vllm_prompt.hidden_size
+    assert ExtractionSpec.from_json(policy.spec_json).backend == "vllm"
+    assert read_metrics(out)[-1]["llm/calls"] >= 2
+
+
 def test_engine_length_limit(tiny, monkeypatch):
     """An engine holds $HSRL_VLLM_MAX_MODEL_LEN tokens; a longer prompt is refused before it reaches vLLM."""
     monkeypatch.setenv("HSRL_VLLM_MAX_MODEL_LEN", "256")
