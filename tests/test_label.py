@@ -133,6 +133,16 @@ def test_extract_other_layer_of_prompt_only_data(labelled, tmp_path):
     assert not np.allclose(c["hidden_state"], read_chunk(list_chunks(labelled)[0])["hidden_state"])
 
 
+def _assert_extract_recomputes(gen: Path, again: Path) -> None:
+    """`hsrl extract` of generation-mode labels at the same layer gives the same text and states."""
+    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
+    assert not summary.failed
+    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
+    assert (a["text_generated"] != "").all()
+    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
+    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)
+
+
 def test_reextract_generated_text_matches_generation(dataset, tmp_path):
     """Generation-mode labels on a tiny Qwen3; `hsrl extract` at the same layer recomputes the same states."""
     from tiny_qwen import build_tiny_qwen
@@ -140,13 +150,7 @@ def test_reextract_generated_text_matches_generation(dataset, tmp_path):
     model = build_tiny_qwen(tmp_path / "qwen", char_level=True, max_position_embeddings=16384)
     gen = tmp_path / "gen"
     label_dataset(LabelConfig(str(dataset), str(gen), model=str(model), tokens=6, batch_size=8, progress=False))
-    again = tmp_path / "again"
-    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
-    assert not summary.failed
-    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
-    assert (a["text_generated"] != "").all()
-    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
-    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)
+    _assert_extract_recomputes(gen, tmp_path / "again")
 
 
 def test_label_pixel_data_with_a_vision_language_model(classic_pixel_dataset, tiny_vlm_path, dataset, tmp_path):
@@ -199,10 +203,4 @@ def test_reextract_generated_text_of_pixel_data_matches_generation(classic_pixel
     gen = tmp_path / "gen"
     assert not label_dataset(LabelConfig(str(classic_pixel_dataset), str(gen), model=str(model), input="image",
                                          tokens=5, temperature=1.0, batch_size=8, progress=False)).failed
-    again = tmp_path / "again"
-    summary = extract_dataset(ExtractConfig(str(gen), str(again), layer=-1, batch_size=8, progress=False))
-    assert not summary.failed
-    a, b = read_chunk(list_chunks(gen)[0]), read_chunk(list_chunks(again)[0])
-    assert (a["text_generated"] != "").all()
-    np.testing.assert_array_equal(a["text_generated"], b["text_generated"])
-    np.testing.assert_allclose(a["hidden_state"], b["hidden_state"], rtol=1e-4, atol=1e-4)
+    _assert_extract_recomputes(gen, tmp_path / "again")

@@ -197,6 +197,18 @@ def test_reextract_from_text_equals_generation(qwen_chars):
     np.testing.assert_allclose(again.hidden_state, gen.hidden_state, atol=ATOL)
 
 
+def test_reextract_refuses_what_it_cannot_pool(qwen):
+    ex = TransformersExtractor(spec_for(qwen, tokens=6), model=qwen)
+    with pytest.raises(ValueError, match="exactly one of generated_texts and generated_ids"):
+        ex.reextract(OBS[:1])
+    with pytest.raises(ValueError, match="exactly one of generated_texts and generated_ids"):
+        ex.reextract(OBS[:1], ["x"], generated_ids=[[5]])
+    with pytest.raises(ValueError, match="2 generations for 1 observations"):
+        ex.reextract(OBS[:1], generated_ids=[[5], [6]])
+    with pytest.raises(ValueError, match=r"samples \[1\] have no generated tokens"):
+        ex.reextract(OBS[:2], generated_ids=[[5], []])
+
+
 def test_plain_text_model_without_chat_template(tmp_path):
     plain = load_model(str(build_tiny_qwen(tmp_path / "plain", chat_template=None)))
     ex = TransformersExtractor(spec_for(plain, tokens=3, temperature=0.0), model=plain)

@@ -129,3 +129,19 @@ def prompt_only_ranges(pooling: str, lengths: Sequence[int], observation_ranges:
     if len(empty):
         raise ValueError(f"observations {empty.tolist()} have no tokens to pool (empty text?)")
     return observation_ranges
+
+
+def generated_ids_to_reextract(tokenizer, generated_texts, generated_ids, count: int,
+                               what: str = "observations") -> list[list[int]]:
+    """The generated ids `reextract` pools, from exactly one of generated_texts (tokenized without special tokens)
+    and generated_ids; raises unless there is one non-empty generation for each of the `count` inputs."""
+    if (generated_texts is None) == (generated_ids is None):
+        raise ValueError("give exactly one of generated_texts and generated_ids")
+    if generated_ids is None:
+        generated_ids = tokenizer(list(generated_texts), add_special_tokens=False).input_ids
+    if len(generated_ids) != count:
+        raise ValueError(f"{len(generated_ids)} generations for {count} {what}")
+    empty = [b for b, g in enumerate(generated_ids) if len(g) == 0]
+    if empty:
+        raise ValueError(f"samples {empty} have no generated tokens to pool")
+    return [list(g) for g in generated_ids]

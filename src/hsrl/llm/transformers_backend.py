@@ -43,8 +43,8 @@ from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, prompt_only_ranges, resolve_template_name,
-    sample_keys, sample_uniforms,
+    check_lengths, decode_generated, encode_prompts, eos_ids, generated_ids_to_reextract, prefix_ids,
+    prompt_only_ranges, resolve_template_name, sample_keys, sample_uniforms,
 )
 
 
@@ -419,24 +419,16 @@ class TransformersExtractor(Extractor):
         _refuse_images(images)
         if not self.loaded.causal:
             raise ValueError(f"{self.spec.model} is an encoder model: there is no generated text to re-extract")
-        if (generated_texts is None) == (generated_ids is None):
-            raise ValueError("give exactly one of generated_texts and generated_ids")
         observations = list(observations)
-        if generated_ids is None:
-            enc = self.loaded.tokenizer(list(generated_texts), add_special_tokens=False)
-            generated_ids = enc.input_ids
-        if len(generated_ids) != len(observations):
-            raise ValueError(f"{len(generated_ids)} generations for {len(observations)} observations")
+        generated_ids = generated_ids_to_reextract(self.loaded.tokenizer, generated_texts, generated_ids,
+                                                   len(observations))
         prompts, _ = self.encode(observations)
-        empty = [b for b, g in enumerate(generated_ids) if len(g) == 0]
-        if empty:
-            raise ValueError(f"samples {empty} have no generated tokens to pool")
-        rows = [p + list(g) for p, g in zip(prompts, generated_ids)]
+        rows = [p + g for p, g in zip(prompts, generated_ids)]
         lengths = [len(p) for p in prompts]
         self._check_lengths(rows, lengths, 0)
         ranges = np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
         result = self._run(rows, lengths, layers, return_token_states, ranges=ranges)
-        result.generated_ids = [list(g) for g in generated_ids]
+        result.generated_ids = generated_ids
         result.generated_text = [self._decode(g) for g in generated_ids]
         result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
         return result

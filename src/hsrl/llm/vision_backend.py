@@ -41,7 +41,7 @@ from hsrl.llm.models import LoadedModel, load_vision_model, model_for_spec
 from hsrl.llm.pooling import pool
 from hsrl.llm.prompt import build_vision_template
 from hsrl.llm.spec import ExtractionSpec
-from hsrl.llm.tokens import resolve_template_name, sample_keys, sample_uniforms
+from hsrl.llm.tokens import generated_ids_to_reextract, resolve_template_name, sample_keys, sample_uniforms
 from hsrl.llm.transformers_backend import TransformersExtractor, _find_blocks
 from hsrl.pixels import pixels_to_uint8
 
@@ -262,15 +262,8 @@ class VisionExtractor(TransformersExtractor):
         images=None,
     ) -> ExtractionResult:
         u8, texts = self._inputs(observations, images)
-        if (generated_texts is None) == (generated_ids is None):
-            raise ValueError("give exactly one of generated_texts and generated_ids")
-        if generated_ids is None:
-            generated_ids = self.loaded.tokenizer(list(generated_texts), add_special_tokens=False).input_ids
-        if len(generated_ids) != len(u8):
-            raise ValueError(f"{len(generated_ids)} generations for {len(u8)} images")
-        empty = [b for b, g in enumerate(generated_ids) if len(g) == 0]
-        if empty:
-            raise ValueError(f"samples {empty} have no generated tokens to pool")
+        generated_ids = generated_ids_to_reextract(self.loaded.tokenizer, generated_texts, generated_ids, len(u8),
+                                                   "images")
         placeholders = set(self._placeholder_ids.tolist())
         held = [b for b, g in enumerate(generated_ids) if placeholders.intersection(g)]
         if held:
@@ -282,7 +275,7 @@ class VisionExtractor(TransformersExtractor):
         self._check_lengths(rows, lengths, 0)
         targets = [np.arange(len(p), len(r)) for p, r in zip(prompts, rows)]
         result = self._run(rows, lengths, layers, return_token_states, ranges=_objects(targets))
-        result.generated_ids = [list(g) for g in generated_ids]
+        result.generated_ids = generated_ids
         result.generated_text = [self._decode(g) for g in generated_ids]
         result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
         return result

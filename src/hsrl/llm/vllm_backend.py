@@ -52,8 +52,8 @@ from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, prefix_ids, prompt_only_ranges, resolve_template_name,
-    sample_keys,
+    check_lengths, decode_generated, encode_prompts, eos_ids, generated_ids_to_reextract, prefix_ids,
+    prompt_only_ranges, resolve_template_name, sample_keys,
 )
 
 CONNECTOR = "HsrlHiddenStatesConnector"
@@ -548,23 +548,15 @@ class VLLMExtractor(Extractor):
         images=None,
     ) -> ExtractionResult:
         _refuse_images(images)
-        if (generated_texts is None) == (generated_ids is None):
-            raise ValueError("give exactly one of generated_texts and generated_ids")
         observations = list(observations)
-        if generated_ids is None:
-            generated_ids = self.tokenizer(list(generated_texts), add_special_tokens=False).input_ids
-        if len(generated_ids) != len(observations):
-            raise ValueError(f"{len(generated_ids)} generations for {len(observations)} observations")
-        empty = [b for b, g in enumerate(generated_ids) if len(g) == 0]
-        if empty:
-            raise ValueError(f"samples {empty} have no generated tokens to pool")
+        generated_ids = generated_ids_to_reextract(self.tokenizer, generated_texts, generated_ids, len(observations))
         self._layers(layers)
         prompts, _ = self.encode(observations)
-        rows = [p + list(g) for p, g in zip(prompts, generated_ids)]
+        rows = [p + g for p, g in zip(prompts, generated_ids)]
         lengths = [len(p) for p in prompts]
         self._check_lengths(rows, lengths, 0)
         ranges = np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
-        return self._run(rows, ranges, lengths, layers, return_token_states, [list(g) for g in generated_ids])
+        return self._run(rows, ranges, lengths, layers, return_token_states, generated_ids)
 
 
 def _refuse_images(images) -> None:
