@@ -1,5 +1,5 @@
 """Online PPO steps/s with the LLM in the loop (embedded model, skip-n 25, tokens 1) and without
-(--no-llm), in one run, with the time breakdown of the LLM run. Target: "other" share under 10%.
+(--no-hidden), in one run, with the time breakdown of the LLM run. Target: "other" share under 10%.
 
     python benchmarks/bench_online.py [--env Craftax-Classic-Symbolic-v1] [--envs 32] [--updates 4]
 
@@ -13,9 +13,9 @@ import tempfile
 from hsrl.rl.ppo import OnlineConfig, train_online
 
 
-def run(args, no_llm: bool, folder: str) -> dict:
+def run(args, hidden: bool, folder: str) -> dict:
     config = OnlineConfig(env=args.env, envs=args.envs, steps=args.envs * 64 * args.updates, skip_n=25, tokens=1,
-                          no_llm=no_llm, out=folder, progress=False, save_every=10**9)
+                          hidden=hidden, out=folder, progress=False, save_every=10**9)
     return train_online(config)  # its summary leaves out the first update, which compiles
 
 
@@ -26,12 +26,12 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=5)
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_online_")
-    with_llm = run(args, False, f"{tmp}/llm")
-    without = run(args, True, f"{tmp}/nollm")
+    with_llm = run(args, True, f"{tmp}/llm")
+    without = run(args, False, f"{tmp}/nollm")
     ratio = with_llm["sps"] / without["sps"]
     print(f"{args.env}, {args.envs} envs, {args.updates} updates of 64 steps, skip-n 25, tokens 1, model minilm")
     print(f"with LLM:  {with_llm['sps']:8.1f} SPS ({with_llm['llm_calls']} LLM calls)")
-    print(f"--no-llm:  {without['sps']:8.1f} SPS")
+    print(f"--no-hidden: {without['sps']:8.1f} SPS")
     print(f"ratio (LLM / no-LLM): {ratio:.3f}")
     print("time breakdown with LLM: " + ", ".join(f"{k} {v:.1%}" for k, v in with_llm["time_share"].items()))
     print(json.dumps({"sps_llm": round(with_llm["sps"], 1), "sps_no_llm": round(without["sps"], 1),

@@ -69,14 +69,19 @@ def test_bad_flags_are_refused(tmp_path):
 
 
 def test_collect_with_a_trained_policy(tmp_path):
-    """--checkpoint rolls out a trained (baseline) policy and records its log-probabilities."""
+    """`hsrl collect --checkpoint` rolls out a trained (baseline) policy and records its log-probabilities;
+    `collect` itself takes the policy from its caller and refuses a checkpoint without one."""
+    from hsrl.cli import main
     from hsrl.rl.ppo import OnlineConfig, train_online
 
     run = tmp_path / "run"
-    train_online(OnlineConfig(env=ENV, envs=3, steps=48, num_steps=16, num_minibatches=1, width=16, no_llm=True,
+    train_online(OnlineConfig(env=ENV, envs=3, steps=48, num_steps=16, num_minibatches=1, width=16, hidden=False,
                               out=str(run), progress=False))
     out = tmp_path / "data"
-    collect(_config(out, steps=24, checkpoint=str(run)))
+    assert main(["collect", "--env", ENV, "--envs", "3", "--steps", "24", "--chunk-steps", "8", "--seed", "7",
+                 "--checkpoint", str(run), "--out", str(out), "--no-progress"]) == 0
     c = read_chunk(list_chunks(out)[0])
     assert c.meta.extra["policy"] == str(run)
     assert np.all(c["log_prob"] <= 0) and not np.allclose(c["log_prob"], -np.log(17.0))
+    with pytest.raises(ValueError, match="pass its policy"):
+        collect(_config(tmp_path / "nopolicy", steps=24, checkpoint=str(run)))

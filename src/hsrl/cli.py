@@ -12,21 +12,40 @@ import sys
 import types
 import typing
 
-# verb -> ("module", "ConfigClass", "run_function", "one-line summary")
-VERBS: dict[str, tuple[str, str, str, str]] = {
-    "quickstart": ("hsrl.quickstart", "QuickstartConfig", "run_quickstart", "the whole pipeline at small scale, with a report"),
-    "envs": ("hsrl.env.cli", "EnvsConfig", "run_envs", "list the Craftax environments with their actions and achievements"),
-    "collect": ("hsrl.data.collect", "CollectConfig", "run_collect", "roll out a policy and write trajectory chunk files"),
-    "label": ("hsrl.data.label", "LabelConfig", "run_label", "add LLM hidden states to a dataset (resumable)"),
-    "extract": ("hsrl.data.label", "ExtractConfig", "run_extract", "re-extract hidden states of labelled data (other layer/pooling)"),
-    "online": ("hsrl.rl.ppo", "OnlineConfig", "run_online", "online PPO with live LLM hidden states (or --no-llm)"),
-    "eval": ("hsrl.evaluate", "EvalConfig", "run_eval", "evaluate a policy with hidden-state ablations"),
-    "returns": ("hsrl.data.cli", "ReturnsConfig", "run_returns", "add discounted returns-to-go to a dataset folder's chunks"),
-    "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
-    "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),
-    "plot": ("hsrl.rl.cli", "PlotConfig", "run_plot", "draw learning curves of training runs into PNG files"),
-    "serve": ("hsrl.serve.cli", "ServeConfig", "run_serve", "serve hidden states over HTTP, batching concurrent requests"),
+from hsrl.errors import UserError
+
+# verb -> ("module:ConfigClass", "module:run_function", "one-line summary"). The config lives with the code
+# that runs the verb; a run function only reads it (and prints).
+VERBS: dict[str, tuple[str, str, str]] = {
+    "quickstart": ("hsrl.quickstart:QuickstartConfig", "hsrl.quickstart:run_quickstart",
+                   "the whole pipeline at small scale, with a report"),
+    "envs": ("hsrl.env.catalog:EnvsConfig", "hsrl.env.cli:run_envs",
+             "list the Craftax environments with their actions and achievements"),
+    "collect": ("hsrl.data.collect:CollectConfig", "hsrl.rl.cli:run_collect",
+                "roll out a policy and write trajectory chunk files"),
+    "label": ("hsrl.data.label:LabelConfig", "hsrl.data.label:run_label",
+              "add LLM hidden states to a dataset (resumable)"),
+    "extract": ("hsrl.data.label:ExtractConfig", "hsrl.data.label:run_extract",
+                "re-extract hidden states of labelled data (other layer/pooling)"),
+    "online": ("hsrl.rl.ppo:OnlineConfig", "hsrl.rl.ppo:run_online",
+               "online PPO with live LLM hidden states (or --no-hidden)"),
+    "eval": ("hsrl.evaluate:EvalConfig", "hsrl.evaluate:run_eval", "evaluate a policy with hidden-state ablations"),
+    "returns": ("hsrl.data.returns:ReturnsConfig", "hsrl.data.cli:run_returns",
+                "add discounted returns-to-go to a dataset folder's chunks"),
+    "stats": ("hsrl.data.stats:StatsConfig", "hsrl.data.cli:run_stats",
+              "dataset summary and hidden-state normalisation statistics"),
+    "train-awr": ("hsrl.rl.awr:TrainAWRConfig", "hsrl.rl.cli:run_train_awr",
+                  "train a policy offline with AWR, with or without hidden states (resumable)"),
+    "plot": ("hsrl.rl.plot:PlotConfig", "hsrl.rl.cli:run_plot", "draw learning curves of training runs into PNG files"),
+    "serve": ("hsrl.serve.server:ServeConfig", "hsrl.serve.cli:run_serve",
+              "serve hidden states over HTTP, batching concurrent requests"),
 }
+
+
+def load(target: str):
+    """The object a "module:name" string names (imported now)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _flag_type(tp):
@@ -58,9 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
             continue
         flag = "--" + field.name.replace("_", "-")
-        if tp is bool and field.name.startswith("no_"):  # --no-llm: a plain switch, not --no-no-llm
-            parser.add_argument(flag, action="store_true", default=default, help=help_text)
-        elif tp is bool:
+        if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(
@@ -88,11 +105,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         description="LLM hidden states as inputs to RL policies on Craftax. Run `hsrl VERB --help` for a verb's flags.",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name, (module, cls_name, _, summary) in VERBS.items():
+    for name, (config_target, _, summary) in VERBS.items():
         if verb is not None and name != verb:
             sub.add_parser(name, help=summary)
             continue
-        config_cls = getattr(importlib.import_module(module), cls_name)
+        config_cls = load(config_target)
         p = sub.add_parser(
             name, help=summary, description=(config_cls.__doc__ or summary).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,13 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
-    module, cls_name, fn_name, _ = VERBS[args.verb]
-    mod = importlib.import_module(module)
-    config = config_from_args(getattr(mod, cls_name), args)
+    config_target, run_target, _ = VERBS[args.verb]
     try:
-        result = getattr(mod, fn_name)(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        # Bad input: a clear one-line message, not a traceback.
+        config = config_from_args(load(config_target), args)
+        result = load(run_target)(config)
+    except (UserError, FileNotFoundError, FileExistsError) as err:
+        # A mistake in the input: one clear line. Anything else is a bug and keeps its traceback.
         print(f"hsrl {args.verb}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

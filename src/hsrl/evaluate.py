@@ -1,9 +1,9 @@
 """`hsrl eval`: run a trained policy in its env and report returns, achievements and Craftax score,
 with ablations that show whether the policy really uses the hidden state.
 
-Hidden states come from a hidden-state server (`--server URL`, spec checked against the checkpoint's
-before anything runs) or are computed in-process by the same functions (render_text + Extractor).
-They refresh every `--skip-n` steps and at once when an episode resets, as in online training
+Hidden states come from `hsrl.rl.live` exactly as in online training (`LiveHidden` with a `ServerSource`
+for `--server URL`, spec checked against the checkpoint's before anything runs, else an `ExtractorSource`
+computing them in-process). They refresh every `--skip-n` steps and at once when an episode resets
 (default skip-n: the checkpoint's online setting, else 1 = every step, as offline data were labelled).
 
 Ablations act on what the network reads (its normalised hidden input):
@@ -25,9 +25,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import io_callback
 
 from hsrl.env import craftax_score, make_env
+from hsrl.errors import InputError
+from hsrl.rl.live import LiveHidden, Runner, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
 DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your surroundings."
@@ -59,21 +60,21 @@ class EvalConfig:
         names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
         bad = [a for a in names if a not in ABLATIONS]
         if bad or not names:
-            raise ValueError(f"--ablation {self.ablation!r}: expected a comma-separated subset of {','.join(ABLATIONS)}")
+            raise InputError(f"--ablation {self.ablation!r}: expected a comma-separated subset of {','.join(ABLATIONS)}")
         return names
 
 
 class AblatedHidden:
     """Host callback: the hidden states an ablation hands the policy for the environments asked for."""
 
-    def __init__(self, live, ablation: str, stats, constant_state: np.ndarray | None, seed: int):
+    def __init__(self, live: LiveHidden, ablation: str, stats, constant_state: np.ndarray | None, seed: int):
         self.live, self.ablation, self.stats = live, ablation, stats
         self.constant_state = constant_state
         self.rng = np.random.default_rng(seed)
-        self.reads_images = live.reads_images
+        self.reads_images, self.hidden_size = live.reads_images, live.hidden_size
 
     def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
-        n, h = len(mask), self.live.hidden_size
+        n, h = len(mask), self.hidden_size
         if self.ablation == "real":
             return self.live(sym, mask, pixels)
         if self.ablation == "zero":
@@ -86,42 +87,24 @@ class AblatedHidden:
 
 
 def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool, frames: bool):
-    """Jitted `(carry) -> (carry, outputs)` over `length` steps; the LLM is called through `hidden_fn`."""
-    E = env.num_envs
+    """Jitted `(runner) -> (runner, outputs)` over `length` steps; the LLM is called through `hidden_fn`
+    (`refresh` of `hsrl.rl.live`; None for a policy that reads no hidden state)."""
     uses_hidden = hidden_fn is not None
-    H = policy.network.hidden_size if uses_hidden else 1
     render = _pixel_renderer(env) if frames else None
 
-    def refresh(carry):
-        env_state, obs, sym, hidden, fresh, since, key = carry
-        if not uses_hidden:
-            return carry
-        periodic = since >= skip_n
-        mask = fresh | periodic
-
-        def call(_):
-            frames = (obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
-            new = io_callback(hidden_fn, jax.ShapeDtypeStruct((E, H), jnp.float32), sym, mask, *frames,
-                              ordered=False)
-            return jnp.where(mask[:, None], new, hidden)
-
-        hidden = jax.lax.cond(mask.any(), call, lambda _: hidden, None)
-        return env_state, obs, sym, hidden, jnp.zeros_like(fresh), jnp.where(periodic, 0, since), key
-
-    def step(carry, _):
-        env_state, obs, sym, hidden, fresh, since, key = refresh(carry)
-        key, k_act, k_env = jax.random.split(key, 3)
-        logits, _ = policy.apply(obs, hidden if uses_hidden else None)
+    def step(runner: Runner, _):
+        runner = refresh(runner, hidden_fn, skip_n)
+        key, k_act, k_env = jax.random.split(runner.key, 3)
+        logits, _ = policy.apply(runner.obs, runner.hidden if uses_hidden else None)
         action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_act, logits)
-        obs, env_state, reward, done, info = env.step(k_env, env_state, action)
-        sym = info["symbolic_obs"] if env.with_symbolic else obs
+        obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
         out = {"done": done, "episode_return": info["episode_return"], "episode_length": info["episode_length"],
                "achievements": info["achievements"]}
         if render is not None:
             out["frame"] = render(jax.tree.map(lambda x: x[0], env_state.env_state))
-        return (env_state, obs, sym, hidden, done, since + 1, key), out
+        return runner.advance(env, env_state, obs, info, done, key), out
 
-    return jax.jit(lambda carry: jax.lax.scan(step, carry, None, length=length))
+    return jax.jit(lambda runner: jax.lax.scan(step, runner, None, length=length))
 
 
 def _pixel_renderer(env):
@@ -150,7 +133,7 @@ def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfi
     E = env.num_envs
     H = policy.network.hidden_size if uses_hidden else 1
     hidden = jnp.full((E, H), jnp.nan) if uses_hidden else jnp.zeros((E, 1))
-    carry = (env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
+    carry = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
     returns, lengths, achievements, frames = [], [], [], []
     steps = 0
     while len(returns) < config.episodes and steps < config.max_steps:
@@ -230,32 +213,34 @@ def evaluate(config: EvalConfig) -> dict:
     from tqdm.auto import tqdm
 
     from hsrl.rl.checkpoint import load_policy
-    from hsrl.rl.ppo import LiveHidden
 
     ablations = config.ablations()
     if config.episodes < 1 or config.envs < 1:
-        raise ValueError("--episodes and --envs must be at least 1")
+        raise InputError("--episodes and --envs must be at least 1")
     policy = load_policy(config.checkpoint)
     train = (policy.meta or {}).get("train_config") or {}
     skip_n = config.skip_n or int(train.get("skip_n", 1))
     env = make_env(policy.env_name, config.envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
     if tuple(env.info.obs_shape) != tuple(policy.network.obs_shape):
-        raise ValueError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
+        raise InputError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
                          f"{env.info.obs_shape}")
     live = None
     if policy.uses_hidden:
         if config.server:
             from hsrl.serve.client import HiddenStateClient
 
+            from hsrl.rl.live import ServerSource
+
             client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
             client.check_spec(policy.spec_json, allow=config.allow_spec_mismatch)  # before anything runs
-            live = LiveHidden(env.info.variant, policy.hidden_stats, client=client)
-            policy.check_compatible(hidden_size=live.hidden_size, what=f"the server {config.server}")
+            source = ServerSource(client)
+            policy.check_compatible(hidden_size=source.hidden_size, what=f"the server {config.server}")
         else:
             from hsrl.llm import ExtractionSpec, make_extractor
+            from hsrl.rl.live import ExtractorSource
 
-            extractor = make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device)
-            live = LiveHidden(env.info.variant, policy.hidden_stats, extractor=extractor)
+            source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device))
+        live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
     constant = None
@@ -263,10 +248,8 @@ def evaluate(config: EvalConfig) -> dict:
         if live.reads_images:  # a fixed frame: environment 0's first observation under the evaluation seed
             obs0, _, info0 = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(config.seed))[0])
             constant = live.states(np.asarray(info0["symbolic_obs"])[:1], np.asarray(obs0)[:1])[0]
-        elif live.client is not None:
-            constant = live.client.hidden_states(texts=[config.constant_text])[0]
         else:
-            constant = live.extractor.extract([config.constant_text]).hidden_state[0]
+            constant = live.source.hidden_states([config.constant_text])[0]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)

@@ -60,8 +60,7 @@ def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.data.stats import STATS_FILE, dataset_stats
     from hsrl.data.chunks import write_text_atomic
     from hsrl.evaluate import EvalConfig, evaluate
-    from hsrl.rl.cli import TrainAWRConfig
-    from hsrl.rl.awr import train_awr
+    from hsrl.rl.awr import TrainAWRConfig, train_awr
     from hsrl.rl.plot import plot_runs
     from hsrl.rl.ppo import OnlineConfig, train_online
 

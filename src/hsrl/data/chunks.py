@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hsrl.errors import InputError
 from hsrl.llm.spec import spec_hash  # noqa: F401  (re-exported: the one spec hash)
 from hsrl.pixels import pixels_to_uint8, uint8_to_pixels  # noqa: F401  (re-exported by hsrl.data)
 
@@ -74,7 +75,7 @@ TEXT_KEYS = ("text_obs", "text_generated")
 PIXEL_ROUNDTRIP_MAX_ERROR = 0.5 / 255  # see pixels_to_uint8
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError):
     """A data file that is missing a key, has a wrong shape or dtype, or is corrupt. Names file and field."""
 
     def __init__(self, path: str | os.PathLike | None, field: str | None, problem: str):

@@ -1,5 +1,9 @@
 """`hsrl collect`: roll out a policy in Craftax and write consecutive chunk files.
 
+The policy is a function `(key, obs) -> (action, log_prob)` given by the caller: a uniform random one
+by default, or a trained one (`hsrl.rl.checkpoint.checkpoint_policy`, wired by `hsrl.rl.cli.run_collect`),
+so collection never imports `hsrl.rl`.
+
 Each chunk is one jitted `lax.scan` over `chunk_steps` steps of all environments; Python runs once per
 chunk (render text, write the file, save the rollout state). After every chunk the env state, the
 random key and the step count are saved (`collect_state.npz`, atomically), so a rerun with the same
@@ -8,6 +12,7 @@ flags resumes after the last finished chunk and produces the same files as an un
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,8 +22,12 @@ import numpy as np
 
 from hsrl.data.chunks import ChunkMeta, atomic_path, chunk_path, write_chunk
 from hsrl.env import ENV_NAMES, env_info, make_env
+from hsrl.errors import InputError
 
 STATE_FILE = "collect_state.npz"
+
+# `(key, obs (E, ...)) -> (action (E,) int, log_prob (E,) float32)`, traced inside the chunk's scan
+Policy = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,12 @@ class CollectConfig:
 
     def check(self) -> None:
         if self.env not in ENV_NAMES:
-            raise ValueError(f"--env {self.env!r} is not one of {', '.join(ENV_NAMES)}")
+            raise InputError(f"--env {self.env!r} is not one of {', '.join(ENV_NAMES)}")
         for name in ("envs", "steps", "chunk_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.policy != "random":
-            raise ValueError(f"--policy {self.policy!r}: only 'random' is available (or give --checkpoint)")
+            raise InputError(f"--policy {self.policy!r}: only 'random' is available (or give --checkpoint)")
 
     @property
     def num_chunks(self) -> int:
@@ -70,27 +79,9 @@ def random_policy(num_actions: int):
     return act
 
 
-def checkpoint_policy(path: str, env_name: str):
-    """A trained policy: `(key, obs) -> (sampled action, its log-probability)`."""
-    from hsrl.rl.checkpoint import load_policy
-
-    policy = load_policy(path)
-    policy.check_compatible(env_name=env_name, what="this collection")
-    if policy.uses_hidden:
-        raise ValueError(f"{path} reads hidden states; collect with a policy that does not (a --no-hidden or "
-                         f"--no-llm run), then label the data")
-    module, params = policy.module, policy.params
-
-    def act(key, obs):
-        logits, _ = module.apply(params, obs, None)
-        action = jax.random.categorical(key, logits)
-        return action, jax.nn.log_softmax(logits)[jnp.arange(obs.shape[0]), action]
-
-    return act
-
-
 def make_chunk_rollout(env, policy, chunk_steps: int):
-    """A jitted function `(obs, state, key) -> (obs, state, key, transitions)` over one chunk."""
+    """A jitted function `(obs, sym, state, key) -> (obs, sym, state, key, transitions)` over one chunk, where
+    `sym` is the symbolic observation of the same state (pixel envs; for symbolic envs it is `obs`)."""
     need_symbolic = env.info.pixels
 
     def body(carry, _):
@@ -130,20 +121,24 @@ def _load_state(out: Path, template, config: CollectConfig):
         differ = [k for k in ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps")
                   if saved.get(k) != mine[k]]
         if differ:
-            raise ValueError(f"{out} holds a collection made with different {', '.join(differ)}; "
+            raise InputError(f"{out} holds a collection made with different {', '.join(differ)}; "
                              f"use another --out or the same flags to resume")
         leaves, treedef = jax.tree.flatten(template)
         loaded = [jnp.asarray(z[f"leaf_{i}"]) for i in range(len(leaves))]
         return jax.tree.unflatten(treedef, loaded), int(z["next_chunk"])
 
 
-def collect(config: CollectConfig) -> Path:
+def collect(config: CollectConfig, policy: Policy | None = None) -> Path:
+    """Collect (or resume) into `config.out`. `policy` is `(key, obs) -> (action, log_prob)`; None: uniform
+    random. With `config.checkpoint` (recorded in the files), pass the policy built from that checkpoint."""
     config.check()
+    if config.checkpoint and policy is None:
+        raise InputError(f"--checkpoint {config.checkpoint}: pass its policy (hsrl.rl.checkpoint.checkpoint_policy)")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     info = env_info(config.env)
     env = make_env(config.env, config.envs, with_symbolic=info.pixels, max_timesteps=config.max_episode_steps)
-    policy = checkpoint_policy(config.checkpoint, config.env) if config.checkpoint else random_policy(info.num_actions)
+    policy = policy or random_policy(info.num_actions)
     rollout = make_chunk_rollout(env, policy, config.chunk_steps)
 
     key = jax.random.PRNGKey(config.seed)
@@ -182,9 +177,3 @@ def collect(config: CollectConfig) -> Path:
         bar.set_postfix(episodes=episodes, chunk=index)
     bar.close()
     return out
-
-
-def run_collect(config: CollectConfig) -> int:
-    out = collect(config)
-    print(f"wrote {config.num_chunks} chunks of {config.chunk_steps} x {config.envs} steps to {out}")
-    return 0

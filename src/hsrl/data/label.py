@@ -29,6 +29,7 @@ from hsrl.llm.flags import SpecFlags
 from hsrl.data.chunks import (
     ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, write_chunk_streamed,
 )
+from hsrl.errors import InputError
 
 PARTIAL_DIR = ".partial"
 
@@ -216,7 +217,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     files = list_chunks(in_dir)
     out = Path(out_dir)
     if out.resolve() == Path(in_dir).resolve():
-        raise ValueError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
+        raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".chunk_*.npz.*.tmp"):  # left by a process killed while writing a final file
         stale.unlink()
@@ -265,12 +266,12 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
 
 def label_dataset(config: LabelConfig) -> LabelSummary:
     if config.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.ray is not None and config.backend == "vllm":
         # One vLLM engine per GPU (Ray gives each actor its own CUDA_VISIBLE_DEVICES); on CPUs one engine, which
         # uses every core by itself.
         if config.gpus_per_worker not in (0, 1):
-            raise ValueError(f"--backend vllm runs one engine per GPU: --gpus-per-worker 1 (or 0 on CPUs), "
+            raise InputError(f"--backend vllm runs one engine per GPU: --gpus-per-worker 1 (or 0 on CPUs), "
                              f"not {config.gpus_per_worker}")
         if config.workers is None and config.gpus_per_worker == 0:
             config = replace(config, workers=1)

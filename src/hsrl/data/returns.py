@@ -18,6 +18,23 @@ import numpy as np
 from hsrl.data.chunks import (
     check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk,
 )
+from hsrl.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ReturnsConfig:
+    """Add discounted returns-to-go to every chunk of a dataset folder.
+
+    Computes `return_to_go` (float32) per environment across consecutive chunk files, so an episode
+    that spans files gets its full discounted return, and `return_truncated` (bool) for rows whose
+    episode was still running at the end of the data. Each chunk is rewritten atomically; the gamma is
+    recorded in its metadata. Rerun after collecting more chunks.
+    """
+
+    directory: str = dataclasses.field(metadata={"positional": True,
+                                                 "help": "dataset folder of chunk_NNNNNN.npz files"})
+    gamma: float = dataclasses.field(default=0.99, metadata={"help": "discount factor, in [0, 1]"})
+    progress: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar over files (default: on)"})
 
 
 def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float,
@@ -49,7 +66,7 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
     changes the returns of the last episodes). Returns a summary dict.
     """
     if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        raise InputError(f"gamma must lie in [0, 1], got {gamma}")
     files = list_chunks(directory)
     infos = [inspect_chunk(p) for p in files]
     check_consecutive(infos)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,30 @@ from hsrl.data.chunks import (
     DataFileError, META_KEY, check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, spec_differences,
     spec_hash, write_text_atomic,
 )
+from hsrl.errors import InputError
 
 DEFAULT_STD_FLOOR = 1e-6
 STATS_FILE = "stats.json"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Summarise a dataset folder and compute hidden-state normalisation statistics.
+
+    One streaming pass over the chunks: samples, finished episodes, episode return and length
+    (mean/std/min/max), per-achievement counts when recorded, and the per-dimension mean and std
+    (floored) of pooled hidden states, tagged with the data's extraction spec. Prints a summary and
+    saves the full result as JSON (`hidden_stats` in it is what training loads).
+    """
+
+    directory: str = field(metadata={"positional": True, "help": "dataset folder of chunk_NNNNNN.npz files"})
+    out: str | None = field(default=None, metadata={"help": f"where to save the JSON (default: DIRECTORY/{STATS_FILE})"})
+    std_floor: float = field(default=DEFAULT_STD_FLOOR,
+                             metadata={"help": "lower bound on each hidden dimension's std, so constant dimensions "
+                                               "do not divide by zero"})
+    hidden: bool = field(default=True, metadata={"help": "compute hidden-state statistics when the files carry "
+                                                         "hidden_state (default: on; --no-hidden: summary only)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over files (default: on)"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +102,7 @@ class HiddenStats:
         d = json.loads(Path(path).read_text())
         if "hidden_stats" in d:
             if d["hidden_stats"] is None:
-                raise ValueError(f"{path}: has no hidden-state statistics (the data carried no hidden_state)")
+                raise InputError(f"{path}: has no hidden-state statistics (the data carried no hidden_state)")
             d = d["hidden_stats"]
         return cls.from_dict(d)
 
@@ -163,7 +184,7 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
     differ are refused, naming the fields; so are datasets where only some files carry a key.
     """
     if std_floor <= 0:
-        raise ValueError(f"std_floor must be positive, got {std_floor}")
+        raise InputError(f"std_floor must be positive, got {std_floor}")
     files = list_chunks(directory)
     infos = [inspect_chunk(p) for p in files]
     check_consecutive(infos)

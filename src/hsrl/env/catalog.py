@@ -1,8 +1,10 @@
 """What each Craftax variant is: names, actions, achievements and observation shapes, read from Craftax."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
+
+from hsrl.errors import InputError
 
 ENV_NAMES = (
     "Craftax-Symbolic-v1",
@@ -41,7 +43,7 @@ class EnvInfo:
 
 def check_env_name(name: str) -> str:
     if name not in ENV_NAMES:
-        raise ValueError(f"unknown environment {name!r}; expected one of {', '.join(ENV_NAMES)}")
+        raise InputError(f"unknown environment {name!r}; expected one of {', '.join(ENV_NAMES)}")
     return name
 
 
@@ -86,3 +88,10 @@ def env_info(name: str) -> EnvInfo:
         symbolic_obs_shape=tuple(int(d) for d in symbolic.observation_space(params).shape),
         view_shape=(int(const.OBS_DIM[0]), int(const.OBS_DIM[1])),
     )
+
+
+@dataclass(frozen=True)
+class EnvsConfig:
+    """List the Craftax environments with their observation shapes, actions and achievements."""
+
+    env: str | None = field(default=None, metadata={"help": "show one environment in full (default: a summary of all)"})

@@ -1,15 +1,6 @@
-"""`hsrl envs`: list the Craftax environments hsrl knows, read from Craftax."""
+"""`hsrl envs`: list the Craftax environments hsrl knows, read from Craftax (config: `hsrl.env.catalog.EnvsConfig`)."""
 
-from dataclasses import dataclass, field
-
-from hsrl.env.catalog import ENV_NAMES, env_info
-
-
-@dataclass(frozen=True)
-class EnvsConfig:
-    """List the Craftax environments with their observation shapes, actions and achievements."""
-
-    env: str | None = field(default=None, metadata={"help": "show one environment in full (default: a summary of all)"})
+from hsrl.env.catalog import ENV_NAMES, EnvsConfig, env_info
 
 
 def run_envs(config: EnvsConfig) -> int:

@@ -3,6 +3,7 @@
 
 from dataclasses import dataclass, field
 
+from hsrl.errors import InputError
 from hsrl.llm.spec import ExtractionSpec
 
 
@@ -15,14 +16,18 @@ class SpecFlags:
     template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (mixed per sample with the prompt)"})
+    llm_seed: int = field(default=0, metadata={"help": "the LLM's sampling seed when generating (mixed per sample with the prompt; the spec's `seed`)"})
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
     input: str = field(default="text", metadata={"help": "what the model reads: 'text' (rendered observation), 'image' (pixels; vision-language models, pixel envs) or 'image+text'"})
     backend: str = field(default="transformers", metadata={"help": "'transformers' or 'vllm' (pip install 'hsrl[vllm]')"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
 
     def extraction_spec(self, variant: str) -> ExtractionSpec:
-        return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
-                              template=self.template, temperature=self.temperature, top_p=self.top_p,
-                              seed=self.seed, dtype=self.dtype, variant=variant, input=self.input,
-                              backend=self.backend)
+        """The spec these flags give; a bad flag value is an `InputError` naming it."""
+        try:
+            return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
+                                  template=self.template, temperature=self.temperature, top_p=self.top_p,
+                                  seed=self.llm_seed, dtype=self.dtype, variant=variant, input=self.input,
+                                  backend=self.backend)
+        except ValueError as err:
+            raise InputError(str(err)) from None

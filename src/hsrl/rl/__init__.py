@@ -5,7 +5,9 @@
     actions = policy.act(obs, hidden_raw, key)   # raw hidden states are normalised inside
 
 Importing this package does not import JAX-heavy training code beyond the networks; `hsrl.rl.awr`
-holds the algorithm, `hsrl.rl.cli` the `train-awr` and `plot` verbs.
+holds offline AWR, `hsrl.rl.ppo` online PPO, `hsrl.rl.live` the hidden states both online PPO and
+`hsrl.evaluate` compute while the environments run, and `hsrl.rl.cli` the run functions of `train-awr`,
+`plot` and `collect`.
 """
 
 from hsrl.rl.checkpoint import (

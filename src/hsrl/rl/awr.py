@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,18 +38,74 @@ import optax
 
 from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks, load_dataset, write_text_atomic
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
+from hsrl.errors import InputError
 from hsrl.rl.checkpoint import (
     CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta, restore_state,
     save_checkpoint,
 )
 from hsrl.rl.metrics import MetricsLogger
-from hsrl.rl.networks import NetworkConfig, init_params, make_network
-
-if TYPE_CHECKING:
-    from hsrl.rl.cli import TrainAWRConfig
+from hsrl.rl.networks import ACTIVATIONS, NetworkConfig, init_params, make_network
 
 RUN_CONFIG_FILE = "run_config.json"
 HOST_BLOCK_BYTES = 64 << 20  # host loader: at most this many bytes of batches per jitted call
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainAWRConfig:
+    """Train a policy offline with Advantage-Weighted Regression, with or without LLM hidden states.
+
+    A = return_to_go - V(s); actor loss -mean(min(exp(A / beta), max_weight) * log pi(a|s)) (weight not
+    back-propagated); critic loss 0.5 * mean(A^2); Adam. With hidden states (the default) the network
+    concatenates the z-scored hidden state with the observation features (ActorCriticConvAug for pixels,
+    ActorCriticMLPAug for symbolic observations); --no-hidden trains the baseline (ActorCriticConv /
+    ActorCriticMLP). Writes OUT/metrics.jsonl, OUT/tensorboard/, and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json}
+    (network config, params, optimiser state, step, rng, hidden statistics, extraction spec). Rerunning the
+    same command resumes from the newest checkpoint; a larger --steps continues a finished run.
+    """
+
+    data_dir: str = dataclasses.field(metadata={"positional": True, "help": "dataset folder with return_to_go "
+                                                                "(`hsrl returns`) and, unless --no-hidden, hidden_state"})
+    out: str = dataclasses.field(metadata={"help": "run folder (created; rerun to resume)"})
+    hidden: bool = dataclasses.field(default=True, metadata={"help": "read hidden states (default: on; --no-hidden: the baseline)"})
+    steps: int = dataclasses.field(default=100_000, metadata={"help": "total gradient steps"})
+    batch_size: int = dataclasses.field(default=256, metadata={"help": "samples per gradient step"})
+    lr: float = dataclasses.field(default=3e-4, metadata={"help": "Adam learning rate"})
+    beta: float = dataclasses.field(default=10.0, metadata={"help": "AWR temperature: weight = exp(advantage / beta)"})
+    max_weight: float = dataclasses.field(default=20.0, metadata={"help": "clip of the AWR weight"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed (initialisation and batch sampling; recorded)"})
+    log_every: int = dataclasses.field(default=1000, metadata={"help": "steps between metric lines (means over the interval)"})
+    save_every: int = dataclasses.field(default=10_000, metadata={"help": "steps between checkpoints (a final one is always written)"})
+    keep: int = dataclasses.field(default=3, metadata={"help": "checkpoints kept (the newest; final ones are never deleted)"})
+    steps_per_call: int = dataclasses.field(default=100, metadata={"help": "gradient steps per jitted call (lax.scan); the host "
+                                                               "loader lowers it to keep a call's batches under 64 MB"})
+    device_data: bool | None = dataclasses.field(default=None, metadata={
+        "help": "put the whole dataset on the device and sample batches there (default: when it fits "
+                "--device-data-max-gb and half the device memory; --no-device-data: background host loader)"})
+    device_data_max_gb: float = dataclasses.field(default=4.0, metadata={"help": "largest dataset put on the device automatically"})
+    cache_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "load the data through memory-mapped .npy files in this folder (built on first use; for data "
+                "larger than memory)"})
+    truncated: bool = dataclasses.field(default=False, metadata={"help": "also train on rows of episodes still running at the end "
+                                                             "of the data (their return_to_go is cut off)"})
+    width: int = dataclasses.field(default=512, metadata={"help": "features of the encoder and the head layers"})
+    activation: str = dataclasses.field(default="relu", metadata={"help": f"dense-layer activation: {', '.join(ACTIVATIONS)}"})
+    allow_spec_mismatch: bool = dataclasses.field(default=False, metadata={
+        "help": "resume even if the data's extraction spec differs from the checkpoint's (hidden sizes must match)"})
+    tensorboard: bool = dataclasses.field(default=True, metadata={"help": "write TensorBoard event files (metrics.jsonl always)"})
+    progress: bool = dataclasses.field(default=True, metadata={"help": "show progress bars"})
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "save_every", "steps_per_call", "width"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "beta", "max_weight"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.activation not in ACTIVATIONS:
+            raise InputError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -255,6 +311,84 @@ def block_schedule(start: int, end: int, per_call: int, every: tuple[int, ...]) 
     return blocks
 
 
+class DeviceBatches:
+    """Batch source for data that fits the device: the arrays are put there once and every call gathers
+    its batches inside the jitted scan."""
+
+    where = "device"
+
+    def __init__(self, update, arrays: Mapping[str, np.ndarray], rows: np.ndarray, batch_size: int, device):
+        self.data = jax.device_put({**arrays, "rows": rows}, device)
+        self.block = make_device_block(update, batch_size)
+
+    def run(self, state: AWRState, start: int, length: int):
+        """`length` updates from step `start` (the state's own step): (state, mean metrics)."""
+        return self.block(state, self.data, length)
+
+    def close(self) -> None:
+        pass
+
+
+class HostBatches:
+    """Batch source for data in host memory: a `Prefetcher` thread gathers each call's batches and puts them
+    on the device ahead, in the order of `blocks`."""
+
+    where = "host loader"
+
+    def __init__(self, update, arrays: Mapping[str, np.ndarray], rows: np.ndarray, batch_size: int, device,
+                 rng: jax.Array, blocks: list[tuple[int, int]]):
+        self.block = make_batches_block(update)
+        self.prefetch = Prefetcher(arrays, rows, rng, blocks, batch_size, device=device)
+        self._ready = iter(self.prefetch)
+
+    def run(self, state: AWRState, start: int, length: int):
+        return self.block(state, next(self._ready))
+
+    def close(self) -> None:
+        self.prefetch.close()
+
+
+def run(state: AWRState, batches, blocks: list[tuple[int, int]], after_block: Callable, on_finished: Callable):
+    """Train through `blocks` ((start, length) per jitted call) with a batch source (`DeviceBatches` or
+    `HostBatches`). One call stays in flight: call k+1 is queued before call k's result is waited for, so the
+    device never idles on Python. `after_block(state, step, length, metrics)` runs as each call is queued
+    (logging, checkpoints); `on_finished(length)` when a call's work is done (the progress bar)."""
+    pending = None
+    for start, length in blocks:
+        state, metrics = batches.run(state, start, length)
+        if pending is not None:
+            jax.block_until_ready(pending[1])
+            on_finished(pending[0])
+        pending = (length, metrics)
+        after_block(state, start + length, length, metrics)
+    if pending is not None:
+        jax.block_until_ready(pending[1])
+        on_finished(pending[0])
+    return state
+
+
+class Interval:
+    """Metrics between two log lines: the means of the calls' metrics (weighted by their steps) and the
+    throughput over the interval's wall time."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.step, self.batch_size, self.parts, self.tick = step, batch_size, [], time.perf_counter()
+
+    def add(self, length: int, metrics: dict) -> None:
+        self.parts.append((length, metrics))
+
+    def close(self, step: int) -> dict[str, float]:
+        """The interval's values (metric means, SPS, samples_per_second); starts the next interval."""
+        host = jax.device_get([m for _, m in self.parts])
+        weights = np.array([n for n, _ in self.parts], np.float64)
+        values = {k: float(np.average([float(m[k]) for m in host], weights=weights)) for k in host[0]}
+        now = time.perf_counter()
+        values["SPS"] = (step - self.step) / (now - self.tick)
+        values["samples_per_second"] = values["SPS"] * self.batch_size
+        self.step, self.parts, self.tick = step, [], now
+        return values
+
+
 # ------------------------------------------------------------------------------------------- data
 
 
@@ -307,7 +441,7 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
     trunc = ds["return_truncated"]
     rows = np.arange(len(ds), dtype=np.int32) if truncated else np.flatnonzero(~trunc).astype(np.int32)
     if len(rows) == 0:
-        raise ValueError(f"{data_dir}: every row belongs to an episode still running at the end of the data "
+        raise InputError(f"{data_dir}: every row belongs to an episode still running at the end of the data "
                          "(its return_to_go is cut off); collect more steps, or pass --truncated to use them anyway")
     return AWRData(arrays, rows, ds.meta.env_name, ds.meta.obs_kind, ds.meta.spec_json, len(ds),
                    0 if truncated else int(trunc.sum()))
@@ -348,15 +482,9 @@ def _check_same_run(out: Path, config: TrainAWRConfig) -> None:
         differ = [k for k in IDENTITY_FIELDS if saved.get(k) != mine.get(k)]
         if differ:
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
-            raise ValueError(f"{out} holds a run started with other settings: {flags}; use another --out, "
+            raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
                              f"or the same settings to resume")
     write_text_atomic(path, json.dumps(mine, indent=1, sort_keys=True))
-
-
-def _mean_metrics(parts: list[tuple[int, dict]]) -> dict[str, float]:
-    host = jax.device_get([m for _, m in parts])
-    weights = np.array([n for n, _ in parts], np.float64)
-    return {k: float(np.average([float(m[k]) for m in host], weights=weights)) for k in host[0]}
 
 
 def train_awr(config: TrainAWRConfig) -> dict:
@@ -383,7 +511,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
                          allow_spec_mismatch=config.allow_spec_mismatch, what=f"the data in {config.data_dir}")
         saved_net = NetworkConfig.from_dict(meta["network"])
         if saved_net != network:
-            raise ValueError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
+            raise InputError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
                              f"give {network.to_json()}: use another --out")
     _check_same_run(out, config)
     if meta is not None and network.uses_hidden:
@@ -412,20 +540,15 @@ def train_awr(config: TrainAWRConfig) -> dict:
     row_bytes = sum(a[0].nbytes for a in data.arrays.values()) * config.batch_size
     per_call = config.steps_per_call if on_device else max(1, min(config.steps_per_call, HOST_BLOCK_BYTES // row_bytes))
     blocks = block_schedule(start, config.steps, per_call, (config.log_every, config.save_every))
-    where = "device" if on_device else "host loader"
+    where = "device" if on_device else "host loader"  # the batch source below
     print(f"{'resuming at step ' + str(start) if meta else 'starting'}: {network.class_name} on {data.env_name}, "
           f"{len(data.rows)} of {data.num_rows} rows ({data.dropped_truncated} in unfinished episodes left out), "
           f"hidden size {data.hidden_size}, data {data.nbytes / 1e6:.1f} MB via {where}, {per_call} steps per call")
     if on_device:
-        device_data = jax.device_put({**data.arrays, "rows": data.rows}, device)
+        batches = DeviceBatches(update, data.arrays, data.rows, config.batch_size, device)
         data.arrays.clear()  # the host copy is no longer needed
-        block_fn = make_device_block(update, config.batch_size)
-        calls = ((length, lambda s, n=length: block_fn(s, device_data, n)) for _, length in blocks)
-        prefetch = None
     else:
-        batches_fn = make_batches_block(update)
-        prefetch = Prefetcher(data.arrays, data.rows, state.rng, blocks, config.batch_size, device=device)
-        calls = ((length, lambda s, b=b: batches_fn(s, b)) for (_, length), b in zip(blocks, prefetch))
+        batches = HostBatches(update, data.arrays, data.rows, config.batch_size, device, state.rng, blocks)
 
     sidecar = {
         "algorithm": "awr", "network": network.to_dict(), "env_name": data.env_name, "spec_json": spec_json,
@@ -446,37 +569,25 @@ def train_awr(config: TrainAWRConfig) -> dict:
         logger.text("config", "```\n" + json.dumps(_run_config(config), indent=1) + "\n```")
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="train-awr", disable=not config.progress,
                dynamic_ncols=True)
-    step, parts, pending, pending_len, last = start, [], None, 0, None
-    tick = time.perf_counter()
-    last_step, ckpt_path = start, None
+    interval, logged = Interval(start, config.batch_size), {}
+
+    def after_block(state, step, length, metrics):
+        interval.add(length, metrics)
+        if step % config.log_every == 0 or step == config.steps:
+            values = interval.close(step)
+            logged.clear()
+            logged.update(logger.log(step, values))
+            bar.set_postfix(critic=f"{values['critic_loss']:.4g}", actor=f"{values['actor_loss']:.4g}",
+                            ev=f"{values['explained_variance']:.3f}", refresh=False)
+        if step % config.save_every == 0 and step != config.steps:
+            save(state)
+
     try:
-        for length, call in calls:
-            state, metrics = call(state)
-            if pending is not None:  # keep one call in flight, so the bar is honest and the device busy
-                jax.block_until_ready(pending)
-                bar.update(pending_len)
-            pending, pending_len = metrics, length
-            parts.append((length, metrics))
-            step += length
-            if step % config.log_every == 0 or step == config.steps:
-                values = _mean_metrics(parts)
-                now = time.perf_counter()
-                values["SPS"] = (step - last_step) / (now - tick)
-                values["samples_per_second"] = values["SPS"] * config.batch_size
-                tick, last_step, parts = now, step, []
-                last = logger.log(step, values)
-                bar.set_postfix(critic=f"{values['critic_loss']:.4g}", actor=f"{values['actor_loss']:.4g}",
-                                ev=f"{values['explained_variance']:.3f}", refresh=False)
-            if step % config.save_every == 0 and step != config.steps:
-                ckpt_path = save(state)
-        if pending is not None:
-            jax.block_until_ready(pending)
-            bar.update(pending_len)
+        state = run(state, batches, blocks, after_block, bar.update)
         ckpt_path = save(state, final=True)
     finally:
         bar.close()
         logger.close()
-        if prefetch is not None:
-            prefetch.close()
-    return {"step": int(state.step), "checkpoint": str(ckpt_path), "metrics": last or {}, "resumed": meta is not None,
+        batches.close()
+    return {"step": int(state.step), "checkpoint": str(ckpt_path), "metrics": logged, "resumed": meta is not None,
             "on_device": on_device, "network": network.class_name}

@@ -39,6 +39,7 @@ import numpy as np
 
 from hsrl.data.chunks import atomic_path, spec_differences, spec_hash, write_text_atomic
 from hsrl.data.stats import HiddenStats, normalize_hidden
+from hsrl.errors import InputError
 from hsrl.rl.networks import NetworkConfig, make_network, param_shapes
 
 FORMAT = "hsrl-checkpoint"
@@ -47,7 +48,7 @@ CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.json$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that is missing, corrupt, or does not fit what it is being used with."""
 
 
@@ -297,3 +298,20 @@ def load_policy(path: str | os.PathLike) -> Policy:
     stats = HiddenStats.from_dict(meta["hidden_stats"]) if meta.get("hidden_stats") else None
     return Policy(network=network, params=params, hidden_stats=stats, spec_json=meta.get("spec_json"),
                   env_name=meta["env_name"], step=int(meta["step"]), meta=meta)
+
+
+def checkpoint_policy(path: str, env_name: str):
+    """A trained policy for `hsrl.data.collect.collect`: `(key, obs) -> (sampled action, its log-probability)`."""
+    policy = load_policy(path)
+    policy.check_compatible(env_name=env_name, what="this collection")
+    if policy.uses_hidden:
+        raise CheckpointError(f"{path} reads hidden states; collect with a policy that does not (a --no-hidden "
+                              f"run), then label the data")
+    module, params = policy.module, policy.params
+
+    def act(key, obs):
+        logits, _ = module.apply(params, obs, None)
+        action = jax.random.categorical(key, logits)
+        return action, jax.nn.log_softmax(logits)[jnp.arange(obs.shape[0]), action]
+
+    return act

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -9,9 +10,27 @@ from pathlib import Path
 
 import numpy as np
 
+from hsrl.errors import InputError
 from hsrl.rl.metrics import METRICS, read_metrics
 
 SKIP = {"step", "wall_time"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotConfig:
+    """Draw learning curves of one or several training runs into PNG files.
+
+    Reads RUN_DIR/metrics.jsonl of each run and writes one PNG per metric (the runs overlaid, labelled by
+    folder name) plus curves.png, a grid of all of them.
+    """
+
+    runs: tuple[str, ...] = dataclasses.field(metadata={"positional": True, "help": "run folders (or metrics.jsonl files)"})
+    out: str | None = dataclasses.field(default=None, metadata={"help": "folder for the PNGs (default: RUN/plots for one run, "
+                                                            "./plots for several)"})
+    metrics: tuple[str, ...] | None = dataclasses.field(default=None, metadata={"help": "metric names to draw (default: all "
+                                                                          "logged, in a fixed order)"})
+    smooth: float = dataclasses.field(default=0.0, metadata={"help": "exponential moving average factor in [0, 1) (0: raw)"})
+    labels: tuple[str, ...] | None = dataclasses.field(default=None, metadata={"help": "legend labels, one per run"})
 
 
 def ema(values: np.ndarray, factor: float) -> np.ndarray:
@@ -63,24 +82,24 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
     import matplotlib.pyplot as plt
 
     if not runs:
-        raise ValueError("give at least one run folder")
+        raise InputError("give at least one run folder")
     if not 0 <= smooth < 1:
-        raise ValueError(f"--smooth must lie in [0, 1), got {smooth}")
+        raise InputError(f"--smooth must lie in [0, 1), got {smooth}")
     paths = [Path(r) for r in runs]
     if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} runs")
+        raise InputError(f"{len(labels)} labels for {len(paths)} runs")
     data = [curves(read_metrics(p)) for p in paths]
     names = labels or [_label(p) for p in paths]
     available = set().union(*[set(d) for d in data])
     if metrics:
         unknown = [m for m in metrics if m not in available]
         if unknown:
-            raise ValueError(f"no run logged {', '.join(unknown)} (logged: {', '.join(_order(available))})")
+            raise InputError(f"no run logged {', '.join(unknown)} (logged: {', '.join(_order(available))})")
         chosen = list(metrics)
     else:
         chosen = _order(available)
     if not chosen:
-        raise ValueError("the runs have no metric lines yet")
+        raise InputError("the runs have no metric lines yet")
     folder = Path(out) if out else (paths[0] / "plots" if len(paths) == 1 and paths[0].is_dir() else Path("plots"))
     folder.mkdir(parents=True, exist_ok=True)
 

@@ -49,7 +49,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, STATS_PATH, decode_array, encode_array
+from hsrl.errors import InputError
+from hsrl.llm.flags import SpecFlags
+from hsrl.serve.wire import (
+    HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, STATS_PATH, TOKEN_ENV, decode_array, encode_array,
+)
 
 log = logging.getLogger("hsrl.serve")
 
@@ -71,11 +75,51 @@ class ServerSettings:
     def __post_init__(self):
         for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
-            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+            raise InputError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         if self.token is not None and not self.token.strip():
-            raise ValueError("the bearer token is empty; give a non-empty token or none")
+            raise InputError("the bearer token is empty; give a non-empty token or none")
+
+
+@dataclass(frozen=True)
+class ServeConfig(SpecFlags):
+    """Serve LLM hidden states of Craftax observations over HTTP.
+
+    GET /health (open): ready flag, model, hidden size, spec JSON and hash, env, limits.
+    POST /v1/hidden-states: {"observations": {"dtype": "float32", "shape": [B, D], "data": base64} or lists}
+    or {"texts": [...]} -> {"hidden": {"dtype": "float32", "shape": [B, H], "data": base64}, "spec_hash": ...}
+    (+ "generated_text" when --tokens > 1). With --input image (a vision-language model on a Pixels --env) the
+    request carries {"images": {"dtype": "uint8", "shape": [B, H, W, 3], "data": base64}} instead (image+text:
+    images plus observations or texts). GET /v1/stats: batching statistics.
+    Observations are rendered with hsrl.text and extracted exactly as `hsrl label` does. Requests from concurrent
+    clients run together in batches of up to --max-batch observations. Binds to loopback unless --host says
+    otherwise; a bearer token (--token or $HSRL_SERVE_TOKEN) then guards every route but /health.
+    """
+
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": "environment whose observations are served (sets the renderer, the observation length and frame size, and the spec's variant); a Pixels env for --input image"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback by default)"})
+    port: int = field(default=8000, metadata={"help": "port to bind"})
+    max_batch: int = field(default=64, metadata={"help": "observations per model call; concurrent requests are batched up to this"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for more requests before a batch runs"})
+    max_request: int = field(default=1024, metadata={"help": "observations (or texts) per request"})
+    max_body_mb: float = field(default=32.0, metadata={"help": "largest request body in MiB"})
+    max_text_chars: int = field(default=20_000, metadata={"help": "longest text of a `texts` request, in characters"})
+    token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
+    log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
+    access_log: bool = field(default=False, metadata={"help": "log every request"})
+
+    def spec(self):
+        from hsrl.env.catalog import env_info
+
+        return self.extraction_spec(env_info(self.env).variant)
+
+    def settings(self, token: str | None) -> ServerSettings:
+        if not self.max_body_mb > 0:
+            raise InputError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+        return ServerSettings(env=self.env, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
+                              max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
+                              max_text_chars=self.max_text_chars, token=token)
 
 
 class RequestError(Exception):

@@ -1,0 +1,181 @@
+"""Hidden states at run time: where online PPO (`hsrl online`) and evaluation (`hsrl eval`) get the LLM's
+state of each observation while the environments run.
+
+A rollout is a jitted `lax.scan` over environment steps carrying a `Runner`. Before each step, `refresh`
+asks the host, through one `io_callback`, for the states of the environments that need one:
+  - every `skip_n` environment steps, all environments at once (one batched call), and
+  - at once, environments whose episode just reset, so no episode acts on the previous episode's state.
+Between refreshes the last state of each environment is reused.
+
+The host side is `LiveHidden`: it renders the asked observations as text with `hsrl.text` (when the spec
+reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`, the one
+small interface that turns texts/images into (B, H) pooled states and names its extraction spec:
+  - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
+  - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
+A cache of states, or another transport, is one more source.
+
+Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
+state extracted so far, with each dimension's std floored relative to the states' own scale
+(`RELATIVE_STD_FLOOR` x the median absolute value): a few near-identical states (one environment, the
+first update) then give z-scores of the order of their distance in units of the states' scale, not 1e5.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from hsrl.data.stats import DEFAULT_STD_FLOOR, HiddenStats, RunningMoments
+
+# running statistics from scratch: std_d >= RELATIVE_STD_FLOOR * median_d(sqrt(mean_d^2 + var_d))
+RELATIVE_STD_FLOOR = 0.1
+
+
+class HiddenSource(Protocol):
+    """What turns observations into pooled hidden states at run time."""
+
+    spec_json: str  # the resolved extraction spec the states come from
+    hidden_size: int
+
+    def hidden_states(self, texts: list[str] | None, images: np.ndarray | None = None) -> np.ndarray:
+        """(B, H) float32 states of B observations: their texts (None when the spec reads no text) and/or
+        their (B, H, W, 3) frames (when the spec reads images). Raises on failure; never returns zeros."""
+        ...
+
+
+class ExtractorSource:
+    """States computed in this process by an `Extractor`."""
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+        self.spec_json, self.hidden_size = extractor.spec.to_json(), extractor.hidden_size
+
+    def hidden_states(self, texts, images=None) -> np.ndarray:
+        if images is None:
+            return self.extractor.extract(texts).hidden_state
+        return self.extractor.extract(texts, images=images).hidden_state
+
+
+class ServerSource:
+    """States from a hidden-state server (`hsrl serve`), through its client."""
+
+    def __init__(self, client):
+        self.client = client
+        health = client.health()
+        self.spec_json, self.hidden_size = health["spec_json"], int(health["hidden_size"])
+
+    def hidden_states(self, texts, images=None) -> np.ndarray:
+        return self.client.hidden_states(texts=texts, images=images)
+
+
+class Runner(NamedTuple):
+    """The state a rollout carries through its scan (online PPO and evaluation alike)."""
+
+    env_state: object
+    obs: jax.Array
+    sym: jax.Array  # symbolic observation of the same state (text is rendered from it)
+    hidden: jax.Array  # (E, H) raw pooled hidden states in use; (E, 1) unused by a policy without them
+    fresh: jax.Array  # (E,) bool: episode just reset, needs a hidden state before acting
+    since_refresh: jax.Array  # env steps since the last full refresh
+    key: jax.Array
+
+    def advance(self, env, env_state, obs, info, done, key) -> Runner:
+        """The runner after one env step: new observations, the same hidden states, `done` marks the fresh."""
+        sym = info["symbolic_obs"] if env.with_symbolic else obs
+        return Runner(env_state, obs, sym, self.hidden, done, self.since_refresh + 1, key)
+
+
+def refresh(runner: Runner, hidden_fn, skip_n: int) -> Runner:
+    """New hidden states for the environments that need one (fresh episodes, or all every `skip_n` steps).
+
+    `hidden_fn(sym, mask[, pixels]) -> (E, H)` runs on the host (`LiveHidden`, or an ablation wrapping it);
+    it has `hidden_size` and `reads_images`. None: the policy reads no hidden state, nothing changes.
+    """
+    if hidden_fn is None:
+        return runner
+    periodic = runner.since_refresh >= skip_n
+    mask = runner.fresh | periodic
+    shape = jax.ShapeDtypeStruct((mask.shape[0], hidden_fn.hidden_size), jnp.float32)
+
+    def call(_):
+        frames = (runner.obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
+        new = io_callback(hidden_fn, shape, runner.sym, mask, *frames, ordered=False)
+        return jnp.where(mask[:, None], new, runner.hidden)
+
+    hidden = jax.lax.cond(mask.any(), call, lambda _: runner.hidden, None)
+    since = jnp.where(periodic, 0, runner.since_refresh)
+    return runner._replace(hidden=hidden, fresh=jnp.zeros_like(runner.fresh), since_refresh=since)
+
+
+class LiveHidden:
+    """Host side of the LLM in the loop: hidden states for the asked environments, in one batched call.
+
+    Renders text with `hsrl.text` for specs that read text, passes the frames for specs that read images,
+    and asks its `source`. Keeps running moments of every state (for statistics from scratch), call and
+    sample counts, and the seconds spent rendering text and in the source.
+    """
+
+    def __init__(self, variant: str, fixed_stats: HiddenStats | None, source: HiddenSource):
+        from hsrl.llm.spec import ExtractionSpec
+
+        self.source, self.variant = source, variant
+        self.spec_json, self.hidden_size = source.spec_json, source.hidden_size
+        spec = ExtractionSpec.from_json(self.spec_json)
+        self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
+        self.fixed_stats = fixed_stats
+        self.moments = RunningMoments(self.hidden_size)
+        self.calls = self.samples = 0
+        self.llm_seconds = self.text_seconds = 0.0
+        self.last_batch: np.ndarray | None = None
+
+    def states(self, sym: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """(n, H) raw pooled states of n observations: symbolic vectors (rendered as text when the spec reads
+        text) and, when the spec reads images, their (n, H, W, 3) pixel frames."""
+        if self.reads_images and pixels is None:
+            raise ValueError("the extraction spec reads images: pass the pixel observations (a Pixels env)")
+        from hsrl.text import render_text
+
+        t0 = time.perf_counter()
+        texts = list(render_text(np.asarray(sym), self.variant)) if self.reads_text else None
+        t1 = time.perf_counter()
+        states = self.source.hidden_states(texts, pixels if self.reads_images else None)
+        self.text_seconds += t1 - t0
+        self.llm_seconds += time.perf_counter() - t1
+        self.calls += 1
+        self.samples += len(sym)
+        return states
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        idx = np.flatnonzero(mask)
+        states = self.states(np.asarray(sym)[idx], None if pixels is None else np.asarray(pixels)[idx])
+        self.moments.update(states)
+        if len(idx) == len(mask):
+            self.last_batch = states
+        # rows of environments not asked for are NaN: the caller keeps their old state, and any misuse shows
+        out = np.full((len(mask), self.hidden_size), np.nan, np.float32)
+        out[idx] = states
+        return out
+
+    def stats(self) -> HiddenStats:
+        """The fixed statistics, or running ones over every state so far (std floored, see the module doc)."""
+        if self.fixed_stats is not None:
+            return self.fixed_stats
+        return running_stats(self.moments, self.spec_json)
+
+    def timing_reset(self) -> tuple[float, float]:
+        llm, text = self.llm_seconds, self.text_seconds
+        self.llm_seconds = self.text_seconds = 0.0
+        return llm, text
+
+
+def running_stats(moments: RunningMoments, spec_json: str | None) -> HiddenStats:
+    """Statistics of the states seen so far, each std floored at RELATIVE_STD_FLOOR x the states' scale."""
+    if moments.count == 0:
+        raise ValueError("no hidden states seen")
+    scale = float(np.median(np.sqrt(moments.mean ** 2 + moments.m2 / moments.count)))
+    return moments.hidden_stats(std_floor=max(DEFAULT_STD_FLOOR, RELATIVE_STD_FLOOR * scale), spec_json=spec_json)
