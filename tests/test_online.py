@@ -5,7 +5,9 @@ import pytest
 
 from hsrl.env import make_env
 from hsrl.rl.networks import NetworkConfig, init_params, make_network
-from hsrl.rl.ppo import LiveHidden, Norm, OnlineConfig, Runner, make_rollout, make_update, train_online
+from hsrl.rl.checkpoint import CheckpointError
+from hsrl.rl.live import ExtractorSource, LiveHidden, Runner
+from hsrl.rl.ppo import Norm, OnlineConfig, make_rollout, make_update, train_online
 
 ENV = "Craftax-Classic-Symbolic-v1"
 
@@ -31,7 +33,7 @@ def test_refresh_every_skip_n_and_at_once_after_a_reset(extractor):
 
     config = OnlineConfig(env=ENV, envs=3, num_steps=12, skip_n=5, num_minibatches=1)
     env = make_env(ENV, 3, with_symbolic=True)
-    live = LiveHidden("classic", None, extractor=extractor)
+    live = LiveHidden("classic", None, ExtractorSource(extractor))
     net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape,
                         hidden_size=extractor.hidden_size, width=32)
     params = init_params(net, jax.random.PRNGKey(0))
@@ -57,7 +59,7 @@ def test_refresh_every_skip_n_and_at_once_after_a_reset(extractor):
 
 def test_ppo_update_improves_its_objective_on_the_data():
     """One update on a rollout raises the clipped surrogate and lowers the value loss on that rollout."""
-    config = OnlineConfig(env=ENV, envs=8, num_steps=32, num_minibatches=4, no_llm=True, width=64)
+    config = OnlineConfig(env=ENV, envs=8, num_steps=32, num_minibatches=4, hidden=False, width=64)
     env = make_env(ENV, 8, with_symbolic=True)
     net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape, width=64)
     apply = make_network(net).apply
@@ -103,9 +105,9 @@ def test_short_online_run_with_llm_writes_a_loadable_checkpoint(tmp_path):
     assert lines[-1]["llm/calls"] >= 3
 
 
-def test_no_llm_baseline_runs(tmp_path):
+def test_no_hidden_baseline_runs(tmp_path):
     summary = train_online(OnlineConfig(env=ENV, envs=4, steps=128, num_steps=16, num_minibatches=2, width=32,
-                                        no_llm=True, out=str(tmp_path / "base"), progress=False))
+                                        hidden=False, out=str(tmp_path / "base"), progress=False))
     assert not summary["llm"] and summary["llm_calls"] == 0 and summary["time_share"]["llm"] == 0
 
 
@@ -113,12 +115,35 @@ def test_checkpoint_with_another_spec_is_refused(tmp_path):
     out = tmp_path / "run"
     train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, out=str(out),
                               progress=False))
-    with pytest.raises(Exception, match="layer"):
+    with pytest.raises(CheckpointError, match="layer"):
         train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, layer=3,
                                   checkpoint=str(out), out=str(tmp_path / "warm"), progress=False))
-    warm = train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32,
+    # another run seed is not another spec: --seed seeds the run, --llm-seed the LLM's sampling
+    warm = train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, seed=1,
                                      checkpoint=str(out), out=str(tmp_path / "warm2"), progress=False))
     assert warm["steps"] == 64
+    with pytest.raises(CheckpointError, match="seed"):  # the sampling seed is part of the spec
+        train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, width=32, llm_seed=1,
+                                  checkpoint=str(out), out=str(tmp_path / "warm3"), progress=False))
+
+
+def test_statistics_from_one_environment_stay_bounded(extractor):
+    """From scratch with --envs 1 the first update's statistics come from one state (std 0 everywhere): a state
+    of another observation must still normalise to values of the order of its distance in the states' own
+    scale, not distance / 1e-6."""
+    from hsrl.data.stats import normalize_hidden
+
+    env = make_env(ENV, 1, with_symbolic=True)
+    live = LiveHidden("classic", None, ExtractorSource(extractor))
+    syms = [np.asarray(jax.jit(env.reset)(jax.random.PRNGKey(k))[2]["symbolic_obs"]) for k in (0, 1)]
+    first = live(syms[0], np.ones(1, bool))
+    stats = live.stats()
+    assert stats.count == 1
+    np.testing.assert_allclose(normalize_hidden(first, stats), 0, atol=1e-6)
+    other = live.states(syms[1])
+    assert np.abs(other - first).max() > 1e-3  # another world, another state
+    z = normalize_hidden(other, stats)
+    assert np.isfinite(z).all() and np.abs(z).max() < 100
 
 
 def test_live_hidden_sends_pixels_to_image_specs(classic_pixel_dataset, tiny_vlm_path):
@@ -129,7 +154,7 @@ def test_live_hidden_sends_pixels_to_image_specs(classic_pixel_dataset, tiny_vlm
 
     frames = read_chunk(list_chunks(classic_pixel_dataset)[0])["obs"][:4]
     extractor = make_extractor(ExtractionSpec(model=str(tiny_vlm_path), input="image"), batch_size=4)
-    live = LiveHidden("classic", None, extractor=extractor)
+    live = LiveHidden("classic", None, ExtractorSource(extractor))
     assert live.reads_images and not live.reads_text
     sym = np.zeros((4, 1345), np.float32)  # not read by an image-only spec
     mask = np.array([True, False, True, True])
