@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import free_port, start_serve
 
 from hsrl.evaluate import AblatedHidden, EvalConfig, evaluate
 from hsrl.rl.ppo import OnlineConfig, train_online
@@ -35,11 +36,17 @@ def test_eval_reports_every_ablation(run_dir, tmp_path):
 
 
 def test_same_seed_same_result(run_dir, tmp_path):
-    a = evaluate(EvalConfig(str(run_dir), episodes=2, envs=2, max_episode_steps=16, ablation="real",
-                            out=str(tmp_path / "a"), progress=False))
-    b = evaluate(EvalConfig(str(run_dir), episodes=2, envs=2, max_episode_steps=16, ablation="real",
-                            out=str(tmp_path / "b"), progress=False))
-    assert a["results"][0]["return_mean"] == b["results"][0]["return_mean"]
+    """The whole report repeats under one seed (wall times aside); another seed gives another report, so the
+    comparison can tell."""
+
+    def results(seed, name):
+        report = evaluate(EvalConfig(str(run_dir), episodes=3, envs=2, max_episode_steps=40, ablation="real,shuffled",
+                                     seed=seed, out=str(tmp_path / name), progress=False))
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in report["results"]]
+
+    a = results(0, "a")
+    assert results(0, "b") == a
+    assert results(1, "c") != a
 
 
 class _FakeLive:
@@ -79,19 +86,14 @@ def test_bad_ablation_name(run_dir, tmp_path):
 
 def _serve(port, *extra):
     import os
-    import subprocess
-    import sys
 
-    cmd = [sys.executable, "-m", "hsrl.cli", "serve", "--env", ENV, "--port", str(port), "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return start_serve(ENV, port, "--log-level", "warning", *extra, environ=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 def test_eval_through_the_server_equals_in_process_and_checks_the_spec(run_dir, tmp_path):
     """Same observations, same hidden states: evaluating with a real server gives the in-process numbers;
     a server with another spec is refused before anything runs."""
     from hsrl.serve import HiddenStateClient
-    from test_serve import free_port
 
     good, bad = free_port(), free_port()
     procs = [_serve(good), _serve(bad, "--layer", "2")]

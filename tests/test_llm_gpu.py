@@ -7,7 +7,7 @@ import torch
 from hsrl.llm import ExtractionSpec
 from hsrl.llm.models import load_model
 from hsrl.llm.transformers_backend import TransformersExtractor
-from test_llm_qwen import OBS
+from llm_helpers import OBS, TEXTS
 from tiny_qwen import build_tiny_qwen
 
 pytestmark = [
@@ -37,7 +37,6 @@ def test_cuda_bfloat16_vision_language_model(tmp_path):
     and its re-extraction. Needs only torch, transformers and hsrl.llm ('short' template: no Craftax import)."""
     from hsrl.llm.models import load_vision_model
     from hsrl.llm.vision_backend import VisionExtractor
-    from test_llm_vision import TEXTS
     from tiny_vlm import build_tiny_vlm
 
     vlm = load_vision_model(str(build_tiny_vlm(tmp_path / "vlm")))

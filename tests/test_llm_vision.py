@@ -11,14 +11,11 @@ import torch
 from hsrl.llm import ExtractionSpec, make_extractor
 from hsrl.llm.models import load_model, load_vision_model
 from hsrl.llm.vision_backend import VisionExtractor
+from llm_helpers import TEXTS
 from tiny_vlm import build_tiny_vlm
 
 ATOL = 2e-5
 SHAPE = (63, 63, 3)  # a Craftax-Classic-Pixels frame
-TEXTS = ["Map:\n-1, 0: tree\nInventory: wood 3", "Map:\nnone", "Map:\n0, 2: cow on grass\n1, 1: stone\n2, 2: iron\n"
-         "Inventory: stone 2, coal 1\nHealth: 9, Food: 7"]
-
-
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
     return load_vision_model(str(build_tiny_vlm(tmp_path_factory.mktemp("vlm"))))

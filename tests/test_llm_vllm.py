@@ -27,7 +27,7 @@ from hsrl.llm import ExtractionSpec, make_extractor  # noqa: E402
 from hsrl.llm.models import load_model  # noqa: E402
 from hsrl.llm.transformers_backend import TransformersExtractor  # noqa: E402
 from hsrl.llm.vllm_backend import VLLMExtractor, read_hidden_states  # noqa: E402
-from test_llm_qwen import OBS  # noqa: E402
+from llm_helpers import OBS  # noqa: E402
 from tiny_qwen import build_tiny_qwen  # noqa: E402
 
 ATOL = 1e-4
@@ -325,7 +325,7 @@ def test_hsrl_label_ray_backend_vllm(tiny, vllm_prompt, chunk_dir, tmp_path):
 def test_online_ppo_acts_on_vllm_states_of_each_observation(vllm_prompt):
     """Online PPO's host callback with the vLLM backend: right after a refresh and on an episode's first step the
     policy sees vLLM's state of that very observation (the same check as tests/test_online.py)."""
-    from test_online import test_refresh_every_skip_n_and_at_once_after_a_reset as check_refresh
+    from online_helpers import check_refresh
 
     check_refresh(like(vllm_prompt, layer=-1, variant="classic"))
 

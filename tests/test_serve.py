@@ -4,7 +4,6 @@ stub extractor (failure isolation) and a tiny Qwen3 (generation mode)."""
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serve_helpers import free_port, serve_command
 
 from hsrl.data import list_chunks, read_chunk
 from hsrl.data.collect import CollectConfig, collect
@@ -28,21 +28,15 @@ ENV = "Craftax-Classic-Symbolic-v1"
 LIMITS = {"max_batch": 16, "max_request": 64, "max_body_bytes": 2**20, "max_text_chars": 4000}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`hsrl serve` in a subprocess (token from the environment); yields (url, log path)."""
     folder = tmp_path_factory.mktemp("serve")
     log_path = folder / "server.log"
     port = free_port()
-    cmd = [sys.executable, "-m", "hsrl.cli", "serve", "--env", ENV, "--port", str(port),
-           "--max-batch", str(LIMITS["max_batch"]), "--max-wait-ms", "20", "--max-request", str(LIMITS["max_request"]),
-           "--max-body-mb", "1", "--max-text-chars", str(LIMITS["max_text_chars"]), "--log-level", "warning"]
+    cmd = serve_command(ENV, port, "--max-batch", str(LIMITS["max_batch"]), "--max-wait-ms", "20", "--max-request",
+                        str(LIMITS["max_request"]), "--max-body-mb", "1", "--max-text-chars",
+                        str(LIMITS["max_text_chars"]), "--log-level", "warning")
     env = dict(os.environ, **{TOKEN_ENV: TOKEN, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -583,10 +583,34 @@ def test_craftax_format_exact():
     )
 
 
-def test_version_and_help():
-    assert RENDERER_VERSION
+# RENDERER_VERSION -> SHA-256 of the texts of `_version_probe()`. A renderer change that alters any text must bump
+# RENDERER_VERSION (labelled data then records another spec) and add its digest here.
+RENDERED_DIGESTS = {1: "cf71b8354bb4c1c9a443c39a2073ae618f11f23b5b355120b9758798adafcf63"}
+
+
+def _version_probe() -> list[str]:
+    from craftax.craftax_classic.constants import BlockType as B
+
+    tiles = {(-1, 0): (B.TREE.value, None), (0, 2): (B.GRASS.value, 1), (2, -3): (B.WATER.value, None),
+             (-3, 4): (B.SAND.value, 0), (1, 1): (B.PATH.value, None), (3, -4): (B.LAVA.value, 2)}
+    obs = np.stack([_classic_obs(tiles, {"wood": 3, "sapling": 1, "wood_pickaxe": 1}),
+                    _classic_obs({}, {}, health=1, food=0, direction=1, light=0.1, sleeping=True)])
+    return render_text(obs, "classic") + render_text(obs, "classic", view="full")
+
+
+def test_renderer_version_follows_its_output_and_help_reaches_the_prompt():
+    import hashlib
+
+    from hsrl.llm.prompt import system_prompt
+    from hsrl.llm.spec import ExtractionSpec
+
+    digest = hashlib.sha256("\x00".join(_version_probe()).encode()).hexdigest()
+    assert RENDERED_DIGESTS.get(RENDERER_VERSION) == digest, (
+        f"the renderer's texts changed (digest {digest}): bump RENDERER_VERSION and record the digest")
+    assert ExtractionSpec(model="minilm").renderer_version == str(RENDERER_VERSION)  # labelled data records it
     assert "0, 0" in COORDINATE_HELP and "negative row is up" in COORDINATE_HELP
     assert COORDINATE_HELP.count(". ") == 0  # one sentence
+    assert COORDINATE_HELP in system_prompt("classic")
 
 
 # ---------------------------------------------------------------------------------------------
