@@ -90,4 +90,4 @@ def test_command_line_errors(tmp_path, capsys):
     assert main(["train-awr", str(data), "--out", str(tmp_path / "run"), "--beta", "0"]) == 2
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 4 and "Traceback" not in err  # one line each
+    assert err.count("\n") == 3 and "Traceback" not in err  # one line each

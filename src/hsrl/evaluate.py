@@ -28,7 +28,7 @@ import numpy as np
 
 from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
-from hsrl.rl.live import LiveHidden, Runner, refresh
+from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
 DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your surroundings."
@@ -133,11 +133,11 @@ def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfi
     E = env.num_envs
     H = policy.network.hidden_size if uses_hidden else 1
     hidden = jnp.full((E, H), jnp.nan) if uses_hidden else jnp.zeros((E, 1))
-    carry = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
+    runner = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
     returns, lengths, achievements, frames = [], [], [], []
     steps = 0
     while len(returns) < config.episodes and steps < config.max_steps:
-        carry, outs = segment(carry)
+        runner, outs = segment(runner)
         outs = jax.device_get(outs)
         done = outs["done"]
         t_idx, e_idx = np.nonzero(done)  # time-major: finishing order
@@ -229,15 +229,12 @@ def evaluate(config: EvalConfig) -> dict:
         if config.server:
             from hsrl.serve.client import HiddenStateClient
 
-            from hsrl.rl.live import ServerSource
-
             client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
             client.check_spec(policy.spec_json, allow=config.allow_spec_mismatch)  # before anything runs
             source = ServerSource(client)
             policy.check_compatible(hidden_size=source.hidden_size, what=f"the server {config.server}")
         else:
             from hsrl.llm import ExtractionSpec, make_extractor
-            from hsrl.rl.live import ExtractorSource
 
             source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device))
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)

@@ -27,7 +27,7 @@ from hsrl.errors import InputError
 STATE_FILE = "collect_state.npz"
 
 # `(key, obs (E, ...)) -> (action (E,) int, log_prob (E,) float32)`, traced inside the chunk's scan
-Policy = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+PolicyFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _load_state(out: Path, template, config: CollectConfig):
         return jax.tree.unflatten(treedef, loaded), int(z["next_chunk"])
 
 
-def collect(config: CollectConfig, policy: Policy | None = None) -> Path:
+def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     """Collect (or resume) into `config.out`. `policy` is `(key, obs) -> (action, log_prob)`; None: uniform
     random. With `config.checkpoint` (recorded in the files), pass the policy built from that checkpoint."""
     config.check()

@@ -15,8 +15,10 @@ only arrays, numbers and nested dicts; everything descriptive is JSON.
 `load_policy(path)` (a run folder, its `checkpoints/` folder, or either file of one checkpoint) gives
 a `Policy`: network config, params, hidden-state statistics, spec JSON and env name, with
 `policy.act(obs, hidden_raw, key)` that normalises the raw hidden state with `normalize_hidden` (the
-one normaliser) inside. `check_compatible` is the one place that refuses a checkpoint for data or a
-server whose hidden size, extraction spec or env differ.
+one normaliser) inside. `check_compatible` refuses a checkpoint for data, a server or a run whose env,
+hidden size or extraction spec differ (spec fields compared by `spec_differences`, which the data, the
+hidden statistics and the server client use for their own checks). `checkpoint_policy` turns a baseline
+checkpoint into the policy function `hsrl.data.collect` rolls out.
 """
 
 from __future__ import annotations

@@ -8,15 +8,15 @@ asks the host, through one `io_callback`, for the states of the environments tha
 Between refreshes the last state of each environment is reused.
 
 The host side is `LiveHidden`: it renders the asked observations as text with `hsrl.text` (when the spec
-reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`, the one
-small interface that turns texts/images into (B, H) pooled states and names its extraction spec:
+reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`: a small
+interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
   - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
   - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
 A cache of states, or another transport, is one more source.
 
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
 state extracted so far, with each dimension's std floored relative to the states' own scale
-(`RELATIVE_STD_FLOOR` x the median absolute value): a few near-identical states (one environment, the
+(`RELATIVE_STD_FLOOR` x the median over dimensions of their root mean square): a few near-identical states (one environment, the
 first update) then give z-scores of the order of their distance in units of the states' scale, not 1e5.
 """
 

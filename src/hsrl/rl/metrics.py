@@ -3,8 +3,10 @@
 Each `log(step, values)` call writes one JSON line `{"step": ..., "wall_time": ..., NAME: value, ...}`
 to RUN_DIR/metrics.jsonl (flushed at once, so scripts can read a running job) and one scalar per value
 to TensorBoard under the tag `GROUP/NAME` (CleanRL style, e.g. `losses/critic_loss`, `charts/SPS`).
-Names are stable: `METRICS` documents every name hsrl logs, and plots read them. Online PPO adds its
-own names to the same table.
+Names are stable. `METRICS` documents the names AWR logs (`hsrl.rl.awr`; tests check a real run's names
+against it) and `hsrl plot` orders its panels by it. Online PPO logs CleanRL-style `GROUP/NAME` keys
+(`losses/*`, `charts/*`, `llm/*`, `hidden/*`, `time/*`, `achievements/*`), written in `hsrl.rl.ppo` and
+listed in the README's "Online PPO" paragraph, not in this table.
 
 Resuming: `MetricsLogger(run_dir, resume_step=s)` drops JSONL lines with step > s (they belong to
 training that the checkpoint does not contain, and will be redone) and opens TensorBoard with
