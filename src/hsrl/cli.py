@@ -2,7 +2,9 @@
 
 Each verb is a config dataclass (its fields are the flags; `metadata={"help": ...}` is the help text,
 `metadata={"positional": True}` makes a positional argument) plus a function that runs it. Verbs are
-imported only when used, so `hsrl --help` stays fast.
+imported only when used, so `hsrl --help` stays fast. A flag without a default is required by the parser.
+A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
+any other exception is a bug and keeps its traceback.
 """
 
 import argparse
