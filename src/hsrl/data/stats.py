@@ -107,10 +107,10 @@ class HiddenStats:
         return cls.from_dict(d)
 
     def check_spec(self, spec_json: str | None, allow_mismatch: bool = False) -> None:
-        """Raise ValueError naming the differing fields if `spec_json` is not the spec of these stats."""
+        """Raise InputError (a ValueError) naming the differing fields if `spec_json` is not the spec of these stats."""
         diff = spec_differences(self.spec_json, spec_json)
         if diff and not allow_mismatch:
-            raise ValueError(f"hidden-state statistics were computed under another extraction spec; "
+            raise InputError(f"hidden-state statistics were computed under another extraction spec; "
                              f"fields that differ: {', '.join(diff)}")
 
 

@@ -23,6 +23,8 @@ import json
 import warnings
 from dataclasses import dataclass, field
 
+from hsrl.errors import InputError
+
 POOLINGS = ("mean", "last")
 TEMPLATES = ("auto", "chat", "short")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -168,6 +170,6 @@ def check_compatible(producer: ExtractionSpec, consumer: ExtractionSpec, allow: 
             f"{', '.join(fields)} ({detail})"
         )
         if not allow:
-            raise ValueError(message + "; pass the override flag to run anyway")
+            raise InputError(message + "; pass the override flag to run anyway")
         warnings.warn(message + "; allowed by override", stacklevel=2)
     return fields
