@@ -15,8 +15,8 @@ only arrays, numbers and nested dicts; everything descriptive is JSON.
 `load_policy(path)` (a run folder, its `checkpoints/` folder, or either file of one checkpoint) gives
 a `Policy`: network config, params, hidden-state statistics, spec JSON and env name, with
 `policy.act(obs, hidden_raw, key)` that normalises the raw hidden state with `normalize_hidden` (the
-one normaliser) inside. `check_compatible` is the one place that refuses a checkpoint for data or a
-server whose hidden size, extraction spec or env differ.
+normaliser, `hsrl.data.stats`) inside. `check_compatible` refuses a checkpoint for data or a server whose hidden
+size, extraction spec (compared by `hsrl.llm.spec.spec_differences`) or env differ.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.data.chunks import atomic_path, spec_differences, spec_hash, write_text_atomic
+from hsrl.atomic import atomic_path, write_text_atomic
+from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.rl.networks import NetworkConfig, make_network, param_shapes
 
