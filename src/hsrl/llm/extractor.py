@@ -70,8 +70,8 @@ class Extractor(ABC):
 
     `extract` and `reextract` are the same for every backend: they call the backend's hooks, below. A backend sets
     `spec`, `hidden_size`, `num_layers`, `tokenizer`, `context_length` and `_eos_ids`, and implements `_encode`,
-    `_forward` (one prefill, pooled over given token ranges) and `_generate` (sample, then pool the generated tokens'
-    states); it may override the other hooks (inputs that are images, ranges that are not contiguous, ...).
+    `_run_prefill` (one prefill, pooled over given token ranges) and `_run_generation` (sample, then pool the
+    generated tokens' states); it may override the other hooks (inputs that are images, ranges that are not contiguous, ...).
     """
 
     spec: ExtractionSpec  # resolved: no 'auto' left
@@ -106,10 +106,10 @@ class Extractor(ABC):
         if self.spec.generates:
             self._check_lengths(rows, lengths, self.spec.tokens)
             keys = self._sample_keys(texts, images, seeds)
-            return self._generate(rows, lengths, layers, return_token_states, keys)
+            return self._run_generation(rows, lengths, layers, return_token_states, keys)
         self._check_lengths(rows, lengths, 0)
         ranges = self._prompt_only_ranges(rows, lengths, observation_ranges)
-        return self._forward(rows, ranges, lengths, layers, return_token_states)
+        return self._run_prefill(rows, ranges, lengths, layers, return_token_states)
 
     def reextract(
         self,
@@ -131,7 +131,7 @@ class Extractor(ABC):
         rows = [self._extend(p, g) for p, g in zip(prompts, generated_ids)]
         lengths = [len(p) for p in prompts]
         self._check_lengths(rows, lengths, 0)
-        result = self._forward(rows, self._generated_ranges(prompts, rows), lengths, layers, return_token_states)
+        result = self._run_prefill(rows, self._generated_ranges(prompts, rows), lengths, layers, return_token_states)
         result.generated_ids = generated_ids
         result.generated_text = [self._decode(g) for g in generated_ids]
         result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
@@ -194,11 +194,11 @@ class Extractor(ABC):
         """Prompt token rows per sample, and the (B, 2) token range of each observation in them (or None)."""
 
     @abstractmethod
-    def _forward(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
         """One prefill over `rows`, pooling each row's `ranges`; the result has no generation (re-extraction fills
         it in)."""
 
     @abstractmethod
-    def _generate(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
         """Generate up to spec.tokens tokens per row (sampling seeded by spec.seed and `keys`) and pool the generated
         tokens' own states."""

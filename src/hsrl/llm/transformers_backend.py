@@ -309,10 +309,10 @@ class TransformersExtractor(Extractor):
 
     # ---- public -------------------------------------------------------------------------------------------------
 
-    def _forward(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
         return self._run(rows, prompt_lengths, layers, want_tokens, ranges=ranges)
 
-    def _generate(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
         """Own decoding loop; each sample draws (N,) uniforms from its own stream (spec.seed and its key)."""
         uniforms = sample_uniforms(self.spec.seed, self.spec.tokens, keys)
         return self._run(rows, prompt_lengths, layers, want_tokens, uniforms=uniforms)

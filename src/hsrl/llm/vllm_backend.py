@@ -505,10 +505,10 @@ class VLLMExtractor(Extractor):
             token_states=None if token_states is None else {layer: token_states[absolute[layer]] for layer in asked},
         )
 
-    def _forward(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
         return self._run(rows, ranges, prompt_lengths, layers, want_tokens)
 
-    def _generate(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
         """Sample on the generation engine, then one prefill over prompt + generated ids on the extraction engine."""
         seeds = self._request_seeds(keys)
         generated = []
