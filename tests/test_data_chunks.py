@@ -11,9 +11,10 @@ from data_helpers import SPEC, make_arrays, make_dataset, make_meta
 
 from hsrl.data import (
     PIXEL_ROUNDTRIP_MAX_ERROR, ChunkMeta, DataFileError, chunk_path, inspect_chunk, list_chunks, load_dataset,
-    pixels_to_uint8, read_chunk, read_meta, spec_differences, uint8_to_pixels, update_chunk, write_chunk,
+    decode_text, encode_text, load_dataset as load, pixels_to_uint8, read_chunk, read_meta, uint8_to_pixels, update_chunk, write_chunk,
 )
 from hsrl.data import chunks as chunks_mod
+from hsrl.data import dataset as dataset_mod
 
 
 @pytest.fixture
@@ -89,6 +90,33 @@ def test_update_chunk_adds_and_replaces_keeping_others(tmp_path, rng):
     assert set(read_chunk(path, ["reward"]).arrays) == {"reward"}
 
 
+def test_generated_text_round_trips_exactly(tmp_path, rng):
+    """numpy's unicode arrays drop trailing NULs ('a\\x00' -> 'a'); text_generated keeps them."""
+    texts = ["ends in NUL\x00", "\x00", "", "é\x00\x00ü\x00", "plain", "\x00mid\x00dle"]
+    assert np.array(texts)[0] != texts[0]  # what a fixed-width unicode array would store
+    path = write_chunk(tmp_path / "c.npz", dict(make_arrays(rng, 3, 2), text_generated=texts), make_meta(2))
+    assert inspect_chunk(path).fields["text_generated"][1] == np.int32
+    chunk = read_chunk(path)
+    assert chunk["text_generated"].dtype == object and chunk["text_generated"].tolist() == texts
+    update_chunk(path, {"reward": np.zeros(6, np.float32)})  # read and written again: unchanged
+    assert read_chunk(path)["text_generated"].tolist() == texts
+    with np.load(path, allow_pickle=False) as z:  # plain arrays: no pickle needed
+        assert z["text_generated"].shape == (6, max(map(len, texts)))
+    assert load([path], ["text_generated"], show_progress=False)["text_generated"].tolist() == texts
+    with pytest.raises(ValueError, match="cannot be cached"):
+        load([path], ["text_generated"], cache_dir=tmp_path / "cache", show_progress=False)
+    assert decode_text(encode_text(texts)).tolist() == texts
+    with pytest.raises(ValueError, match="padded with -1"):
+        decode_text(np.array([[97, -1, 98]], np.int32))
+
+
+def test_generated_text_of_earlier_files_is_read(tmp_path, rng):
+    """Files written before code points held text_generated as (N,) fixed-width unicode: still readable."""
+    arrays = make_arrays(rng, 3, 2)
+    path = _raw_chunk(tmp_path / "old.npz", arrays, make_meta(2), text_generated=np.array(["a", "", "b", "c", "d", "e"]))
+    assert read_chunk(path)["text_generated"].tolist() == ["a", "", "b", "c", "d", "e"]
+
+
 # ---------------------------------------------------------------------------- atomic writes
 
 
@@ -145,7 +173,7 @@ def test_meta_is_validated():
         ChunkMeta(env_name="x", num_envs=1, obs_kind="symbolic", spec_json="{not json")
     meta = make_meta(2, spec=SPEC)
     assert ChunkMeta.from_json(meta.to_json()) == meta
-    with pytest.raises(DataFileError, match="unknown fields"):
+    with pytest.raises(DataFileError, match=r"f.npz: meta: ChunkMeta: unknown fields \['colour'\]"):
         ChunkMeta.from_json(json.dumps(dict(json.loads(meta.to_json()), colour=1)), "f.npz")
     with pytest.raises(DataFileError, match="schema_version"):
         ChunkMeta.from_json(json.dumps(dict(json.loads(meta.to_json()), schema_version=99)), "f.npz")
@@ -237,13 +265,6 @@ def test_list_chunks_orders_by_index(tmp_path, rng):
         list_chunks(tmp_path / "nope")
 
 
-def test_spec_differences():
-    a = json.dumps({"model": "m", "layer": -1, "tokens": 1})
-    b = json.dumps({"model": "m", "layer": 12, "tokens": 1, "dtype": "bf16"})
-    assert spec_differences(a, a) == [] and spec_differences(a, b) == ["dtype", "layer"]
-    assert spec_differences(None, a) == ["<labelled vs unlabelled>"]
-
-
 # ---------------------------------------------------------------------------------- dataset
 
 
@@ -292,13 +313,13 @@ def test_load_dataset_memory_mapped_cache(tmp_path, rng, monkeypatch):
         raise AssertionError("a valid cache must not read the chunks")
 
     with monkeypatch.context() as m:
-        m.setattr(chunks_mod, "_ChunkReader", no_reads)
+        m.setattr(dataset_mod, "ChunkReader", no_reads)
         again = load_dataset(data, ["obs", "reward", "text_obs"], cache_dir=tmp_path / "cache", show_progress=False)
     np.testing.assert_array_equal(again["text_obs"], first["text_obs"])
     assert again.files == first.files and again.meta == first.meta
     os.utime(list_chunks(data)[1], ns=(1, 1))  # a changed source invalidates the cache
     with monkeypatch.context() as m:
-        m.setattr(chunks_mod, "_ChunkReader", no_reads)
+        m.setattr(dataset_mod, "ChunkReader", no_reads)
         with pytest.raises(AssertionError, match="must not read"):
             load_dataset(data, ["obs", "reward", "text_obs"], cache_dir=tmp_path / "cache", show_progress=False)
 

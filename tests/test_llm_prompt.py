@@ -103,3 +103,16 @@ def test_plain_and_short_templates():
     assert short.render("obs") == f"obs\n{SHORT_INSTRUCTION}"
     with pytest.raises(ValueError):
         build_template("long", "classic")
+
+
+def test_prompt_only_last_reads_the_newline_after_think():
+    """With a thinking generation prompt ('<think>\\n'), prompt-only 'last' pools the '\\n' token after '<think>'."""
+    from hsrl.llm.tokens import encode_prompts, prefix_ids, prompt_only_ranges
+
+    tokenizer = train_tokenizer()
+    t = build_template("chat", "classic", tokenizer)
+    rows, ranges = encode_prompts(tokenizer, t, prefix_ids(tokenizer, t, True), True, ["0, 1: tree"])
+    (start, end), = prompt_only_ranges("last", [len(rows[0])], ranges)
+    assert (start, end) == (len(rows[0]) - 1, len(rows[0]))
+    assert tokenizer.decode(rows[0][start:end]) == "\n"
+    assert tokenizer.decode(rows[0][start - 1:start]) == "<think>"

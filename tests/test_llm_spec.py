@@ -4,7 +4,7 @@ import warnings
 import pytest
 
 from hsrl.llm.prompt import TEMPLATE_VERSIONS
-from hsrl.llm.spec import ExtractionSpec, check_compatible
+from hsrl.llm.spec import SAMPLING_FIELDS, ExtractionSpec, check_spec, spec_differences
 from hsrl.text import RENDERER_VERSION
 
 
@@ -27,17 +27,43 @@ def test_defaults_resolved_from_text_and_prompt():
     assert ExtractionSpec(layer=[1, 2]).layer == (1, 2)
 
 
-def test_diff_and_check_compatible():
-    a = ExtractionSpec(model="minilm")
+def test_check_spec_names_fields_and_values():
+    a = ExtractionSpec(model="minilm", tokens=8)
     b = a.replace(layer=2, temperature=1.0)
-    assert a.diff(b) == ["layer", "temperature"]
-    assert check_compatible(a, a) == []
-    with pytest.raises(ValueError, match="layer, temperature"):
-        check_compatible(a, b)
+    assert spec_differences(a, b) == ["layer", "temperature"]
+    assert check_spec(a, a) == []
+    with pytest.raises(ValueError, match=r"fields that differ: layer, temperature \(layer: -1 != 2; temperature"):
+        check_spec(a, b)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert check_compatible(a, b, allow=True) == ["layer", "temperature"]
+        assert check_spec(a, b, allow=True) == ["layer", "temperature"]
     assert "layer" in str(caught[0].message)
+
+
+def test_spec_differences_takes_specs_json_dicts_and_none():
+    a = json.dumps({"model": "m", "layer": -1, "tokens": 1})
+    b = json.dumps({"model": "m", "layer": 12, "tokens": 1, "dtype": "bf16"})
+    assert spec_differences(a, a) == [] and spec_differences(a, b) == ["dtype", "layer"]
+    assert spec_differences(None, a) == ["<labelled vs unlabelled>"] and spec_differences(None, None) == []
+    spec = ExtractionSpec(model="minilm", layer=(1, 2))
+    assert spec_differences(spec, spec.to_json()) == spec_differences(spec.to_dict(), spec) == []
+    assert spec_differences(spec, spec.replace(layer=(2, 1)).to_json()) == ["layer"]
+    with pytest.raises(ValueError, match="must be an object"):
+        spec_differences("[1]", spec)
+
+
+def test_prompt_only_specs_ignore_sampling_fields():
+    """tokens == 1 samples nothing: temperature, top_p and seed change no hidden state, so they never refuse."""
+    prompt_only = ExtractionSpec(model="minilm", tokens=1)
+    resampled = prompt_only.replace(seed=1, temperature=1.0, top_p=0.5)
+    assert SAMPLING_FIELDS == ("temperature", "top_p", "seed")
+    assert spec_differences(prompt_only, resampled) == []
+    assert check_spec(prompt_only.to_json(), resampled.to_json()) == []
+    assert spec_differences(prompt_only, resampled.replace(layer=3)) == ["layer"]  # other fields still count
+    generating = prompt_only.replace(tokens=16)
+    assert spec_differences(generating, generating.replace(seed=1)) == ["seed"]
+    # one side generates: its sampling settings matter
+    assert spec_differences(prompt_only, resampled.replace(tokens=16)) == ["seed", "temperature", "tokens", "top_p"]
 
 
 @pytest.mark.parametrize(

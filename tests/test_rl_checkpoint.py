@@ -12,7 +12,7 @@ from hsrl.rl import (
     CheckpointError, NetworkConfig, Policy, init_params, list_checkpoints, load_policy, make_network,
     read_checkpoint_meta, resolve_checkpoint, save_checkpoint,
 )
-from hsrl.rl.checkpoint import check_params, prune_checkpoints, restore_state
+from hsrl.rl.checkpoint import check_compatible, check_params, prune_checkpoints, restore_state
 
 SPEC = json.dumps({"model": "tiny", "layer": -1})
 
@@ -128,3 +128,21 @@ def test_prune_keeps_newest_and_final(tmp_path):
                                                             "step_000000004.json"]
     assert sorted(p.name for p in tmp_path.glob("*.msgpack")) == ["step_000000001.msgpack", "step_000000003.msgpack",
                                                                   "step_000000004.msgpack"]
+
+
+def test_spec_check_ignores_sampling_fields_of_prompt_only_specs():
+    """A prompt-only checkpoint accepts data whose spec differs only in seed/temperature/top_p; a generating one not."""
+    from hsrl.llm import ExtractionSpec
+
+    net = NetworkConfig("mlp", 17, (6,), hidden_size=4, width=8)
+    for tokens in (1, 8):
+        trained = ExtractionSpec(model="tiny-model", tokens=tokens, seed=0)
+        meta = {"network": net.to_dict(), "env_name": "Craftax-Classic-Symbolic-v1", "spec_json": trained.to_json()}
+        resampled = trained.replace(seed=1, temperature=1.0).to_json()
+        if tokens == 1:
+            check_compatible(meta, spec_json=resampled)
+        else:
+            with pytest.raises(CheckpointError, match="fields that differ: seed, temperature"):
+                check_compatible(meta, spec_json=resampled)
+        with pytest.raises(CheckpointError, match="fields that differ: layer"):
+            check_compatible(meta, spec_json=trained.replace(layer=2).to_json())

@@ -58,7 +58,7 @@ def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.data.label import LabelConfig, label_dataset
     from hsrl.data.returns import add_returns
     from hsrl.data.stats import STATS_FILE, dataset_stats
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
     from hsrl.evaluate import EvalConfig, evaluate
     from hsrl.rl.awr import TrainAWRConfig, train_awr
     from hsrl.rl.plot import plot_runs

@@ -4,7 +4,7 @@
 import json
 from pathlib import Path
 
-from hsrl.data.chunks import write_text_atomic
+from hsrl.atomic import write_text_atomic
 from hsrl.data.returns import ReturnsConfig, add_returns
 from hsrl.data.stats import STATS_FILE, StatsConfig, dataset_stats, format_stats
 

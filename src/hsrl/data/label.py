@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.llm.flags import SpecFlags
+from hsrl.atomic import atomic_path
 from hsrl.data.chunks import (
-    ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, write_chunk_streamed,
+    ChunkMeta, DataFileError, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk, read_meta,
+    write_chunk_streamed,
 )
 from hsrl.errors import InputError
 
@@ -126,7 +128,7 @@ class Labeller:
             res = ex.reextract(texts, list(generated), return_token_states=self.save_tokens, images=images)
         else:
             res = ex.extract(texts, return_token_states=self.save_tokens, images=images)
-        out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": np.asarray(res.generated_text, dtype=str),
+        out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": encode_text(res.generated_text),
                "num_tokens": np.asarray(res.num_tokens, np.int32)}
         if self.save_tokens:
             (states,) = res.token_states.values()
@@ -187,7 +189,7 @@ class Labeller:
         arrays = dict(chunk.arrays)
         if texts is not None:  # an image-only spec keeps the chunk's own text_obs, if any
             arrays["text_obs"] = texts
-        arrays["text_generated"] = np.concatenate([load(p, "text_generated") for p in batch_files])
+        arrays["text_generated"] = np.concatenate([decode_text(load(p, "text_generated")) for p in batch_files])
         meta = replace(chunk.meta, spec_json=self.spec_json)
         streamed = {}
         if self.save_tokens:

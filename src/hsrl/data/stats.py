@@ -1,4 +1,4 @@
-"""Dataset statistics (`hsrl stats`) and the one hidden-state normaliser of the project.
+"""Dataset statistics (`hsrl stats`) and the hidden-state normaliser, `normalize_hidden`.
 
 `normalize_hidden(h, stats)` is the only place hidden states are normalised: offline training, the
 server, online RL and evaluation all call it with the `HiddenStats` that travel with the checkpoint.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.data.chunks import (
-    DataFileError, META_KEY, check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, spec_differences,
-    spec_hash, write_text_atomic,
-)
+from hsrl.atomic import write_text_atomic
+from hsrl.data.chunks import DataFileError, META_KEY, check_consecutive, inspect_chunk, list_chunks, progress, read_chunk
+from hsrl.llm.spec import check_spec, spec_differences, spec_hash
+from hsrl.strict import dataclass_kwargs
 from hsrl.errors import InputError
 
 DEFAULT_STD_FLOOR = 1e-6
@@ -82,9 +82,17 @@ class HiddenStats:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> HiddenStats:
-        return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32),
-                   count=int(d["count"]), spec_json=d.get("spec_json"),
-                   std_floor=float(d.get("std_floor", DEFAULT_STD_FLOOR)))
+        """Statistics of a stored dict (`to_dict`); raises ValueError naming unknown or missing fields, or derived
+        ones (hidden_size, spec_hash) that do not match."""
+        kwargs = dataclass_kwargs(cls, d, derived=("hidden_size", "spec_hash"))
+        kwargs["count"] = int(kwargs["count"])
+        stats = cls(**kwargs)
+        if "hidden_size" in d and d["hidden_size"] != stats.hidden_size:
+            raise ValueError(f"HiddenStats: hidden_size {d['hidden_size']} but mean and std have {stats.hidden_size}")
+        expected_hash = spec_hash(stats.spec_json) if stats.spec_json else None
+        if "spec_hash" in d and d["spec_hash"] != expected_hash:
+            raise ValueError(f"HiddenStats: spec_hash {d['spec_hash']!r} does not match spec_json ({expected_hash!r})")
+        return stats
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -107,11 +115,10 @@ class HiddenStats:
         return cls.from_dict(d)
 
     def check_spec(self, spec_json: str | None, allow_mismatch: bool = False) -> None:
-        """Raise InputError (a ValueError) naming the differing fields if `spec_json` is not the spec of these stats."""
-        diff = spec_differences(self.spec_json, spec_json)
-        if diff and not allow_mismatch:
-            raise InputError(f"hidden-state statistics were computed under another extraction spec; "
-                             f"fields that differ: {', '.join(diff)}")
+        """Raise ValueError naming the differing fields if `spec_json` is not the spec of these stats (`check_spec`;
+        with allow_mismatch only warn)."""
+        check_spec(self.spec_json, spec_json, allow=allow_mismatch,
+                   what="hidden-state statistics were computed under another extraction spec")
 
 
 def normalize_hidden(h, stats):

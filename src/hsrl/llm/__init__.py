@@ -7,7 +7,8 @@
 Importing this package does not import torch; the backend loads it.
 """
 
-from hsrl.llm.extractor import ExtractionResult, Extractor, make_extractor
-from hsrl.llm.spec import ExtractionSpec, check_compatible
+from hsrl.llm.backends import make_extractor
+from hsrl.llm.extractor import ExtractionResult, Extractor
+from hsrl.llm.spec import ExtractionSpec, check_spec, spec_differences
 
-__all__ = ["ExtractionResult", "ExtractionSpec", "Extractor", "check_compatible", "make_extractor"]
+__all__ = ["ExtractionResult", "ExtractionSpec", "Extractor", "check_spec", "make_extractor", "spec_differences"]

@@ -1,10 +1,14 @@
-"""The one backend interface: observations in, one hidden-state vector per sample (per layer) out.
+"""The backend interface and the extraction steps every backend shares: observations in, one hidden-state vector per
+sample (per layer) out.
 
 Observations are text (rendered by `hsrl.text`) and, for vision-language models (`spec.input` 'image' or
 'image+text'), images: `(B, H, W, 3)` float in [0, 1] or uint8, converted by `hsrl.pixels.pixels_to_uint8`.
 
 Labelling, the hidden-state server, online RL and evaluation all call `Extractor.extract` (and `reextract` to recompute
-states for text that was generated before). Backends differ only inside it. A failed extraction raises; it never
+states for text that was generated before). `Extractor` runs the steps every backend shares (read the inputs,
+encode, check lengths, choose the token ranges to pool, assemble the result of a re-extraction); a backend
+(`hsrl.llm.transformers_backend`, `vision_backend`, `vllm_backend`) implements only its own encoding, forward pass and
+generation. `hsrl.llm.backends.make_extractor` picks the backend a spec names. A failed extraction raises; it never
 returns zeros.
 """
 
@@ -15,6 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from hsrl.llm.spec import ExtractionSpec
+from hsrl.llm.tokens import (
+    check_lengths, decode_generated, generated_ids_to_reextract, prompt_only_ranges, sample_keys,
+)
 
 
 @dataclass
@@ -59,13 +66,23 @@ class ExtractionResult:
 
 
 class Extractor(ABC):
-    """A loaded model plus a resolved `ExtractionSpec`."""
+    """A loaded model plus a resolved `ExtractionSpec`.
+
+    `extract` and `reextract` are the same for every backend: they call the backend's hooks, below. A backend sets
+    `spec`, `hidden_size`, `num_layers`, `tokenizer`, `context_length` and `_eos_ids`, and implements `_encode`,
+    `_run_prefill` (one prefill, pooled over given token ranges) and `_run_generation` (sample, then pool the
+    generated tokens' states); it may override the other hooks (inputs that are images, ranges that are not contiguous, ...).
+    """
 
     spec: ExtractionSpec  # resolved: no 'auto' left
     hidden_size: int
     num_layers: int
+    tokenizer: object  # the model's tokenizer (decodes generated ids, tokenizes generated text to re-extract)
+    context_length: int  # most tokens a prompt plus its generation may hold
+    _eos_ids: list[int]
 
-    @abstractmethod
+    # ---- the shared steps -------------------------------------------------------------------------------------
+
     def extract(
         self,
         observations: Sequence[str] | None,
@@ -82,8 +99,18 @@ class Extractor(ABC):
         sample's sampling; by default each sample's seed is derived from spec.seed and its prompt text, so the same
         observation gives the same generation whatever else is in the batch.
         """
+        texts, images, _ = self._inputs(observations, images)
+        self._layers(layers)  # refuse layers this extractor cannot give before any work
+        rows, observation_ranges = self._encode(texts, images)
+        lengths = [len(r) for r in rows]
+        if self.spec.generates:
+            self._check_lengths(rows, lengths, self.spec.tokens)
+            keys = self._sample_keys(texts, images, seeds)
+            return self._run_generation(rows, lengths, layers, return_token_states, keys)
+        self._check_lengths(rows, lengths, 0)
+        ranges = self._prompt_only_ranges(rows, lengths, observation_ranges)
+        return self._run_prefill(rows, ranges, lengths, layers, return_token_states)
 
-    @abstractmethod
     def reextract(
         self,
         observations: Sequence[str] | None,
@@ -94,20 +121,84 @@ class Extractor(ABC):
         images=None,
     ) -> ExtractionResult:
         """States of already generated text: one prefill over prompt + generated tokens, pooled over the latter."""
+        texts, images, count = self._inputs(observations, images)
+        self._check_reextract()
+        generated_ids = generated_ids_to_reextract(self.tokenizer, generated_texts, generated_ids, count,
+                                                   "images" if texts is None else "observations")
+        self._check_generated(generated_ids)
+        self._layers(layers)
+        prompts, _ = self._encode(texts, images)
+        rows = [self._extend(p, g) for p, g in zip(prompts, generated_ids)]
+        lengths = [len(p) for p in prompts]
+        self._check_lengths(rows, lengths, 0)
+        result = self._run_prefill(rows, self._generated_ranges(prompts, rows), lengths, layers, return_token_states)
+        result.generated_ids = generated_ids
+        result.generated_text = [self._decode(g) for g in generated_ids]
+        result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
+        return result
 
+    def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
+        """The layers asked (`layers`, default spec.layer) and each one's absolute index (0..num_layers)."""
+        from hsrl.llm.pooling import resolve_layer  # imports torch: not at package import
 
-def make_extractor(spec: ExtractionSpec, **kwargs) -> Extractor:
-    """The backend that `spec.backend` names, loaded and ready (kwargs go to the backend's constructor)."""
-    if spec.backend == "transformers" and spec.reads_images:
-        from hsrl.llm.vision_backend import VisionExtractor
+        asked = self.spec.layers if layers is None else ((layers,) if isinstance(layers, int) else tuple(layers))
+        return asked, {layer: resolve_layer(int(layer), self.num_layers) for layer in asked}
 
-        return VisionExtractor(spec, **kwargs)
-    if spec.backend == "transformers":
-        from hsrl.llm.transformers_backend import TransformersExtractor
+    def _check_lengths(self, rows, prompt_lengths: Sequence[int], extra: int) -> None:
+        """Raise if a prompt is longer than max_prompt_length, or prompt + `extra` tokens exceed the context."""
+        check_lengths(rows, prompt_lengths, extra, self.spec.max_prompt_length, self.context_length, self.spec.model)
 
-        return TransformersExtractor(spec, **kwargs)
-    if spec.backend == "vllm":
-        from hsrl.llm.vllm_backend import VLLMExtractor
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Generated ids -> text that tokenizes back to them: special tokens kept, spaces not cleaned up."""
+        return decode_generated(self.tokenizer, ids)
 
-        return VLLMExtractor(spec, **kwargs)
-    raise ValueError(f"unknown backend {spec.backend!r}")
+    # ---- hooks with a text default ------------------------------------------------------------------------------
+
+    def _inputs(self, observations, images) -> tuple[list[str] | None, object, int]:
+        """Validated inputs: (text observations or None, images or None, number of samples). Text backends refuse
+        images."""
+        if images is not None:
+            raise ValueError(f"this extractor ({self.spec.backend} backend, spec.input={self.spec.input!r}) reads "
+                             f"text only: it reads no images (use input='image' with a VLM on the transformers backend)")
+        observations = list(observations)
+        if not observations:
+            raise ValueError("no observations to extract")
+        return observations, None, len(observations)
+
+    def _sample_keys(self, texts, images, seeds) -> list[int]:
+        """Each sample's sampling key (`hsrl.llm.tokens.sample_keys`): its seed, or a hash of its input."""
+        return sample_keys(texts, seeds)
+
+    def _prompt_only_ranges(self, rows, lengths: Sequence[int], observation_ranges):
+        """What prompt-only mode pools, per row: (B, 2) [start, end) token ranges by the spec's pooling."""
+        return prompt_only_ranges(self.spec.pooling, lengths, observation_ranges)
+
+    def _generated_ranges(self, prompts, rows):
+        """What re-extraction pools, per row: the generated tokens, after the prompt."""
+        return np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
+
+    def _extend(self, prompt, generated: Sequence[int]):
+        """A prompt row followed by generated ids."""
+        return list(prompt) + list(generated)
+
+    def _check_reextract(self) -> None:
+        """Raise if this extractor cannot re-extract (e.g. an encoder model)."""
+
+    def _check_generated(self, generated_ids: list[list[int]]) -> None:
+        """Raise if generated ids cannot be re-extracted by this model."""
+
+    # ---- what each backend implements ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _encode(self, texts, images) -> tuple[list, np.ndarray | None]:
+        """Prompt token rows per sample, and the (B, 2) token range of each observation in them (or None)."""
+
+    @abstractmethod
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+        """One prefill over `rows`, pooling each row's `ranges`; the result has no generation (re-extraction fills
+        it in)."""
+
+    @abstractmethod
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+        """Generate up to spec.tokens tokens per row (sampling seeded by spec.seed and `keys`) and pool the generated
+        tokens' own states."""

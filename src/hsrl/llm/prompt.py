@@ -1,4 +1,4 @@
-"""The one prompt builder: system prompt (rules, coordinates, actions, few-shot examples) + the current observation.
+"""The prompt builder of every backend: system prompt (rules, coordinates, actions, few-shot examples) + the current observation.
 
 Two templates:
 
@@ -8,7 +8,8 @@ Two templates:
   `apply_chat_template(..., add_generation_prompt=True)`, so the prompt ends with the assistant's generation prompt.
   Thinking models: the template's thinking block is left as the template makes it. Qwen3-Thinking-2507's
   generation prompt opens `<think>\\n` itself, so generated tokens are the model's reasoning (then `</think>` and the
-  answer if the token budget allows) and prompt-only 'last' pooling reads the state of that opening. Hybrid
+  answer if the token budget allows) and prompt-only 'last' pooling reads the state of the prompt's last token, the
+  '\\n' after `<think>` (tested with a Qwen-style tokenizer, where `<think>` is a token of its own). Hybrid
   templates (Qwen3 with `enable_thinking`) get their default (thinking on). Few-shot examples live in the system
   message, not as earlier chat turns, because chat templates rewrite earlier assistant turns (Qwen3 drops their
   reasoning). Without a chat template the same text is laid out plainly, ending in "Answer:".

@@ -1,7 +1,8 @@
 """`ExtractionSpec`: everything that changes a hidden state, in one frozen, serialisable object.
 
 Its JSON (sorted keys) and a short hash are written into every labelled file, every checkpoint and the server's
-`/health`; a consumer whose spec differs from its producer's refuses to run (`check_compatible`).
+`/health`; a consumer whose spec differs from its producer's refuses to run. `spec_differences` is the one comparison
+of two specs (data files, checkpoints, statistics and the server all call it) and `check_spec` the one refusal.
 
 Layer numbering follows HuggingFace's `output_hidden_states` tuple of a model with L blocks (L + 1 entries):
 0 is the embedding output (the input of block 1), i (1 <= i < L) is the output of block i (residual stream,
@@ -21,9 +22,11 @@ import dataclasses
 import hashlib
 import json
 import warnings
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from hsrl.errors import InputError
+from hsrl.strict import dataclass_kwargs
 
 POOLINGS = ("mean", "last")
 TEMPLATES = ("auto", "chat", "short")
@@ -31,6 +34,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 INPUTS = ("text", "image", "image+text")  # what the model reads: the text rendering, the image, or both
 BACKENDS = ("transformers", "vllm")
 VARIANTS = ("classic", "craftax")
+SAMPLING_FIELDS = ("temperature", "top_p", "seed")  # change hidden states only when the spec generates (tokens > 1)
 
 
 def current_renderer_version() -> str:
@@ -136,12 +140,8 @@ class ExtractionSpec:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=separators)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ExtractionSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ExtractionSpec fields {unknown} (written by a newer hsrl?)")
-        return cls(**d)
+    def from_dict(cls, d: Mapping) -> "ExtractionSpec":
+        return cls(**dataclass_kwargs(cls, d))
 
     @classmethod
     def from_json(cls, text: str) -> "ExtractionSpec":
@@ -152,23 +152,55 @@ class ExtractionSpec:
         """First 12 hex digits of the SHA-256 of the canonical JSON (`spec_hash(self.to_json())`)."""
         return spec_hash(self.to_json())
 
-    def diff(self, other: "ExtractionSpec") -> list[str]:
-        """Names of the fields whose values differ, in field order."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+SpecLike = ExtractionSpec | str | Mapping | None
 
 
-def check_compatible(producer: ExtractionSpec, consumer: ExtractionSpec, allow: bool = False) -> list[str]:
-    """Raise ValueError naming the differing fields unless the specs are equal; with allow=True only warn.
+def _spec_dict(spec: SpecLike) -> dict | None:
+    if spec is None or isinstance(spec, dict):
+        return spec
+    if isinstance(spec, ExtractionSpec):
+        return spec.to_dict()
+    if isinstance(spec, str):
+        d = json.loads(spec)
+        if not isinstance(d, dict):
+            raise ValueError(f"an extraction spec's JSON must be an object, got {spec[:80]!r}")
+        return d
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise TypeError(f"expected an ExtractionSpec, its JSON or dict, or None; got {type(spec).__name__}")
 
-    Returns the differing field names (empty when compatible).
+
+def spec_differences(a: SpecLike, b: SpecLike, ignore: Collection[str] = ()) -> list[str]:
+    """Names of the fields in which two extraction specs differ (sorted); [] when they give the same hidden states.
+
+    a, b: an ExtractionSpec, its JSON or dict, or None (unlabelled data: no spec; None vs a spec differs in
+    '<labelled vs unlabelled>'). A field present in one only differs. The sampling fields (`SAMPLING_FIELDS`) are
+    ignored when both specs are prompt-only (tokens == 1): nothing is sampled, so they change nothing. `ignore`
+    leaves further fields out (e.g. those a backend resolves).
     """
-    fields = producer.diff(consumer)
+    da, db = _spec_dict(a), _spec_dict(b)
+    if da is None or db is None:
+        return [] if da is db else ["<labelled vs unlabelled>"]
+    skip = set(ignore)
+    if da.get("tokens") == 1 and db.get("tokens") == 1:
+        skip.update(SAMPLING_FIELDS)
+    absent = object()
+    return sorted(k for k in set(da) | set(db) if k not in skip and da.get(k, absent) != db.get(k, absent))
+
+
+def check_spec(producer: SpecLike, consumer: SpecLike, allow: bool = False, what: str = "extraction spec mismatch"
+               ) -> list[str]:
+    """Raise ValueError naming the fields (and values) in which the specs differ (`spec_differences`); with
+    allow=True only warn. Returns the differing field names (empty when compatible). `what` starts the message.
+    """
+    fields = spec_differences(producer, consumer)
     if fields:
-        detail = "; ".join(f"{n}: {getattr(producer, n)!r} != {getattr(consumer, n)!r}" for n in fields)
-        message = (
-            f"extraction spec mismatch (producer {producer.hash} vs consumer {consumer.hash}) in "
-            f"{', '.join(fields)} ({detail})"
-        )
+        da, db = _spec_dict(producer) or {}, _spec_dict(consumer) or {}
+        detail = "; ".join(f"{n}: {da.get(n, '<absent>')!r} != {db.get(n, '<absent>')!r}" for n in fields)
+        hashes = (f"producer {spec_hash(json.dumps(da, sort_keys=True, separators=(',', ':')))} vs consumer "
+                  f"{spec_hash(json.dumps(db, sort_keys=True, separators=(',', ':')))}") if da and db else ""
+        message = f"{what}{f' ({hashes})' if hashes else ''}; fields that differ: {', '.join(fields)} ({detail})"
         if not allow:
             raise InputError(message + "; pass the override flag to run anyway")
         warnings.warn(message + "; allowed by override", stacklevel=2)

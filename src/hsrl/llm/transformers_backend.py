@@ -42,10 +42,7 @@ from hsrl.llm.models import LoadedModel, load_model, model_for_spec
 from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
-from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, generated_ids_to_reextract, prefix_ids,
-    prompt_only_ranges, resolve_template_name, sample_keys, sample_uniforms,
-)
+from hsrl.llm.tokens import encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_uniforms
 
 
 def _find_blocks(base) -> torch.nn.ModuleList:
@@ -59,11 +56,6 @@ def _find_blocks(base) -> torch.nn.ModuleList:
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
     return eos_ids(getattr(loaded.model, "generation_config", None), loaded.tokenizer)
-
-
-def _refuse_images(images) -> None:
-    if images is not None:
-        raise ValueError("this extractor's spec has input='text': it reads no images (use input='image' with a VLM)")
 
 
 def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -136,6 +128,8 @@ class TransformersExtractor(Extractor):
         """Attach the resolved spec and the loaded model (base model, its blocks, pad and end-of-sequence ids)."""
         self.spec = spec
         self.loaded = model
+        self.tokenizer = model.tokenizer
+        self.context_length = model.context_length
         self.hidden_size = model.hidden_size
         self.num_layers = model.num_layers
         for layer in self.spec.layers:
@@ -163,14 +157,8 @@ class TransformersExtractor(Extractor):
         """Prompt token ids per sample and the (B, 2) [start, end) token range of each observation in them."""
         return encode_prompts(self.loaded.tokenizer, self.template, self._prefix_ids, self.loaded.causal, observations)
 
-    def _check_lengths(self, rows: list[list[int]], prompt_lengths: Sequence[int], extra: int) -> None:
-        """Raise if a prompt is longer than max_prompt_length, or prompt + `extra` tokens exceed the context."""
-        check_lengths(rows, prompt_lengths, extra, self.spec.max_prompt_length, self.loaded.context_length,
-                      self.spec.model)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        """Generated ids -> text that tokenizes back to them: special tokens kept, spaces not cleaned up."""
-        return decode_generated(self.loaded.tokenizer, ids)
+    def _encode(self, texts, images):
+        return self.encode(texts)
 
     # ---- model calls --------------------------------------------------------------------------------------------
 
@@ -285,7 +273,7 @@ class TransformersExtractor(Extractor):
                 tokens[layer] = picked
         return hidden, tokens, counts.cpu().numpy()
 
-    def _generate(self, rows, uniforms: torch.Tensor, layers: set[int]):
+    def _decoding_loop(self, rows, uniforms: torch.Tensor, layers: set[int]):
         """Sample up to N tokens per row; returns (hidden, token states, gen ids (B, n), valid (B, n))."""
         B = len(rows)
         spec = self.spec
@@ -321,13 +309,17 @@ class TransformersExtractor(Extractor):
 
     # ---- public -------------------------------------------------------------------------------------------------
 
-    def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
-        asked = self.spec.layers if layers is None else ((layers,) if isinstance(layers, int) else tuple(layers))
-        return asked, {layer: resolve_layer(int(layer), self.num_layers) for layer in asked}
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+        return self._run(rows, prompt_lengths, layers, want_tokens, ranges=ranges)
 
-    def _uniforms(self, observations, seeds) -> np.ndarray:
-        """(B, N) uniforms: each sample's own stream, from spec.seed and its seed (default: hash of its text)."""
-        return sample_uniforms(self.spec.seed, self.spec.tokens, sample_keys(observations, seeds))
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+        """Own decoding loop; each sample draws (N,) uniforms from its own stream (spec.seed and its key)."""
+        uniforms = sample_uniforms(self.spec.seed, self.spec.tokens, keys)
+        return self._run(rows, prompt_lengths, layers, want_tokens, uniforms=uniforms)
+
+    def _check_reextract(self) -> None:
+        if not self.loaded.causal:
+            raise ValueError(f"{self.spec.model} is an encoder model: there is no generated text to re-extract")
 
     def _run(self, rows, prompt_lengths, layers, want_tokens, ranges=None, uniforms=None) -> ExtractionResult:
         """Batch rows by length, run each batch, and assemble one result in the input order.
@@ -352,7 +344,7 @@ class TransformersExtractor(Extractor):
                     h, t, counts = self._pooled_prefill(chunk, ranges[idx], wanted, want_tokens)
                 else:
                     u = torch.as_tensor(uniforms[idx], dtype=torch.float32, device=self.device)
-                    h, t, ids, valid = self._generate(chunk, u, wanted)
+                    h, t, ids, valid = self._decoding_loop(chunk, u, wanted)
                     counts = valid.sum(dim=1).cpu().numpy()
                     ids = ids.cpu().numpy()
                     for k, i in enumerate(idx):
@@ -385,50 +377,3 @@ class TransformersExtractor(Extractor):
             finished=finished,
             token_states=None if token_states is None else {layer: token_states[absolute[layer]] for layer in asked},
         )
-
-    def extract(
-        self,
-        observations: Sequence[str],
-        layers: Sequence[int] | int | None = None,
-        seeds: Sequence[int] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        _refuse_images(images)
-        observations = list(observations)
-        if not observations:
-            raise ValueError("no observations to extract")
-        rows, obs_ranges = self.encode(observations)
-        lengths = [len(r) for r in rows]
-        if self.spec.generates:
-            self._check_lengths(rows, lengths, self.spec.tokens)
-            return self._run(rows, lengths, layers, return_token_states, uniforms=self._uniforms(observations, seeds))
-        self._check_lengths(rows, lengths, 0)
-        ranges = prompt_only_ranges(self.spec.pooling, lengths, obs_ranges)
-        return self._run(rows, lengths, layers, return_token_states, ranges=ranges)
-
-    def reextract(
-        self,
-        observations: Sequence[str],
-        generated_texts: Sequence[str] | None = None,
-        layers: Sequence[int] | int | None = None,
-        generated_ids: Sequence[Sequence[int]] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        _refuse_images(images)
-        if not self.loaded.causal:
-            raise ValueError(f"{self.spec.model} is an encoder model: there is no generated text to re-extract")
-        observations = list(observations)
-        generated_ids = generated_ids_to_reextract(self.loaded.tokenizer, generated_texts, generated_ids,
-                                                   len(observations))
-        prompts, _ = self.encode(observations)
-        rows = [p + g for p, g in zip(prompts, generated_ids)]
-        lengths = [len(p) for p in prompts]
-        self._check_lengths(rows, lengths, 0)
-        ranges = np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
-        result = self._run(rows, lengths, layers, return_token_states, ranges=ranges)
-        result.generated_ids = generated_ids
-        result.generated_text = [self._decode(g) for g in generated_ids]
-        result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
-        return result

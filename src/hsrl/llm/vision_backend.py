@@ -36,12 +36,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hsrl.llm.extractor import ExtractionResult
 from hsrl.llm.models import LoadedModel, load_vision_model, model_for_spec
 from hsrl.llm.pooling import pool
 from hsrl.llm.prompt import build_vision_template
 from hsrl.llm.spec import ExtractionSpec
-from hsrl.llm.tokens import generated_ids_to_reextract, resolve_template_name, sample_keys, sample_uniforms
+from hsrl.llm.tokens import resolve_template_name, sample_keys
 from hsrl.llm.transformers_backend import TransformersExtractor, _find_blocks
 from hsrl.pixels import pixels_to_uint8
 
@@ -116,8 +115,8 @@ class VisionExtractor(TransformersExtractor):
 
     # ---- inputs -------------------------------------------------------------------------------------------------
 
-    def _inputs(self, observations, images) -> tuple[np.ndarray, list[str] | None]:
-        """Validated (B, H, W, 3) uint8 images and the text observations (None for input 'image')."""
+    def _inputs(self, observations, images) -> tuple[list[str] | None, np.ndarray, int]:
+        """The text observations (None for input 'image'), validated (B, H, W, 3) uint8 images, and B."""
         if images is None:
             raise ValueError(f"spec.input={self.spec.input!r} reads images: pass images=(batch, height, width, 3) "
                              f"pixel observations")
@@ -129,18 +128,41 @@ class VisionExtractor(TransformersExtractor):
         if not self.spec.reads_text:
             if observations is not None:
                 raise ValueError("spec.input='image' reads no text observation; pass observations=None")
-            return u8, None
+            return None, u8, len(u8)
         if observations is None:
             raise ValueError("spec.input='image+text' reads the text observation too: pass observations")
         observations = list(observations)
         if len(observations) != len(u8):
             raise ValueError(f"{len(observations)} text observations for {len(u8)} images")
-        return u8, observations
+        return observations, u8, len(u8)
 
-    def _keys(self, u8: np.ndarray, observations) -> list[bytes]:
-        """What identifies each sample's input (its sampling stream): image shape and bytes, plus its text."""
-        texts = observations if observations is not None else [""] * len(u8)
-        return [np.asarray(img.shape).tobytes() + img.tobytes() + t.encode() for img, t in zip(u8, texts)]
+    def _sample_keys(self, texts, images, seeds) -> list[int]:
+        """A sample's input (its sampling stream) is its image (shape and bytes) plus its text."""
+        texts = texts if texts is not None else [""] * len(images)
+        inputs = [np.asarray(img.shape).tobytes() + img.tobytes() + t.encode() for img, t in zip(images, texts)]
+        return sample_keys(inputs, seeds)
+
+    def _encode(self, texts, images):
+        return self.encode(texts, images), None
+
+    def _prompt_only_ranges(self, rows, lengths, observation_ranges):
+        """Per row, the positions pooled: the last prompt token ('last'), or the observation's tokens ('mean')."""
+        if self.spec.pooling == "last":
+            return _objects([np.array([len(r) - 1]) for r in rows])
+        return _objects([r.observation for r in rows])
+
+    def _generated_ranges(self, prompts, rows):
+        return _objects([np.arange(len(p), len(r)) for p, r in zip(prompts, rows)])
+
+    def _extend(self, prompt: "_Row", generated):
+        return prompt.extended(generated)
+
+    def _check_generated(self, generated_ids) -> None:
+        placeholders = set(self._placeholder_ids.tolist())
+        held = [b for b, g in enumerate(generated_ids) if placeholders.intersection(g)]
+        if held:
+            raise ValueError(f"the generations of samples {held} hold image/video placeholder tokens, which the model "
+                             f"would read as image slots")
 
     def encode(self, observations: Sequence[str] | None, images: np.ndarray) -> list[_Row]:
         """Prompt rows (token ids with their image's patches and the positions of the observation's tokens)."""
@@ -227,55 +249,3 @@ class VisionExtractor(TransformersExtractor):
             if want_tokens:
                 tokens[layer] = picked
         return hidden, tokens, counts
-
-    # ---- public -------------------------------------------------------------------------------------------------
-
-    def extract(
-        self,
-        observations: Sequence[str] | None,
-        layers: Sequence[int] | int | None = None,
-        seeds: Sequence[int] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        u8, texts = self._inputs(observations, images)
-        rows = self.encode(texts, u8)
-        lengths = [len(r) for r in rows]
-        if self.spec.generates:
-            self._check_lengths(rows, lengths, self.spec.tokens)
-            uniforms = sample_uniforms(self.spec.seed, self.spec.tokens, sample_keys(self._keys(u8, texts), seeds))
-            return self._run(rows, lengths, layers, return_token_states, uniforms=uniforms)
-        self._check_lengths(rows, lengths, 0)
-        if self.spec.pooling == "last":
-            targets = [np.array([len(r) - 1]) for r in rows]
-        else:
-            targets = [r.observation for r in rows]
-        return self._run(rows, lengths, layers, return_token_states, ranges=_objects(targets))
-
-    def reextract(
-        self,
-        observations: Sequence[str] | None,
-        generated_texts: Sequence[str] | None = None,
-        layers: Sequence[int] | int | None = None,
-        generated_ids: Sequence[Sequence[int]] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        u8, texts = self._inputs(observations, images)
-        generated_ids = generated_ids_to_reextract(self.loaded.tokenizer, generated_texts, generated_ids, len(u8),
-                                                   "images")
-        placeholders = set(self._placeholder_ids.tolist())
-        held = [b for b, g in enumerate(generated_ids) if placeholders.intersection(g)]
-        if held:
-            raise ValueError(f"the generations of samples {held} hold image/video placeholder tokens, which the model "
-                             f"would read as image slots")
-        prompts = self.encode(texts, u8)
-        rows = [p.extended(g) for p, g in zip(prompts, generated_ids)]
-        lengths = [len(p) for p in prompts]
-        self._check_lengths(rows, lengths, 0)
-        targets = [np.arange(len(p), len(r)) for p, r in zip(prompts, rows)]
-        result = self._run(rows, lengths, layers, return_token_states, ranges=_objects(targets))
-        result.generated_ids = generated_ids
-        result.generated_text = [self._decode(g) for g in generated_ids]
-        result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
-        return result

@@ -51,10 +51,7 @@ from hsrl.llm.models import auto_device_dtype, resolve_model
 from hsrl.llm.pooling import pool, resolve_layer
 from hsrl.llm.prompt import build_template
 from hsrl.llm.spec import ExtractionSpec
-from hsrl.llm.tokens import (
-    check_lengths, decode_generated, encode_prompts, eos_ids, generated_ids_to_reextract, prefix_ids,
-    prompt_only_ranges, resolve_template_name, sample_keys,
-)
+from hsrl.llm.tokens import encode_prompts, eos_ids, prefix_ids, resolve_template_name
 
 CONNECTOR = "HsrlHiddenStatesConnector"
 CONNECTOR_MODULE = "hsrl.llm.vllm_connector"
@@ -413,12 +410,11 @@ class VLLMExtractor(Extractor):
         """Prompt token ids per sample and the (B, 2) [start, end) token range of each observation in them."""
         return encode_prompts(self.tokenizer, self.template, self._prefix_ids, True, observations)
 
-    def _check_lengths(self, rows, prompt_lengths, extra: int) -> None:
-        check_lengths(rows, prompt_lengths, extra, self.spec.max_prompt_length, self.context_length, self.spec.model)
+    def _encode(self, texts, images):
+        return self.encode(texts)
 
-    def _sample_seeds(self, observations, seeds) -> list[int]:
+    def _request_seeds(self, keys: list[int]) -> list[int]:
         """vLLM's per-request seed: spec.seed mixed with the sample's key, as the transformers backend mixes them."""
-        keys = sample_keys(observations, seeds)
         return [int(np.random.default_rng([self.spec.seed % 2**64, k]).integers(2**63)) for k in keys]
 
     # ---- engine calls -------------------------------------------------------------------------------------------
@@ -456,7 +452,7 @@ class VLLMExtractor(Extractor):
                 tokens[layer] = padded
         return hidden, tokens
 
-    def _generate(self, rows: list[list[int]], seeds: list[int]) -> list[list[int]]:
+    def _sample(self, rows: list[list[int]], seeds: list[int]) -> list[list[int]]:
         """Sample up to spec.tokens ids per row (end-of-sequence included when generated)."""
         from vllm import SamplingParams
 
@@ -469,8 +465,7 @@ class VLLMExtractor(Extractor):
     # ---- public -------------------------------------------------------------------------------------------------
 
     def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
-        asked = self.spec.layers if layers is None else ((layers,) if isinstance(layers, int) else tuple(layers))
-        absolute = {layer: resolve_layer(int(layer), self.num_layers) for layer in asked}
+        asked, absolute = super()._layers(layers)
         other = sorted(set(absolute.values()) - set(self.engine_layers))
         if other:
             raise ValueError(f"layers {other}: this vLLM engine extracts layers {list(self.engine_layers)} (fixed when "
@@ -502,7 +497,7 @@ class VLLMExtractor(Extractor):
         generated = generated if generated is not None else [[] for _ in range(n)]
         return ExtractionResult(
             hidden={layer: hidden[absolute[layer]] for layer in asked},
-            generated_text=[decode_generated(self.tokenizer, g) if g else "" for g in generated],
+            generated_text=[self._decode(g) if g else "" for g in generated],
             generated_ids=[list(g) for g in generated],
             num_tokens=num_tokens,
             prompt_tokens=np.asarray(prompt_lengths, dtype=np.int64),
@@ -510,58 +505,18 @@ class VLLMExtractor(Extractor):
             token_states=None if token_states is None else {layer: token_states[absolute[layer]] for layer in asked},
         )
 
-    def extract(
-        self,
-        observations: Sequence[str],
-        layers: Sequence[int] | int | None = None,
-        seeds: Sequence[int] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        _refuse_images(images)
-        observations = list(observations)
-        if not observations:
-            raise ValueError("no observations to extract")
-        self._layers(layers)  # refuse layers the engine does not extract before any work
-        rows, obs_ranges = self.encode(observations)
-        lengths = [len(r) for r in rows]
-        if self.spec.generates:
-            self._check_lengths(rows, lengths, self.spec.tokens)
-            seeds = self._sample_seeds(observations, seeds)
-            generated = []
-            for start in range(0, len(rows), self.batch_size):
-                generated += self._generate(rows[start : start + self.batch_size], seeds[start : start + self.batch_size])
-            full = [r + g for r, g in zip(rows, generated)]
-            ranges = np.array([[len(r), len(f)] for r, f in zip(rows, full)], dtype=np.int64)
-            return self._run(full, ranges, lengths, layers, return_token_states, generated)
-        self._check_lengths(rows, lengths, 0)
-        ranges = prompt_only_ranges(self.spec.pooling, lengths, obs_ranges)
-        return self._run(rows, ranges, lengths, layers, return_token_states)
+    def _run_prefill(self, rows, ranges, prompt_lengths, layers, want_tokens: bool) -> ExtractionResult:
+        return self._run(rows, ranges, prompt_lengths, layers, want_tokens)
 
-    def reextract(
-        self,
-        observations: Sequence[str],
-        generated_texts: Sequence[str] | None = None,
-        layers: Sequence[int] | int | None = None,
-        generated_ids: Sequence[Sequence[int]] | None = None,
-        return_token_states: bool = False,
-        images=None,
-    ) -> ExtractionResult:
-        _refuse_images(images)
-        observations = list(observations)
-        generated_ids = generated_ids_to_reextract(self.tokenizer, generated_texts, generated_ids, len(observations))
-        self._layers(layers)
-        prompts, _ = self.encode(observations)
-        rows = [p + g for p, g in zip(prompts, generated_ids)]
-        lengths = [len(p) for p in prompts]
-        self._check_lengths(rows, lengths, 0)
-        ranges = np.array([[len(p), len(r)] for p, r in zip(prompts, rows)], dtype=np.int64)
-        return self._run(rows, ranges, lengths, layers, return_token_states, generated_ids)
-
-
-def _refuse_images(images) -> None:
-    if images is not None:
-        raise ValueError("the vLLM backend reads text only: this extractor takes no images")
+    def _run_generation(self, rows, prompt_lengths, layers, want_tokens: bool, keys: list[int]) -> ExtractionResult:
+        """Sample on the generation engine, then one prefill over prompt + generated ids on the extraction engine."""
+        seeds = self._request_seeds(keys)
+        generated = []
+        for start in range(0, len(rows), self.batch_size):
+            generated += self._sample(rows[start : start + self.batch_size], seeds[start : start + self.batch_size])
+        full = [r + g for r, g in zip(rows, generated)]
+        ranges = np.array([[len(r), len(f)] for r, f in zip(rows, full)], dtype=np.int64)
+        return self._run(full, ranges, prompt_lengths, layers, want_tokens, generated)
 
 
 def _platform_device() -> str:

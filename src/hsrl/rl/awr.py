@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks, load_dataset, write_text_atomic
+from hsrl.atomic import write_text_atomic
+from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks
+from hsrl.data.dataset import load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.rl.checkpoint import (

@@ -15,10 +15,9 @@ only arrays, numbers and nested dicts; everything descriptive is JSON.
 `load_policy(path)` (a run folder, its `checkpoints/` folder, or either file of one checkpoint) gives
 a `Policy`: network config, params, hidden-state statistics, spec JSON and env name, with
 `policy.act(obs, hidden_raw, key)` that normalises the raw hidden state with `normalize_hidden` (the
-one normaliser) inside. `check_compatible` refuses a checkpoint for data, a server or a run whose env,
-hidden size or extraction spec differ (spec fields compared by `spec_differences`, which the data, the
-hidden statistics and the server client use for their own checks). `checkpoint_policy` turns a baseline
-checkpoint into the policy function `hsrl.data.collect` rolls out.
+normaliser, `hsrl.data.stats`) inside. `check_compatible` refuses a checkpoint for data, a server or a run whose
+env, hidden size or extraction spec (compared by `hsrl.llm.spec.spec_differences`) differ. `checkpoint_policy`
+turns a baseline checkpoint into the policy function `hsrl.data.collect` rolls out.
 """
 
 from __future__ import annotations
@@ -39,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.data.chunks import atomic_path, spec_differences, spec_hash, write_text_atomic
+from hsrl.atomic import atomic_path, write_text_atomic
+from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.rl.networks import NetworkConfig, make_network, param_shapes

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsrl.pixels import uint8_to_pixels
+from hsrl.strict import dataclass_kwargs
 
 KINDS = ("conv", "mlp")
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
@@ -92,11 +93,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d) -> NetworkConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"NetworkConfig: unknown fields {unknown}")
-        return cls(**d)
+        return cls(**dataclass_kwargs(cls, d))
 
     @classmethod
     def from_json(cls, text: str) -> NetworkConfig:

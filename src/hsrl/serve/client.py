@@ -144,14 +144,14 @@ class HiddenStateClient:
         allow=True only warns); returns them. Afterwards every answer's spec_hash is checked against the server's,
         so a server restarted with another spec is noticed.
         """
-        from hsrl.llm.spec import ExtractionSpec, check_compatible
+        from hsrl.llm.spec import ExtractionSpec, check_spec
 
         if isinstance(expected, str):
             expected = ExtractionSpec.from_json(expected)
         elif isinstance(expected, dict):
             expected = ExtractionSpec.from_dict(expected)
         served = self.spec(wait=wait)
-        differ = check_compatible(served, expected, allow=allow)
+        differ = check_spec(served, expected, allow=allow, what=f"the server {self.url} extracts by another spec")
         self._expected_hash = served.hash
         return differ
 

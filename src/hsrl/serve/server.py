@@ -54,6 +54,7 @@ from hsrl.llm.flags import SpecFlags
 from hsrl.serve.wire import (
     HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, STATS_PATH, TOKEN_ENV, decode_array, encode_array,
 )
+from hsrl.llm.spec import spec_differences
 
 log = logging.getLogger("hsrl.serve")
 
@@ -591,7 +592,7 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
                          f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
     if extractor is not None:
         resolved = ("template", "template_version", "dtype")  # filled in by the backend
-        differ = [f for f in extractor.spec.diff(spec) if f not in resolved]
+        differ = spec_differences(extractor.spec, spec, ignore=resolved)
         if differ:
             raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
     observation_length = int(info.symbolic_obs_shape[0])
