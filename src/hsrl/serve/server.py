@@ -18,15 +18,18 @@ Routes (wire format in `hsrl.serve.wire`):
 
 Observations go through exactly the labelling path: `hsrl.text.render_text(obs, variant)` then the extractor's
 `extract(texts, images=...)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
-batcher task hands the model thread whole requests together, up to ``max_batch`` observations (one request larger
-than that runs alone), waiting at most ``max_wait_ms`` after the oldest waiting request arrived. While a batch runs,
+batcher task hands the model thread requests together, up to ``max_batch`` observations, waiting at most
+``max_wait_ms`` after the oldest waiting request arrived. A request larger than what is left of a batch is cut into
+slices, and each batch serves first the requests that have had the fewest rows so far, so a request that arrives
+behind large ones waits for at most the batch that is running. While a batch runs,
 new requests queue up and form the next one. If a batch of several requests fails, each request is rerun alone, so
 one bad request (say, a text too long for the model) fails only itself.
 
 Errors answer ``{"detail": message}``: 400 malformed JSON, 401 missing or wrong bearer token, 413 body larger than
 ``max_body_bytes``, 415 not ``application/json``, 422 a well-formed body with a bad value (unknown or missing field,
 wrong type, dtype, shape or length for the env, NaN/inf, bad base64, too many observations, an observation the
-renderer or the model rejects), 503 model still loading (or failed to load), 500 an extraction that failed for
+renderer or the model rejects), 408 a body that did not arrive within ``body_timeout_s``, 503 model still loading
+(or failed to load) or more than ``max_queued`` observations waiting, 500 an extraction that failed for
 another reason. Nothing is ever answered with zeros in place of hidden states.
 """
 
@@ -61,19 +64,25 @@ class ServerSettings:
     """How the server batches and what it accepts."""
 
     env: str = "Craftax-Classic-Symbolic-v1"  # which renderer and observation length apply
-    max_batch: int = 64  # observations per model call (requests are never split)
+    max_batch: int = 64  # observations per model call (a larger request runs in slices, taking turns)
     max_wait_ms: float = 5.0  # longest wait for more requests after the oldest waiting one arrived
     max_request: int = 1024  # observations (or texts) per request
     max_body_bytes: int = 32 * 2**20
     max_text_chars: int = 20_000  # per text of a `texts` request
+    max_queued: int = 4096  # observations waiting at once; more are refused with 503 (retry later)
+    body_timeout_s: float = 30.0  # a request body must arrive whole within this; else 408
     token: str | None = None  # bearer token guarding every route but /health; None: open
 
     def __post_init__(self):
-        for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars"):
+        for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars", "max_queued"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if not (self.body_timeout_s > 0 and math.isfinite(self.body_timeout_s)):
+            raise ValueError(f"body_timeout_s must be a finite number > 0, got {self.body_timeout_s}")
+        if self.max_queued < self.max_request:
+            raise ValueError(f"max_queued ({self.max_queued}) must be at least max_request ({self.max_request})")
         if self.token is not None and not self.token.strip():
             raise ValueError("the bearer token is empty; give a non-empty token or none")
 
@@ -284,8 +293,8 @@ class BatchStats:
     responses: collections.Counter = field(default_factory=collections.Counter)  # status -> count
 
     def record(self, observations: int, requests: int, seconds: float) -> None:
+        """One batch run: its observations and the requests (or slices of requests) in it."""
         self.batches += 1
-        self.requests += requests
         self.observations += observations
         self.max_batch_observations = max(self.max_batch_observations, observations)
         self.max_batch_requests = max(self.max_batch_requests, requests)
@@ -310,25 +319,62 @@ class BatchStats:
 
 @dataclass
 class _Waiting:
+    """One request in the queue: its inputs, how many rows were handed out, and the rows answered so far."""
+
     inputs: Inputs
     future: asyncio.Future
     arrived: float
+    taken: int = 0  # rows handed to batches so far
+    hidden: list = field(default_factory=list)  # answered slices, in order
+    generated: list = field(default_factory=list)
+
+    def slice(self, start: int, stop: int) -> Inputs:
+        images = None if self.inputs.images is None else self.inputs.images[start:stop]
+        texts = None if self.inputs.texts is None else self.inputs.texts[start:stop]
+        return Inputs(texts, images)
+
+    def answer(self, hidden: np.ndarray, generated: list[str]) -> None:
+        """Record one slice's rows; the request is answered once every row is."""
+        self.hidden.append(hidden)
+        self.generated.extend(generated)
+        if sum(len(h) for h in self.hidden) == len(self.inputs) and not self.future.done():
+            self.future.set_result((np.concatenate(self.hidden), self.generated))
+
+
+@dataclass
+class _Slice:
+    """Rows [start, stop) of one waiting request, run as part of a batch."""
+
+    waiting: _Waiting
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 class Batcher:
     """Queues requests and runs them together on one model thread.
 
     `run(inputs) -> (hidden (B, H) float32, generated texts)` is called on the model thread only.
+
+    Fair by slices: a batch holds at most `max_batch` rows; a request larger than what is left of a batch gives
+    only a slice, and the next batch serves first the requests that have had the fewest rows so far. So a request
+    that arrives behind large ones waits for at most the batch that is running, not for the large requests. Slices of one request run in order, and rows
+    are independent of their batch (the extractors' batch independence), so slicing never changes an answer.
+    At most `max_queued` rows wait at once; beyond that a request is refused with 503 (retry later).
     """
 
-    def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float):
+    def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float,
+                 max_queued: int | None = None):
         self.run = run
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
         self.stats = BatchStats()
-        self._pending: collections.deque[_Waiting] = collections.deque()
-        self._pending_count = 0
+        self._pending: list[_Waiting] = []
+        self._pending_count = 0  # rows not yet handed to a batch
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -343,34 +389,44 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._pending:
-            waiting = self._pending.popleft()
+        for waiting in self._pending:
             if not waiting.future.done():
                 waiting.future.set_exception(RequestError(503, "the server is shutting down"))
 
     async def submit(self, inputs: Inputs):
         """(hidden (len(inputs), H), generated texts) for these inputs, run together with other waiting requests."""
+        if self.max_queued is not None and self._pending_count + len(inputs) > self.max_queued:
+            raise RequestError(503, f"the server is busy ({self._pending_count} observations queued, at most "
+                                    f"{self.max_queued}); retry later")
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inputs, loop.create_future(), loop.time())
+        self.stats.requests += 1
         self._pending.append(waiting)
         self._pending_count += len(inputs)
         self._wakeup.set()
         return await waiting.future
 
-    def _take(self) -> list[_Waiting]:
+    def _drop(self, waiting: _Waiting) -> None:
+        self._pending.remove(waiting)
+        self._pending_count -= len(waiting.inputs) - waiting.taken
+
+    def _take(self) -> list[_Slice]:
+        """The next batch: requests with the fewest rows served so far first (arrival order among equals), so a
+        request that has had nothing yet goes before the rest of a large one that has had batches already."""
         batch, size = [], 0
-        while self._pending:
-            head = self._pending[0]
-            if head.future.done():  # the client went away
-                self._pending.popleft()
-                self._pending_count -= len(head.inputs)
-                continue
-            if batch and size + len(head.inputs) > self.max_batch:
+        for head in sorted(self._pending, key=lambda w: w.taken):
+            if size == self.max_batch:
                 break
-            self._pending.popleft()
-            self._pending_count -= len(head.inputs)
-            batch.append(head)
-            size += len(head.inputs)
+            if head.future.done():  # the client went away, or an earlier slice failed
+                self._drop(head)
+                continue
+            n = min(len(head.inputs) - head.taken, self.max_batch - size)
+            batch.append(_Slice(head, head.taken, head.taken + n))
+            head.taken += n
+            self._pending_count -= n
+            size += n
+            if head.taken == len(head.inputs):
+                self._pending.remove(head)
         return batch
 
     async def _work(self) -> None:
@@ -392,13 +448,12 @@ class Batcher:
                     await self._execute(batch)
                 except Exception:  # never let the batcher die; _execute answers every request itself
                     log.exception("batcher error")
-                    for waiting in batch:
-                        if not waiting.future.done():
-                            waiting.future.set_exception(RequestError(500, "internal error in the batcher"))
+                    for part in batch:
+                        _fail(part.waiting, RequestError(500, "internal error in the batcher"))
 
-    async def _execute(self, batch: list[_Waiting]) -> None:
+    async def _execute(self, batch: list[_Slice]) -> None:
         loop = asyncio.get_running_loop()
-        inputs = Inputs.join([waiting.inputs for waiting in batch])
+        inputs = Inputs.join([part.waiting.slice(part.start, part.stop) for part in batch])
         n_inputs = len(inputs)
         start = time.perf_counter()
         try:
@@ -406,21 +461,21 @@ class Batcher:
         except Exception as err:
             if len(batch) > 1:  # find the request that failed: rerun each alone
                 log.info("a batch of %d requests failed (%s); rerunning them one by one", len(batch), err)
-                for waiting in batch:
-                    await self._execute([waiting])
+                for part in batch:
+                    await self._execute([part])
                 return
-            _fail(batch[0], err)
+            _fail(batch[0].waiting, err)
             return
         self.stats.record(n_inputs, len(batch), time.perf_counter() - start)
         if hidden.shape[0] != n_inputs:  # a backend bug; never hand out misaligned rows
-            for waiting in batch:
-                _fail(waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {n_inputs} inputs"))
+            for part in batch:
+                _fail(part.waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {n_inputs} inputs"))
             return
         offset = 0
-        for waiting in batch:
-            n = len(waiting.inputs)
-            if not waiting.future.done():
-                waiting.future.set_result((hidden[offset : offset + n], generated[offset : offset + n]))
+        for part in batch:
+            n = len(part)
+            if not part.waiting.future.done():
+                part.waiting.answer(hidden[offset : offset + n], generated[offset : offset + n])
             offset += n
 
 
@@ -508,19 +563,24 @@ class _CountResponses:
             raise
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refused (413) past `limit` bytes and (408) when it has not arrived within `timeout_s`,
+    so a client that never finishes its body cannot hold a connection and its memory."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError(400, "the client disconnected before sending the whole body") from None
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes came)") from None
     return b"".join(chunks)
 
 
@@ -555,7 +615,7 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
     image_shape = tuple(info.obs_shape) if info.pixels else None
     prepare = Preparer(settings, info.variant, observation_length, spec.input, image_shape)
     executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
-    batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000)
+    batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queued)
 
     def load() -> None:  # on the model thread
         from hsrl.llm import make_extractor
@@ -605,7 +665,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
             "input": spec.input, "image_shape": list(image_shape) if image_shape else None,
             "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
             "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
-            "max_text_chars": settings.max_text_chars, "auth": settings.token is not None,
+            "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
+            "body_timeout_s": settings.body_timeout_s, "auth": settings.token is not None,
         }
 
     @app.get(STATS_PATH)
@@ -619,7 +680,7 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
     async def hidden_states(request: Request) -> JSONResponse:
         model.require_ready()
         _check_content_type(request)
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         inputs = await run_in_threadpool(prepare, body)
         hidden, generated = await batcher.submit(inputs)
         reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
