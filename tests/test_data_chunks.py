@@ -312,3 +312,17 @@ def test_load_dataset_refuses_mixed_data(tmp_path, rng):
         load_dataset(tmp_path, ["hidden_state"], show_progress=False)
     with pytest.raises(DataFileError, match="return_to_go: missing"):
         load_dataset(list_chunks(tmp_path)[:2], ["return_to_go"], show_progress=False)
+
+
+def test_a_full_disk_is_one_error_naming_the_folder(tmp_path, rng, monkeypatch):
+    import errno
+
+    from hsrl.data.chunks import DiskFullError
+
+    def full(f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(DiskFullError, match=f"no space left in {tmp_path} while writing chunk_000000.npz"):
+        write_chunk(tmp_path / "chunk_000000.npz", make_arrays(rng, 3, 2), make_meta(2))
+    assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,8 @@ import numpy as np
 
 from hsrl.llm.flags import SpecFlags
 from hsrl.data.chunks import (
-    ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, write_chunk_streamed,
+    ChunkMeta, DataFileError, atomic_path, inspect_chunk, list_chunks, read_chunk, read_meta, remove_temporaries,
+    write_chunk_streamed,
 )
 
 PARTIAL_DIR = ".partial"
@@ -237,8 +238,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     if out.resolve() == Path(in_dir).resolve():
         raise ValueError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".chunk_*.npz.*.tmp"):  # left by a process killed while writing a final file
-        stale.unlink()
+    remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     rows, todo = {}, []
     for f in files:
         try:

@@ -39,7 +39,8 @@ import optax
 from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks, load_dataset, write_text_atomic
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.rl.checkpoint import (
-    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta, restore_state,
+    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
+    remove_checkpoint_temporaries, restore_state,
     save_checkpoint,
 )
 from hsrl.rl.metrics import MetricsLogger
@@ -376,6 +377,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
     # --- resume or start
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
+    remove_checkpoint_temporaries(ckpt_dir)
     found = list_checkpoints(ckpt_dir)
     meta = read_checkpoint_meta(found[-1]) if found else None
     if meta is not None:

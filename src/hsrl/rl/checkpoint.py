@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.data.chunks import atomic_path, spec_differences, spec_hash, write_text_atomic
+from hsrl.data.chunks import atomic_path, remove_temporaries, spec_differences, spec_hash, write_text_atomic
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.rl.networks import NetworkConfig, make_network, param_shapes
 
@@ -97,6 +97,13 @@ def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------- read
+
+
+def remove_checkpoint_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a run killed while saving left in its checkpoints folder (call at a run's start)."""
+    if not Path(directory).is_dir():
+        return []
+    return remove_temporaries(directory, "step_*")
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
