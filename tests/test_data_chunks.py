@@ -326,3 +326,42 @@ def test_a_full_disk_is_one_error_naming_the_folder(tmp_path, rng, monkeypatch):
     with pytest.raises(DiskFullError, match=f"no space left in {tmp_path} while writing chunk_000000.npz"):
         write_chunk(tmp_path / "chunk_000000.npz", make_arrays(rng, 3, 2), make_meta(2))
     assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite_member(path, key, array_bytes_and_header):
+    """Rewrite one member of an npz (zip) with other bytes, keeping the rest: a tampered file."""
+    members = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            members[name] = zf.read(name)
+    members[key + ".npy"] = array_bytes_and_header
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_a_header_declaring_more_rows_than_stored_is_refused_before_allocating(tmp_path, rng):
+    import io
+
+    path = write_chunk(tmp_path / "chunk_000000.npz", make_arrays(rng, 4, 2), make_meta(2))
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read("reward.npy")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**9,)})
+    _rewrite_member(path, "reward", header.getvalue() + raw[len(header.getvalue()):])  # claims 1e9 rows
+    with pytest.raises(DataFileError, match=r"chunk_000000.npz.*reward.*declares shape \(1000000000,\)"):
+        inspect_chunk(path)
+
+
+def test_a_file_with_another_row_shape_is_named(tmp_path, rng):
+    from hsrl.data import dataset_stats, load_dataset
+
+    make_dataset(tmp_path, rng, files=3, hidden=lambda n: rng.standard_normal((n, 6)).astype(np.float32))
+    bad = list_chunks(tmp_path)[1]
+    chunk = read_chunk(bad)
+    write_chunk(bad, {**chunk.arrays, "hidden_state": chunk["hidden_state"][:, :5],
+                      "obs": chunk["obs"][:, :4], "next_obs": chunk["next_obs"][:, :4]}, chunk.meta)
+    with pytest.raises(DataFileError, match=f"{bad.name}.*hidden_state.*rows of shape \\(5,\\), but chunk_000000.npz"):
+        dataset_stats(tmp_path, show_progress=False)
+    with pytest.raises(DataFileError, match=f"{bad.name}.*obs.*rows of shape \\(4,\\), but chunk_000000.npz"):
+        load_dataset(tmp_path, ["obs"], show_progress=False)

@@ -546,10 +546,17 @@ class _ChunkReader:
             try:
                 with self.zip.open(members[key]) as f:
                     fields[key] = _read_header(f, self.path, key)
+                    header_bytes = f.tell()
             except DataFileError:
                 raise
             except _CORRUPT as err:
                 raise _corrupt(self.path, key, err) from None
+            shape, dtype = fields[key]
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
+            stored = self.zip.getinfo(members[key]).file_size - header_bytes
+            if declared != stored:  # checked before anything is allocated for it
+                raise DataFileError(self.path, key, f"header declares shape {shape} {dtype} ({declared} bytes) but "
+                                                    f"the file holds {stored} bytes for it: corrupt or tampered")
         meta_shape, meta_dtype = fields.pop(META_KEY)
         if meta_shape != () or meta_dtype.kind != "U":
             raise DataFileError(self.path, META_KEY, f"expected a 0-d unicode string, got {meta_shape} {meta_dtype}")
@@ -669,6 +676,17 @@ def list_chunks(directory: str | os.PathLike) -> list[Path]:
     return [found[i] for i in sorted(found)]
 
 
+def check_same_row_shape(infos: Sequence[ChunkInfo], key: str) -> None:
+    """Every file's `key` rows have the first file's shape (the hidden width, the observation shape); the error
+    names the first file that differs."""
+    first = infos[0]
+    want = first.fields[key][0][1:]
+    for info in infos[1:]:
+        got = info.fields[key][0][1:]
+        if got != want and not (key == "hidden_state" and got[-1:] == want[-1:]):  # (T, H) vs (H,): same width
+            raise DataFileError(info.path, key, f"rows of shape {got}, but {first.path.name} has {want}")
+
+
 def check_consecutive(infos: Sequence[ChunkInfo]) -> None:
     """Chunks of one run in time order: same env, num_envs and obs kind, and `first_step`s that follow on."""
     for prev, cur in zip(infos, infos[1:]):
@@ -765,6 +783,7 @@ def _plan(infos: Sequence[ChunkInfo], keys: Sequence[str], per_token: bool, pool
                 transform = pool
                 rows = {s[1:] for s in rows}
         if len(rows) != 1:
+            check_same_row_shape(infos, key)  # names the file that differs
             raise DataFileError(infos[0].path, key, f"row shapes differ across files: {sorted(rows)}")
         dtype = np.result_type(*dtypes)
         if key == "hidden_state" and hidden_dtype is not None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.data.chunks import (
-    DataFileError, META_KEY, check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, spec_differences,
+    DataFileError, META_KEY, check_consecutive, check_same_row_shape, inspect_chunk, list_chunks, progress, read_chunk,
+    spec_differences,
     spec_hash, write_text_atomic,
 )
 
@@ -180,6 +181,8 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
         if any(have) and not all(have):
             missing = infos[have.index(False)].path
             raise DataFileError(missing, key, f"missing here but present in {sum(have)} of {len(infos)} files")
+        if all(have):
+            check_same_row_shape(infos, key)
     with_achievements = "achievements" in first.fields
     with_hidden = hidden and "hidden_state" in first.fields
     if with_hidden and len(first.fields["hidden_state"][0]) == 3 and pool is None:
