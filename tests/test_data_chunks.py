@@ -196,7 +196,7 @@ def test_object_arrays_are_never_unpickled(tmp_path, rng):
 
 
 def test_truncated_and_corrupt_files(tmp_path, rng):
-    arrays = make_arrays(rng, 64, 4, obs_dim=256)  # big enough that the middle of the file is array data
+    arrays = make_arrays(rng, 64, 4)  # big enough that the middle of the file is array data
     path = write_chunk(tmp_path / "c.npz", arrays, make_meta(4))
     data = path.read_bytes()
     for size in (0, 10, len(data) // 2, len(data) - 10):
@@ -359,9 +359,29 @@ def test_a_file_with_another_row_shape_is_named(tmp_path, rng):
     make_dataset(tmp_path, rng, files=3, hidden=lambda n: rng.standard_normal((n, 6)).astype(np.float32))
     bad = list_chunks(tmp_path)[1]
     chunk = read_chunk(bad)
-    write_chunk(bad, {**chunk.arrays, "hidden_state": chunk["hidden_state"][:, :5],
-                      "obs": chunk["obs"][:, :4], "next_obs": chunk["next_obs"][:, :4]}, chunk.meta)
-    with pytest.raises(DataFileError, match=f"{bad.name}.*hidden_state.*rows of shape \\(5,\\), but chunk_000000.npz"):
-        dataset_stats(tmp_path, show_progress=False)
-    with pytest.raises(DataFileError, match=f"{bad.name}.*obs.*rows of shape \\(4,\\), but chunk_000000.npz"):
-        load_dataset(tmp_path, ["obs"], show_progress=False)
+    write_chunk(bad, {**chunk.arrays, "hidden_state": chunk["hidden_state"][:, :5]}, chunk.meta)
+    for load in (lambda: dataset_stats(tmp_path, show_progress=False),
+                 lambda: load_dataset(tmp_path, ["obs", "hidden_state"], show_progress=False)):
+        with pytest.raises(DataFileError, match=f"{bad.name}.*hidden_state.*rows of shape \\(5,\\), but chunk_000000"):
+            load()
+
+
+def test_observations_of_another_width_than_the_env_are_refused(tmp_path, rng):
+    arrays = make_arrays(rng, 4, 2)
+    short = {**arrays, "obs": arrays["obs"][:, :1344], "next_obs": arrays["next_obs"][:, :1344]}
+    with pytest.raises(DataFileError, match=r"obs.*rows of shape \(1344,\), but Craftax-Classic-Symbolic-v1 "
+                                            r"observations are \(1345,\)"):
+        write_chunk(tmp_path / "chunk_000000.npz", short, make_meta(2))
+    path = write_chunk(tmp_path / "chunk_000000.npz", arrays, make_meta(2))
+    with zipfile.ZipFile(path) as zf:  # a file written by other code: the reader refuses it too
+        members = {name: zf.read(name) for name in zf.namelist()}
+    for key in ("obs", "next_obs"):
+        import io
+        buf = io.BytesIO()
+        np.save(buf, short[key])
+        members[key + ".npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(DataFileError, match="chunk_000000.npz.*obs.*1344"):
+        inspect_chunk(path)

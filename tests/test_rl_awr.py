@@ -275,7 +275,7 @@ def test_pixel_data_trains_the_conv_networks(tmp_path):
                                   log_every=3, batch_size=16, truncated=True))
         assert result["network"] == name and result["on_device"] == device_data
         policy = load_policy(out)
-        assert policy.network.obs_shape == (4, 3, 3) and policy.network.kind == "conv"
+        assert policy.network.obs_shape == (63, 63, 3) and policy.network.kind == "conv"
         assert all(np.isfinite(line["critic_loss"]) for line in read_metrics(out))
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.llm.spec import spec_hash  # noqa: F401  (re-exported: the one spec hash)
+from hsrl.env.catalog import ENV_NAMES
 from hsrl.pixels import pixels_to_uint8, uint8_to_pixels  # noqa: F401  (re-exported by hsrl.data)
 
 SCHEMA_VERSION = 1
@@ -237,6 +238,12 @@ def validate_fields(fields: Mapping[str, Field], meta: ChunkMeta, path=None) -> 
         expect("obs", (4,), (u8,), "(N, H, W, C) uint8 pixels (convert with pixels_to_uint8)")
     else:
         expect("obs", (2,), (f32,), "(N, D) float32 symbolic observations")
+    if "obs" in fields and meta.env_name in ENV_NAMES:  # the env's own shape, e.g. 1345 for Craftax-Classic
+        from hsrl.env import env_info
+
+        want = env_info(meta.env_name).obs_shape
+        if fields["obs"][0][1:] != want:
+            fail("obs", f"rows of shape {fields['obs'][0][1:]}, but {meta.env_name} observations are {want}")
     if "obs" in fields and "next_obs" in fields and fields["obs"] != fields["next_obs"]:
         fail("next_obs", f"shape {fields['next_obs'][0]} dtype {fields['next_obs'][1]} differs from obs "
                          f"{fields['obs'][0]} {fields['obs'][1]}")
