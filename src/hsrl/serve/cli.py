@@ -36,6 +36,9 @@ class ServeConfig(SpecFlags):
     token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
     log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
     access_log: bool = field(default=False, metadata={"help": "log every request"})
+    ray: str | None = field(default=None, metadata={"help": "deploy with Ray Serve instead of one process: --ray ADDRESS of a cluster, or --ray alone to start a local Ray instance", "nargs": "?", "const": "local", "metavar": "ADDRESS"})
+    replicas: int = field(default=1, metadata={"help": "Ray: model replicas (each loads the model once; Ray places them on any node)"})
+    gpus_per_replica: float = field(default=0.0, metadata={"help": "Ray: GPUs per replica (0 = CPU replicas)"})
 
     def spec(self):
         from hsrl.env.catalog import env_info
@@ -77,6 +80,12 @@ def run_serve(config: ServeConfig) -> int:
         print(f"hsrl serve: warning: binding {config.host} without a bearer token: anyone who can reach the port "
               f"can use the model (set ${TOKEN_ENV})", file=sys.stderr)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.ray is not None:
+        from hsrl.serve.ray_serve import serve_forever
+
+        return serve_forever(config.spec(), settings, address=config.ray, replicas=config.replicas,
+                             gpus_per_replica=config.gpus_per_replica, host=config.host, port=config.port,
+                             device=config.device)
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
 

@@ -396,8 +396,7 @@ class Batcher:
     async def submit(self, inputs: Inputs):
         """(hidden (len(inputs), H), generated texts) for these inputs, run together with other waiting requests."""
         if self.max_queued is not None and self._pending_count + len(inputs) > self.max_queued:
-            raise RequestError(503, f"the server is busy ({self._pending_count} observations queued, at most "
-                                    f"{self.max_queued}); retry later")
+            raise busy_error(self._pending_count, self.max_queued)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inputs, loop.create_future(), loop.time())
         self.stats.requests += 1
@@ -479,16 +478,23 @@ class Batcher:
             offset += n
 
 
-def _fail(waiting: _Waiting, err: Exception) -> None:
+def as_request_error(err: Exception) -> RequestError:
+    """How a failed extraction is answered: 422 for an input the model rejects (ValueError), 500 otherwise."""
     if isinstance(err, RequestError):
-        pass
-    elif isinstance(err, ValueError):
-        err = RequestError(422, f"the model rejected the input: {err}")
-    else:
-        log.error("extraction failed", exc_info=err)
-        err = RequestError(500, f"extraction failed: {type(err).__name__}: {err}")
+        return err
+    if isinstance(err, ValueError):
+        return RequestError(422, f"the model rejected the input: {err}")
+    log.error("extraction failed", exc_info=err)
+    return RequestError(500, f"extraction failed: {type(err).__name__}: {err}")
+
+
+def busy_error(queued: int, max_queued: int) -> RequestError:
+    return RequestError(503, f"the server is busy ({queued} observations queued, at most {max_queued}); retry later")
+
+
+def _fail(waiting: _Waiting, err: Exception) -> None:
     if not waiting.future.done():
-        waiting.future.set_exception(err)
+        waiting.future.set_exception(as_request_error(err))
 
 
 # ---- the app -------------------------------------------------------------------------------------------------------
@@ -591,29 +597,105 @@ def _check_content_type(request: Request) -> None:
         raise RequestError(415, f"content type {shown!r}: send the body as 'application/json'")
 
 
+class Endpoint:
+    """What `spec` served for `settings.env` accepts and answers, shared by `hsrl serve` and `hsrl serve --ray`:
+    the checks of spec against env, request validation (`prepare`), the /health fields and the reply."""
+
+    def __init__(self, spec, settings: ServerSettings):
+        from hsrl.env.catalog import env_info
+
+        info = env_info(settings.env)
+        if spec.variant != info.variant:
+            raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
+        if len(spec.layers) != 1:
+            raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
+        if spec.reads_images and not info.pixels:
+            raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
+                             f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
+        self.spec = spec
+        self.settings = settings
+        self.variant = info.variant
+        self.observation_length = int(info.symbolic_obs_shape[0])
+        self.image_shape = tuple(info.obs_shape) if info.pixels else None
+        self.prepare = Preparer(settings, info.variant, self.observation_length, spec.input, self.image_shape)
+
+    def check_extractor(self, extractor) -> None:
+        """Refuse an extractor made for another spec (fields the backend resolves aside)."""
+        resolved = ("template", "template_version", "dtype")  # filled in by the backend
+        differ = [f for f in extractor.spec.diff(self.spec) if f not in resolved]
+        if differ:
+            raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
+
+    def health(self, model: "ModelState") -> dict:
+        spec, settings = self.spec, self.settings
+        ex = model.extractor if model.status == "ready" else None
+        return {
+            "ready": ex is not None, "status": model.status, "error": model.error,
+            "model": spec.model, "hidden_size": ex.hidden_size if ex else None,
+            "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
+            "spec_hash": ex.spec.hash if ex else None,
+            "env": settings.env, "variant": self.variant, "observation_length": self.observation_length,
+            "input": spec.input, "image_shape": list(self.image_shape) if self.image_shape else None,
+            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+            "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
+            "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
+            "body_timeout_s": settings.body_timeout_s, "auth": settings.token is not None,
+        }
+
+    def reply(self, model: "ModelState", hidden: np.ndarray, generated: list[str]) -> dict:
+        reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
+        if self.spec.generates:
+            reply["generated_text"] = generated
+        return reply
+
+
+def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: BatchStats, lifespan=None) -> FastAPI:
+    """The routes, auth and error answers of the server; `submit(inputs)` is awaited for (hidden, generated texts)
+    and decides how requests are batched (our `Batcher`, or Ray Serve's `@serve.batch`)."""
+    settings = endpoint.settings
+    app = FastAPI(title="hsrl hidden-state server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.model = model
+    app.state.settings = settings
+    if settings.token is not None:
+        app.add_middleware(_BearerGuard, token=settings.token)
+
+    app.add_middleware(_CountResponses, counter=stats.responses)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.get(HEALTH_PATH)
+    async def health() -> dict:
+        return endpoint.health(model)
+
+    @app.get(STATS_PATH)
+    async def stats_route() -> dict:
+        return stats.to_dict()
+
+    request_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
+
+    @app.post(HIDDEN_STATES_PATH, openapi_extra=request_schema)
+    async def hidden_states(request: Request) -> JSONResponse:
+        model.require_ready()
+        _check_content_type(request)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        inputs = await run_in_threadpool(endpoint.prepare, body)
+        hidden, generated = await submit(inputs)
+        return JSONResponse(endpoint.reply(model, hidden, generated))
+
+    return app
+
+
 def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The server for `spec` (an ExtractionSpec). The model loads in the background after startup, unless an
     `extractor` (already loaded, for this spec) is given; `on_load_error` is called if loading fails."""
-    from hsrl.env.catalog import env_info
-
-    info = env_info(settings.env)
-    if spec.variant != info.variant:
-        raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
-    if len(spec.layers) != 1:
-        raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
-    if spec.reads_images and not info.pixels:
-        raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
-                         f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
+    endpoint = Endpoint(spec, settings)
     if extractor is not None:
-        resolved = ("template", "template_version", "dtype")  # filled in by the backend
-        differ = [f for f in extractor.spec.diff(spec) if f not in resolved]
-        if differ:
-            raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
-    observation_length = int(info.symbolic_obs_shape[0])
+        endpoint.check_extractor(extractor)
     model = ModelState(extractor)
-    image_shape = tuple(info.obs_shape) if info.pixels else None
-    prepare = Preparer(settings, info.variant, observation_length, spec.input, image_shape)
     executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
     batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queued)
 
@@ -640,54 +722,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         await batcher.stop()
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="hsrl hidden-state server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.model = model
+    app = build_app(endpoint, model, batcher.submit, batcher.stats, lifespan)
     app.state.batcher = batcher
-    app.state.settings = settings
-    if settings.token is not None:
-        app.add_middleware(_BearerGuard, token=settings.token)
-
-    app.add_middleware(_CountResponses, counter=batcher.stats.responses)
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, err: RequestError):
-        return JSONResponse({"detail": err.message}, status_code=err.status)
-
-    @app.get(HEALTH_PATH)
-    async def health() -> dict:
-        ex = model.extractor if model.status == "ready" else None
-        return {
-            "ready": ex is not None, "status": model.status, "error": model.error,
-            "model": spec.model, "hidden_size": ex.hidden_size if ex else None,
-            "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
-            "spec_hash": ex.spec.hash if ex else None,
-            "env": settings.env, "variant": info.variant, "observation_length": observation_length,
-            "input": spec.input, "image_shape": list(image_shape) if image_shape else None,
-            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-            "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
-            "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
-            "body_timeout_s": settings.body_timeout_s, "auth": settings.token is not None,
-        }
-
-    @app.get(STATS_PATH)
-    async def stats() -> dict:
-        return batcher.stats.to_dict()
-
-    request_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
-
-    @app.post(HIDDEN_STATES_PATH, openapi_extra=request_schema)
-    async def hidden_states(request: Request) -> JSONResponse:
-        model.require_ready()
-        _check_content_type(request)
-        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-        inputs = await run_in_threadpool(prepare, body)
-        hidden, generated = await batcher.submit(inputs)
-        reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
-        if spec.generates:
-            reply["generated_text"] = generated
-        return JSONResponse(reply)
-
     return app
 
 
