@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
-from hsrl.serve.server import (BatchStats, Endpoint, Inputs, ModelState, RequestError, ServerSettings,
+from hsrl.serve.server import (BatchStats, Endpoint, Inputs, ModelState, ServerSettings,
                                as_request_error, build_app, busy_error)
 
 APP_NAME = "hsrl"
@@ -81,37 +81,32 @@ class HiddenStateReplica:
     async def _extract(self, items: list[Inputs]) -> list:
         """One batch of slices -> one (hidden, generated) or exception per slice; if a batch of several fails, each
         slice is rerun alone, so one bad request fails only itself."""
-        loop = asyncio.get_running_loop()
-        joined = Inputs.join(items)
-        start = time.perf_counter()
         try:
-            hidden, generated = await loop.run_in_executor(self.executor, self.model.run, joined)
+            return await self._run(items)
         except Exception as err:
             if len(items) == 1:
                 return [err]
             log.info("a batch of %d requests failed (%s); rerunning them one by one", len(items), err)
-            return [(await self._run_alone(item)) for item in items]
+        out = []
+        for item in items:
+            try:
+                out.extend(await self._run([item]))
+            except Exception as err:
+                out.append(err)
+        return out
+
+    async def _run(self, items: list[Inputs]) -> list:
+        joined = Inputs.join(items)
+        start = time.perf_counter()
+        hidden, generated = await asyncio.get_running_loop().run_in_executor(self.executor, self.model.run, joined)
         self.stats.record(len(joined), len(items), time.perf_counter() - start)
         if hidden.shape[0] != len(joined):  # a backend bug; never hand out misaligned rows
-            err = RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {len(joined)} inputs")
-            return [err] * len(items)
+            raise RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {len(joined)} inputs")
         out, offset = [], 0
         for item in items:
             out.append((hidden[offset:offset + len(item)], generated[offset:offset + len(item)]))
             offset += len(item)
         return out
-
-    async def _run_alone(self, item: Inputs):
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
-        try:
-            hidden, generated = await loop.run_in_executor(self.executor, self.model.run, item)
-        except Exception as err:
-            return err
-        self.stats.record(len(item), 1, time.perf_counter() - start)
-        if hidden.shape[0] != len(item):
-            return RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {len(item)} inputs")
-        return hidden, generated
 
 
 def connect(address: str | None) -> None:
