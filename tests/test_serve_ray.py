@@ -200,7 +200,9 @@ def test_a_replica_killed_under_load_loses_no_request(ray_server, reference):
 
 def test_cli_refuses_bad_ray_flags():
     env = dict(os.environ, **{TOKEN_ENV: TOKEN})
-    for flags, message in ((["--replicas", "0"], "--replicas"), (["--gpus-per-replica", "-1"], "--gpus-per-replica")):
-        r = subprocess.run([sys.executable, "-m", "hsrl.cli", "serve", "--ray", "--env", ENV, *flags],
+    for flags, message in ((["--ray", "--replicas", "0"], "--replicas"),
+                           (["--ray", "--gpus-per-replica", "-1"], "--gpus-per-replica"),
+                           (["--replicas", "2"], "need --ray")):
+        r = subprocess.run([sys.executable, "-m", "hsrl.cli", "serve", "--env", ENV, *flags],
                            capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode != 0 and message in r.stderr, (flags, r.stderr[-2000:])

@@ -80,6 +80,8 @@ def run_serve(config: ServeConfig) -> int:
         print(f"hsrl serve: warning: binding {config.host} without a bearer token: anyone who can reach the port "
               f"can use the model (set ${TOKEN_ENV})", file=sys.stderr)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.ray is None and (config.replicas != 1 or config.gpus_per_replica != 0):
+        raise ValueError("--replicas and --gpus-per-replica need --ray")
     if config.ray is not None:
         from hsrl.serve.ray_serve import serve_forever
 
