@@ -24,6 +24,7 @@ busy (on a loaded 2-core machine a single MiniLM observation took ~1 s with 2 th
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -87,21 +88,26 @@ def in_process(obs: np.ndarray, max_batch: int, repeats: int) -> tuple[float, np
     return len(obs) / best, hidden
 
 
-def start_server(flags: list[str], token: str, log) -> subprocess.Popen:
-    """`hsrl serve FLAGS` in a subprocess, its output to `log`."""
+@contextlib.contextmanager
+def running_server(flags: list[str], token: str, log):
+    """`hsrl serve FLAGS` in a subprocess for the duration of the block, its output to `log` (shown on failure)."""
     from hsrl.serve.wire import TOKEN_ENV
 
-    return subprocess.Popen([sys.executable, "-m", "hsrl.cli", "serve", *flags], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, TOKEN_ENV: token})
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
+    server = subprocess.Popen([sys.executable, "-m", "hsrl.cli", "serve", *flags], stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: token})
     try:
-        server.wait(60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+        yield server
+    except BaseException:
+        log.flush()
+        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def load(url: str, token: str, obs: np.ndarray, clients: int, per_request: int, seconds: float, max_requests: int):
@@ -177,9 +183,8 @@ def main() -> None:
     log = tempfile.NamedTemporaryFile(prefix="bench_serve_", suffix=".log", delete=False)
     common = ["--env", ENV, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
               "--log-level", "warning"]
-    server = start_server(common + ["--port", str(port)], token, log)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with running_server(common + ["--port", str(port)], token, log):
         obs = observations(args.observations)  # while the server loads
         figures: dict = {"device": device_name(), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                          "observations": len(obs), "per_request": args.per_request, "max_batch": args.max_batch,
@@ -207,20 +212,13 @@ def main() -> None:
                       f"{row['mean_server_batch']:.1f} ({row['requests']} requests)")
             figures["levels"] = levels
             figures["server_max_batch_seen"] = client.stats()["max_batch_observations"]
-    except BaseException:
-        log.flush()
-        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        stop_server(server)
 
     top_clients = max(args.clients)
     if args.ray_replicas > 0:  # after the single server stopped, so the two never share the cores
         ray_port = free_port()
-        ray_server = start_server(common + ["--port", str(ray_port), "--ray", "--replicas", str(args.ray_replicas)],
-                                  token, log)
         ray_url = f"http://127.0.0.1:{ray_port}"
-        try:
+        with running_server(common + ["--port", str(ray_port), "--ray", "--replicas", str(args.ray_replicas)],
+                            token, log):
             with HiddenStateClient(ray_url, token=token) as client:
                 client.wait_ready(timeout=600)
                 served = client.hidden_states(observations=obs)  # also the warm-up of both replicas' first batch
@@ -229,12 +227,6 @@ def main() -> None:
                                        args.max_requests)
             figures["ray"] = {"replicas": args.ray_replicas, "clients": top_clients,
                               **rates(latencies, wall, args.per_request)}
-        except BaseException:
-            log.flush()
-            print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            stop_server(ray_server)
     log.close()
     os.unlink(log.name)
 

@@ -67,8 +67,7 @@ class HiddenStateReplica:
         self.queued += n
         try:
             step = settings.max_batch
-            parts = [Inputs(None if inputs.texts is None else inputs.texts[i:i + step],
-                            None if inputs.images is None else inputs.images[i:i + step]) for i in range(0, n, step)]
+            parts = [inputs.slice(i, i + step) for i in range(0, n, step)]
             answers = await asyncio.gather(*(self._extract(part) for part in parts))
         finally:
             self.queued -= n

@@ -31,6 +31,9 @@ wrong type, dtype, shape or length for the env, NaN/inf, bad base64, too many ob
 renderer or the model rejects), 408 a body that did not arrive within ``body_timeout_s``, 503 model still loading
 (or failed to load) or more than ``max_queued`` observations waiting, 500 an extraction that failed for
 another reason. Nothing is ever answered with zeros in place of hidden states.
+
+`Endpoint` (spec checks, request validation, /health fields, reply) and `build_app` (routes, auth, error answers)
+are shared with `hsrl serve --ray` (`hsrl.serve.ray_serve`), which batches with Ray Serve instead of `Batcher`.
 """
 
 import asyncio
@@ -136,6 +139,10 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.images)
+
+    def slice(self, start: int, stop: int) -> "Inputs":
+        return Inputs(None if self.texts is None else self.texts[start:stop],
+                      None if self.images is None else self.images[start:stop])
 
     @staticmethod
     def join(parts: list["Inputs"]) -> "Inputs":
@@ -328,11 +335,6 @@ class _Waiting:
     hidden: list = field(default_factory=list)  # answered slices, in order
     generated: list = field(default_factory=list)
 
-    def slice(self, start: int, stop: int) -> Inputs:
-        images = None if self.inputs.images is None else self.inputs.images[start:stop]
-        texts = None if self.inputs.texts is None else self.inputs.texts[start:stop]
-        return Inputs(texts, images)
-
     def answer(self, hidden: np.ndarray, generated: list[str]) -> None:
         """Record one slice's rows; the request is answered once every row is."""
         self.hidden.append(hidden)
@@ -452,7 +454,7 @@ class Batcher:
 
     async def _execute(self, batch: list[_Slice]) -> None:
         loop = asyncio.get_running_loop()
-        inputs = Inputs.join([part.waiting.slice(part.start, part.stop) for part in batch])
+        inputs = Inputs.join([part.waiting.inputs.slice(part.start, part.stop) for part in batch])
         n_inputs = len(inputs)
         start = time.perf_counter()
         try:
