@@ -8,18 +8,23 @@ collected by random play (`hsrl.data.collect`):
     clients (threads, one `HiddenStateClient` each), each sending requests of --per-request observations for
     --seconds: requests/s, observations/s, p50/p99 latency, and the mean batch the server ran (from /v1/stats);
   - ratio = the server's observations/s at the highest concurrency / in-process observations/s, on the same
-    observations (1.0 would mean HTTP, JSON and batching cost nothing).
+    observations (1.0 would mean HTTP, JSON and batching cost nothing);
+  - Ray Serve: `hsrl serve --ray --replicas N` (a local Ray, N CPU replicas; --ray-replicas 0 skips it) at the
+    highest concurrency only: ray_ratio = its observations/s / the one `hsrl serve` process's. On one machine the
+    replicas share its cores, so this tells the cost of Ray Serve's extra hop (proxy -> replica), not a speed-up.
 
 The server's vectors are checked against the in-process ones (max |diff| reported). The last line is one JSON object
 with the figures.
 
     python benchmarks/bench_serve.py [--clients 1 8 32] [--seconds 15] [--per-request 1] [--max-batch 64] [--threads N]
+                                     [--ray-replicas 2]
 
 On a CPU shared with other work, pass --threads 1: torch's default of one thread per core spins when the cores are
 busy (on a loaded 2-core machine a single MiniLM observation took ~1 s with 2 threads, ~65 ms with 1).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -83,6 +88,28 @@ def in_process(obs: np.ndarray, max_batch: int, repeats: int) -> tuple[float, np
     return len(obs) / best, hidden
 
 
+@contextlib.contextmanager
+def running_server(flags: list[str], token: str, log):
+    """`hsrl serve FLAGS` in a subprocess for the duration of the block, its output to `log` (shown on failure)."""
+    from hsrl.serve.wire import TOKEN_ENV
+
+    server = subprocess.Popen([sys.executable, "-m", "hsrl.cli", "serve", *flags], stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: token})
+    try:
+        yield server
+    except BaseException:
+        log.flush()
+        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def load(url: str, token: str, obs: np.ndarray, clients: int, per_request: int, seconds: float, max_requests: int):
     """Run `clients` threads for `seconds` (or `max_requests` requests in all); latencies in seconds."""
     from hsrl.serve import HiddenStateClient
@@ -123,6 +150,12 @@ def load(url: str, token: str, obs: np.ndarray, clients: int, per_request: int, 
     return [x for lat in latencies for x in lat], wall
 
 
+def rates(latencies: list[float], wall: float, per_request: int) -> dict:
+    lat = np.array(latencies) * 1000
+    return {"requests": len(lat), "requests_per_s": len(lat) / wall, "obs_per_s": len(lat) * per_request / wall,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -133,6 +166,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64, help="server --max-batch and in-process batch size")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=2, help="in-process timed runs (best is kept)")
+    parser.add_argument("--ray-replicas", type=int, default=2, help="replicas of the Ray Serve row (0: no Ray row)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, in-process and in the server (OMP_NUM_THREADS; default: torch's)")
     args = parser.parse_args()
@@ -143,18 +177,14 @@ def main() -> None:
     import torch
 
     from hsrl.serve import HiddenStateClient
-    from hsrl.serve.wire import TOKEN_ENV
 
     token = secrets.token_hex(16)
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="bench_serve_", suffix=".log", delete=False)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hsrl.cli", "serve", "--env", ENV, "--port", str(port), "--max-batch",
-         str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: token},
-    )
+    common = ["--env", ENV, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+              "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
-    try:
+    with running_server(common + ["--port", str(port)], token, log):
         obs = observations(args.observations)  # while the server loads
         figures: dict = {"device": device_name(), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                          "observations": len(obs), "per_request": args.per_request, "max_batch": args.max_batch,
@@ -173,41 +203,46 @@ def main() -> None:
                 before = client.stats()
                 latencies, wall = load(url, token, obs, clients, args.per_request, args.seconds, args.max_requests)
                 after = client.stats()
-                lat = np.array(latencies) * 1000
                 batches = after["batches"] - before["batches"]
-                row = {
-                    "requests": len(lat),
-                    "requests_per_s": len(lat) / wall,
-                    "obs_per_s": len(lat) * args.per_request / wall,
-                    "p50_ms": float(np.percentile(lat, 50)),
-                    "p99_ms": float(np.percentile(lat, 99)),
-                    "mean_server_batch": (after["observations"] - before["observations"]) / max(batches, 1),
-                }
+                row = {**rates(latencies, wall, args.per_request),
+                       "mean_server_batch": (after["observations"] - before["observations"]) / max(batches, 1)}
                 levels[str(clients)] = row
                 print(f"{clients:>3} clients: {row['requests_per_s']:7.1f} requests/s, {row['obs_per_s']:7.1f} obs/s, "
                       f"p50 {row['p50_ms']:8.1f} ms, p99 {row['p99_ms']:8.1f} ms, mean server batch "
                       f"{row['mean_server_batch']:.1f} ({row['requests']} requests)")
             figures["levels"] = levels
             figures["server_max_batch_seen"] = client.stats()["max_batch_observations"]
-    except BaseException:
-        log.flush()
-        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        os.unlink(log.name)
 
-    top = levels[str(max(args.clients))]
+    top_clients = max(args.clients)
+    if args.ray_replicas > 0:  # after the single server stopped, so the two never share the cores
+        ray_port = free_port()
+        ray_url = f"http://127.0.0.1:{ray_port}"
+        with running_server(common + ["--port", str(ray_port), "--ray", "--replicas", str(args.ray_replicas)],
+                            token, log):
+            with HiddenStateClient(ray_url, token=token) as client:
+                client.wait_ready(timeout=600)
+                served = client.hidden_states(observations=obs)  # also the warm-up of both replicas' first batch
+                figures["ray_max_abs_diff_vs_inprocess"] = float(np.abs(served - inproc_hidden).max())
+                latencies, wall = load(ray_url, token, obs, top_clients, args.per_request, args.seconds,
+                                       args.max_requests)
+            figures["ray"] = {"replicas": args.ray_replicas, "clients": top_clients,
+                              **rates(latencies, wall, args.per_request)}
+    log.close()
+    os.unlink(log.name)
+
+    top = levels[str(top_clients)]
     figures["server_obs_per_s"] = top["obs_per_s"]
     figures["ratio"] = top["obs_per_s"] / inproc_rate
     print(f"server at {max(args.clients)} clients / in-process: {figures['ratio']:.2f}x "
           f"({top['obs_per_s']:.1f} vs {inproc_rate:.1f} observations/s; max |diff| "
           f"{figures['max_abs_diff_vs_inprocess']:.1e})")
+    if "ray" in figures:
+        ray_row = figures["ray"]
+        figures["ray_ratio"] = ray_row["obs_per_s"] / top["obs_per_s"]
+        print(f"Ray Serve, {ray_row['replicas']} replicas, {top_clients} clients: {ray_row['requests_per_s']:7.1f} "
+              f"requests/s, {ray_row['obs_per_s']:7.1f} obs/s, p50 {ray_row['p50_ms']:8.1f} ms, p99 "
+              f"{ray_row['p99_ms']:8.1f} ms; / one hsrl serve: {figures['ray_ratio']:.2f}x (max |diff| "
+              f"{figures['ray_max_abs_diff_vs_inprocess']:.1e})")
     print(json.dumps(figures, sort_keys=True))
 
 

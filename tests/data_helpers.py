@@ -10,13 +10,16 @@ ACHIEVEMENTS = ("collect_wood", "place_table", "eat_cow")
 SPEC = json.dumps({"model": "tiny", "layer": -1, "tokens": 1, "pooling": "mean"})
 
 
-def make_arrays(rng, steps, num_envs, *, pixels=False, obs_dim=5, hidden=None, p_done=0.15, text=True,
-                achievements=False):
+CLASSIC_OBS = 1345  # Craftax-Classic's symbolic observation width (readers check it against the env)
+CLASSIC_FRAME = (63, 63, 3)  # and its pixel frame
+
+
+def make_arrays(rng, steps, num_envs, *, pixels=False, hidden=None, p_done=0.15, text=True, achievements=False):
     n = steps * num_envs
     if pixels:
-        obs = rng.random((n, 4, 3, 3), dtype=np.float32)
+        obs = rng.random((n, *CLASSIC_FRAME), dtype=np.float32)
     else:
-        obs = rng.standard_normal((n, obs_dim)).astype(np.float32)
+        obs = rng.standard_normal((n, CLASSIC_OBS)).astype(np.float32)
     arrays = {
         "obs": obs,
         "next_obs": obs[::-1].copy(),

@@ -13,7 +13,17 @@ NUM_ACTIONS = 17
 SPEC = json.dumps({"model": "tiny", "layer": -1, "tokens": 1, "pooling": "mean"})
 
 
-def hidden_task_arrays(rng, n, *, obs_dim=8, hidden_size=24, reward=10.0, noise=0.1):
+OBS_DIM = 1345  # Craftax-Classic's symbolic width; readers check it against the env
+
+
+def _noise_obs(rng, n, noisy=8):
+    """Observations of the env's width that carry nothing: a few noise dimensions, zeros elsewhere (compress well)."""
+    obs = np.zeros((n, OBS_DIM), np.float32)
+    obs[:, :noisy] = rng.standard_normal((n, noisy))
+    return obs
+
+
+def hidden_task_arrays(rng, n, *, hidden_size=24, reward=10.0, noise=0.1):
     """Rows where the best action is written only in the hidden state.
 
     `best` is uniform over the actions; the hidden state is one_hot(best) plus Gaussian noise, padded
@@ -23,11 +33,11 @@ def hidden_task_arrays(rng, n, *, obs_dim=8, hidden_size=24, reward=10.0, noise=
     best = rng.integers(0, NUM_ACTIONS, n)
     hidden = noise * rng.standard_normal((n, hidden_size)).astype(np.float32)
     hidden[np.arange(n), best] += 1.0
-    obs = rng.standard_normal((n, obs_dim)).astype(np.float32)
+    obs = _noise_obs(rng, n)
     action = rng.integers(0, NUM_ACTIONS, n)
     arrays = {
         "obs": obs,
-        "next_obs": rng.standard_normal((n, obs_dim)).astype(np.float32),
+        "next_obs": _noise_obs(rng, n),
         "action": action,
         "reward": np.where(action == best, reward, 0.0).astype(np.float32),
         "done": np.ones(n, bool),

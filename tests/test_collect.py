@@ -85,3 +85,17 @@ def test_collect_with_a_trained_policy(tmp_path):
     assert np.all(c["log_prob"] <= 0) and not np.allclose(c["log_prob"], -np.log(17.0))
     with pytest.raises(ValueError, match="pass its policy"):
         collect(_config(tmp_path / "nopolicy", steps=24, checkpoint=str(run)))
+
+
+@pytest.mark.parametrize("damage", [b"PK\x03\x04 cut short", b"\x93NUMPY garbage that is not an npz"])
+def test_a_corrupt_state_file_is_named_and_the_rerun_starts_over_to_the_same_chunks(tmp_path, collected, damage):
+    part = tmp_path / "part"
+    collect(_config(part, steps=3 * 8 * 2))
+    (part / STATE_FILE).write_bytes(damage)
+    (part / f".{STATE_FILE}.abc123.tmp").write_bytes(b"left by a kill")
+    (part / ".chunk_000002.npz.def456.tmp").write_bytes(b"left by a kill")
+    with pytest.warns(UserWarning, match=f"{STATE_FILE} is corrupt .* collecting again from chunk 0"):
+        collect(_config(part, steps=3 * 8 * 4))
+    assert not list(part.glob("*.tmp")) and not list(part.glob(".*.tmp"))
+    for a, b in zip(list_chunks(part), list_chunks(collected), strict=True):
+        np.testing.assert_array_equal(read_chunk(a)["obs"], read_chunk(b)["obs"])

@@ -224,7 +224,7 @@ def test_object_arrays_are_never_unpickled(tmp_path, rng):
 
 
 def test_truncated_and_corrupt_files(tmp_path, rng):
-    arrays = make_arrays(rng, 64, 4, obs_dim=256)  # big enough that the middle of the file is array data
+    arrays = make_arrays(rng, 64, 4)  # big enough that the middle of the file is array data
     path = write_chunk(tmp_path / "c.npz", arrays, make_meta(4))
     data = path.read_bytes()
     for size in (0, 10, len(data) // 2, len(data) - 10):
@@ -333,3 +333,76 @@ def test_load_dataset_refuses_mixed_data(tmp_path, rng):
         load_dataset(tmp_path, ["hidden_state"], show_progress=False)
     with pytest.raises(DataFileError, match="return_to_go: missing"):
         load_dataset(list_chunks(tmp_path)[:2], ["return_to_go"], show_progress=False)
+
+
+def test_a_full_disk_is_one_error_naming_the_folder(tmp_path, rng, monkeypatch):
+    import errno
+
+    from hsrl.atomic import DiskFullError
+
+    def full(f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(DiskFullError, match=f"no space left in {tmp_path} while writing chunk_000000.npz"):
+        write_chunk(tmp_path / "chunk_000000.npz", make_arrays(rng, 3, 2), make_meta(2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite_member(path, key, array_bytes_and_header):
+    """Rewrite one member of an npz (zip) with other bytes, keeping the rest: a tampered file."""
+    members = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            members[name] = zf.read(name)
+    members[key + ".npy"] = array_bytes_and_header
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_a_header_declaring_more_rows_than_stored_is_refused_before_allocating(tmp_path, rng):
+    import io
+
+    path = write_chunk(tmp_path / "chunk_000000.npz", make_arrays(rng, 4, 2), make_meta(2))
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read("reward.npy")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**9,)})
+    _rewrite_member(path, "reward", header.getvalue() + raw[len(header.getvalue()):])  # claims 1e9 rows
+    with pytest.raises(DataFileError, match=r"chunk_000000.npz.*reward.*declares shape \(1000000000,\)"):
+        inspect_chunk(path)
+
+
+def test_a_file_with_another_row_shape_is_named(tmp_path, rng):
+    from hsrl.data import dataset_stats, load_dataset
+
+    make_dataset(tmp_path, rng, files=3, hidden=lambda n: rng.standard_normal((n, 6)).astype(np.float32))
+    bad = list_chunks(tmp_path)[1]
+    chunk = read_chunk(bad)
+    write_chunk(bad, {**chunk.arrays, "hidden_state": chunk["hidden_state"][:, :5]}, chunk.meta)
+    for load_all in (lambda: dataset_stats(tmp_path, show_progress=False),
+                 lambda: load_dataset(tmp_path, ["obs", "hidden_state"], show_progress=False)):
+        with pytest.raises(DataFileError, match=f"{bad.name}.*hidden_state.*rows of shape \\(5,\\), but chunk_000000"):
+            load_all()
+
+
+def test_observations_of_another_width_than_the_env_are_refused(tmp_path, rng):
+    arrays = make_arrays(rng, 4, 2)
+    short = {**arrays, "obs": arrays["obs"][:, :1344], "next_obs": arrays["next_obs"][:, :1344]}
+    with pytest.raises(DataFileError, match=r"obs.*rows of shape \(1344,\), but Craftax-Classic-Symbolic-v1 "
+                                            r"observations are \(1345,\)"):
+        write_chunk(tmp_path / "chunk_000000.npz", short, make_meta(2))
+    path = write_chunk(tmp_path / "chunk_000000.npz", arrays, make_meta(2))
+    with zipfile.ZipFile(path) as zf:  # a file written by other code: the reader refuses it too
+        members = {name: zf.read(name) for name in zf.namelist()}
+    for key in ("obs", "next_obs"):
+        import io
+        buf = io.BytesIO()
+        np.save(buf, short[key])
+        members[key + ".npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(DataFileError, match="chunk_000000.npz.*obs.*1344"):
+        inspect_chunk(path)

@@ -85,3 +85,19 @@ def test_cli(tmp_path, capsys):
     assert read_meta(list_chunks(tmp_path)[0]).return_gamma == 0.95
     assert main(["returns", str(tmp_path), "--gamma", "1.5", "--no-progress"]) == 2
     assert "gamma must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_corrupt_chunk_leaves_every_file_as_it_was(tmp_path):
+    """All or nothing: with one corrupt chunk no file gets the new gamma (before, the later chunks were rewritten
+    before the corrupt one failed, leaving mixed gammas)."""
+    make_dataset(tmp_path, np.random.default_rng(4), files=3)
+    add_returns(tmp_path, 0.5, show_progress=False)
+    files = list_chunks(tmp_path)
+    before = {p.name: p.read_bytes() for p in files}
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the first chunk's data: later chunks are read first
+    files[0].write_bytes(bytes(data))
+    before[files[0].name] = bytes(data)
+    with pytest.raises(DataFileError, match=files[0].name):
+        add_returns(tmp_path, 0.9, show_progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staged file left either

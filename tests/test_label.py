@@ -110,7 +110,7 @@ def test_killed_labeller_resumes_to_identical_outputs(dataset, labelled, tmp_pat
     assert len(list(out.glob("chunk_*.npz"))) < 12, "some work was left for the final run"
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert not list(out.glob("**/*.tmp")), "no temporary file is left behind"
-    assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
+    assert not (out / ".partial").exists(), "an empty .partial/ is removed after a successful run"
     references = list_chunks(labelled)
     outputs = list_chunks(out)
     assert len(outputs) == 12
@@ -204,3 +204,51 @@ def test_reextract_generated_text_of_pixel_data_matches_generation(classic_pixel
     assert not label_dataset(LabelConfig(str(classic_pixel_dataset), str(gen), model=str(model), input="image",
                                          tokens=5, temperature=1.0, batch_size=8, progress=False)).failed
     _assert_extract_recomputes(gen, tmp_path / "again")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_rows", "marker"])
+def test_a_corrupt_saved_batch_is_recomputed_with_a_warning(dataset, labelled, tmp_path, damage):
+    """A labeller stopped after two saved batches; one of them (or the progress marker) is then damaged. The rerun
+    names the broken file, recomputes it and writes what an uninterrupted run writes."""
+    from hsrl.data.label import Labeller
+    from hsrl.llm import make_extractor
+
+    src = list_chunks(dataset)[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    config = LabelConfig(str(dataset), str(out), batch_size=5, progress=False)
+    labeller = Labeller(make_extractor(config.extraction_spec("classic")), 5, False)
+    seen = []
+
+    def stop_after_two(n):
+        seen.append(n)
+        if len(seen) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        labeller.label_file(src, out / src.name, on_batch=stop_after_two)
+    partial = out / ".partial" / src.stem
+    broken = partial / ("progress.json" if damage == "marker" else "batch_000001.npz")
+    if damage == "truncate":
+        broken.write_bytes(broken.read_bytes()[:100])
+    elif damage == "garbage":
+        broken.write_bytes(b"not a zip file at all" * 10)
+    elif damage == "wrong_rows":
+        with np.load(broken) as z:
+            arrays = {k: z[k][:2] for k in z.files}
+        np.savez(broken, **arrays)
+    else:
+        broken.write_text("{not json")
+    if damage == "marker":
+        summary = label_dataset(config)
+    else:
+        with pytest.warns(UserWarning, match=f"{broken.name}: saved batch is corrupt"):
+            summary = label_dataset(config)
+    assert not summary.failed and len(summary.labelled) == 3
+    assert not (out / ".partial").exists()
+    for a, b in zip(list_chunks(out), list_chunks(labelled)):
+        np.testing.assert_array_equal(read_chunk(a)["hidden_state"], read_chunk(b)["hidden_state"])

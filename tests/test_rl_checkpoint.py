@@ -146,3 +146,23 @@ def test_spec_check_ignores_sampling_fields_of_prompt_only_specs():
                 check_compatible(meta, spec_json=resampled)
         with pytest.raises(CheckpointError, match="fields that differ: layer"):
             check_compatible(meta, spec_json=trained.replace(layer=2).to_json())
+
+
+@pytest.mark.parametrize("state_file", ["../../victim.txt", "/tmp/victim.txt", "..", "sub/step.msgpack", "", 7])
+def test_a_state_file_outside_the_folder_is_refused_and_nothing_is_deleted(tmp_path, state_file):
+    net = NetworkConfig("mlp", 17, (6,), width=8)
+    run = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3, 4):
+        write(run, step, net)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    sidecar = run / "step_000000001.json"
+    meta = json.loads(sidecar.read_text())
+    meta["state_file"] = str(victim) if state_file == "/tmp/victim.txt" else state_file
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="state_file .* not a file name in the checkpoint's folder"):
+        prune_checkpoints(run, 2)
+    assert victim.read_text() == "keep me"
+    assert len(list_checkpoints(run)) == 4 and len(list(run.glob("*.msgpack"))) == 4  # nothing half-pruned
+    with pytest.raises(CheckpointError, match="state_file"):
+        load_policy(sidecar)

@@ -3,6 +3,7 @@ stub extractor (failure isolation) and a tiny Qwen3 (generation mode)."""
 
 import base64
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -614,6 +615,115 @@ def test_image_payloads_equal_labelling_with_a_vision_language_model(classic_pix
         assert "images.dtype" in detail({"images": {**good, "dtype": "float32"}})
         assert "images.data" in detail({"images": {**good, "data": good["data"][:-8]}})
         assert "images" in detail({"images": [[1, 2, 3]]})
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# ---- fairness and limits: no head-of-line blocking ------------------------------------------------------------------
+
+
+class TimedStub(StubExtractor):
+    """hidden = text length; each call takes a fixed cost plus a cost per row, like a model batch."""
+
+    def __init__(self, fixed: float = 0.1, per_row: float = 0.005):
+        super().__init__()
+        self.fixed, self.per_row = fixed, per_row
+
+    def extract(self, texts):
+        from hsrl.llm import ExtractionResult
+
+        self.calls.append(len(texts))
+        time.sleep(self.fixed + self.per_row * len(texts))
+        hidden = np.array([[len(t)] * 4 for t in texts], np.float32)
+        n = len(texts)
+        return ExtractionResult({-1: hidden}, [""] * n, [[] for _ in range(n)], np.ones(n), np.ones(n), np.zeros(n, bool))
+
+
+def _in_process(stub, **settings):
+    from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
+
+    app = create_app(stub.spec.replace(template="auto", dtype="auto"), ServerSettings(**settings), extractor=stub)
+    return serve_in_thread(app)
+
+
+def test_a_small_request_waits_at_most_one_batch_behind_large_ones():
+    stub = TimedStub()
+    server, thread, port = _in_process(stub, max_batch=8, max_wait_ms=5, max_request=64)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def small() -> float:
+            with HiddenStateClient(url, retries=0) as c:
+                start = time.perf_counter()
+                np.testing.assert_array_equal(c.hidden_states(texts=["tree"]), [[4] * 4])
+                return time.perf_counter() - start
+
+        unloaded = min(small() for _ in range(3))
+        big = {}
+
+        def send_big(k):
+            texts = [f"{'x' * (k + 1)} {i}" for i in range(64)]
+            with HiddenStateClient(url, retries=0, timeout=60) as c:
+                big[k] = (texts, c.hidden_states(texts=texts))
+
+        pool = [threading.Thread(target=send_big, args=(k,)) for k in range(4)]
+        for t in pool:
+            t.start()
+        time.sleep(0.4)  # the 256 rows of the large requests are queued (32 batches of 8, ~4.5 s of model time)
+        loaded = small()
+        for t in pool:
+            t.join(60)
+        # Answered within about two batches (the one running, then its own), not after the whole queue.
+        assert loaded / unloaded < 5, (loaded, unloaded)
+        for texts, hidden in big.values():  # sliced requests still get every row, in order
+            np.testing.assert_array_equal(hidden[:, 0], [len(t) for t in texts])
+        assert len(big) == 4 and max(stub.calls) <= 8
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_full_queue_is_refused_with_503_and_recovers():
+    stub = TimedStub(fixed=0.3, per_row=0.0)
+    server, thread, port = _in_process(stub, max_batch=4, max_request=8, max_queued=8)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        statuses = []
+
+        def send():
+            with HiddenStateClient(url, retries=0, timeout=60) as c:
+                try:
+                    c.hidden_states(texts=["tree"] * 8)
+                    statuses.append(200)
+                except ServerError as err:
+                    statuses.append(err.status)
+                    assert "busy" in str(err)
+
+        pool = [threading.Thread(target=send) for _ in range(4)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        assert 503 in statuses and 200 in statuses
+        with HiddenStateClient(url, retries=0) as c:
+            np.testing.assert_array_equal(c.hidden_states(texts=["stone"]), [[5] * 4])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_body_that_never_finishes_times_out_with_408():
+    server, thread, port = _in_process(StubExtractor(), body_timeout_s=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/hidden-states HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"texts\": [")
+            start = time.perf_counter()
+            reply = s.recv(4096).decode()
+            assert time.perf_counter() - start < 5
+        assert reply.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in reply
+        with HiddenStateClient(f"http://127.0.0.1:{port}", retries=0) as c:
+            np.testing.assert_array_equal(c.hidden_states(texts=["tree"]), [[4] * 4])
     finally:
         server.should_exit = True
         thread.join(10)

@@ -50,6 +50,7 @@ import numpy as np
 
 from hsrl.atomic import atomic_path  # noqa: F401
 from hsrl.errors import InputError
+from hsrl.env.catalog import ENV_NAMES
 from hsrl.llm.spec import spec_hash
 from hsrl.pixels import pixels_to_uint8, uint8_to_pixels  # noqa: F401  (re-exported by hsrl.data)
 from hsrl.strict import dataclass_kwargs
@@ -276,6 +277,12 @@ def validate_fields(fields: Mapping[str, Field], meta: ChunkMeta, path=None) -> 
         expect("obs", (4,), (u8,), "(N, H, W, C) uint8 pixels (convert with pixels_to_uint8)")
     else:
         expect("obs", (2,), (f32,), "(N, D) float32 symbolic observations")
+    if "obs" in fields and meta.env_name in ENV_NAMES:  # the env's own shape, e.g. 1345 for Craftax-Classic
+        from hsrl.env import env_info
+
+        want = env_info(meta.env_name).obs_shape
+        if fields["obs"][0][1:] != want:
+            fail("obs", f"rows of shape {fields['obs'][0][1:]}, but {meta.env_name} observations are {want}")
     if "obs" in fields and "next_obs" in fields and fields["obs"] != fields["next_obs"]:
         fail("next_obs", f"shape {fields['next_obs'][0]} dtype {fields['next_obs'][1]} differs from obs "
                          f"{fields['obs'][0]} {fields['obs'][1]}")
@@ -521,10 +528,17 @@ class ChunkReader:
             try:
                 with self.zip.open(members[key]) as f:
                     fields[key] = _read_header(f, self.path, key)
+                    header_bytes = f.tell()
             except DataFileError:
                 raise
             except _CORRUPT as err:
                 raise _corrupt(self.path, key, err) from None
+            shape, dtype = fields[key]
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
+            stored = self.zip.getinfo(members[key]).file_size - header_bytes
+            if declared != stored:  # checked before anything is allocated for it
+                raise DataFileError(self.path, key, f"header declares shape {shape} {dtype} ({declared} bytes) but "
+                                                    f"the file holds {stored} bytes for it: corrupt or tampered")
         meta_shape, meta_dtype = fields.pop(META_KEY)
         if meta_shape != () or meta_dtype.kind != "U":
             raise DataFileError(self.path, META_KEY, f"expected a 0-d unicode string, got {meta_shape} {meta_dtype}")
@@ -651,6 +665,17 @@ def list_chunks(directory: str | os.PathLike) -> list[Path]:
     if not found:
         raise DataFileError(directory, None, "no chunk files (chunk_NNNNNN.npz) in this folder")
     return [found[i] for i in sorted(found)]
+
+
+def check_same_row_shape(infos: Sequence[ChunkInfo], key: str) -> None:
+    """Every file's `key` rows have the first file's shape (the hidden width, the observation shape); the error
+    names the first file that differs."""
+    first = infos[0]
+    want = first.fields[key][0][1:]
+    for info in infos[1:]:
+        got = info.fields[key][0][1:]
+        if got != want and not (key == "hidden_state" and got[-1:] == want[-1:]):  # (T, H) vs (H,): same width
+            raise DataFileError(info.path, key, f"rows of shape {got}, but {first.path.name} has {want}")
 
 
 def check_consecutive(infos: Sequence[ChunkInfo]) -> None:

@@ -12,6 +12,8 @@ flags resumes after the last finished chunk and produces the same files as an un
 
 import json
 import math
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.data.chunks import ChunkMeta, atomic_path, chunk_path, write_chunk
+from hsrl.atomic import atomic_path, remove_temporaries
+from hsrl.data.chunks import ChunkMeta, chunk_path, write_chunk
 from hsrl.env import ENV_NAMES, env_info, make_env
 from hsrl.errors import InputError
 
@@ -111,21 +114,34 @@ def _save_state(out: Path, carry, next_chunk: int, config: CollectConfig) -> Non
 
 
 def _load_state(out: Path, template, config: CollectConfig):
-    """The saved rollout carry and next chunk index, or None when starting fresh."""
+    """The saved rollout carry and next chunk index, or None when starting fresh.
+
+    A corrupt state file is reported and removed, and the collection starts again from chunk 0: it is seeded, so
+    the chunks already written are written again with the same contents.
+    """
     path = out / STATE_FILE
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        saved = json.loads(str(z["config"]))
-        mine = asdict(config)
-        differ = [k for k in ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps")
-                  if saved.get(k) != mine[k]]
-        if differ:
-            raise InputError(f"{out} holds a collection made with different {', '.join(differ)}; "
-                             f"use another --out or the same flags to resume")
-        leaves, treedef = jax.tree.flatten(template)
-        loaded = [jnp.asarray(z[f"leaf_{i}"]) for i in range(len(leaves))]
-        return jax.tree.unflatten(treedef, loaded), int(z["next_chunk"])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            saved = json.loads(str(z["config"]))
+            leaves, treedef = jax.tree.flatten(template)
+            loaded = [np.asarray(z[f"leaf_{i}"]) for i in range(len(leaves))]
+            next_chunk = int(z["next_chunk"])
+        if any(a.shape != np.shape(b) for a, b in zip(loaded, leaves)):
+            raise ValueError("its arrays do not fit this env's state")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        warnings.warn(f"{path} is corrupt ({type(err).__name__}: {err}); removing it and collecting again from "
+                      f"chunk 0 (the same seed writes the same chunks)", stacklevel=2)
+        path.unlink()
+        return None
+    mine = asdict(config)
+    differ = [k for k in ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps")
+              if saved.get(k) != mine[k]]
+    if differ:
+        raise InputError(f"{out} holds a collection made with different {', '.join(differ)}; "
+                         f"use another --out or the same flags to resume")
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), next_chunk
 
 
 def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
@@ -136,6 +152,8 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
         raise InputError(f"--checkpoint {config.checkpoint}: pass its policy (hsrl.rl.checkpoint.checkpoint_policy)")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing
+    remove_temporaries(out, STATE_FILE)
     info = env_info(config.env)
     env = make_env(config.env, config.envs, with_symbolic=info.pixels, max_timesteps=config.max_episode_steps)
     policy = policy or random_policy(info.num_actions)

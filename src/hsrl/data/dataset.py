@@ -17,7 +17,7 @@ import numpy as np
 from hsrl.atomic import write_text_atomic
 from hsrl.data.chunks import (
     CODE_POINT_KEYS, KEYS, META_KEY, SCHEMA_VERSION, ChunkInfo, ChunkMeta, ChunkReader, DataFileError, decode_text,
-    inspect_chunk, list_chunks, progress,
+    check_same_row_shape, inspect_chunk, list_chunks, progress,
 )
 from hsrl.llm.spec import spec_differences
 from hsrl.pixels import uint8_to_pixels
@@ -97,6 +97,7 @@ def _plan(infos: Sequence[ChunkInfo], keys: Sequence[str], per_token: bool, pool
                 transform = pool
                 rows = {s[1:] for s in rows}
         if len(rows) != 1:
+            check_same_row_shape(infos, key)  # names the file that differs
             raise DataFileError(infos[0].path, key, f"row shapes differ across files: {sorted(rows)}")
         dtype = np.result_type(*dtypes)
         if key == "hidden_state" and hidden_dtype is not None:

@@ -17,16 +17,19 @@ the others are labelled. Sampling seeds are derived per sample from the spec's s
 so a resumed run writes the same values as an uninterrupted one.
 """
 
+import contextlib
 import json
 import shutil
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from hsrl.llm.flags import SpecFlags
-from hsrl.atomic import atomic_path
+from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.data.chunks import (
     ChunkMeta, DataFileError, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk, read_meta,
     write_chunk_streamed,
@@ -156,9 +159,9 @@ class Labeller:
         for i, start in enumerate(range(0, n, self.batch_size)):
             path = partial / f"batch_{i:06d}.npz"
             batch_files.append(path)
-            if path.exists():
-                continue
             sl = slice(start, min(n, start + self.batch_size))
+            if path.exists() and self._saved_batch_ok(path, sl.stop - sl.start):
+                continue
             out = self._run_batch(None if texts is None else texts[sl], None if generated is None else generated[sl],
                                   None if images is None else images[sl])
             with atomic_path(path) as f:
@@ -169,13 +172,29 @@ class Labeller:
         shutil.rmtree(partial)
         return n
 
+    def _saved_batch_ok(self, path: Path, rows: int) -> bool:
+        """Whether a saved batch file is whole and holds `rows` rows; a broken one is removed with a warning, and
+        the batch is computed again."""
+        keys = {"hidden", "text_generated", "num_tokens"} | ({"token_states"} if self.save_tokens else set())
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if set(z.files) != keys or any(len(z[k]) != rows for k in keys):
+                    raise ValueError(f"holds {sorted(z.files)}, not {rows} rows of {sorted(keys)}")
+            return True
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            warnings.warn(f"{path}: saved batch is corrupt ({type(err).__name__}: {err}); discarding it and "
+                          f"computing the batch again", stacklevel=2)
+            path.unlink()
+            return False
+
     def _open_partial(self, partial: Path, src: Path, n: int) -> None:
         """Keep saved batches only if they were made by the same spec, batch size and input."""
         stamp = {"spec": self.spec_json, "batch_size": self.batch_size, "rows": n, "mode": self.mode,
                  "token_states": self.save_tokens, "input_bytes": src.stat().st_size}
         marker = partial / "progress.json"
-        if marker.exists() and json.loads(marker.read_text()) == stamp:
-            return
+        with contextlib.suppress(OSError, ValueError):  # an unreadable marker counts as another run's
+            if json.loads(marker.read_text()) == stamp:
+                return
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         with atomic_path(marker) as f:
@@ -221,8 +240,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     if out.resolve() == Path(in_dir).resolve():
         raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".chunk_*.npz.*.tmp"):  # left by a process killed while writing a final file
-        stale.unlink()
+    remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     rows, todo = {}, []
     for f in files:
         try:
@@ -262,6 +280,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
         except DataFileError as err:
             summary.failed[f.name] = str(err)
     bar.close()
+    with contextlib.suppress(OSError):  # only when empty: another file's saved batches stay for the rerun
+        (out / PARTIAL_DIR).rmdir()
     summary.seconds = time.perf_counter() - start - summary.load_seconds
     return summary
 

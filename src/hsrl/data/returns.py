@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.data.chunks import (
-    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk,
+    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, remove_temporaries, write_chunk,
 )
 from hsrl.errors import InputError
 
@@ -59,11 +59,13 @@ def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float,
 
 
 def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progress: bool = True) -> dict:
-    """Add `return_to_go` and `return_truncated` to every chunk in `directory`, rewriting each atomically.
+    """Add `return_to_go` and `return_truncated` to every chunk in `directory`, all or nothing.
 
     Chunks must be consecutive (same env and num_envs; `first_step`s that follow on). Meta records
-    `return_gamma`. Safe to rerun (e.g. with another gamma, or after more chunks were collected, which
-    changes the returns of the last episodes). Returns a summary dict.
+    `return_gamma`. Every new chunk is written to a temporary file first and renamed into place only once all of
+    them are written, so a corrupt chunk (or a crash) leaves every file as it was, never a mix of gammas; this
+    needs room for a second copy of the data meanwhile. Safe to rerun (e.g. with another gamma, or after more
+    chunks were collected, which changes the returns of the last episodes). Returns a summary dict.
     """
     if not 0.0 <= gamma <= 1.0:
         raise InputError(f"gamma must lie in [0, 1], got {gamma}")
@@ -73,16 +75,28 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
     num_envs = infos[0].meta.num_envs
     g = np.zeros(num_envs, np.float64)
     trunc = np.ones(num_envs, bool)  # after the data every running episode is cut off
+    for name_glob in ("chunk_*.npz", ".chunk_*.npz.returns.tmp"):  # staged files of a killed run
+        remove_temporaries(directory, name_glob)
     rows = truncated = 0
-    for path in progress(files[::-1], "returns", show_progress):
-        chunk = read_chunk(path)
-        ret, ret_trunc, g, trunc = discounted_returns(
-            chunk.time_major("reward"), chunk.time_major("done"), gamma, g, trunc)
-        arrays = dict(chunk.arrays)
-        arrays["return_to_go"] = ret.reshape(-1).astype(np.float32)
-        arrays["return_truncated"] = ret_trunc.reshape(-1)
-        write_chunk(path, arrays, dataclasses.replace(chunk.meta, return_gamma=float(gamma)))
-        rows += chunk.num_rows
-        truncated += int(ret_trunc.sum())
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path in progress(files[::-1], "returns", show_progress):
+            chunk = read_chunk(path)
+            ret, ret_trunc, g, trunc = discounted_returns(
+                chunk.time_major("reward"), chunk.time_major("done"), gamma, g, trunc)
+            arrays = dict(chunk.arrays)
+            arrays["return_to_go"] = ret.reshape(-1).astype(np.float32)
+            arrays["return_truncated"] = ret_trunc.reshape(-1)
+            stage = path.parent / f".{path.name}.returns.tmp"  # a temporary's name: never read as a chunk
+            staged.append((stage, path))
+            write_chunk(stage, arrays, dataclasses.replace(chunk.meta, return_gamma=float(gamma)))
+            rows += chunk.num_rows
+            truncated += int(ret_trunc.sum())
+    except BaseException:
+        for stage, _ in staged:
+            stage.unlink(missing_ok=True)
+        raise
+    for stage, path in staged:
+        os.replace(stage, path)
     return {"directory": str(Path(directory)), "files": len(files), "rows": rows, "gamma": float(gamma),
             "truncated_rows": truncated}

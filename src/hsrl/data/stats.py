@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.atomic import write_text_atomic
-from hsrl.data.chunks import DataFileError, META_KEY, check_consecutive, inspect_chunk, list_chunks, progress, read_chunk
+from hsrl.data.chunks import (
+    DataFileError, META_KEY, check_consecutive, check_same_row_shape, inspect_chunk, list_chunks, progress, read_chunk,
+)
 from hsrl.llm.spec import check_spec, spec_differences, spec_hash
 from hsrl.strict import dataclass_kwargs
 from hsrl.errors import InputError
@@ -208,6 +210,8 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
         if any(have) and not all(have):
             missing = infos[have.index(False)].path
             raise DataFileError(missing, key, f"missing here but present in {sum(have)} of {len(infos)} files")
+        if all(have):
+            check_same_row_shape(infos, key)
     with_achievements = "achievements" in first.fields
     with_hidden = hidden and "hidden_state" in first.fields
     if with_hidden and len(first.fields["hidden_state"][0]) == 3 and pool is None:

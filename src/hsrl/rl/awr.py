@@ -42,7 +42,8 @@ from hsrl.data.dataset import load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.rl.checkpoint import (
-    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta, restore_state,
+    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
+    remove_checkpoint_temporaries, restore_state,
     save_checkpoint,
 )
 from hsrl.rl.metrics import MetricsLogger
@@ -506,6 +507,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
     # --- resume or start
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
+    remove_checkpoint_temporaries(ckpt_dir)
     found = list_checkpoints(ckpt_dir)
     meta = read_checkpoint_meta(found[-1]) if found else None
     if meta is not None:

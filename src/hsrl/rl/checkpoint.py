@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsrl.atomic import atomic_path, write_text_atomic
+from hsrl.atomic import atomic_path, remove_temporaries, write_text_atomic
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.errors import InputError
@@ -82,21 +82,31 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: Mapping, met
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (and any marked final); return the deleted sidecars."""
+    """Delete all but the newest `keep` checkpoints (and any marked final); return the deleted sidecars.
+
+    A sidecar whose `state_file` points outside its folder is refused before anything is deleted.
+    """
     if keep < 1:
         return []
-    deleted = []
+    doomed = []
     for path in list_checkpoints(directory)[:-keep]:
-        meta = json.loads(path.read_text())
-        if meta.get("final"):
-            continue
-        path.unlink()
-        (path.parent / meta.get("state_file", path.with_suffix(".msgpack").name)).unlink(missing_ok=True)
-        deleted.append(path)
-    return deleted
+        meta = read_checkpoint_meta(path)
+        if not meta.get("final"):
+            doomed.append((path, state_path(meta)))
+    for sidecar, state in doomed:
+        sidecar.unlink()
+        state.unlink(missing_ok=True)
+    return [sidecar for sidecar, _ in doomed]
 
 
 # ------------------------------------------------------------------------------------------- read
+
+
+def remove_checkpoint_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a run killed while saving left in its checkpoints folder (call at a run's start)."""
+    if not Path(directory).is_dir():
+        return []
+    return remove_temporaries(directory, "step_*")
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -139,8 +149,19 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
+def state_path(meta: Mapping) -> Path:
+    """The checkpoint's state file: `state_file` must name a plain file in the sidecar's own folder, so a crafted
+    sidecar can never make hsrl read or delete a file elsewhere."""
+    sidecar = Path(meta["path"])
+    name = meta.get("state_file")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"{sidecar}: state_file {name!r} is not a file name in the checkpoint's folder; "
+                              f"refusing it (it must not hold a path)")
+    return sidecar.parent / name
+
+
 def read_state_bytes(meta: Mapping) -> bytes:
-    path = Path(meta["path"]).parent / meta["state_file"]
+    path = state_path(meta)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

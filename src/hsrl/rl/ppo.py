@@ -281,7 +281,7 @@ def _load_warm_start(config: OnlineConfig, net_config: NetworkConfig, spec_json:
 def train_online(config: OnlineConfig) -> dict:
     from tqdm.auto import tqdm
 
-    from hsrl.rl.checkpoint import save_checkpoint
+    from hsrl.rl.checkpoint import remove_checkpoint_temporaries, save_checkpoint
     from hsrl.rl.metrics import MetricsLogger
 
     config.check()
@@ -329,6 +329,7 @@ def train_online(config: OnlineConfig) -> dict:
     runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key)
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_checkpoint_temporaries(out / "checkpoints")
     (out / "run_config.json").write_text(json.dumps(asdict(config), indent=1, sort_keys=True))
     logger = MetricsLogger(out)
     all_achievements, returns = [], []

@@ -36,6 +36,14 @@ def run_serve(config: ServeConfig) -> int:
         print(f"hsrl serve: warning: binding {config.host} without a bearer token: anyone who can reach the port "
               f"can use the model (set ${TOKEN_ENV})", file=sys.stderr)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.ray is None and (config.replicas != 1 or config.gpus_per_replica != 0):
+        raise InputError("--replicas and --gpus-per-replica need --ray")
+    if config.ray is not None:
+        from hsrl.serve.ray_serve import serve_forever
+
+        return serve_forever(config.spec(), settings, address=config.ray, replicas=config.replicas,
+                             gpus_per_replica=config.gpus_per_replica, host=config.host, port=config.port,
+                             device=config.device)
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
 

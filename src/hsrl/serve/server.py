@@ -18,16 +18,22 @@ Routes (wire format in `hsrl.serve.wire`):
 
 Observations go through exactly the labelling path: `hsrl.text.render_text(obs, variant)` then the extractor's
 `extract(texts, images=...)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
-batcher task hands the model thread whole requests together, up to ``max_batch`` observations (one request larger
-than that runs alone), waiting at most ``max_wait_ms`` after the oldest waiting request arrived. While a batch runs,
+batcher task hands the model thread requests together, up to ``max_batch`` observations, waiting at most
+``max_wait_ms`` after the oldest waiting request arrived. A request larger than what is left of a batch is cut into
+slices, and each batch serves first the requests that have had the fewest rows so far, so a request that arrives
+behind large ones waits for at most the batch that is running. While a batch runs,
 new requests queue up and form the next one. If a batch of several requests fails, each request is rerun alone, so
 one bad request (say, a text too long for the model) fails only itself.
 
 Errors answer ``{"detail": message}``: 400 malformed JSON, 401 missing or wrong bearer token, 413 body larger than
 ``max_body_bytes``, 415 not ``application/json``, 422 a well-formed body with a bad value (unknown or missing field,
 wrong type, dtype, shape or length for the env, NaN/inf, bad base64, too many observations, an observation the
-renderer or the model rejects), 503 model still loading (or failed to load), 500 an extraction that failed for
+renderer or the model rejects), 408 a body that did not arrive within ``body_timeout_s``, 503 model still loading
+(or failed to load) or more than ``max_queued`` observations waiting, 500 an extraction that failed for
 another reason. Nothing is ever answered with zeros in place of hidden states.
+
+`Endpoint` (spec checks, request validation, /health fields, reply) and `build_app` (routes, auth, error answers)
+are shared with `hsrl serve --ray` (`hsrl.serve.ray_serve`), which batches with Ray Serve instead of `Batcher`.
 """
 
 import asyncio
@@ -66,19 +72,25 @@ class ServerSettings:
     """How the server batches and what it accepts."""
 
     env: str = "Craftax-Classic-Symbolic-v1"  # which renderer and observation length apply
-    max_batch: int = 64  # observations per model call (requests are never split)
+    max_batch: int = 64  # observations per model call (a larger request runs in slices, taking turns)
     max_wait_ms: float = 5.0  # longest wait for more requests after the oldest waiting one arrived
     max_request: int = 1024  # observations (or texts) per request
     max_body_bytes: int = 32 * 2**20
     max_text_chars: int = 20_000  # per text of a `texts` request
+    max_queued: int = 4096  # observations waiting at once; more are refused with 503 (retry later)
+    body_timeout_s: float = 30.0  # a request body must arrive whole within this; else 408
     token: str | None = None  # bearer token guarding every route but /health; None: open
 
     def __post_init__(self):
-        for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars"):
+        for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars", "max_queued"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             raise InputError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if not (self.body_timeout_s > 0 and math.isfinite(self.body_timeout_s)):
+            raise InputError(f"body_timeout_s must be a finite number > 0, got {self.body_timeout_s}")
+        if self.max_queued < self.max_request:
+            raise InputError(f"max_queued ({self.max_queued}) must be at least max_request ({self.max_request})")
         if self.token is not None and not self.token.strip():
             raise InputError("the bearer token is empty; give a non-empty token or none")
 
@@ -109,6 +121,9 @@ class ServeConfig(SpecFlags):
     token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
     log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
     access_log: bool = field(default=False, metadata={"help": "log every request"})
+    ray: str | None = field(default=None, metadata={"help": "deploy with Ray Serve instead of one process: --ray ADDRESS of a cluster, or --ray alone to start a local Ray instance", "nargs": "?", "const": "local", "metavar": "ADDRESS"})
+    replicas: int = field(default=1, metadata={"help": "Ray: model replicas (each loads the model once; Ray places them on any node)"})
+    gpus_per_replica: float = field(default=0.0, metadata={"help": "Ray: GPUs per replica (0 = CPU replicas)"})
 
     def spec(self):
         from hsrl.env.catalog import env_info
@@ -172,6 +187,10 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.images)
+
+    def slice(self, start: int, stop: int) -> "Inputs":
+        return Inputs(None if self.texts is None else self.texts[start:stop],
+                      None if self.images is None else self.images[start:stop])
 
     @staticmethod
     def join(parts: list["Inputs"]) -> "Inputs":
@@ -329,8 +348,8 @@ class BatchStats:
     responses: collections.Counter = field(default_factory=collections.Counter)  # status -> count
 
     def record(self, observations: int, requests: int, seconds: float) -> None:
+        """One batch run: its observations and the requests (or slices of requests) in it."""
         self.batches += 1
-        self.requests += requests
         self.observations += observations
         self.max_batch_observations = max(self.max_batch_observations, observations)
         self.max_batch_requests = max(self.max_batch_requests, requests)
@@ -355,25 +374,57 @@ class BatchStats:
 
 @dataclass
 class _Waiting:
+    """One request in the queue: its inputs, how many rows were handed out, and the rows answered so far."""
+
     inputs: Inputs
     future: asyncio.Future
     arrived: float
+    taken: int = 0  # rows handed to batches so far
+    hidden: list = field(default_factory=list)  # answered slices, in order
+    generated: list = field(default_factory=list)
+
+    def answer(self, hidden: np.ndarray, generated: list[str]) -> None:
+        """Record one slice's rows; the request is answered once every row is."""
+        self.hidden.append(hidden)
+        self.generated.extend(generated)
+        if sum(len(h) for h in self.hidden) == len(self.inputs) and not self.future.done():
+            self.future.set_result((np.concatenate(self.hidden), self.generated))
+
+
+@dataclass
+class _Slice:
+    """Rows [start, stop) of one waiting request, run as part of a batch."""
+
+    waiting: _Waiting
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 class Batcher:
     """Queues requests and runs them together on one model thread.
 
     `run(inputs) -> (hidden (B, H) float32, generated texts)` is called on the model thread only.
+
+    Fair by slices: a batch holds at most `max_batch` rows; a request larger than what is left of a batch gives
+    only a slice, and the next batch serves first the requests that have had the fewest rows so far. So a request
+    that arrives behind large ones waits for at most the batch that is running, not for the large requests. Slices of one request run in order, and rows
+    are independent of their batch (the extractors' batch independence), so slicing never changes an answer.
+    At most `max_queued` rows wait at once; beyond that a request is refused with 503 (retry later).
     """
 
-    def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float):
+    def __init__(self, run: Callable, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float,
+                 max_queued: int | None = None):
         self.run = run
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
         self.stats = BatchStats()
-        self._pending: collections.deque[_Waiting] = collections.deque()
-        self._pending_count = 0
+        self._pending: list[_Waiting] = []
+        self._pending_count = 0  # rows not yet handed to a batch
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -388,34 +439,43 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._pending:
-            waiting = self._pending.popleft()
+        for waiting in self._pending:
             if not waiting.future.done():
                 waiting.future.set_exception(RequestError(503, "the server is shutting down"))
 
     async def submit(self, inputs: Inputs):
         """(hidden (len(inputs), H), generated texts) for these inputs, run together with other waiting requests."""
+        if self.max_queued is not None and self._pending_count + len(inputs) > self.max_queued:
+            raise busy_error(self._pending_count, self.max_queued)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inputs, loop.create_future(), loop.time())
+        self.stats.requests += 1
         self._pending.append(waiting)
         self._pending_count += len(inputs)
         self._wakeup.set()
         return await waiting.future
 
-    def _take(self) -> list[_Waiting]:
+    def _drop(self, waiting: _Waiting) -> None:
+        self._pending.remove(waiting)
+        self._pending_count -= len(waiting.inputs) - waiting.taken
+
+    def _take(self) -> list[_Slice]:
+        """The next batch: requests with the fewest rows served so far first (arrival order among equals), so a
+        request that has had nothing yet goes before the rest of a large one that has had batches already."""
         batch, size = [], 0
-        while self._pending:
-            head = self._pending[0]
-            if head.future.done():  # the client went away
-                self._pending.popleft()
-                self._pending_count -= len(head.inputs)
-                continue
-            if batch and size + len(head.inputs) > self.max_batch:
+        for head in sorted(self._pending, key=lambda w: w.taken):
+            if size == self.max_batch:
                 break
-            self._pending.popleft()
-            self._pending_count -= len(head.inputs)
-            batch.append(head)
-            size += len(head.inputs)
+            if head.future.done():  # the client went away, or an earlier slice failed
+                self._drop(head)
+                continue
+            n = min(len(head.inputs) - head.taken, self.max_batch - size)
+            batch.append(_Slice(head, head.taken, head.taken + n))
+            head.taken += n
+            self._pending_count -= n
+            size += n
+            if head.taken == len(head.inputs):
+                self._pending.remove(head)
         return batch
 
     async def _work(self) -> None:
@@ -437,13 +497,12 @@ class Batcher:
                     await self._execute(batch)
                 except Exception:  # never let the batcher die; _execute answers every request itself
                     log.exception("batcher error")
-                    for waiting in batch:
-                        if not waiting.future.done():
-                            waiting.future.set_exception(RequestError(500, "internal error in the batcher"))
+                    for part in batch:
+                        _fail(part.waiting, RequestError(500, "internal error in the batcher"))
 
-    async def _execute(self, batch: list[_Waiting]) -> None:
+    async def _execute(self, batch: list[_Slice]) -> None:
         loop = asyncio.get_running_loop()
-        inputs = Inputs.join([waiting.inputs for waiting in batch])
+        inputs = Inputs.join([part.waiting.inputs.slice(part.start, part.stop) for part in batch])
         n_inputs = len(inputs)
         start = time.perf_counter()
         try:
@@ -451,34 +510,41 @@ class Batcher:
         except Exception as err:
             if len(batch) > 1:  # find the request that failed: rerun each alone
                 log.info("a batch of %d requests failed (%s); rerunning them one by one", len(batch), err)
-                for waiting in batch:
-                    await self._execute([waiting])
+                for part in batch:
+                    await self._execute([part])
                 return
-            _fail(batch[0], err)
+            _fail(batch[0].waiting, err)
             return
         self.stats.record(n_inputs, len(batch), time.perf_counter() - start)
         if hidden.shape[0] != n_inputs:  # a backend bug; never hand out misaligned rows
-            for waiting in batch:
-                _fail(waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {n_inputs} inputs"))
+            for part in batch:
+                _fail(part.waiting, RuntimeError(f"the extractor returned {hidden.shape[0]} rows for {n_inputs} inputs"))
             return
         offset = 0
-        for waiting in batch:
-            n = len(waiting.inputs)
-            if not waiting.future.done():
-                waiting.future.set_result((hidden[offset : offset + n], generated[offset : offset + n]))
+        for part in batch:
+            n = len(part)
+            if not part.waiting.future.done():
+                part.waiting.answer(hidden[offset : offset + n], generated[offset : offset + n])
             offset += n
 
 
-def _fail(waiting: _Waiting, err: Exception) -> None:
+def as_request_error(err: Exception) -> RequestError:
+    """How a failed extraction is answered: 422 for an input the model rejects (ValueError), 500 otherwise."""
     if isinstance(err, RequestError):
-        pass
-    elif isinstance(err, ValueError):
-        err = RequestError(422, f"the model rejected the input: {err}")
-    else:
-        log.error("extraction failed", exc_info=err)
-        err = RequestError(500, f"extraction failed: {type(err).__name__}: {err}")
+        return err
+    if isinstance(err, ValueError):
+        return RequestError(422, f"the model rejected the input: {err}")
+    log.error("extraction failed", exc_info=err)
+    return RequestError(500, f"extraction failed: {type(err).__name__}: {err}")
+
+
+def busy_error(queued: int, max_queued: int) -> RequestError:
+    return RequestError(503, f"the server is busy ({queued} observations queued, at most {max_queued}); retry later")
+
+
+def _fail(waiting: _Waiting, err: Exception) -> None:
     if not waiting.future.done():
-        waiting.future.set_exception(err)
+        waiting.future.set_exception(as_request_error(err))
 
 
 # ---- the app -------------------------------------------------------------------------------------------------------
@@ -553,19 +619,24 @@ class _CountResponses:
             raise
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refused (413) past `limit` bytes and (408) when it has not arrived within `timeout_s`,
+    so a client that never finishes its body cannot hold a connection and its memory."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"request body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError(400, "the client disconnected before sending the whole body") from None
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes came)") from None
     return b"".join(chunks)
 
 
@@ -576,31 +647,107 @@ def _check_content_type(request: Request) -> None:
         raise RequestError(415, f"content type {shown!r}: send the body as 'application/json'")
 
 
+class Endpoint:
+    """What `spec` served for `settings.env` accepts and answers, shared by `hsrl serve` and `hsrl serve --ray`:
+    the checks of spec against env, request validation (`prepare`), the /health fields and the reply."""
+
+    def __init__(self, spec, settings: ServerSettings):
+        from hsrl.env.catalog import env_info
+
+        info = env_info(settings.env)
+        if spec.variant != info.variant:
+            raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
+        if len(spec.layers) != 1:
+            raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
+        if spec.reads_images and not info.pixels:
+            raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
+                             f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
+        self.spec = spec
+        self.settings = settings
+        self.variant = info.variant
+        self.observation_length = int(info.symbolic_obs_shape[0])
+        self.image_shape = tuple(info.obs_shape) if info.pixels else None
+        self.prepare = Preparer(settings, info.variant, self.observation_length, spec.input, self.image_shape)
+
+    def check_extractor(self, extractor) -> None:
+        """Refuse an extractor made for another spec (fields the backend resolves aside)."""
+        resolved = ("template", "template_version", "dtype")  # filled in by the backend
+        differ = spec_differences(extractor.spec, self.spec, ignore=resolved)
+        if differ:
+            raise InputError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
+
+    def health(self, model: "ModelState") -> dict:
+        spec, settings = self.spec, self.settings
+        ex = model.extractor if model.status == "ready" else None
+        return {
+            "ready": ex is not None, "status": model.status, "error": model.error,
+            "model": spec.model, "hidden_size": ex.hidden_size if ex else None,
+            "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
+            "spec_hash": ex.spec.hash if ex else None,
+            "env": settings.env, "variant": self.variant, "observation_length": self.observation_length,
+            "input": spec.input, "image_shape": list(self.image_shape) if self.image_shape else None,
+            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+            "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
+            "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
+            "body_timeout_s": settings.body_timeout_s, "auth": settings.token is not None,
+        }
+
+    def reply(self, model: "ModelState", hidden: np.ndarray, generated: list[str]) -> dict:
+        reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
+        if self.spec.generates:
+            reply["generated_text"] = generated
+        return reply
+
+
+def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: BatchStats, lifespan=None) -> FastAPI:
+    """The routes, auth and error answers of the server; `submit(inputs)` is awaited for (hidden, generated texts)
+    and decides how requests are batched (our `Batcher`, or Ray Serve's `@serve.batch`)."""
+    settings = endpoint.settings
+    app = FastAPI(title="hsrl hidden-state server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.model = model
+    app.state.settings = settings
+    if settings.token is not None:
+        app.add_middleware(_BearerGuard, token=settings.token)
+
+    app.add_middleware(_CountResponses, counter=stats.responses)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.get(HEALTH_PATH)
+    async def health() -> dict:
+        return endpoint.health(model)
+
+    @app.get(STATS_PATH)
+    async def stats_route() -> dict:
+        return stats.to_dict()
+
+    request_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
+
+    @app.post(HIDDEN_STATES_PATH, openapi_extra=request_schema)
+    async def hidden_states(request: Request) -> JSONResponse:
+        model.require_ready()
+        _check_content_type(request)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        inputs = await run_in_threadpool(endpoint.prepare, body)
+        hidden, generated = await submit(inputs)
+        return JSONResponse(endpoint.reply(model, hidden, generated))
+
+    return app
+
+
 def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The server for `spec` (an ExtractionSpec). The model loads in the background after startup, unless an
     `extractor` (already loaded, for this spec) is given; `on_load_error` is called if loading fails."""
-    from hsrl.env.catalog import env_info
-
-    info = env_info(settings.env)
-    if spec.variant != info.variant:
-        raise ValueError(f"spec variant {spec.variant!r} does not match env {settings.env} (variant {info.variant!r})")
-    if len(spec.layers) != 1:
-        raise ValueError(f"the server extracts one layer; the spec asks for {spec.layers}")
-    if spec.reads_images and not info.pixels:
-        raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
-                         f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
+    endpoint = Endpoint(spec, settings)
     if extractor is not None:
-        resolved = ("template", "template_version", "dtype")  # filled in by the backend
-        differ = spec_differences(extractor.spec, spec, ignore=resolved)
-        if differ:
-            raise ValueError(f"the extractor given was made for another spec (differs in {', '.join(differ)})")
-    observation_length = int(info.symbolic_obs_shape[0])
+        endpoint.check_extractor(extractor)
     model = ModelState(extractor)
-    image_shape = tuple(info.obs_shape) if info.pixels else None
-    prepare = Preparer(settings, info.variant, observation_length, spec.input, image_shape)
     executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")
-    batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000)
+    batcher = Batcher(model.run, executor, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queued)
 
     def load() -> None:  # on the model thread
         from hsrl.llm import make_extractor
@@ -625,53 +772,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         await batcher.stop()
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="hsrl hidden-state server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.model = model
+    app = build_app(endpoint, model, batcher.submit, batcher.stats, lifespan)
     app.state.batcher = batcher
-    app.state.settings = settings
-    if settings.token is not None:
-        app.add_middleware(_BearerGuard, token=settings.token)
-
-    app.add_middleware(_CountResponses, counter=batcher.stats.responses)
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, err: RequestError):
-        return JSONResponse({"detail": err.message}, status_code=err.status)
-
-    @app.get(HEALTH_PATH)
-    async def health() -> dict:
-        ex = model.extractor if model.status == "ready" else None
-        return {
-            "ready": ex is not None, "status": model.status, "error": model.error,
-            "model": spec.model, "hidden_size": ex.hidden_size if ex else None,
-            "spec": ex.spec.to_dict() if ex else None, "spec_json": ex.spec.to_json() if ex else None,
-            "spec_hash": ex.spec.hash if ex else None,
-            "env": settings.env, "variant": info.variant, "observation_length": observation_length,
-            "input": spec.input, "image_shape": list(image_shape) if image_shape else None,
-            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-            "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
-            "max_text_chars": settings.max_text_chars, "auth": settings.token is not None,
-        }
-
-    @app.get(STATS_PATH)
-    async def stats() -> dict:
-        return batcher.stats.to_dict()
-
-    request_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
-
-    @app.post(HIDDEN_STATES_PATH, openapi_extra=request_schema)
-    async def hidden_states(request: Request) -> JSONResponse:
-        model.require_ready()
-        _check_content_type(request)
-        body = await _read_body(request, settings.max_body_bytes)
-        inputs = await run_in_threadpool(prepare, body)
-        hidden, generated = await batcher.submit(inputs)
-        reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
-        if spec.generates:
-            reply["generated_text"] = generated
-        return JSONResponse(reply)
-
     return app
 
 
