@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),
     "plot": ("hsrl.rl.cli", "PlotConfig", "run_plot", "draw learning curves of training runs into PNG files"),
     "serve": ("hsrl.serve.cli", "ServeConfig", "run_serve", "serve hidden states over HTTP, batching concurrent requests"),
+    "make-model": ("hsrl.llm.make_model", "MakeModelConfig", "run_make_model", "write a reference model folder with random weights, real tokenizer and template"),
 }
 
 
