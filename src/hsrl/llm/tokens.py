@@ -173,12 +173,17 @@ def retokenize_checked(tokenizer, texts: Sequence[str], eos: Sequence[int], max_
                        counts: Sequence[int] | None = None) -> tuple[list[list[int]], list[int]]:
     """Re-tokenise generated texts (data labelled without generated_ids) and check each against what generation can
     have produced: `counts[b]` tokens when the counts are known, else exactly `max_tokens` unless the ids end with an
-    end-of-sequence token (then at most `max_tokens`). Returns (ids, rows that fail the check)."""
-    ids = tokenizer(list(texts), add_special_tokens=False).input_ids
+    end-of-sequence token (then at most `max_tokens`); a text holding U+FFFD (bytes that decode to no character, e.g.
+    a budget that ended inside a multi-byte character) fails too, as it re-tokenises to other ids, often as many.
+    Returns (ids, rows that fail the check)."""
+    texts = list(texts)
+    ids = tokenizer(texts, add_special_tokens=False).input_ids
     eos = set(eos)
     bad = []
     for b, g in enumerate(ids):
-        if counts is not None:
+        if "\ufffd" in texts[b]:
+            ok = False
+        elif counts is not None:
             ok = len(g) == int(counts[b])
         else:
             ok = 0 < len(g) <= max_tokens and (len(g) == max_tokens or g[-1] in eos)
