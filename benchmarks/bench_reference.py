@@ -35,7 +35,7 @@ def run(model: str | None, env: str, small: bool, work: Path, tokens: int = 8) -
     if model is None:
         model = str(make_model("qwen3-4b-thinking", work / "model", small=small))
         figures["make_model_s"] = round(time.perf_counter() - t, 1)
-    figures["make_model_peak_rss_gb"] = round(peak_rss_gb(), 2)
+        figures["make_model_peak_rss_gb"] = round(peak_rss_gb(), 2)
     collect(CollectConfig(env=env, envs=2, steps=4, chunk_steps=2, out=str(work / "raw"), seed=0, progress=False))
     for name, n in (("prompt_only", 1), (f"tokens_{tokens}", tokens)):
         t = time.perf_counter()
