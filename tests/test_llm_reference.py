@@ -25,6 +25,7 @@ from hsrl.llm.tokens import retokenize_checked
 from hsrl.llm.transformers_backend import TransformersExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 OBS = [obs for obs, _ in EXAMPLES["craftax"]] + [obs for obs, _ in EXAMPLES["classic"]]
 THINK, END_THINK, IM_END = 151667, 151668, 151645
 ATOL = 2e-5
@@ -176,6 +177,23 @@ def test_a_budget_ending_inside_a_character_is_reextracted_from_its_ids(referenc
     from_text = ex.reextract(OBS[:1], generated_texts=[text]).hidden_state[0]
     np.testing.assert_allclose(from_ids, want, atol=ATOL)
     assert np.abs(from_text - want).max() > 1e-3  # re-tokenised text is another sequence
+
+
+def test_label_then_extract_equals_generation_with_the_real_tokenizer(reference, tmp_path):
+    """`hsrl label --tokens 8` with the real tokenizer, then `hsrl extract` at the same layer: the same states (it
+    pools the stored ids), whatever re-tokenising the random generations' text would give."""
+    from data_helpers import make_dataset
+
+    from hsrl.data import list_chunks, read_chunk
+    from hsrl.data.label import ExtractConfig, LabelConfig, extract_dataset, label_dataset
+
+    make_dataset(tmp_path / "raw", np.random.default_rng(1), files=1, steps=3, num_envs=2)
+    assert not label_dataset(LabelConfig(str(tmp_path / "raw"), str(tmp_path / "gen"), model=reference.path, tokens=8,
+                                         temperature=1.0, progress=False)).failed
+    assert not extract_dataset(ExtractConfig(str(tmp_path / "gen"), str(tmp_path / "again"), progress=False)).failed
+    a, b = read_chunk(list_chunks(tmp_path / "gen")[0]), read_chunk(list_chunks(tmp_path / "again")[0])
+    np.testing.assert_allclose(b["hidden_state"], a["hidden_state"], rtol=1e-4, atol=1e-4)
+    assert ((a["generated_len"] > 0) & (a["generated_len"] <= 8)).all() and a["hidden_state"].shape == (6, 64)
 
 
 def test_make_model_verb(tmp_path):

@@ -28,8 +28,8 @@ Where the facts come from (looked up with the project's search tool, which holds
 
 Weights: the model is allocated in bfloat16 without transformers' initialisation, then each tensor is filled from
 one seeded generator: embeddings N(0, 1) (tied with the LM head, as published; std 1 keeps random states of
-different tokens apart), other matrices N(0, initializer_range = 0.02), norms 1. A 4B model takes about 8 GB of memory
-and a minute or two to build on 2 CPU cores (README: measured). `--small` keeps the vocabulary, tokenizer, template
+different tokens apart), other matrices N(0, initializer_range = 0.02), norms 1, biases 0. A 4B model takes about
+8 GB of memory and two minutes to build on 2 CPU cores (README: measured). `--small` keeps the vocabulary, tokenizer, template
 and layer types but shrinks widths and depth (2 blocks of width 64): the tests' and `gpu_suite --small`'s model.
 """
 
@@ -329,8 +329,8 @@ def _fill_random(model, seed: int, init_std: float) -> None:
     embeddings = {id(model.get_input_embeddings().weight)}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.fill_(1.0 if "norm" in name else 0.0)
+            if p.ndim == 1:  # norm scales 1, biases (the vision tower's) 0
+                p.fill_(1.0 if "norm" in name and not name.endswith("bias") else 0.0)
             else:
                 p.normal_(0.0, 1.0 if id(p) in embeddings else init_std, generator=gen)
         for name, b in model.named_buffers():
