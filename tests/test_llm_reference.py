@@ -187,6 +187,7 @@ def test_label_then_extract_equals_generation_with_the_real_tokenizer(reference,
     from hsrl.data import list_chunks, read_chunk
     from hsrl.data.label import ExtractConfig, LabelConfig, extract_dataset, label_dataset
 
+    (tmp_path / "raw").mkdir()
     make_dataset(tmp_path / "raw", np.random.default_rng(1), files=1, steps=3, num_envs=2)
     assert not label_dataset(LabelConfig(str(tmp_path / "raw"), str(tmp_path / "gen"), model=reference.path, tokens=8,
                                          temperature=1.0, progress=False)).failed
