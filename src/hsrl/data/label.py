@@ -185,7 +185,7 @@ class Labeller:
         ids, bad = retokenize_checked(tokenizer, chunk["text_generated"].tolist(), ex._eos_ids, ex.spec.tokens, counts)
         if bad:
             raise DataFileError(chunk.path, "text_generated", (
-                f"no generated_ids, and re-tokenising the text does not give the generated token count in "
+                f"no generated_ids, and the re-tokenised text does not check out (token count, or U+FFFD) in "
                 f"{len(bad)} rows ({bad[:20]}{' ...' if len(bad) > 20 else ''}): relabel with this hsrl, which stores "
                 f"the ids"))
         return ids
