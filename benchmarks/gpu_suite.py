@@ -1,6 +1,6 @@
 """One command for a lent GPU: the reference model at full size (random weights), measured where users care.
 
-    python benchmarks/gpu_suite.py                       # on one GPU, ~8 minutes with the model build
+    python benchmarks/gpu_suite.py                       # on one GPU; sized for ~8 minutes with the model build
     python benchmarks/gpu_suite.py --device cpu --small  # the same code at test size, in seconds (a test runs it)
 
 Builds the random full-size Qwen3-4B-Thinking-2507 (`hsrl make-model`; or --model FOLDER), takes full-Craftax text
@@ -17,9 +17,11 @@ run records why, and the rest still runs):
   the time shares (first update, which compiles, left out);
 - peak GPU memory of each part (torch's allocator; JAX's for the --no-llm runs);
 - batch invariance of generation in bfloat16: the fraction of 64 samples whose 256 generated tokens are identical at
-  batch sizes 1, 16 and 64 (batch 1 on the first --b1-samples of them, to fit the time).
+  batch sizes 1, 16 and 64 (batch 1 on the first 8 of them, to fit the time).
 
-Prints one line per figure, then every figure as one JSON line (the last line). `--small` scales everything down
+Not yet run on a GPU (the estimate: build 1-2 min, prompt-only 1 min, generation and batch invariance 2-3 min,
+vLLM 2-3 min when installed, online 3-4 min); `--skip` leaves parts out. Prints one line per figure, then every
+figure as one JSON line (the last line). `--small` scales everything down
 (2-block model of width 64, Craftax-Classic, batches 8/16, 8 tokens, 8 and 16 envs, skip-n 4 so the short online
 runs call the model) so CI runs the same code. JAX's GPU preallocation is turned off (XLA_PYTHON_CLIENT_PREALLOCATE),
 as torch holds the model on the same GPU.
@@ -292,7 +294,7 @@ def parse_args(argv=None):
     p.add_argument("--skip", nargs="*", default=[], choices=["prompt", "generation", "vllm", "invariance", "online"])
     args = p.parse_args(argv)
     full = dict(env="Craftax-Symbolic-v1", obs_envs=256, batches=(64, 256), repeats=2, gen_batch=64, gen_tokens=256,
-                inv_samples=64, inv_batches=(1, 16, 64), b1_samples=16, online_envs=(128, 1024), online_num_steps=64,
+                inv_samples=64, inv_batches=(1, 16, 64), b1_samples=8, online_envs=(128, 1024), online_num_steps=64,
                 online_llm_batch=128, skip_n=25)
     small = dict(env="Craftax-Classic-Symbolic-v1", obs_envs=16, batches=(8, 16), repeats=1, gen_batch=8,
                  gen_tokens=8, inv_samples=8, inv_batches=(1, 4, 8), b1_samples=2, online_envs=(8, 16),
