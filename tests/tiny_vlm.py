@@ -18,22 +18,12 @@ from pathlib import Path
 
 from tiny_qwen import train_tokenizer
 
+from hsrl.llm.make_model import QWEN3_VL_CHAT_TEMPLATE
+
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
-# Qwen3-VL-Instruct's template, reduced to what hsrl sends: string or list contents, images as
-# <|vision_start|><|image_pad|><|vision_end|> (the processor expands the pad to one token per merged patch).
-VL_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' or 'image' in item -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
-)
+# Qwen3-VL-Instruct's template reduced to what hsrl sends (the one `hsrl make-model qwen3-vl-4b` writes)
+VL_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE
 
 
 def build_tiny_vlm(

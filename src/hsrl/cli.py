@@ -41,6 +41,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "plot": ("hsrl.rl.plot:PlotConfig", "hsrl.rl.cli:run_plot", "draw learning curves of training runs into PNG files"),
     "serve": ("hsrl.serve.server:ServeConfig", "hsrl.serve.cli:run_serve",
               "serve hidden states over HTTP, batching concurrent requests"),
+    "make-model": ("hsrl.llm.make_model:MakeModelConfig", "hsrl.llm.make_model:run_make_model",
+                   "write a reference model folder with random weights, real tokenizer and template"),
 }
 
 

@@ -3,7 +3,10 @@
 For every chunk of IN_DIR, OUT_DIR gets a chunk of the same name holding every input key unchanged plus
 `text_obs` (rendered by hsrl.text where absent), `text_generated`, `hidden_state` (pooled (N, H) float32,
 or per-token (N, T, H) float16 with `hidden_tokens` when token states are saved) and the extraction spec
-JSON in the metadata.
+JSON in the metadata; generation also stores the generated token ids (`generated_ids`, `generated_len`), which
+`hsrl extract` pools: re-tokenising text need not give the same ids back (a budget that ends inside a multi-byte
+character decodes to U+FFFD; a model may emit a non-canonical BPE sequence). Data labelled without the ids is
+re-tokenised only where each row's token count checks out, else refused naming the rows.
 
 A spec that reads images (`--input image` or `image+text`, vision-language models) takes them from the
 chunk's `obs`, which must be pixels (a Pixels env's data; stored as uint8); with `image+text` the text
@@ -30,6 +33,7 @@ import numpy as np
 
 from hsrl.llm.flags import SpecFlags
 from hsrl.atomic import atomic_path, remove_temporaries
+from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
     ChunkMeta, DataFileError, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk, read_meta,
     write_chunk_streamed,
@@ -113,8 +117,8 @@ def _texts(chunk) -> np.ndarray:
 class Labeller:
     """Labels chunk files with one extractor, batch by batch, saving progress after each batch.
 
-    mode 'label' runs the spec (prompt-only or generation); mode 'reextract' recomputes states of the
-    `text_generated` already in the input (prefill only).
+    mode 'label' runs the spec (prompt-only or generation); mode 'reextract' recomputes states of the tokens
+    generated before (the input's `generated_ids`; prefill only).
     """
 
     def __init__(self, extractor, batch_size: int, save_token_states: bool, mode: str = "label"):
@@ -127,12 +131,14 @@ class Labeller:
     def _run_batch(self, texts, generated, images):
         ex = self.extractor
         texts = None if texts is None else list(texts)
-        if self.mode == "reextract":
-            res = ex.reextract(texts, list(generated), return_token_states=self.save_tokens, images=images)
+        if self.mode == "reextract":  # `generated`: the token ids generation produced (never re-tokenised text)
+            res = ex.reextract(texts, generated_ids=generated, return_token_states=self.save_tokens, images=images)
         else:
             res = ex.extract(texts, return_token_states=self.save_tokens, images=images)
         out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": encode_text(res.generated_text),
                "num_tokens": np.asarray(res.num_tokens, np.int32)}
+        if ex.spec.generates:
+            out["generated_ids"], out["generated_len"] = pad_generated(res.generated_ids)
         if self.save_tokens:
             (states,) = res.token_states.values()
             out["token_states"] = states.astype(np.float16)
@@ -146,12 +152,7 @@ class Labeller:
         spec = self.extractor.spec
         images = _images(chunk, spec)
         texts = _texts(chunk) if spec.reads_text else None
-        generated = None
-        if self.mode == "reextract":
-            if "text_generated" not in chunk:
-                raise DataFileError(src, "text_generated", "missing: `hsrl extract` re-extracts generated text; "
-                                                           "label the data first")
-            generated = chunk["text_generated"]
+        generated = self._generated_ids(chunk) if self.mode == "reextract" else None
         n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
         self._open_partial(partial, src, n)
@@ -176,6 +177,8 @@ class Labeller:
         """Whether a saved batch file is whole and holds `rows` rows; a broken one is removed with a warning, and
         the batch is computed again."""
         keys = {"hidden", "text_generated", "num_tokens"} | ({"token_states"} if self.save_tokens else set())
+        if self.extractor.spec.generates:
+            keys |= {"generated_ids", "generated_len"}
         try:
             with np.load(path, allow_pickle=False) as z:
                 if set(z.files) != keys or any(len(z[k]) != rows for k in keys):
@@ -186,6 +189,29 @@ class Labeller:
                           f"computing the batch again", stacklevel=2)
             path.unlink()
             return False
+
+    def _generated_ids(self, chunk) -> list[list[int]]:
+        """The generated token ids to re-extract: the stored `generated_ids`, or for data labelled without them the
+        re-tokenised `text_generated`, only where each row's count matches what was generated (its stored per-token
+        count, or the spec's token budget unless it ended at end-of-sequence); otherwise refused naming the rows."""
+        if "generated_ids" in chunk:
+            try:
+                return unpad_generated(chunk["generated_ids"], chunk["generated_len"])
+            except ValueError as err:
+                raise DataFileError(chunk.path, "generated_ids", str(err)) from None
+        if "text_generated" not in chunk:
+            raise DataFileError(chunk.path, "text_generated", "missing: `hsrl extract` re-extracts generated tokens; "
+                                                              "label the data first")
+        ex = self.extractor
+        tokenizer = getattr(ex, "tokenizer", None) or ex.loaded.tokenizer
+        counts = chunk["hidden_tokens"] if "hidden_tokens" in chunk else None
+        ids, bad = retokenize_checked(tokenizer, chunk["text_generated"].tolist(), ex._eos_ids, ex.spec.tokens, counts)
+        if bad:
+            raise DataFileError(chunk.path, "text_generated", (
+                f"no generated_ids, and the re-tokenised text does not check out (token count, or U+FFFD) in "
+                f"{len(bad)} rows ({bad[:20]}{' ...' if len(bad) > 20 else ''}): relabel with this hsrl, which stores "
+                f"the ids"))
+        return ids
 
     def _open_partial(self, partial: Path, src: Path, n: int) -> None:
         """Keep saved batches only if they were made by the same spec, batch size and input."""
@@ -209,6 +235,13 @@ class Labeller:
         if texts is not None:  # an image-only spec keeps the chunk's own text_obs, if any
             arrays["text_obs"] = texts
         arrays["text_generated"] = np.concatenate([decode_text(load(p, "text_generated")) for p in batch_files])
+        arrays.pop("generated_ids", None), arrays.pop("generated_len", None)
+        if self.extractor.spec.generates:
+            ids = [load(p, "generated_ids") for p in batch_files]
+            width = max(i.shape[1] for i in ids)
+            arrays["generated_ids"] = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=-1)
+                                                      for i in ids])
+            arrays["generated_len"] = np.concatenate([load(p, "generated_len") for p in batch_files])
         meta = replace(chunk.meta, spec_json=self.spec_json)
         streamed = {}
         if self.save_tokens:
@@ -318,8 +351,9 @@ def run_label(config: LabelConfig) -> int:
 class ExtractConfig(RayFlags):
     """Re-extract hidden states of already labelled data for another layer or pooling.
 
-    Reads the extraction spec and text_generated of IN_DIR's chunks and runs one prefill forward pass over
-    prompt + generated text (no generation), so the generated tokens' states come from the same text.
+    Reads the extraction spec and generated token ids (generated_ids) of IN_DIR's chunks and runs one prefill forward
+    pass over prompt + generated tokens (no generation), so the generated tokens' states come from the same tokens.
+    Data labelled without generated_ids is re-tokenised from text_generated where the token counts check out.
     Data labelled prompt-only is simply re-run prompt-only with the new layer/pooling.
     """
 

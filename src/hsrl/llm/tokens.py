@@ -145,3 +145,48 @@ def generated_ids_to_reextract(tokenizer, generated_texts, generated_ids, count:
     if empty:
         raise ValueError(f"samples {empty} have no generated tokens to pool")
     return [list(g) for g in generated_ids]
+
+
+def pad_generated(generated_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample generated ids -> ((B, G) int32 ids padded with -1, (B,) int32 counts): the stored form."""
+    lengths = np.array([len(g) for g in generated_ids], dtype=np.int32)
+    ids = np.full((len(generated_ids), int(lengths.max(initial=0))), -1, dtype=np.int32)
+    for b, g in enumerate(generated_ids):
+        ids[b, : len(g)] = g
+    return ids, lengths
+
+
+def unpad_generated(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    """The stored (B, G) ids and (B,) counts -> per-sample id lists; raises where a count or an id is impossible."""
+    ids, lengths = np.asarray(ids), np.asarray(lengths)
+    bad = np.nonzero((lengths < 0) | (lengths > ids.shape[1]))[0]
+    if len(bad):
+        raise ValueError(f"rows {bad.tolist()[:20]}: generated_len outside 0..{ids.shape[1]}")
+    rows = [ids[b, : lengths[b]].tolist() for b in range(len(ids))]
+    negative = [b for b, r in enumerate(rows) if r and min(r) < 0]
+    if negative:
+        raise ValueError(f"rows {negative[:20]}: negative token ids before generated_len")
+    return rows
+
+
+def retokenize_checked(tokenizer, texts: Sequence[str], eos: Sequence[int], max_tokens: int,
+                       counts: Sequence[int] | None = None) -> tuple[list[list[int]], list[int]]:
+    """Re-tokenise generated texts (data labelled without generated_ids) and check each against what generation can
+    have produced: `counts[b]` tokens when the counts are known, else exactly `max_tokens` unless the ids end with an
+    end-of-sequence token (then at most `max_tokens`); a text holding U+FFFD (bytes that decode to no character, e.g.
+    a budget that ended inside a multi-byte character) fails too, as it re-tokenises to other ids, often as many.
+    Returns (ids, rows that fail the check)."""
+    texts = list(texts)
+    ids = tokenizer(texts, add_special_tokens=False).input_ids
+    eos = set(eos)
+    bad = []
+    for b, g in enumerate(ids):
+        if "\ufffd" in texts[b]:
+            ok = False
+        elif counts is not None:
+            ok = len(g) == int(counts[b])
+        else:
+            ok = 0 < len(g) <= max_tokens and (len(g) == max_tokens or g[-1] in eos)
+        if not ok:
+            bad.append(b)
+    return [list(g) for g in ids], bad
