@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "stats": ("hsrl.data.cli", "StatsConfig", "run_stats", "dataset summary and hidden-state normalisation statistics"),
     "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),
     "plot": ("hsrl.rl.cli", "PlotConfig", "run_plot", "draw learning curves of training runs into PNG files"),
+    "experiment": ("hsrl.experiment.config", "ExperimentConfig", "run_experiment_cli", "K seeds of baseline and hidden-state arms, ablations, interval estimates (rliable)"),
     "serve": ("hsrl.serve.cli", "ServeConfig", "run_serve", "serve hidden states over HTTP, batching concurrent requests"),
 }
 
