@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "train-awr": ("hsrl.rl.cli", "TrainAWRConfig", "run_train_awr", "train a policy offline with AWR, with or without hidden states (resumable)"),
     "plot": ("hsrl.rl.cli", "PlotConfig", "run_plot", "draw learning curves of training runs into PNG files"),
     "experiment": ("hsrl.experiment.config", "ExperimentConfig", "run_experiment_cli", "K seeds of baseline and hidden-state arms, ablations, interval estimates (rliable)"),
+    "probe": ("hsrl.probe", "ProbeConfig", "run_probe", "linear probes: what the hidden states know about the observation"),
     "serve": ("hsrl.serve.cli", "ServeConfig", "run_serve", "serve hidden states over HTTP, batching concurrent requests"),
 }
 
