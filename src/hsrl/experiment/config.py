@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,7 @@ def plan(config: ExperimentConfig):
     from hsrl.experiment.runs import EVAL_DIR, TRAIN_DIR, Job
     from hsrl.rl.cli import TrainAWRConfig
 
-    out = Path(config.out) / RUNS_DIR
+    out = Path(config.out).resolve() / RUNS_DIR
     ablations = config.ablations()
     online_fields = {f.name for f in dataclasses.fields(OnlineConfig)}
     arms = []

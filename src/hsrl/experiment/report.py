@@ -13,7 +13,7 @@ from hsrl.experiment import stats
 GAPS = ("zero", "shuffled")  # real - X
 LABELS = {"return_mean": "return", "craftax_score": "Craftax score", "action_match": "action match"}
 CURVES = {"awr": ("actor_loss", "critic_loss", "entropy"),
-          "ppo": ("charts/episodic_return", "charts/craftax_score", "entropy")}
+          "ppo": ("charts/episodic_return", "charts/craftax_score", "losses/entropy")}
 
 
 def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
@@ -79,7 +79,7 @@ def verdict(agg: dict) -> str:
         side = stats.excludes(p, 0.5)
         claim = {"above": "the hidden-state policy beats the baseline",
                  "below": "the baseline beats the hidden-state policy",
-                 "includes": "no difference between the hidden-state policy and the baseline is ruled out"}[side]
+                 "includes": "the intervals cannot tell the hidden-state policy from the baseline"}[side]
         text = f"{algo.upper()} ({n[imp['hidden']]} vs {n[imp['baseline']]} seeds): P(hidden > baseline) = {_fmt(p)}, so {claim}"
         gap = agg["gaps"].get(imp["hidden"], {}).get("real-zero")
         if gap is not None:
@@ -183,7 +183,7 @@ def plot_comparisons(agg: dict, path: Path) -> bool:
         rows[algo] = [imp[m]] + [gaps.get(f"real-{g}", {}).get(m, [np.nan] * 3) for g in GAPS]
     if not rows:
         return False
-    plt = _plt()
+    _plt()
     from rliable import plot_utils
 
     names = ["P(hidden > baseline)"] + [f"real - {g}" for g in GAPS]
@@ -254,7 +254,8 @@ def plot_curves(results: list[dict], path: Path) -> bool:
         ax.set_title(f"{algo}: {metric}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
     return drawn

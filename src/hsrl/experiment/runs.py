@@ -50,7 +50,7 @@ class Job:
             if cfg is None:
                 return None
             d = dataclasses.asdict(cfg)
-            for k in ("progress", "tensorboard", "out"):
+            for k in ("progress", "tensorboard", "out", "checkpoint" if cfg is self.eval else ""):
                 d.pop(k, None)
             return d
 
