@@ -61,6 +61,11 @@ def test_probe_reads_what_the_hidden_state_encodes(labelled, tmp_path):
     assert "| health | R2 |" in (tmp_path / "p" / "probe.md").read_text()
 
 
+def test_max_rows_takes_whole_episodes(labelled, tmp_path):
+    report = probe(ProbeConfig(str(labelled), out=str(tmp_path / "p"), max_rows=600, min_rows=10))
+    assert 200 <= report["rows"] <= 600 and report["train_episodes"] + report["test_episodes"] == report["episodes"]
+
+
 def test_unlabelled_data_and_too_few_episodes_are_refused(raw, labelled, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -81,7 +81,8 @@ def features(sym: np.ndarray, variant: str) -> list[tuple[str, str, np.ndarray, 
     return out
 
 
-def effective_rank(x: np.ndarray) -> float:
+def effective_rank(x: np.ndarray, rng, max_rows: int = 5000) -> float:
+    x = x[rng.permutation(len(x))[:max_rows]].astype(np.float64)
     s = np.linalg.svd(x - x.mean(0), compute_uv=False)
     p = s / s.sum() if s.sum() > 0 else np.ones_like(s) / len(s)
     p = p[p > 0]
@@ -145,17 +146,17 @@ def probe(config: ProbeConfig) -> dict:
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(groups))
     if len(rows) > config.max_rows:  # whole episodes, in a random order, up to max_rows
-        order = rng.permutation(episodes)
-        sizes = np.array([np.sum(groups == e) for e in order])
-        keep = order[: max(4, int(np.searchsorted(np.cumsum(sizes), config.max_rows, side="right")))]
+        ids, sizes = np.unique(groups, return_counts=True)
+        order = rng.permutation(len(ids))
+        keep = ids[order[: max(4, int(np.searchsorted(np.cumsum(sizes[order]), config.max_rows, side="right")))]]
         rows = rows[np.isin(groups, keep)]
-    sym = np.asarray(ds["obs"][rows], np.float64)
-    hidden = np.asarray(ds["hidden_state"][rows], np.float64)
+    sym = np.asarray(ds["obs"][rows], np.float32)
+    hidden = np.asarray(ds["hidden_state"][rows], np.float32)
     groups = groups[rows]
     split = GroupShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.seed)
     train, test = next(split.split(sym, groups=groups))
     assert not set(groups[train]) & set(groups[test])
-    projection = rng.standard_normal((sym.shape[1], hidden.shape[1])) / np.sqrt(sym.shape[1])
+    projection = (rng.standard_normal((sym.shape[1], hidden.shape[1])) / np.sqrt(sym.shape[1])).astype(np.float32)
     inputs = {"hidden": hidden, "floor": sym @ projection, "ceiling": sym}
     results, skipped = [], []
     for name, kind, y, mask in features(sym, variant):
@@ -178,7 +179,7 @@ def probe(config: ProbeConfig) -> dict:
     report = {"data_dir": str(config.data_dir), "env": ds.meta.env_name, "spec_json": ds.meta.spec_json,
               "rows": int(len(rows)), "episodes": int(len(np.unique(groups))),
               "train_episodes": int(len(np.unique(groups[train]))), "test_episodes": int(len(np.unique(groups[test]))),
-              "hidden_size": int(hidden.shape[1]), "effective_rank": effective_rank(hidden),
+              "hidden_size": int(hidden.shape[1]), "effective_rank": effective_rank(hidden, rng),
               "mean_pairwise_cosine": mean_pairwise_cosine(hidden, rng), "config": asdict(config),
               "features": results, "skipped": skipped}
     _write(Path(config.out), report)
