@@ -13,9 +13,9 @@ run records why, and the rest still runs):
 - model FLOPs utilisation of each: 2 x parameters x tokens computed per second / the GPU's bf16 dense peak (a small
   table: H100, H200, A100, L40S; none on CPU). Tokens computed: the prompt tokens run (the shared prefix once when
   the cache holds it) plus the generated tokens;
-- online PPO steps/s at 128 envs, skip-n 25, --tokens 1 with the model, beside --no-llm at 128 and 1024 envs, with
+- online PPO steps/s at 128 envs, skip-n 25, --tokens 1 with the model, beside --no-hidden at 128 and 1024 envs, with
   the time shares (first update, which compiles, left out);
-- peak GPU memory of each part (torch's allocator; JAX's for the --no-llm runs);
+- peak GPU memory of each part (torch's allocator; JAX's for the --no-hidden runs);
 - batch invariance of generation in bfloat16: the fraction of 64 samples whose 256 generated tokens are identical at
   batch sizes 1, 16 and 64 (batch 1 on the first 8 of them, to fit the time).
 
@@ -265,7 +265,7 @@ class Suite:
                 self.reset_memory()
                 config = OnlineConfig(env=self.args.env, envs=envs, steps=envs * self.args.online_num_steps * 3,
                                       num_steps=self.args.online_num_steps, skip_n=self.args.skip_n, tokens=1,
-                                      no_llm=no_llm,
+                                      hidden=not no_llm,
                                       model=self.model_path, dtype="bfloat16", device=self.device,
                                       llm_batch_size=self.args.online_llm_batch, out=str(work / key),
                                       progress=False, save_every=10**9)

@@ -43,6 +43,10 @@ VERBS: dict[str, tuple[str, str, str]] = {
               "serve hidden states over HTTP, batching concurrent requests"),
     "make-model": ("hsrl.llm.make_model:MakeModelConfig", "hsrl.llm.make_model:run_make_model",
                    "write a reference model folder with random weights, real tokenizer and template"),
+    "experiment": ("hsrl.experiment.config:ExperimentConfig", "hsrl.experiment.config:run_experiment_cli",
+                   "K seeds of baseline and hidden-state arms, ablations, interval estimates (rliable)"),
+    "probe": ("hsrl.probe:ProbeConfig", "hsrl.probe:run_probe",
+              "linear probes: what the hidden states know about the observation"),
 }
 
 

@@ -165,6 +165,8 @@ class _Layout:
     directions: np.ndarray  # direction names by one-hot index; then "none" (all zero)
     count_names: np.ndarray  # inventory count entries: "<name> "
     count_table: np.ndarray  # (num count entries, _MAX_COUNT): "<name> <count>"
+    block_names: tuple[str, ...] = ()
+    mob_names: tuple[str, ...] = ()
 
     @property
     def map_size(self) -> int:
@@ -271,6 +273,8 @@ def _layout(variant: str) -> _Layout:
         directions=np.array(_enum_names(const.Action)[1:5] + ["none"], dtype=object),
         count_names=np.array([f"{name} " for name in counts], dtype=object),
         count_table=np.array([[f"{name} {v}" for v in range(_MAX_COUNT)] for name in counts], dtype=object),
+        block_names=tuple(blocks),
+        mob_names=tuple(mobs),
     )
 
 
@@ -369,13 +373,31 @@ def _flag(values: np.ndarray) -> np.ndarray:
     return _YES_NO[(values > 0.5).view(np.int8)]
 
 
+_INTRINSICS = {
+    "classic": ("health", "food", "drink", "energy"),
+    "craftax": ("health", "food", "drink", "energy", "mana", "xp", "dexterity", "strength", "intelligence"),
+}
+
+
+def _scalar_fields(s: np.ndarray, variant: str) -> dict[str, np.ndarray]:
+    """The numbers after the map: inventory counts (B, K), intrinsics (B, k) in game units, the facing
+    one-hot (B, 4), the light level (B,)."""
+    if variant == "classic":
+        return {"counts": np.rint(s[:, 0:12] * 10), "intrinsics": s[:, 12:16] * 10, "direction": s[:, 16:20],
+                "light": s[:, 20]}
+    # Counts: wood .. arrows as sqrt(n) / 10, books / 2, potions as sqrt(n) / 10.
+    counts = np.rint(np.concatenate([np.square(s[:, 0:10] * 10), s[:, 10:11] * 2, np.square(s[:, 16:22] * 10)], 1))
+    return {"counts": counts, "intrinsics": s[:, 22:31] * 10, "direction": s[:, 31:35], "light": s[:, 43]}
+
+
 def _footer_classic(s: np.ndarray, lay: _Layout) -> list:
-    counts = np.rint(s[:, 0:12] * 10)
-    ints = _int_str(s[:, 12:16] * 10)  # health, food, drink, energy
-    light = s[:, 20]
+    f = _scalar_fields(s, "classic")
+    counts = f["counts"]
+    ints = _int_str(f["intrinsics"])  # health, food, drink, energy
+    light = f["light"]
     return _inventory(_counts(counts, lay), counts != 0) + [
         "\nHealth: ", ints[:, 0], ", Food: ", ints[:, 1], ", Drink: ", ints[:, 2], ", Energy: ", ints[:, 3],
-        "\nFacing: ", _direction(s[:, 16:20], lay),
+        "\nFacing: ", _direction(f["direction"], lay),
         "\nTime: ", _DAY_NIGHT[(light < 0.5).view(np.int8)], ", light level ", _dec_str(light),
         "\nSleeping: ", _flag(s[:, 21]),
     ]  # fmt: skip
@@ -384,8 +406,8 @@ def _footer_classic(s: np.ndarray, lay: _Layout) -> list:
 def _footer_craftax(s: np.ndarray, lay: _Layout) -> list:
     tables = _craftax_item_tables()
     batch = s.shape[0]
-    # Counts: wood .. arrows as sqrt(n) / 10, books / 2, potions as sqrt(n) / 10.
-    counts = np.rint(np.concatenate([np.square(s[:, 0:10] * 10), s[:, 10:11] * 2, np.square(s[:, 16:22] * 10)], 1))
+    f = _scalar_fields(s, "craftax")
+    counts = f["counts"]
     pickaxe = _levels(s[:, 11] * 4, 5, "pickaxe level")
     sword = _levels(s[:, 12] * 4, 5, "sword level")
     sword_ench = _levels(s[:, 13], 3, "sword enchantment")
@@ -405,7 +427,7 @@ def _footer_craftax(s: np.ndarray, lay: _Layout) -> list:
     held[:, 0:11], held[:, 14:20] = counts[:, 0:11] != 0, counts[:, 11:17] != 0
     held[:, 11], held[:, 12], held[:, 13], held[:, 20:24] = pickaxe != 0, sword != 0, bow != 0, armour != 0
 
-    intrinsics = s[:, 22:31] * 10  # health, food, drink, energy, mana, xp, dexterity, strength, intelligence
+    intrinsics = f["intrinsics"]  # health, food, drink, energy, mana, xp, dexterity, strength, intelligence
     ints = _int_str(np.concatenate([intrinsics[:, 1:], s[:, 48:49] * 10], axis=1))  # ... and floor
     light, sleeping, resting, fireball, iceball, _, ladder, boss = s[:, 43:51].T
     spells = (fireball > 0.5).view(np.int8) + 2 * (iceball > 0.5).view(np.int8)
@@ -414,7 +436,7 @@ def _footer_craftax(s: np.ndarray, lay: _Layout) -> list:
         ", Energy: ", ints[:, 2],
         "\nMana: ", ints[:, 3], ", XP: ", ints[:, 4], ", Dexterity: ", ints[:, 5], ", Strength: ", ints[:, 6],
         ", Intelligence: ", ints[:, 7],
-        "\nFacing: ", _direction(s[:, 31:35], lay),
+        "\nFacing: ", _direction(f["direction"], lay),
         "\nTime: ", _DAY_NIGHT[(light < 0.5).view(np.int8)], ", light level ", _dec_str(light),
         "\nSleeping: ", _flag(sleeping), ", Resting: ", _flag(resting),
         "\nSpells learned: ", np.array(_SPELLS, dtype=object)[spells],
@@ -452,19 +474,11 @@ def _check(obs, variant: str, view: str) -> np.ndarray:
     return x
 
 
-def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> list[str]:
-    """Render symbolic Craftax observations as text (the format is in the module docstring).
-
-    `symbolic_obs_batch`: float array (B, D), or one observation (D,), where D is the length of
-    the variant's symbolic vector. `variant`: 'craftax' or 'classic'. `view`: 'interesting'
-    (background tiles left out) or 'full' (every tile, as a grid). Returns B strings. Raises
-    ValueError on anything that is not a batch of the variant's symbolic observations.
-    """
-    x = _check(symbolic_obs_batch, variant, view)
-    lay = _layout(variant)
+def _decode_tiles(x: np.ndarray, lay: _Layout):
+    """Per tile: block, item, mob channel sum, mob count and lit flags of checked observations (B, D), with
+    the tile map (B, tiles, channels) and the scalars after it. Raises on non-finite values and on lit
+    tiles whose block (and item) channels are not one-hot."""
     batch, tiles = x.shape[0], lay.tiles
-    if batch == 0:
-        return []
     tile_map = x[:, : lay.map_size].reshape(batch, tiles, lay.channels)
     scalars = x[:, lay.map_size :]
 
@@ -489,6 +503,23 @@ def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> 
     if lay.has_light:
         block = np.where(lit, block, 0)
         item = np.where(lit, item, 0)
+    return tile_map, scalars, block, item, mob_sum, mob_count, lit
+
+
+def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> list[str]:
+    """Render symbolic Craftax observations as text (the format is in the module docstring).
+
+    `symbolic_obs_batch`: float array (B, D), or one observation (D,), where D is the length of
+    the variant's symbolic vector. `variant`: 'craftax' or 'classic'. `view`: 'interesting'
+    (background tiles left out) or 'full' (every tile, as a grid). Returns B strings. Raises
+    ValueError on anything that is not a batch of the variant's symbolic observations.
+    """
+    x = _check(symbolic_obs_batch, variant, view)
+    lay = _layout(variant)
+    batch, tiles = x.shape[0], lay.tiles
+    if batch == 0:
+        return []
+    tile_map, scalars, block, item, mob_sum, mob_count, lit = _decode_tiles(x, lay)
 
     # A tile with one mob has its channel in mob_sum. A tile with several (rare: a projectile over
     # a mob) is named by its last mob channel, and the others go in front as "<mob> and ".
@@ -531,3 +562,33 @@ def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> 
             rows[:, col : col + piece.shape[1]] = piece
             col += piece.shape[1]
     return ["".join(row) for row in rows.tolist()]
+
+
+def decode_symbolic(symbolic_obs_batch, variant: str) -> dict:
+    """The numbers `render_text` renders, decoded by the same code, for programs (e.g. `hsrl probe`).
+
+    Returns a dict of arrays over the batch B (view rows x cols, player at the centre) and their names:
+      block      (B, rows, cols) int block index, -1 on tiles that are not lit (Craftax)   block_names
+      mobs       (B, rows, cols, M) bool: mob channel present                             mob_names
+      inventory  (B, K) counts                                                            inventory_names
+      intrinsics (B, k) health, food, drink, energy (Craftax: and mana .. intelligence)   intrinsic_names
+      direction  (B,) int index into direction_names ("none" when the one-hot is empty)
+      light      (B,) light level; night = light < 0.5 (the text's "Time: night")
+    Raises ValueError on anything that is not a batch of the variant's symbolic observations.
+    """
+    x = _check(symbolic_obs_batch, variant, "interesting")
+    lay = _layout(variant)
+    tile_map, scalars, block, _, _, _, lit = _decode_tiles(x, lay)
+    mob_start = lay.num_blocks + (lay.num_items if lay.has_items else 0)
+    shape = (x.shape[0], lay.rows, lay.cols)
+    f = _scalar_fields(scalars, variant)
+    held = f["direction"] > 0.5
+    return {
+        "block": np.where(lit, block, -1).reshape(shape), "block_names": lay.block_names,
+        "mobs": (tile_map[..., mob_start : mob_start + lay.num_mobs] > 0.5).reshape(shape + (lay.num_mobs,)),
+        "mob_names": lay.mob_names,
+        "inventory": f["counts"], "inventory_names": tuple(n.strip() for n in lay.count_names),
+        "intrinsics": f["intrinsics"], "intrinsic_names": _INTRINSICS[variant],
+        "direction": np.where(held.any(axis=1), np.argmax(held, axis=1), len(lay.directions) - 1),
+        "direction_names": tuple(lay.directions), "light": f["light"], "night": f["light"] < 0.5,
+    }

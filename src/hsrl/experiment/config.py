@@ -1,0 +1,163 @@
+"""`hsrl experiment`: the config (its fields are the flags) and the function that runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsrl.evaluate import ABLATIONS
+from hsrl.rl.ppo import OnlineConfig
+
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(OnlineConfig):
+    """Run K seeds of the baseline and of the hidden-state policy, evaluate each with the hidden-state
+    ablations on the same evaluation seeds, and report interval estimates.
+
+    Arms: `--offline DATA` trains AWR on a labelled dataset (awr-baseline with --no-hidden, awr-hidden);
+    `--online` trains PPO with the flags of `hsrl online` (ppo-baseline with --no-hidden, ppo-hidden); both
+    when both are given. Seeds are --seed .. --seed + --seeds - 1. Every trained policy is evaluated on
+    Craftax by `hsrl eval`'s code (--eval-episodes episodes, seed --eval-seed, the same for every run), or,
+    with --eval-data, offline on held-out labelled data through the same ablation functions.
+
+    Aggregates (rliable, 95% stratified-bootstrap intervals over seeds): mean and IQM of return and
+    Craftax score per arm; P(hidden > baseline); the ablation gaps real - zero and real - shuffled (paired
+    per seed); per-achievement success rates with Wilson intervals. Writes OUT/experiment.json,
+    OUT/experiment.md (with a one-sentence verdict), intervals.png, comparisons.png, achievements.png,
+    curves.png, and one folder per run under OUT/runs/ARM/seedS. Rerunning skips finished runs and
+    resumes AWR runs from their checkpoints. --ray runs one Ray task per (arm, seed).
+    """
+
+    offline: str | None = field(default=None, metadata={
+        "help": "labelled dataset folder (with return_to_go): run the AWR arms on it"})
+    online: bool = field(default=False, metadata={"help": "run the online PPO arms (with the `hsrl online` flags)"})
+    seeds: int = field(default=5, metadata={"help": "seeds per arm"})
+    out: str = field(default="runs/experiment", metadata={"help": "experiment folder (rerun to resume)"})
+    awr_steps: int = field(default=20_000, metadata={"help": "AWR gradient steps per run"})
+    awr_batch_size: int = field(default=256, metadata={"help": "AWR samples per gradient step"})
+    awr_lr: float = field(default=3e-4, metadata={"help": "AWR Adam learning rate"})
+    awr_beta: float = field(default=10.0, metadata={"help": "AWR temperature"})
+    awr_save_every: int = field(default=2000, metadata={"help": "AWR steps between checkpoints (resume points)"})
+    eval_episodes: int = field(default=10, metadata={"help": "evaluation episodes per ablation and run"})
+    eval_envs: int = field(default=8, metadata={"help": "parallel evaluation environments"})
+    eval_seed: int = field(default=1000, metadata={"help": "evaluation seed, the same for every run and ablation"})
+    eval_max_episode_steps: int | None = field(default=None, metadata={
+        "help": "cut evaluation episodes at this length (default: Craftax's 10000)"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "evaluate offline on this held-out labelled dataset (mean probability of its actions) instead "
+                "of rollouts in Craftax"})
+    ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
+    ray: str | None = field(default=None, metadata={
+        "nargs": "?", "const": "local", "metavar": "ADDRESS",
+        "help": "run each (arm, seed) as a Ray task: `--ray` starts a local Ray, `--ray ADDRESS` joins a cluster"})
+    cpus_per_run: float = field(default=1.0, metadata={"help": "CPUs of each Ray task"})
+    gpus_per_run: float = field(default=0.0, metadata={"help": "GPUs of each Ray task"})
+    retries: int = field(default=3, metadata={"help": "times a Ray task whose worker died is retried (from its checkpoint)"})
+    bootstrap_reps: int = field(default=5000, metadata={"help": "bootstrap resamples of each interval"})
+
+    def ablations(self) -> tuple[str, ...]:
+        names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
+        if not names or "real" not in names or any(a not in ABLATIONS for a in names):
+            raise ValueError(f"--ablation {self.ablation!r}: expected a comma-separated subset of "
+                             f"{','.join(ABLATIONS)} that includes real")
+        return names
+
+    def check_experiment(self) -> None:
+        if self.offline is None and not self.online:
+            raise ValueError("nothing to run: give --offline DATA (AWR arms), --online (PPO arms), or both")
+        if not self.hidden:
+            raise ValueError("--no-hidden: the experiment runs the baseline arm (without hidden states) itself")
+        if self.offline is not None and not Path(self.offline).is_dir():
+            raise FileNotFoundError(f"--offline {self.offline}: no such dataset folder")
+        if self.eval_data is not None and not Path(self.eval_data).is_dir():
+            raise FileNotFoundError(f"--eval-data {self.eval_data}: no such dataset folder")
+        for name in ("seeds", "awr_steps", "awr_batch_size", "awr_save_every", "eval_episodes", "eval_envs",
+                     "bootstrap_reps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.retries < 0 or self.cpus_per_run < 0 or self.gpus_per_run < 0:
+            raise ValueError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
+        self.ablations()
+        if self.online:
+            self.check()
+
+
+def plan(config: ExperimentConfig):
+    """The experiment's jobs: every (arm, seed), with its training and evaluation configs."""
+    from hsrl.evaluate import EvalConfig
+    from hsrl.experiment.runs import EVAL_DIR, TRAIN_DIR, Job
+    from hsrl.rl.awr import TrainAWRConfig
+
+    out = Path(config.out).resolve() / RUNS_DIR
+    ablations = config.ablations()
+    online_fields = {f.name for f in dataclasses.fields(OnlineConfig)}
+    arms = []
+    if config.offline is not None:
+        arms += [("awr", False), ("awr", True)]
+    if config.online:
+        arms += [("ppo", False), ("ppo", True)]
+    jobs = []
+    for algo, hidden in arms:
+        arm = f"{algo}-{'hidden' if hidden else 'baseline'}"
+        for seed in range(config.seed, config.seed + config.seeds):
+            run_dir = out / arm / f"seed{seed}"
+            train_out = str(run_dir / TRAIN_DIR)
+            if algo == "awr":
+                train = TrainAWRConfig(
+                    str(Path(config.offline).resolve()), out=train_out, hidden=hidden, steps=config.awr_steps,
+                    batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
+                    width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
+                    save_every=config.awr_save_every, progress=False, tensorboard=False)
+            else:
+                values = {k: getattr(config, k) for k in online_fields}
+                train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "out": train_out,
+                                        "progress": False})
+            evaluation = None if config.eval_data else EvalConfig(
+                train_out, episodes=config.eval_episodes, envs=config.eval_envs, ablation=",".join(ablations),
+                max_episode_steps=config.eval_max_episode_steps, seed=config.eval_seed,
+                device=config.device, out=str(run_dir / EVAL_DIR), progress=False)
+            jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
+                            eval=evaluation, eval_data=None if config.eval_data is None else
+                            str(Path(config.eval_data).resolve()), ablations=ablations, eval_seed=config.eval_seed))
+    return jobs
+
+
+def run_experiment(config: ExperimentConfig) -> dict:
+    """Run (or resume) every job, then aggregate; returns the report written to experiment.json."""
+    from tqdm.auto import tqdm
+
+    from hsrl.experiment.report import write_report
+    from hsrl.experiment.runs import finished, run_on_ray, run_sequential
+
+    config.check_experiment()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = plan(config)
+    skipped = sum(finished(j) is not None for j in jobs)  # also refuses finished runs of other settings
+    bar = tqdm(total=len(jobs), initial=skipped, unit="run", desc="experiment", disable=not config.progress)
+    t0 = time.perf_counter()
+
+    def on_result(r):
+        bar.update(1)
+
+    todo = [j for j in jobs if finished(j) is None]
+    if config.ray is not None and todo:
+        run_on_ray(todo, config.ray, config.cpus_per_run, config.gpus_per_run, config.retries, on_result)
+    else:
+        run_sequential(todo, on_result)
+    bar.close()
+    results = [finished(j) for j in jobs]
+    settings = {**dataclasses.asdict(config), "runs_skipped": skipped, "runs_done": len(todo),
+                "seconds": time.perf_counter() - t0}
+    return write_report(out, results, settings, config.bootstrap_reps, config.eval_seed)
+
+
+def run_experiment_cli(config: ExperimentConfig) -> int:
+    report = run_experiment(config)
+    print(Path(config.out, "experiment.md").read_text())
+    print(f"wrote {config.out}/experiment.json, experiment.md and {', '.join(report['figures'])}")
+    return 0

@@ -1,0 +1,164 @@
+"""One (arm, seed) of an experiment: train, evaluate with the ablations, write `result.json`; and the
+loops that run them, one after another or as Ray tasks.
+
+A run is a plain `Job` (picklable, so a Ray task can carry it). `run_job` is idempotent: a run folder
+with a `result.json` of the same job is returned as it is; AWR resumes from its newest checkpoint
+(`train_awr` does that by itself); online PPO, which has no resume, trains again unless its final
+`summary.json` is there. Each run writes `worker.txt` ("host pid") while it works, so an operator (or a
+test) can see where it runs.
+
+On Ray, each job is one task with `num_cpus` / `num_gpus` of its own and `max_retries`: when its worker
+dies, Ray starts the task again on a fresh worker, where `run_job` resumes from the checkpoint. Every run
+draws its randomness from its seed alone, so the results equal a sequential run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULT_FILE = "result.json"
+WORKER_FILE = "worker.txt"
+TRAIN_DIR = "train"
+EVAL_DIR = "eval"
+# What each kind of evaluation reports per ablation (the first is the headline metric).
+CRAFTAX_METRICS = ("return_mean", "craftax_score")
+OFFLINE_METRICS = ("action_match",)
+
+
+@dataclass(frozen=True)
+class Job:
+    arm: str  # e.g. "awr-hidden"
+    algo: str  # "awr" or "ppo"
+    hidden: bool
+    seed: int
+    run_dir: str
+    train: object  # TrainAWRConfig or OnlineConfig, its `out` inside run_dir
+    eval: object | None  # EvalConfig (Craftax rollouts), or None with eval_data
+    eval_data: str | None = None  # held-out labelled data: offline evaluation instead of rollouts
+    ablations: tuple[str, ...] = ("real", "zero", "shuffled", "constant")
+    eval_seed: int = 0
+
+    def identity(self) -> dict:
+        """What defines the run's numbers (not where it runs or whether it shows progress)."""
+        def plain(cfg):
+            if cfg is None:
+                return None
+            d = dataclasses.asdict(cfg)
+            for k in ("progress", "tensorboard", "out", "checkpoint" if cfg is self.eval else ""):
+                d.pop(k, None)
+            return d
+
+        return {"arm": self.arm, "seed": self.seed, "train": plain(self.train), "eval": plain(self.eval),
+                "eval_data": self.eval_data, "ablations": list(self.ablations), "eval_seed": self.eval_seed}
+
+
+def _write_json(path: Path, obj) -> None:
+    from hsrl.data.chunks import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def finished(job: Job) -> dict | None:
+    """The run's result if it finished with these settings; ValueError if it finished with others."""
+    path = Path(job.run_dir) / RESULT_FILE
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("identity") != json.loads(json.dumps(job.identity())):
+        raise ValueError(f"{path} holds a run with other settings; use another --out, or the same settings "
+                         "to reuse it")
+    return result
+
+
+def _train(job: Job) -> dict:
+    if job.algo == "awr":
+        from hsrl.rl.awr import train_awr
+
+        summary = train_awr(job.train)
+        return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"])}
+    summary_path = Path(job.train.out) / "summary.json"
+    if summary_path.exists():  # a finished PPO run; an unfinished one starts again (PPO has no resume)
+        return {"resumed": True, "step": int(json.loads(summary_path.read_text())["steps"])}
+    from hsrl.rl.ppo import train_online
+
+    summary = train_online(job.train)
+    return {"resumed": False, "step": int(summary["steps"])}
+
+
+def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
+    checkpoint = Path(job.train.out)
+    if job.eval_data is not None:
+        from hsrl.experiment.offline import evaluate_offline
+
+        return evaluate_offline(checkpoint, job.eval_data, job.ablations, seed=job.eval_seed,
+                                run_seed=job.seed), OFFLINE_METRICS
+    from hsrl.evaluate import evaluate
+
+    report = evaluate(job.eval)
+    keep = ("episodes", "return_mean", "return_std", "length_mean", "craftax_score", "achievements")
+    return {r["ablation"]: {k: r[k] for k in keep} for r in report["results"]}, CRAFTAX_METRICS
+
+
+def run_job(job: Job) -> dict:
+    """Train and evaluate one (arm, seed), or return its finished result."""
+    done = finished(job)
+    if done is not None:
+        return done
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / WORKER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    train = _train(job)
+    ablations, metrics = _evaluate(job)
+    result = {"arm": job.arm, "algo": job.algo, "hidden": job.hidden, "seed": job.seed, "run_dir": str(run_dir),
+              "metrics": list(metrics), "ablations": ablations, "train": train, "identity": job.identity()}
+    _write_json(run_dir / RESULT_FILE, result)
+    return result
+
+
+def run_sequential(jobs: list[Job], on_result: Callable[[dict], None] = lambda r: None) -> list[dict]:
+    results = []
+    for job in jobs:
+        results.append(run_job(job))
+        on_result(results[-1])
+    return results
+
+
+def run_on_ray(jobs: list[Job], address: str, cpus_per_run: float, gpus_per_run: float, retries: int,
+               on_result: Callable[[dict], None] = lambda r: None) -> list[dict]:
+    """One Ray task per job; results in the order of `jobs`. A task whose worker dies is retried (from the
+    run's checkpoint) up to `retries` times; after that its error is raised."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=None if address in ("", "local") else address, include_dashboard=False,
+                 log_to_driver=False)
+    try:
+        task = ray.remote(run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=retries,
+                                           retry_exceptions=False)
+        refs = {task.remote(job): i for i, job in enumerate(jobs)}
+        results: list[dict | None] = [None] * len(jobs)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            i = refs[ready[0]]
+            try:
+                results[i] = ray.get(ready[0])
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, (ValueError, FileNotFoundError)):
+                    raise cause from None  # bad input: the same one-line error as a sequential run
+                raise RuntimeError(f"{jobs[i].arm} seed {jobs[i].seed} failed on Ray: {err}") from err
+            on_result(results[i])
+        return results
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,246 @@
+"""`hsrl probe DATA`: what do the hidden states know? Linear probes from `hidden_state` to ground truth
+decoded from the symbolic observation (by `hsrl.text.decode_symbolic`, the decoder the prompts use).
+
+Features: each inventory count and intrinsic (health, food, drink, energy; Craftax: also mana .. intelligence)
+as regressions (test R^2); facing direction and day/night as classifications (test accuracy); for each
+block and mob type, whether it is in view (accuracy) and, on the rows where it is, the row and column
+offset of its nearest tile (R^2). Probes: ridge regression / ridge classifier on standardised inputs
+(scikit-learn's RidgeCV / RidgeClassifierCV: the penalty picked from ALPHAS by efficient leave-one-out on
+the training rows), fitted on the training episodes and scored on the held-out ones: rows are split by
+episode (GroupShuffleSplit), so no episode is in both.
+
+Each feature is probed from three inputs of the same rows:
+  hidden    the labelled hidden states (N, H)
+  floor     a random Gaussian projection of the symbolic observation to H dimensions (what a random
+            embedding of the observation gives; when H >= the observation's length it keeps everything
+            linear in it, so there it is a floor only for what a linear readout cannot reach)
+  ceiling   the symbolic observation itself
+Plus the effective rank (exp of the entropy of the normalised singular values of the centred states) and
+the mean pairwise cosine similarity of the hidden states: a collapsed embedding shows there first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+INPUTS = ("hidden", "floor", "ceiling")
+ALPHAS = tuple(10.0 ** np.arange(-2, 5))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear probes from hidden states to features decoded from the symbolic observation, beside a random
+    projection (floor) and the observation itself (ceiling); writes probe.json, probe.md and probe.png."""
+
+    data_dir: str = field(metadata={"positional": True, "help": "labelled dataset folder of a Symbolic env"})
+    out: str = field(default="runs/probe", metadata={"help": "output folder"})
+    test_fraction: float = field(default=0.25, metadata={"help": "share of episodes held out for scoring"})
+    max_rows: int = field(default=20_000, metadata={"help": "rows used at most (a random subset of whole episodes)"})
+    min_rows: int = field(default=20, metadata={"help": "skip a feature with fewer train or test rows than this"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the subset and the random projection"})
+
+
+def episode_ids(done: np.ndarray, num_envs: int) -> np.ndarray:
+    """An id per row (time-major, row = t * num_envs + env): rows of one episode of one env share it."""
+    n = len(done)
+    if n % num_envs:
+        raise ValueError(f"{n} rows do not divide into {num_envs} environments")
+    d = np.asarray(done, bool).reshape(-1, num_envs)
+    before = np.cumsum(d, axis=0) - d  # episodes finished before this step, per env
+    return (before * num_envs + np.arange(num_envs)).reshape(-1)
+
+
+def features(sym: np.ndarray, variant: str) -> list[tuple[str, str, np.ndarray, np.ndarray | None]]:
+    """(name, "regression" | "classification", target, row mask or None) of every probed feature."""
+    from hsrl.text import decode_symbolic
+
+    f = decode_symbolic(sym, variant)
+    out = [(f"inventory/{n}", "regression", f["inventory"][:, i], None) for i, n in enumerate(f["inventory_names"])]
+    out += [(n, "regression", f["intrinsics"][:, i], None) for i, n in enumerate(f["intrinsic_names"])]
+    out += [("facing", "classification", f["direction"], None), ("night", "classification", f["night"], None)]
+    rows, cols = f["block"].shape[1:]
+    dr, dc = np.meshgrid(np.arange(rows) - rows // 2, np.arange(cols) - cols // 2, indexing="ij")
+    dist = np.hypot(dr, dc).reshape(-1)
+
+    def where(kind, name, present):  # present: (B, rows, cols) bool
+        flat = present.reshape(len(present), -1)
+        seen = flat.any(axis=1)
+        nearest = np.argmin(np.where(flat, dist, np.inf), axis=1)
+        return [(f"{kind}/{name}/in_view", "classification", seen, None),
+                (f"{kind}/{name}/nearest_row", "regression", dr.reshape(-1)[nearest].astype(float), seen),
+                (f"{kind}/{name}/nearest_col", "regression", dc.reshape(-1)[nearest].astype(float), seen)]
+
+    for i, name in enumerate(f["block_names"]):
+        out += where("block", name, f["block"] == i)
+    for i, name in enumerate(f["mob_names"]):
+        out += where("mob", name, f["mobs"][..., i])
+    return out
+
+
+def effective_rank(x: np.ndarray, rng, max_rows: int = 5000) -> float:
+    x = x[rng.permutation(len(x))[:max_rows]].astype(np.float64)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    p = s / s.sum() if s.sum() > 0 else np.ones_like(s) / len(s)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def mean_pairwise_cosine(x: np.ndarray, rng, max_rows: int = 2000) -> float:
+    x = x[rng.permutation(len(x))[:max_rows]].astype(np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError("a hidden state is all zeros: its cosine is undefined (a failed extraction?)")
+    u = x / norm
+    sim = u @ u.T
+    n = len(u)
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+def _probe(kind: str, x_train, y_train, x_test, y_test) -> float:
+    from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), (RidgeCV if kind == "regression" else RidgeClassifierCV)(alphas=ALPHAS))
+    model.fit(x_train, y_train)
+    pred = model.predict(x_test)
+    return float(r2_score(y_test, pred) if kind == "regression" else accuracy_score(y_test, pred))
+
+
+def load_probe_data(config: ProbeConfig):
+    from hsrl.data import DataFileError, inspect_chunk, list_chunks, load_dataset
+    from hsrl.env import env_info
+
+    files = list_chunks(config.data_dir)
+    info = inspect_chunk(files[0])
+    if "hidden_state" not in info.fields:
+        raise DataFileError(files[0], "hidden_state", "missing: label the data with `hsrl label` first")
+    if len(info.fields["hidden_state"][0]) != 2:
+        raise DataFileError(files[0], "hidden_state", "stored per-token (N, T, H); probe reads pooled (N, H) states")
+    ds = load_dataset(config.data_dir, ["obs", "done", "hidden_state"], show_progress=False)
+    env = env_info(ds.meta.env_name)
+    if ds.meta.obs_kind != "symbolic":
+        raise ValueError(f"{config.data_dir}: probe decodes symbolic observations; this is {ds.meta.obs_kind} data "
+                         f"of {ds.meta.env_name} (collect from a Symbolic env)")
+    return ds, env.variant
+
+
+def probe(config: ProbeConfig) -> dict:
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if not 0 < config.test_fraction < 1:
+        raise ValueError(f"--test-fraction must lie in (0, 1), got {config.test_fraction}")
+    if config.max_rows < 2 or config.min_rows < 2:
+        raise ValueError("--max-rows and --min-rows must be at least 2")
+    ds, variant = load_probe_data(config)
+    groups = episode_ids(ds["done"], ds.meta.num_envs)
+    episodes = np.unique(groups)
+    if len(episodes) < 4:
+        raise ValueError(f"{config.data_dir}: too few episodes to split by episode: {len(episodes)} (need at least "
+                         "4, some held out); collect more steps or shorter episodes")
+    rng = np.random.default_rng(config.seed)
+    rows = np.arange(len(groups))
+    if len(rows) > config.max_rows:  # whole episodes, in a random order, up to max_rows
+        ids, sizes = np.unique(groups, return_counts=True)
+        order = rng.permutation(len(ids))
+        keep = ids[order[: max(4, int(np.searchsorted(np.cumsum(sizes[order]), config.max_rows, side="right")))]]
+        rows = rows[np.isin(groups, keep)]
+    sym = np.asarray(ds["obs"][rows], np.float32)
+    hidden = np.asarray(ds["hidden_state"][rows], np.float32)
+    groups = groups[rows]
+    split = GroupShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.seed)
+    train, test = next(split.split(sym, groups=groups))
+    assert not set(groups[train]) & set(groups[test])
+    projection = (rng.standard_normal((sym.shape[1], hidden.shape[1])) / np.sqrt(sym.shape[1])).astype(np.float32)
+    inputs = {"hidden": hidden, "floor": sym @ projection, "ceiling": sym}
+    results, skipped = [], []
+    for name, kind, y, mask in features(sym, variant):
+        tr = train if mask is None else train[mask[train]]
+        te = test if mask is None else test[mask[test]]
+        if len(tr) < config.min_rows or len(te) < config.min_rows:
+            skipped.append({"feature": name, "reason": f"{len(tr)} train / {len(te)} test rows"})
+            continue
+        if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
+            skipped.append({"feature": name, "reason": "constant in the train or test rows"})
+            continue
+        row = {"feature": name, "kind": kind, "metric": "R2" if kind == "regression" else "accuracy",
+               "train_rows": int(len(tr)), "test_rows": int(len(te))}
+        for key, x in inputs.items():
+            row[key] = _probe(kind, x[tr], y[tr], x[te], y[te])
+        if kind == "classification":
+            values, counts = np.unique(y[tr], return_counts=True)
+            row["majority"] = float(np.mean(y[te] == values[np.argmax(counts)]))
+        results.append(row)
+    report = {"data_dir": str(config.data_dir), "env": ds.meta.env_name, "spec_json": ds.meta.spec_json,
+              "rows": int(len(rows)), "episodes": int(len(np.unique(groups))),
+              "train_episodes": int(len(np.unique(groups[train]))), "test_episodes": int(len(np.unique(groups[test]))),
+              "hidden_size": int(hidden.shape[1]), "effective_rank": effective_rank(hidden, rng),
+              "mean_pairwise_cosine": mean_pairwise_cosine(hidden, rng), "config": asdict(config),
+              "features": results, "skipped": skipped}
+    _write(Path(config.out), report)
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Probes of {report['data_dir']}", "",
+             f"{report['env']}, {report['rows']} rows in {report['episodes']} episodes ({report['train_episodes']} "
+             f"train / {report['test_episodes']} test, split by episode). Hidden size {report['hidden_size']}, "
+             f"effective rank {report['effective_rank']:.1f}, mean pairwise cosine {report['mean_pairwise_cosine']:.3f}.",
+             "", "Test score of a linear probe (R^2 for numbers, accuracy for classes) from the hidden state, from a "
+             "random projection of the observation to the same width (floor), and from the observation (ceiling):",
+             "", "| feature | metric | hidden | floor | ceiling | majority class | test rows |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["features"]:
+        lines.append(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | "
+                     f"{r['majority']:.3f} |" if "majority" in r else
+                     f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | |")
+        lines[-1] += f" {r['test_rows']} |"
+    if report["skipped"]:
+        lines += ["", "Not probed: " + "; ".join(f"{s['feature']} ({s['reason']})" for s in report["skipped"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hsrl.data.chunks import atomic_path
+
+    rows = report["features"]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) * 1.2 + 1.2))
+    y = np.arange(len(rows))
+    for i, (key, color) in enumerate(zip(INPUTS, ("#4c72b0", "#bbbbbb", "#55a868"))):
+        ax.barh(y + (i - 1) * 0.27, [max(r[key], -0.1) for r in rows], height=0.27, color=color, label=key)
+    ax.set_yticks(y, [f"{r['feature']} ({r['metric']})" for r in rows], fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlim(-0.1, 1)
+    ax.set_xlabel("test score (R^2 or accuracy; R^2 below -0.1 drawn at -0.1)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _write(out: Path, report: dict) -> None:
+    from hsrl.data.chunks import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "probe.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "probe.md", markdown(report))
+    _chart(report, out / "probe.png")
+
+
+def run_probe(config: ProbeConfig) -> int:
+    report = probe(config)
+    print(markdown(report))
+    print(f"wrote {config.out}/probe.json, probe.md, probe.png")
+    return 0

@@ -1,0 +1,134 @@
+"""`hsrl experiment`: interval estimates that find a hidden state the policy needs and find nothing in noise,
+resuming, and the Ray path (two workers, one killed mid-run) equal to the sequential one."""
+
+import json
+
+import numpy as np
+import pytest
+from experiment_helpers import task_pair
+
+from hsrl.experiment import stats
+from hsrl.experiment.config import ExperimentConfig, plan, run_experiment
+from hsrl.experiment.runs import RESULT_FILE
+
+FAST = dict(seeds=4, awr_steps=300, awr_batch_size=128, awr_lr=1e-3, awr_beta=1.0, awr_save_every=100, width=32, progress=False,
+            bootstrap_reps=2000)
+
+
+def experiment(train, held, out, **kw):
+    return ExperimentConfig(offline=str(train), eval_data=str(held), out=str(out), **{**FAST, **kw})
+
+
+@pytest.fixture(scope="module")
+def informative(tmp_path_factory):
+    root = tmp_path_factory.mktemp("informative")
+    train, held = task_pair(root, 0)
+    report = run_experiment(experiment(train, held, root / "exp"))
+    return train, held, root / "exp", report
+
+
+def test_hidden_state_that_decides_the_action_is_found(informative):
+    _, _, out, report = informative
+    agg = report["aggregates"]
+    p = agg["improvement"]["awr"]["action_match"]
+    gap = agg["gaps"]["awr-hidden"]["real-zero"]["action_match"]
+    shuffled = agg["gaps"]["awr-hidden"]["real-shuffled"]["action_match"]
+    print("P(improvement)", p, "real-zero", gap, "real-shuffled", shuffled)
+    assert p[1] > 0.5, "P(hidden > baseline) interval lies above 0.5"
+    assert gap[1] > 0 and shuffled[1] > 0, "the real - zero and real - shuffled intervals lie above 0"
+    hidden = agg["arms"]["awr-hidden"]["action_match"]["mean"]
+    base = agg["arms"]["awr-baseline"]["action_match"]["mean"]
+    assert hidden[0] > 0.3 and base[2] < 0.15  # chance is 1/17
+    md = (out / "experiment.md").read_text()
+    assert "beats the baseline" in md and "uses its hidden state" in md
+    saved = json.loads((out / "experiment.json").read_text())
+    assert len(saved["runs"]) == 8 and saved["aggregates"] == json.loads(json.dumps(agg))
+    for png in ("intervals.png", "comparisons.png", "curves.png"):
+        assert (out / png).stat().st_size > 5000
+
+
+def test_noise_hidden_states_show_no_difference(tmp_path):
+    train, held = task_pair(tmp_path, 1, noise=True)
+    agg = run_experiment(experiment(train, held, tmp_path / "exp"))["aggregates"]
+    p = agg["improvement"]["awr"]["action_match"]
+    gap = agg["gaps"]["awr-hidden"]["real-zero"]["action_match"]
+    print("P(improvement)", p, "real-zero", gap)
+    assert p[1] <= 0.5 <= p[2], "P(hidden > baseline) interval includes 0.5"
+    assert gap[1] <= 0 <= gap[2], "real - zero interval includes 0"
+    assert "is not shown" in agg["verdict"] and "cannot tell" in agg["verdict"]
+
+
+def test_rerun_skips_finished_runs_and_refuses_other_settings(informative, tmp_path):
+    train, held, out, report = informative
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{RESULT_FILE}")}
+    again = run_experiment(experiment(train, held, out))
+    assert again["config"]["runs_skipped"] == 8 and again["config"]["runs_done"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{RESULT_FILE}")} == stamps
+    assert json.dumps(again["aggregates"], sort_keys=True) == json.dumps(report["aggregates"], sort_keys=True)
+    with pytest.raises(ValueError, match="other settings"):
+        run_experiment(experiment(train, held, out, awr_lr=5e-4))
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="nothing to run"):
+        ExperimentConfig(out=str(tmp_path)).check_experiment()
+    with pytest.raises(FileNotFoundError, match="--offline"):
+        ExperimentConfig(offline=str(tmp_path / "nope")).check_experiment()
+    with pytest.raises(ValueError, match="--ablation"):
+        ExperimentConfig(offline=str(tmp_path), ablation="zero").check_experiment()
+
+
+def test_intervals_follow_the_definitions():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(1, 1, 10), rng.normal(0, 1, 10)
+    p = stats.probability_of_improvement(x, y)
+    assert p[0] == pytest.approx(np.mean(x[:, None] > y[None, :]))  # Mann-Whitney U / (n m), no ties
+    assert p[1] <= p[0] <= p[2]
+    mi = stats.mean_iqm(x)
+    srt = np.sort(x)
+    assert mi["mean"][0] == pytest.approx(x.mean()) and mi["iqm"][0] == pytest.approx(srt[2:8].mean())  # 25% trimmed
+    rate, low, high = stats.wilson([0, 5], [10, 10])
+    assert rate.tolist() == [0, 0.5] and low[0] == 0 and 0.23 < low[1] < 0.24 and 0.76 < high[1] < 0.77
+    g = stats.paired_gap([1, 2, 3], [0, 1, 2])
+    assert g == [1.0, 1.0, 1.0]
+    np.random.seed(5)
+    before = np.random.random()
+    np.random.seed(5)
+    assert [stats.mean_iqm(x, seed=3) for _ in range(3)] == [stats.mean_iqm(x, seed=3)] * 3  # reproducible
+    assert np.random.random() == before  # and the global generator is left as it was
+
+
+def _craftax_jobs(tmp_path):
+    config = ExperimentConfig(offline=str(tmp_path), online=True, seeds=2, out=str(tmp_path / "e"), eval_episodes=3)
+    return plan(config)
+
+
+def test_plan_runs_every_arm_and_seed_with_the_same_evaluation_seed(tmp_path):
+    jobs = _craftax_jobs(tmp_path)
+    assert [(j.arm, j.seed) for j in jobs] == [(a, s) for a in ("awr-baseline", "awr-hidden", "ppo-baseline",
+                                                                "ppo-hidden") for s in (0, 1)]
+    assert {j.eval.seed for j in jobs} == {1000} and {j.eval.episodes for j in jobs} == {3}
+    assert [j.train.seed for j in jobs[:2]] == [0, 1] and not jobs[0].train.hidden and jobs[2].train.hidden
+    assert not jobs[4].train.hidden and jobs[6].train.hidden
+
+
+
+@pytest.mark.slow
+def test_cli_trains_and_evaluates_ppo_arms_on_craftax(tmp_path):
+    """The command as a user runs it: PPO arms (live MiniLM states), `hsrl eval`'s rollouts with every ablation."""
+    from hsrl.cli import main
+
+    out = tmp_path / "exp"
+    assert main(["experiment", "--online", "--env", "Craftax-Classic-Symbolic-v1", "--envs", "4", "--steps", "128",
+                 "--num-steps", "16", "--skip-n", "8", "--num-minibatches", "2", "--width", "32", "--seeds", "2",
+                 "--eval-episodes", "2", "--eval-envs", "2", "--eval-max-episode-steps", "24", "--out", str(out),
+                 "--no-progress", "--bootstrap-reps", "500"]) == 0
+    report = json.loads((out / "experiment.json").read_text())
+    hidden = [r for r in report["runs"] if r["arm"] == "ppo-hidden"]
+    assert len(report["runs"]) == 4 and len(hidden) == 2
+    for r in hidden:
+        assert set(r["ablations"]) == {"real", "zero", "shuffled", "constant"}
+        assert r["ablations"]["real"]["episodes"] == 2 and len(r["ablations"]["real"]["achievements"]) == 22
+    assert "ppo-hidden" in report["aggregates"]["achievements"]
+    assert (out / "curves.png").exists() and "**Verdict.**" in (out / "experiment.md").read_text()
+    assert main(["experiment", "--out", str(out)]) == 2  # nothing to run: one line, exit code 2
