@@ -464,6 +464,9 @@ class StubExtractor:
         self.spec = ExtractionSpec(model="stub", template="short", dtype="float32")
         self.calls = []
 
+    def check_prompt_lengths(self, texts):
+        pass  # the stub takes any length
+
     def extract(self, texts):
         from hsrl.llm import ExtractionResult
 
@@ -641,9 +644,13 @@ class TimedStub(StubExtractor):
 
 
 def _in_process(stub, **settings):
+    return _in_process_with(stub, spec=stub.spec.replace(template="auto", dtype="auto"), **settings)
+
+
+def _in_process_with(extractor, spec=None, **settings):
     from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
 
-    app = create_app(stub.spec.replace(template="auto", dtype="auto"), ServerSettings(**settings), extractor=stub)
+    app = create_app(spec or extractor.spec, ServerSettings(**settings), extractor=extractor)
     return serve_in_thread(app)
 
 
@@ -724,6 +731,48 @@ def test_a_body_that_never_finishes_times_out_with_408():
         assert reply.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in reply
         with HiddenStateClient(f"http://127.0.0.1:{port}", retries=0) as c:
             np.testing.assert_array_equal(c.hidden_states(texts=["tree"]), [[4] * 4])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_texts_too_long_for_the_model_are_refused_before_the_model_thread():
+    """A request of texts that pass the character limit but not the model's context is refused (422) after
+    tokenising only: the model never runs for it, and a valid request sent behind several of them is served."""
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    extractor = make_extractor(ExtractionSpec(model="minilm", variant="classic"))
+    calls = []
+    extract = extractor.extract
+
+    def counting_extract(texts, **kw):
+        calls.append(len(texts))
+        return extract(texts, **kw)
+
+    extractor.extract = counting_extract
+    server, thread, port = _in_process_with(extractor, max_text_chars=20_000, max_request=64)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        long_text = "tree stone water " * 600  # ~10k characters: within the limit, ~1800 tokens > MiniLM's 512
+        statuses = []
+
+        def send_long():
+            with HiddenStateClient(url, retries=0, timeout=60) as c:
+                try:
+                    c.hidden_states(texts=[long_text] * 64)
+                except ServerError as err:
+                    statuses.append((err.status, str(err)))
+
+        pool = [threading.Thread(target=send_long) for _ in range(4)]
+        for t in pool:
+            t.start()
+        with HiddenStateClient(url, retries=0, timeout=60) as c:
+            assert c.hidden_states(texts=["tree"]).shape == (1, 384)
+        for t in pool:
+            t.join(60)
+        assert len(statuses) == 4 and all(code == 422 and "more than the context" in msg
+                                           for code, msg in statuses), statuses
+        assert calls == [1], calls  # only the valid request reached the model
     finally:
         server.should_exit = True
         thread.join(10)

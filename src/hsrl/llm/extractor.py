@@ -137,6 +137,13 @@ class Extractor(ABC):
         result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
         return result
 
+    def check_prompt_lengths(self, observations: Sequence[str]) -> None:
+        """Raise ValueError, as `extract` would, if a text observation's prompt does not fit the model; runs the
+        tokenizer only, so a server can refuse an oversized request before it reaches the model thread."""
+        texts, images, _ = self._inputs(observations, None)
+        rows, _ = self._encode(texts, images)
+        self._check_lengths(rows, [len(r) for r in rows], self.spec.tokens if self.spec.generates else 0)
+
     def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
         """The layers asked (`layers`, default spec.layer) and each one's absolute index (0..num_layers)."""
         from hsrl.llm.pooling import resolve_layer  # imports torch: not at package import

@@ -568,6 +568,17 @@ class ModelState:
             raise RuntimeError("the model returned non-finite hidden states")
         return hidden, list(result.generated_text)
 
+    def check(self, inputs: Inputs) -> None:
+        """Refuse (422) text whose prompt does not fit the model, off the model thread (tokenizer only), so an
+        oversized request never holds the model and the requests behind it. Image specs have the env's fixed frame
+        size, so their length is known in advance."""
+        if inputs.images is not None:
+            return
+        try:
+            self.extractor.check_prompt_lengths(inputs.texts)
+        except ValueError as err:
+            raise RequestError(422, f"the model rejected the input: {err}") from None
+
     def require_ready(self) -> None:
         if self.status == "loading":
             raise RequestError(503, "the model is still loading; poll /health until ready")
@@ -732,6 +743,7 @@ def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: 
         _check_content_type(request)
         body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         inputs = await run_in_threadpool(endpoint.prepare, body)
+        await run_in_threadpool(model.check, inputs)
         hidden, generated = await submit(inputs)
         return JSONResponse(endpoint.reply(model, hidden, generated))
 
