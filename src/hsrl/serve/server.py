@@ -118,6 +118,8 @@ class ServeConfig(SpecFlags):
     max_request: int = field(default=1024, metadata={"help": "observations (or texts) per request"})
     max_body_mb: float = field(default=32.0, metadata={"help": "largest request body in MiB"})
     max_text_chars: int = field(default=20_000, metadata={"help": "longest text of a `texts` request, in characters"})
+    max_queued: int = field(default=4096, metadata={"help": "observations waiting at once; more are answered 503 (retry later)"})
+    body_timeout_s: float = field(default=30.0, metadata={"help": "seconds a request body may take to arrive (else 408)"})
     token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
     log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
     access_log: bool = field(default=False, metadata={"help": "log every request"})
@@ -135,7 +137,8 @@ class ServeConfig(SpecFlags):
             raise InputError(f"--max-body-mb must be positive, got {self.max_body_mb}")
         return ServerSettings(env=self.env, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
                               max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
-                              max_text_chars=self.max_text_chars, token=token)
+                              max_text_chars=self.max_text_chars, max_queued=self.max_queued,
+                              body_timeout_s=self.body_timeout_s, token=token)
 
 
 class RequestError(Exception):
