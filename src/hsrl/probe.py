@@ -231,7 +231,7 @@ def _chart(report: dict, path: Path) -> None:
 
 
 def _write(out: Path, report: dict) -> None:
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "probe.json", json.dumps(report, indent=1))

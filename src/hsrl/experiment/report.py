@@ -262,7 +262,7 @@ def plot_curves(results: list[dict], path: Path) -> bool:
 
 
 def write_report(out: Path, results: list[dict], config: dict, reps: int, seed: int) -> dict:
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
 
     agg = aggregate(results, reps=reps, seed=seed)
     pngs = ["intervals.png"]
