@@ -123,3 +123,26 @@ def test_a_function_level_import_makes_a_circle(tmp_path):
     assert import_graph(tmp_path)["hsrl.sub.c"] == {"hsrl.top"}
     assert import_circles(import_graph(tmp_path)) == [["hsrl.sub", "hsrl.sub.a", "hsrl.sub.b", "hsrl.sub.c",
                                                        "hsrl.top", "hsrl.sub"]]
+
+
+def test_every_name_imported_from_hsrl_exists():
+    """`from hsrl.x import name` anywhere (function-level imports too, in src, tests and benchmarks) names something
+    that module has: a name moved to another module is caught here, not when a rarely run function first runs."""
+    import importlib
+
+    root = SRC.parent
+    missing = []
+    for folder in ("src", "tests", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                        and node.module.split(".")[0] == "hsrl"):
+                    continue
+                if "vllm" in node.module:  # needs the vLLM environment
+                    continue
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if alias.name != "*" and not hasattr(module, alias.name) \
+                            and f"{node.module}.{alias.name}" not in module_files(SRC):
+                        missing.append(f"{path.relative_to(root)}:{node.lineno}: {node.module}.{alias.name}")
+    assert not missing, missing
