@@ -31,3 +31,13 @@ class SpecFlags:
                                   backend=self.backend)
         except ValueError as err:
             raise InputError(str(err)) from None
+
+    def check_llm(self, variant: str = "classic") -> ExtractionSpec:
+        """Check the LLM flags before any work: the spec's values, the device (e.g. cuda without CUDA) and the
+        model (registry name, local folder, or a hub id that is cached or downloadable); `InputError`, one line."""
+        from hsrl.llm.models import check_device, check_model_available
+
+        spec = self.extraction_spec(variant)
+        check_device(self.device)
+        check_model_available(self.model)
+        return spec
