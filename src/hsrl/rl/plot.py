@@ -32,6 +32,21 @@ class PlotConfig:
     smooth: float = dataclasses.field(default=0.0, metadata={"help": "exponential moving average factor in [0, 1) (0: raw)"})
     labels: tuple[str, ...] | None = dataclasses.field(default=None, metadata={"help": "legend labels, one per run"})
 
+    def check(self) -> None:
+        check_plot_args(self.runs, self.smooth, self.labels)
+        for run in self.runs:
+            if not Path(run).exists():
+                raise FileNotFoundError(f"{run}: no such run folder or metrics file")
+
+
+def check_plot_args(runs: Sequence, smooth: float, labels: Sequence | None) -> None:
+    if not runs:
+        raise InputError("give at least one run folder")
+    if not 0 <= smooth < 1:
+        raise InputError(f"--smooth must lie in [0, 1), got {smooth}")
+    if labels is not None and len(labels) != len(runs):
+        raise InputError(f"{len(labels)} labels for {len(runs)} runs")
+
 
 def ema(values: np.ndarray, factor: float) -> np.ndarray:
     """Exponential moving average (TensorBoard-style, debiased); NaNs are carried over unsmoothed."""
@@ -81,13 +96,8 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not runs:
-        raise InputError("give at least one run folder")
-    if not 0 <= smooth < 1:
-        raise InputError(f"--smooth must lie in [0, 1), got {smooth}")
+    check_plot_args(runs, smooth, labels)
     paths = [Path(r) for r in runs]
-    if labels is not None and len(labels) != len(paths):
-        raise InputError(f"{len(labels)} labels for {len(paths)} runs")
     data = [curves(read_metrics(p)) for p in paths]
     names = labels or [_label(p) for p in paths]
     available = set().union(*[set(d) for d in data])

@@ -44,7 +44,7 @@ class OnlineConfig(SpecFlags):
     --out, checkpoints that `hsrl eval` and `--checkpoint` accept, and a final summary.
     """
 
-    env: str = field(default="Craftax-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
     envs: int = field(default=128, metadata={"help": "parallel environments"})
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
@@ -83,6 +83,15 @@ class OnlineConfig(SpecFlags):
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise InputError(f"--envs x --num-steps ({self.envs * self.num_steps}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
+        for name in ("lr", "clip_eps", "max_grad_norm", "width", "save_every"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise InputError("--gamma and --gae-lambda must lie in [0, 1]")
+        if self.hidden:
+            from hsrl.env.catalog import env_info
+
+            self.check_llm(env_info(self.env).variant)
 
 
 class Norm(NamedTuple):
