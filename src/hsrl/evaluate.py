@@ -226,12 +226,14 @@ def _chart(results: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.bar(names, [r["return_mean"] for r in results], yerr=[r["return_std"] for r in results], capsize=4,
           color="#4c72b0")
-    a.set_title("episode return")
+    a.set_title("episode return (error bar: ±1 std over episodes)", fontsize=9)
+    a.set_ylabel("return")
     b.bar(names, [r["craftax_score"] for r in results], color="#dd8452")
-    b.set_title("Craftax score")
+    b.set_title("Craftax score", fontsize=9)
+    b.set_ylabel("score (geometric mean of success rates, %)")
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("hidden-state ablations")
+    fig.suptitle(f"hidden-state ablations ({results[0]['episodes']} episodes each)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -159,6 +159,8 @@ def awr_loss(params, apply_fn: Callable, batch: Batch, beta: float, max_weight: 
         "loss": actor_loss + critic_loss,
         "entropy": -jnp.mean(jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)),
         "mean_weight": jnp.mean(weight),
+        # spread of the weights: (sum w)^2 / (n sum w^2) in (0, 1]; 1 when all weights are equal (behaviour cloning)
+        "weight_ess": jnp.sum(weight) ** 2 / (weight.shape[0] * jnp.sum(weight ** 2)),
         "clipped_fraction": jnp.mean((raw_weight >= max_weight).astype(jnp.float32)),
         "advantage_mean": jnp.mean(adv),
         "advantage_std": jnp.std(adv),

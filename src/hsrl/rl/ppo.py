@@ -257,7 +257,8 @@ class UpdateTimes:
 
     def add(self, *, rollout: float, update: float, whole: float, llm: float, text: float, steps: int,
             compiling: bool) -> dict:
-        """Record one update's seconds; its `time/*_share` and `llm/time_share` metrics."""
+        """Record one update's seconds; its `time/*_share` metrics (the LLM's share is `time/llm_share`, the text
+        rendering's `time/text_share`: one name per fact)."""
         parts = {"env_policy": rollout - llm - text, "llm": llm, "text": text, "update": update}
         parts["other"] = max(0.0, whole - sum(parts.values()))
         wall = sum(parts.values())
@@ -267,7 +268,7 @@ class UpdateTimes:
             for k, v in parts.items():
                 self.totals[k] += v
             self.timed_steps += steps
-        return {**{f"time/{k}_share": v / wall for k, v in parts.items()}, "llm/time_share": (llm + text) / wall}
+        return {f"time/{k}_share": v / wall for k, v in parts.items()}
 
     def summary(self) -> dict:
         wall = sum(self.totals.values())
