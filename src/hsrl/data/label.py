@@ -89,6 +89,8 @@ class LabelSummary:
     load_seconds: float = 0.0
 
     def report(self) -> str:
+        if self.skipped and not self.labelled and not self.failed:  # a rerun with nothing to do: one line
+            return f"all {len(self.skipped)} files are already done with these settings; nothing to do"
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
                  f"{len(self.skipped)} already done, {len(self.failed)} failed (model load {self.load_seconds:.1f} s)"]
@@ -333,8 +335,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     start = time.perf_counter()
-    if not todo:  # nothing to do: one line, no empty progress bar
-        print(f"{what}: all {len(summary.skipped)} files in {out} are already done with these settings")
+    if not todo:  # nothing to do: no model loaded, no empty progress bar
         return summary
     bar = tqdm(total=sum(rows[f] for f in todo), unit="sample", desc=what, disable=not config.progress,
                dynamic_ncols=True)
