@@ -230,7 +230,7 @@ def _chart(results: list[dict], path: Path) -> None:
     a.set_ylabel("return")
     b.bar(names, [r["craftax_score"] for r in results], color="#dd8452")
     b.set_title("Craftax score", fontsize=9)
-    b.set_ylabel("score (geometric mean of success rates, %)")
+    b.set_ylabel("score (0-100)")
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"hidden-state ablations ({results[0]['episodes']} episodes each)")
@@ -267,7 +267,11 @@ def evaluate(config: EvalConfig) -> dict:
         else:
             from hsrl.llm import ExtractionSpec, make_extractor
 
-            source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device))
+            from hsrl.llm.models import check_model_available
+
+            spec = ExtractionSpec.from_json(policy.spec_json)
+            check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
+            source = ExtractorSource(make_extractor(spec, device=config.device))
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
