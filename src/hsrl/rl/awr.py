@@ -484,12 +484,12 @@ def _run_config(config: TrainAWRConfig) -> dict:
     return d
 
 
-def _check_same_run(out: Path, config: TrainAWRConfig) -> None:
+def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -> None:
     path = out / RUN_CONFIG_FILE
     mine = _run_config(config)
     if path.exists():
         saved = json.loads(path.read_text())
-        differ = [k for k in IDENTITY_FIELDS if saved.get(k) != mine.get(k)]
+        differ = [k for k in fields if saved.get(k) != mine.get(k)]
         if differ:
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
             raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
@@ -500,7 +500,9 @@ def train_awr(config: TrainAWRConfig) -> dict:
     """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path)."""
     config.check()
     out = Path(config.out)
-    _check_same_run(out, config)  # before any work: a folder of another run is refused
+    # before any work: a folder of a run with other hyperparameters is refused (another --data-dir is checked once
+    # the data is read, where its checkpoint names what differs: hidden size, spec)
+    _check_same_run(out, config, [k for k in IDENTITY_FIELDS if k != "data_dir"])
     from hsrl.env import env_info
 
     # --- data
@@ -524,6 +526,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
         if saved_net != network:
             raise InputError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
                              f"give {network.to_json()}: use another --out")
+    _check_same_run(out, config)
     write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(_run_config(config), indent=1, sort_keys=True))
     if meta is not None and network.uses_hidden:
         stats = HiddenStats.from_dict(meta["hidden_stats"])  # keep normalising as the run began
