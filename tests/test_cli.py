@@ -37,10 +37,10 @@ def test_one_spelling_for_the_baseline_and_the_llm_seed():
     assert config.extraction_spec("classic").seed == 0
 
 
-def test_required_flags_are_required_by_the_parser(tmp_path, capsys):
+def test_required_arguments_are_required_by_the_parser(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["train-awr", str(tmp_path)])
-    assert exit_.value.code == 2 and "--out" in capsys.readouterr().err
+        main(["label", str(tmp_path)])
+    assert exit_.value.code == 2 and "out_dir" in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):

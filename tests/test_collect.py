@@ -1,3 +1,4 @@
+import dataclasses
 import numpy as np
 import pytest
 
@@ -59,6 +60,11 @@ def test_resume_with_other_flags_is_refused(tmp_path):
     collect(_config(out, steps=24))
     with pytest.raises(ValueError, match="different seed"):
         collect(CollectConfig(env=ENV, envs=3, steps=48, out=str(out), chunk_steps=8, seed=8, progress=False))
+    # --no-text into a folder collected with text would mix chunks with and without text_obs
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="different text"):
+        collect(dataclasses.replace(_config(out, steps=48), text=False))
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_bad_flags_are_refused(tmp_path):

@@ -252,3 +252,37 @@ def test_a_corrupt_saved_batch_is_recomputed_with_a_warning(dataset, labelled, t
     assert not (out / ".partial").exists()
     for a, b in zip(list_chunks(out), list_chunks(labelled)):
         np.testing.assert_array_equal(read_chunk(a)["hidden_state"], read_chunk(b)["hidden_state"])
+
+
+def test_relabelling_into_a_folder_of_other_settings_is_refused_before_any_work(dataset, labelled, tmp_path, capsys):
+    """A finished file counts as done only when its spec is the one asked for: other settings are refused naming
+    the fields and --overwrite, and nothing is written; the same settings (with 'auto' fields the backend resolved)
+    skip, printing one line instead of empty progress bars."""
+    import shutil
+
+    from hsrl.errors import InputError
+
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(InputError, match=r"fields that differ: layer, pooling.*--overwrite"):
+        label_dataset(LabelConfig(str(dataset), str(out), layer=2, pooling="last", progress=False))
+    with pytest.raises(InputError, match=r"save_token_states"):
+        label_dataset(LabelConfig(str(dataset), str(out), save_token_states=True, progress=False))
+    with pytest.raises(InputError, match=r"fields that differ: pooling"):
+        extract_dataset(ExtractConfig(str(labelled), str(out), pooling="last", progress=False))
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before, "a refused run wrote nothing"
+
+    capsys.readouterr()
+    assert run_label(LabelConfig(str(dataset), str(out), progress=True)) == 0  # template/dtype 'auto': resolved
+    captured = capsys.readouterr()
+    assert captured.out == "all 3 files are already done with these settings; nothing to do\n"
+    assert "sample" not in captured.err, "no empty progress bars"
+
+    summary = label_dataset(LabelConfig(str(dataset), str(out), layer=2, pooling="last", overwrite=True,
+                                        batch_size=8, progress=False))
+    assert len(summary.labelled) == 3
+    from hsrl.llm import ExtractionSpec
+
+    spec = ExtractionSpec.from_json(read_chunk(list_chunks(out)[0]).meta.spec_json)
+    assert (spec.layer, spec.pooling) == (2, "last")

@@ -65,7 +65,8 @@ def test_short_online_run_with_llm_writes_a_loadable_checkpoint(tmp_path):
     assert policy.uses_hidden and policy.hidden_stats.count >= 4 and policy.network.hidden_size == 384
     assert ExtractionSpec.from_json(policy.spec_json).model == "minilm"
     lines = read_metrics(out)
-    assert len(lines) == 2 and "llm/time_share" in lines[-1] and "hidden/mean_pairwise_cosine" in lines[-1]
+    assert len(lines) == 2 and "time/llm_share" in lines[-1] and "hidden/mean_pairwise_cosine" in lines[-1]
+    assert "llm/time_share" not in lines[-1]  # one name per fact: the LLM's share is time/llm_share
     assert lines[-1]["llm/calls"] >= 3
 
 

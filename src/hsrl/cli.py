@@ -3,7 +3,8 @@
 Each verb is a config dataclass (its fields are the flags; `metadata={"help": ...}` is the help text,
 `metadata={"positional": True}` makes a positional argument) plus a function that runs it. Verbs are
 imported only when used, so `hsrl --help` stays fast. A flag without a default is required by the parser.
-A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
+A config's `check()` method, where it has one, validates every flag before the run function starts (no work
+done, no folder made on a bad flag). A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
 any other exception is a bug and keeps its traceback.
 """
 
@@ -86,13 +87,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=_with_default(help_text, default))
         else:
             parser.add_argument(
                 flag, type=tp, nargs=nargs, default=default, required=default is None and not _optional(hints[field.name]),
-                help=f"{help_text} (default: {default})" if default is not None else help_text,
-                metavar=field.metadata.get("metavar"),
+                help=_with_default(help_text, default), metavar=field.metadata.get("metavar"),
             )
+
+
+def _with_default(help_text: str, default) -> str:
+    """The help text with its default, the same way for every flag: "(default: VALUE)", "(default: on)" or
+    "(default: off)" for switches; a help text that already says its default (e.g. "(default: CUDA when
+    available)") is left alone. Flags without a default value (None) say nothing unless their help does."""
+    if default is None or "(default:" in help_text:
+        return help_text
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    if isinstance(default, (tuple, list)):
+        shown = " ".join(map(str, default))
+    return f"{help_text} (default: {shown})"
 
 
 def _optional(tp) -> bool:
@@ -137,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     config_target, run_target, _ = VERBS[args.verb]
     try:
         config = config_from_args(load(config_target), args)
+        check = getattr(config, "check", None)
+        if check is not None:  # every flag is validated before any work starts or any folder is made
+            check()
         result = load(run_target)(config)
     except (UserError, FileNotFoundError, FileExistsError) as err:
         # A mistake in the input: one clear line. Anything else is a bug and keeps its traceback.

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsrl.atomic import write_text_atomic
 from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
@@ -53,8 +54,37 @@ class EvalConfig:
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if the server's spec differs"})
     device: str | None = field(default=None, metadata={"help": "LLM device for in-process extraction"})
     seed: int = field(default=0, metadata={"help": "environment and sampling seed"})
-    out: str = field(default="runs/eval", metadata={"help": "output folder"})
+    out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/eval inside the evaluated "
+                                                            "run, so evaluating two runs never mixes them)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def check(self) -> None:
+        """Every flag before any work: counts, ablations, the checkpoint, the device, and the server (one /health
+        request with a short timeout)."""
+        from hsrl.llm.models import check_device
+        from hsrl.rl.checkpoint import resolve_checkpoint
+
+        for name in ("episodes", "envs", "max_steps", "skip_n", "max_episode_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        self.ablations()
+        resolve_checkpoint(self.checkpoint)  # FileNotFoundError naming the path
+        check_device(self.device)
+        if self.server:
+            from hsrl.serve.client import HiddenStateClient
+
+            with HiddenStateClient(self.server, token=self.token) as client:
+                client.check_reachable()
+
+    def out_dir(self) -> Path:
+        """--out, or RUN/eval of the evaluated run (the run folder of the checkpoint)."""
+        if self.out is not None:
+            return Path(self.out)
+        from hsrl.rl.checkpoint import CHECKPOINT_DIR, resolve_checkpoint
+
+        folder = resolve_checkpoint(self.checkpoint).parent
+        return (folder.parent if folder.name == CHECKPOINT_DIR else folder) / "eval"
 
     def ablations(self) -> tuple[str, ...]:
         names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
@@ -196,12 +226,14 @@ def _chart(results: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.bar(names, [r["return_mean"] for r in results], yerr=[r["return_std"] for r in results], capsize=4,
           color="#4c72b0")
-    a.set_title("episode return")
+    a.set_title("episode return (error bar: ±1 std over episodes)", fontsize=9)
+    a.set_ylabel("return")
     b.bar(names, [r["craftax_score"] for r in results], color="#dd8452")
-    b.set_title("Craftax score")
+    b.set_title("Craftax score", fontsize=9)
+    b.set_ylabel("score (0-100)")
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("hidden-state ablations")
+    fig.suptitle(f"hidden-state ablations ({results[0]['episodes']} episodes each)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -214,9 +246,8 @@ def evaluate(config: EvalConfig) -> dict:
 
     from hsrl.rl.checkpoint import load_policy
 
+    config.check()
     ablations = config.ablations()
-    if config.episodes < 1 or config.envs < 1:
-        raise InputError("--episodes and --envs must be at least 1")
     policy = load_policy(config.checkpoint)
     train = (policy.meta or {}).get("train_config") or {}
     skip_n = config.skip_n or int(train.get("skip_n", 1))
@@ -236,7 +267,11 @@ def evaluate(config: EvalConfig) -> dict:
         else:
             from hsrl.llm import ExtractionSpec, make_extractor
 
-            source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device))
+            from hsrl.llm.models import check_model_available
+
+            spec = ExtractionSpec.from_json(policy.spec_json)
+            check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
+            source = ExtractorSource(make_extractor(spec, device=config.device))
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
@@ -247,7 +282,7 @@ def evaluate(config: EvalConfig) -> dict:
             constant = live.states(np.asarray(info0["symbolic_obs"])[:1], np.asarray(obs0)[:1])[0]
         else:
             constant = live.source.hidden_states([config.constant_text])[0]
-    out = Path(config.out)
+    out = config.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)
     results = []
@@ -269,8 +304,8 @@ def evaluate(config: EvalConfig) -> dict:
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
               "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n,
               "config": asdict(config), "results": results}
-    (out / "eval.json").write_text(json.dumps(report, indent=1))
-    (out / "eval.md").write_text(_markdown(results, env.info.achievement_names))
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names))
     _chart(results, out / "ablations.png")
     return report
 
@@ -278,5 +313,5 @@ def evaluate(config: EvalConfig) -> dict:
 def run_eval(config: EvalConfig) -> int:
     report = evaluate(config)
     print(_markdown(report["results"], [])[: -1])
-    print(f"wrote {config.out}/eval.json, eval.md, ablations.png")
+    print(f"wrote {config.out_dir()}/eval.json, eval.md, ablations.png")
     return 0

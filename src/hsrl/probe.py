@@ -43,6 +43,16 @@ class ProbeConfig:
     min_rows: int = field(default=20, metadata={"help": "skip a feature with fewer train or test rows than this"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the subset and the random projection"})
 
+    def check(self) -> None:
+        from hsrl.data.chunks import list_chunks
+        from hsrl.errors import InputError
+
+        if not 0 < self.test_fraction < 1:
+            raise InputError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+        if self.max_rows < 2 or self.min_rows < 2:
+            raise InputError("--max-rows and --min-rows must be at least 2")
+        list_chunks(self.data_dir)  # the folder exists and holds chunks
+
 
 def episode_ids(done: np.ndarray, num_envs: int) -> np.ndarray:
     """An id per row (time-major, row = t * num_envs + env): rows of one episode of one env share it."""
@@ -133,10 +143,7 @@ def load_probe_data(config: ProbeConfig):
 def probe(config: ProbeConfig) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
-    if not 0 < config.test_fraction < 1:
-        raise ValueError(f"--test-fraction must lie in (0, 1), got {config.test_fraction}")
-    if config.max_rows < 2 or config.min_rows < 2:
-        raise ValueError("--max-rows and --min-rows must be at least 2")
+    config.check()
     ds, variant = load_probe_data(config)
     groups = episode_ids(ds["done"], ds.meta.num_envs)
     episodes = np.unique(groups)
@@ -211,7 +218,7 @@ def _chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hsrl.data.chunks import atomic_path
+    from hsrl.atomic import atomic_path
 
     rows = report["features"]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) * 1.2 + 1.2))

@@ -135,13 +135,29 @@ def _load_state(out: Path, template, config: CollectConfig):
                       f"chunk 0 (the same seed writes the same chunks)", stacklevel=2)
         path.unlink()
         return None
+    _check_same_flags(out, saved, config)
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), next_chunk
+
+
+RESUME_FLAGS = ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps", "text")
+
+
+def _check_same_flags(out: Path, saved: dict, config: CollectConfig) -> None:
+    """Refuse to continue a collection made with other flags (every flag that changes the chunks)."""
     mine = asdict(config)
-    differ = [k for k in ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps")
-              if saved.get(k) != mine[k]]
+    differ = [k for k in RESUME_FLAGS if saved.get(k, True if k == "text" else None) != mine[k]]
     if differ:
         raise InputError(f"{out} holds a collection made with different {', '.join(differ)}; "
                          f"use another --out or the same flags to resume")
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), next_chunk
+
+
+def _saved_flags(out: Path) -> dict | None:
+    """The flags of the collection saved in `out`, or None (none, or an unreadable state: handled on loading)."""
+    try:
+        with np.load(out / STATE_FILE, allow_pickle=False) as z:
+            return json.loads(str(z["config"]))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
@@ -151,6 +167,9 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     if config.checkpoint and policy is None:
         raise InputError(f"--checkpoint {config.checkpoint}: pass its policy (hsrl.rl.checkpoint.checkpoint_policy)")
     out = Path(config.out)
+    saved = _saved_flags(out)
+    if saved is not None:  # before any work: a folder of another collection is refused
+        _check_same_flags(out, saved, config)
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing
     remove_temporaries(out, STATE_FILE)

@@ -15,7 +15,9 @@ observation comes along as for text models.
 Reliability: each batch's result is saved atomically under OUT_DIR/.partial/<chunk>/ before the next
 starts, so a process killed at any moment resumes at the first unfinished batch; the final chunk is
 assembled from the batch files (per-token states streamed, never held whole) and renamed into place,
-so it appears only complete. Finished outputs are skipped. A bad input file is reported and skipped;
+so it appears only complete. Finished outputs are skipped when their spec is the one asked for (fields the
+backend resolves from 'auto' aside); files of OUT_DIR made with other settings are refused before any work, naming
+the fields, unless --overwrite. A bad input file is reported and skipped;
 the others are labelled. Sampling seeds are derived per sample from the spec's seed and the prompt,
 so a resumed run writes the same values as an uninterrupted one.
 """
@@ -67,7 +69,14 @@ class LabelConfig(SpecFlags, RayFlags):
     out_dir: str = field(metadata={"positional": True, "help": "output folder (created)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16 instead of pooled"})
+    overwrite: bool = field(default=False, metadata={"help": "relabel files of OUT_DIR labelled with other settings "
+                                                             "(without it such files are refused, naming the fields)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def check(self) -> None:
+        """Every flag, before any work: folders, batch size, Ray flags, the spec, the device and the model."""
+        _check_folders(self)
+        self.check_llm()
 
 
 @dataclass
@@ -80,6 +89,8 @@ class LabelSummary:
     load_seconds: float = 0.0
 
     def report(self) -> str:
+        if self.skipped and not self.labelled and not self.failed:  # a rerun with nothing to do: one line
+            return f"all {len(self.skipped)} files are already done with these settings; nothing to do"
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
                  f"{len(self.skipped)} already done, {len(self.failed)} failed (model load {self.load_seconds:.1f} s)"]
@@ -264,7 +275,33 @@ class Labeller:
         write_chunk_streamed(dst, arrays, meta, streamed)
 
 
-def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -> LabelSummary:
+def resolved_fields(requested) -> list[str]:
+    """The spec fields a backend fills in when the request leaves them 'auto' (template and its version, dtype):
+    a finished file's values for them are whatever the backend chose, so they are not compared."""
+    ignore = []
+    if requested.template == "auto":
+        ignore += ["template", "template_version"]
+    if requested.dtype == "auto":
+        ignore.append("dtype")
+    return ignore
+
+
+def _finished_differences(done: Path, requested, save_token_states: bool) -> list[str]:
+    """How a finished output file differs from what is asked now: its spec's differing fields
+    (`spec_differences`, ignoring what the backend resolves) and the per-token / pooled form; [] when it is done."""
+    from hsrl.llm.spec import spec_differences
+
+    info = inspect_chunk(done)
+    differ = spec_differences(info.meta.spec_json, requested, ignore=resolved_fields(requested))
+    if ("hidden_tokens" in info.fields) != bool(save_token_states):
+        differ.append("save_token_states")
+    return differ
+
+
+def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, requested_spec) -> LabelSummary:
+    """Label every chunk of `in_dir` into `out_dir`. `requested_spec(meta)`: the spec asked for an input file. A file
+    finished before counts as done only when its spec is the one asked for; otherwise nothing runs (InputError
+    naming the fields, unless config.overwrite, which relabels those files)."""
     from tqdm.auto import tqdm
 
     summary = LabelSummary()
@@ -272,23 +309,37 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     out = Path(out_dir)
     if out.resolve() == Path(in_dir).resolve():
         raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
-    rows, todo = {}, []
+    rows, todo, stale = {}, [], {}
     for f in files:
         try:
-            rows[f] = inspect_chunk(f).num_rows  # validates headers and meta
+            info = inspect_chunk(f)  # validates headers and meta
+            rows[f] = info.num_rows
         except (DataFileError, OSError) as err:
             summary.failed[f.name] = str(err)
             continue
         if (out / f.name).exists():
-            summary.skipped.append(f.name)
-        else:
-            todo.append(f)
+            try:
+                differ = _finished_differences(out / f.name, requested_spec(info.meta), config.save_token_states)
+            except (DataFileError, OSError, ValueError) as err:
+                differ = [f"<{err}>"]
+            if not differ:
+                summary.skipped.append(f.name)
+                continue
+            stale[f.name] = differ
+        todo.append(f)
+    if stale and not config.overwrite:
+        fields = sorted({d for differ in stale.values() for d in differ})
+        raise InputError(f"{out} holds {len(stale)} files {what}led with other settings (fields that differ: "
+                         f"{', '.join(fields)}; e.g. {next(iter(stale))}): give another OUT_DIR, or --overwrite to "
+                         f"replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     start = time.perf_counter()
+    if not todo:  # nothing to do: no model loaded, no empty progress bar
+        return summary
     bar = tqdm(total=sum(rows[f] for f in todo), unit="sample", desc=what, disable=not config.progress,
                dynamic_ncols=True)
-    if todo and config.ray is not None:
+    if config.ray is not None:
         from hsrl.data.label_ray import label_files_ray
 
         done, failed = label_files_ray(todo, out, make_labeller, address=config.ray, workers=config.workers,
@@ -319,9 +370,26 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
     return summary
 
 
+def _check_ray_flags(config) -> None:
+    if config.workers is not None and config.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {config.workers}")
+    if config.gpus_per_worker < 0 or config.retries < 0:
+        raise InputError("--gpus-per-worker and --retries must not be negative")
+
+
+def _check_folders(config) -> None:
+    list_chunks(config.in_dir)  # FileNotFoundError / DataFileError naming the folder
+    if Path(config.out_dir).resolve() == Path(config.in_dir).resolve():
+        raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
+    if config.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
+    _check_ray_flags(config)
+
+
 def label_dataset(config: LabelConfig) -> LabelSummary:
     if config.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
+    config.extraction_spec("classic")  # a bad spec flag fails before any folder is made
     if config.ray is not None and config.backend == "vllm":
         # One vLLM engine per GPU (Ray gives each actor its own CUDA_VISIBLE_DEVICES); on CPUs one engine, which
         # uses every core by itself.
@@ -338,7 +406,8 @@ def label_dataset(config: LabelConfig) -> LabelSummary:
         extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
         return Labeller(extractor, config.batch_size, config.save_token_states)
 
-    return _label_folder(config.in_dir, config.out_dir, make, config, "label")
+    return _label_folder(config.in_dir, config.out_dir, make, config, "label",
+                         lambda meta: config.extraction_spec(_variant(meta)))
 
 
 def run_label(config: LabelConfig) -> int:
@@ -364,22 +433,40 @@ class ExtractConfig(RayFlags):
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: CUDA when available)"})
     batch_size: int = field(default=32, metadata={"help": "samples per model call; also the unit of saved progress"})
     save_token_states: bool = field(default=False, metadata={"help": "store per-token states (N, T, H) float16"})
+    overwrite: bool = field(default=False, metadata={"help": "re-extract files of OUT_DIR made with other settings "
+                                                             "(without it such files are refused, naming the fields)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def check(self) -> None:
+        """Every flag, before any work."""
+        from hsrl.llm.models import check_device
+        from hsrl.llm.spec import POOLINGS
+
+        _check_folders(self)
+        if self.pooling not in POOLINGS:
+            raise InputError(f"--pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}")
+        check_device(self.device)
+
+    def requested_spec(self, meta: ChunkMeta):
+        """The spec this re-extraction asks for a file of IN_DIR: its producer's, with this layer and pooling."""
+        from hsrl.llm import ExtractionSpec
+
+        if meta.spec_json is None:
+            raise DataFileError(None, "meta", "not labelled (no extraction spec): run `hsrl label` first")
+        return ExtractionSpec.from_json(meta.spec_json).replace(layer=self.layer, pooling=self.pooling)
 
 
 def extract_dataset(config: ExtractConfig) -> LabelSummary:
     def make(meta: ChunkMeta):
         from hsrl.llm import ExtractionSpec, make_extractor
 
-        if meta.spec_json is None:
-            raise DataFileError(None, "meta", "not labelled (no extraction spec): run `hsrl label` first")
+        spec = config.requested_spec(meta)
         source = ExtractionSpec.from_json(meta.spec_json)
-        spec = source.replace(layer=config.layer, pooling=config.pooling)
         extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
         mode = "reextract" if source.generates else "label"
         return Labeller(extractor, config.batch_size, config.save_token_states, mode=mode)
 
-    return _label_folder(config.in_dir, config.out_dir, make, config, "extract")
+    return _label_folder(config.in_dir, config.out_dir, make, config, "extract", config.requested_spec)
 
 
 def run_extract(config: ExtractConfig) -> int:

@@ -35,7 +35,12 @@ class ReturnsConfig:
     directory: str = dataclasses.field(metadata={"positional": True,
                                                  "help": "dataset folder of chunk_NNNNNN.npz files"})
     gamma: float = dataclasses.field(default=0.99, metadata={"help": "discount factor, in [0, 1]"})
-    progress: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar over files (default: on)"})
+    progress: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar over files"})
+
+    def check(self) -> None:
+        if not 0.0 <= self.gamma <= 1.0:
+            raise InputError(f"--gamma must lie in [0, 1], got {self.gamma}")
+        list_chunks(self.directory)  # the folder exists and holds chunks
 
 
 def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float,

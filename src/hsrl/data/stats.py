@@ -46,7 +46,12 @@ class StatsConfig:
                                                "do not divide by zero"})
     hidden: bool = field(default=True, metadata={"help": "compute hidden-state statistics when the files carry "
                                                          "hidden_state (default: on; --no-hidden: summary only)"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar over files (default: on)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over files"})
+
+    def check(self) -> None:
+        if not self.std_floor > 0:
+            raise InputError(f"--std-floor must be positive, got {self.std_floor}")
+        list_chunks(self.directory)  # the folder exists and holds chunks
 
 
 @dataclass(frozen=True, eq=False)

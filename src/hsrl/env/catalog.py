@@ -95,3 +95,7 @@ class EnvsConfig:
     """List the Craftax environments with their observation shapes, actions and achievements."""
 
     env: str | None = field(default=None, metadata={"help": "show one environment in full (default: a summary of all)"})
+
+    def check(self) -> None:
+        if self.env is not None:
+            check_env_name(self.env)

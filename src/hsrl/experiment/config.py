@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsrl.errors import InputError
 from hsrl.evaluate import ABLATIONS
 from hsrl.rl.ppo import OnlineConfig
 
@@ -62,15 +63,19 @@ class ExperimentConfig(OnlineConfig):
     def ablations(self) -> tuple[str, ...]:
         names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
         if not names or "real" not in names or any(a not in ABLATIONS for a in names):
-            raise ValueError(f"--ablation {self.ablation!r}: expected a comma-separated subset of "
+            raise InputError(f"--ablation {self.ablation!r}: expected a comma-separated subset of "
                              f"{','.join(ABLATIONS)} that includes real")
         return names
 
+    def check(self) -> None:
+        """Every flag before any work: the experiment's own, and `hsrl online`'s when the PPO arms run."""
+        self.check_experiment()
+
     def check_experiment(self) -> None:
         if self.offline is None and not self.online:
-            raise ValueError("nothing to run: give --offline DATA (AWR arms), --online (PPO arms), or both")
+            raise InputError("nothing to run: give --offline DATA (AWR arms), --online (PPO arms), or both")
         if not self.hidden:
-            raise ValueError("--no-hidden: the experiment runs the baseline arm (without hidden states) itself")
+            raise InputError("--no-hidden: the experiment runs the baseline arm (without hidden states) itself")
         if self.offline is not None and not Path(self.offline).is_dir():
             raise FileNotFoundError(f"--offline {self.offline}: no such dataset folder")
         if self.eval_data is not None and not Path(self.eval_data).is_dir():
@@ -78,12 +83,12 @@ class ExperimentConfig(OnlineConfig):
         for name in ("seeds", "awr_steps", "awr_batch_size", "awr_save_every", "eval_episodes", "eval_envs",
                      "bootstrap_reps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.retries < 0 or self.cpus_per_run < 0 or self.gpus_per_run < 0:
-            raise ValueError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
+            raise InputError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
         self.ablations()
         if self.online:
-            self.check()
+            OnlineConfig.check(self)
 
 
 def plan(config: ExperimentConfig):

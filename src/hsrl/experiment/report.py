@@ -141,7 +141,7 @@ def markdown(agg: dict, results: list[dict]) -> str:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from hsrl.data.chunks import atomic_path
+    from hsrl.atomic import atomic_path
 
     with atomic_path(path) as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
@@ -251,8 +251,9 @@ def plot_curves(results: list[dict], path: Path) -> bool:
             ax.plot(steps, mean, label=f"{arm} ({len(v)})")
             ax.fill_between(steps, mean - 1.96 * se, mean + 1.96 * se, alpha=0.25)
             drawn = True
-        ax.set_title(f"{algo}: {metric}")
+        ax.set_title(f"{algo}: {metric} (band: 95% CI of the mean over seeds)", fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(metric.rsplit("/", 1)[-1])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")

@@ -29,5 +29,18 @@ class SpecFlags:
                                   template=self.template, temperature=self.temperature, top_p=self.top_p,
                                   seed=self.llm_seed, dtype=self.dtype, variant=variant, input=self.input,
                                   backend=self.backend)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        except ValueError as err:  # the spec names its field (`tokens=0; expected ...`): name the flag instead
+            field_name, _, rest = str(err).partition("=")
+            flag = {"seed": "llm-seed"}.get(field_name, field_name.replace("_", "-"))
+            message = f"--{flag} {rest.replace(';', ':', 1)}" if rest and field_name.isidentifier() else str(err)
+            raise InputError(message) from None
+
+    def check_llm(self, variant: str = "classic") -> ExtractionSpec:
+        """Check the LLM flags before any work: the spec's values, the device (e.g. cuda without CUDA) and the
+        model (registry name, local folder, or a hub id that is cached or downloadable); `InputError`, one line."""
+        from hsrl.llm.models import check_device, check_model_available
+
+        spec = self.extraction_spec(variant)
+        check_device(self.device)
+        check_model_available(self.model)
+        return spec

@@ -37,6 +37,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsrl.errors import InputError
+
 # config.json of Qwen/Qwen3-4B-Thinking-2507 (see the module docstring), unchanged.
 QWEN3_4B_THINKING_2507_CONFIG = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -348,7 +350,7 @@ def _fill_random(model, seed: int, init_std: float) -> None:
 
 def _published_config(name: str) -> tuple[str, dict]:
     if name not in REFERENCE_MODELS:
-        raise ValueError(f"unknown reference model {name!r}; expected one of {', '.join(REFERENCE_MODELS)}")
+        raise InputError(f"unknown reference model {name!r}; expected one of {', '.join(REFERENCE_MODELS)}")
     model_id, published = REFERENCE_MODELS[name]
     return model_id, json.loads(json.dumps(published))  # a deep copy
 
@@ -414,6 +416,12 @@ class MakeModelConfig:
     small: bool = field(default=False, metadata={"help": "same vocabulary, tokenizer and template, 2 blocks of width 64 "
                                                          "(tests, `gpu_suite.py --small`)"})
     overwrite: bool = field(default=False, metadata={"help": "write into a non-empty OUT"})
+
+    def check(self) -> None:
+        _published_config(self.name)
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
+            raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
 
 
 def run_make_model(config: MakeModelConfig) -> int:

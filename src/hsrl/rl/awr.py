@@ -71,7 +71,8 @@ class TrainAWRConfig:
 
     data_dir: str = dataclasses.field(metadata={"positional": True, "help": "dataset folder with return_to_go "
                                                                 "(`hsrl returns`) and, unless --no-hidden, hidden_state"})
-    out: str = dataclasses.field(metadata={"help": "run folder (created; rerun to resume)"})
+    out: str = dataclasses.field(default="runs/awr", metadata={"help": "run folder (created; rerun to resume; a "
+                                                                       "folder of another run is refused)"})
     hidden: bool = dataclasses.field(default=True, metadata={"help": "read hidden states (default: on; --no-hidden: the baseline)"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total gradient steps"})
     batch_size: int = dataclasses.field(default=256, metadata={"help": "samples per gradient step"})
@@ -101,6 +102,10 @@ class TrainAWRConfig:
     progress: bool = dataclasses.field(default=True, metadata={"help": "show progress bars"})
 
     def check(self) -> None:
+        if not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(f"{self.data_dir}: no such dataset folder")
+        if self.keep < 1 or not self.device_data_max_gb > 0:
+            raise InputError("--keep must be at least 1 and --device-data-max-gb positive")
         for name in ("steps", "batch_size", "log_every", "save_every", "steps_per_call", "width"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -154,6 +159,8 @@ def awr_loss(params, apply_fn: Callable, batch: Batch, beta: float, max_weight: 
         "loss": actor_loss + critic_loss,
         "entropy": -jnp.mean(jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)),
         "mean_weight": jnp.mean(weight),
+        # spread of the weights: (sum w)^2 / (n sum w^2) in (0, 1]; 1 when all weights are equal (behaviour cloning)
+        "weight_ess": jnp.sum(weight) ** 2 / (weight.shape[0] * jnp.sum(weight ** 2)),
         "clipped_fraction": jnp.mean((raw_weight >= max_weight).astype(jnp.float32)),
         "advantage_mean": jnp.mean(adv),
         "advantage_std": jnp.std(adv),
@@ -477,23 +484,25 @@ def _run_config(config: TrainAWRConfig) -> dict:
     return d
 
 
-def _check_same_run(out: Path, config: TrainAWRConfig) -> None:
+def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -> None:
     path = out / RUN_CONFIG_FILE
     mine = _run_config(config)
     if path.exists():
         saved = json.loads(path.read_text())
-        differ = [k for k in IDENTITY_FIELDS if saved.get(k) != mine.get(k)]
+        differ = [k for k in fields if saved.get(k) != mine.get(k)]
         if differ:
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
             raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
                              f"or the same settings to resume")
-    write_text_atomic(path, json.dumps(mine, indent=1, sort_keys=True))
 
 
 def train_awr(config: TrainAWRConfig) -> dict:
     """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path)."""
     config.check()
     out = Path(config.out)
+    # before any work: a folder of a run with other hyperparameters is refused (another --data-dir is checked once
+    # the data is read, where its checkpoint names what differs: hidden size, spec)
+    _check_same_run(out, config, [k for k in IDENTITY_FIELDS if k != "data_dir"])
     from hsrl.env import env_info
 
     # --- data
@@ -518,6 +527,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
             raise InputError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
                              f"give {network.to_json()}: use another --out")
     _check_same_run(out, config)
+    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(_run_config(config), indent=1, sort_keys=True))
     if meta is not None and network.uses_hidden:
         stats = HiddenStats.from_dict(meta["hidden_stats"])  # keep normalising as the run began
         spec_json = meta.get("spec_json")

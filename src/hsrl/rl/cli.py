@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # imported when run: `hsrl plot` needs neither JAX nor the tr
 
 def run_train_awr(config: TrainAWRConfig) -> int:
     from hsrl.rl.awr import train_awr
+    from hsrl.rl.metrics import weighting_note
 
     summary = train_awr(config)
     m = summary["metrics"]
@@ -25,14 +26,21 @@ def run_train_awr(config: TrainAWRConfig) -> int:
               f"entropy {m['entropy']:.3f}, {m['SPS']:.0f} steps/s")
     if summary["checkpoint"]:
         print(f"checkpoint: {summary['checkpoint']}")
+    note = weighting_note(m) if m else None
+    if note:
+        print(f"note: {note}")
     return 0
 
 
 def run_plot(config: PlotConfig) -> int:
     from hsrl.rl.plot import plot_runs
 
-    written = plot_runs(config.runs, config.out, metrics=config.metrics, smooth=config.smooth, labels=config.labels)
+    notes: list[str] = []
+    written = plot_runs(config.runs, config.out, metrics=config.metrics, smooth=config.smooth, labels=config.labels,
+                        notes=notes)
     print(f"wrote {len(written)} PNG files to {written[0].parent}")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -35,6 +35,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "loss": ("losses", "actor_loss + critic_loss"),
     "entropy": ("losses", "mean entropy of pi(.|s) over the batch"),
     "mean_weight": ("awr", "mean AWR weight w"),
+    "weight_ess": ("awr", "effective sample size of the weights over the batch, normalised: (sum w)^2 / (n sum w^2) "
+                          "in (0, 1]; near 1 all weights are equal and AWR is behaviour cloning"),
     "clipped_fraction": ("awr", "share of samples whose weight was clipped at max_weight"),
     "advantage_mean": ("awr", "mean of A = return_to_go - V(s)"),
     "advantage_std": ("awr", "std of A over the batch"),
@@ -46,6 +48,22 @@ METRICS: dict[str, tuple[str, str]] = {
     "SPS": ("charts", "gradient steps per second since the previous log line"),
     "samples_per_second": ("charts", "training samples (rows) per second since the previous log line"),
 }
+
+
+# weight_ess at or above this: the advantage weighting does (almost) nothing, AWR is behaviour cloning
+BEHAVIOUR_CLONING_ESS = 0.98
+
+
+def weighting_note(metrics: Mapping) -> str | None:
+    """A warning when an AWR metrics line says the weighting does nothing (weight_ess >= BEHAVIOUR_CLONING_ESS),
+    else None. Shown by `hsrl train-awr`'s summary and `hsrl plot`."""
+    ess = metrics.get("weight_ess")
+    if ess is None or not math.isfinite(ess) or ess < BEHAVIOUR_CLONING_ESS:
+        return None
+    std = metrics.get("advantage_std")
+    why = f" (advantage std {std:.3g} against --beta)" if isinstance(std, (int, float)) else ""
+    return (f"AWR weight ESS {ess:.3f} ~ 1: the advantage weights are all about equal{why}, so this run is "
+            f"behaviour cloning of the data; a smaller --beta (or returns that differ more) makes the weighting act")
 
 
 def tag(name: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.errors import InputError
-from hsrl.rl.metrics import METRICS, read_metrics
+from hsrl.rl.metrics import METRICS, read_metrics, weighting_note
 
 SKIP = {"step", "wall_time"}
 
@@ -31,6 +31,30 @@ class PlotConfig:
                                                                           "logged, in a fixed order)"})
     smooth: float = dataclasses.field(default=0.0, metadata={"help": "exponential moving average factor in [0, 1) (0: raw)"})
     labels: tuple[str, ...] | None = dataclasses.field(default=None, metadata={"help": "legend labels, one per run"})
+
+    def check(self) -> None:
+        check_plot_args(self.runs, self.smooth, self.labels)
+        for run in self.runs:
+            if not Path(run).exists():
+                raise FileNotFoundError(f"{run}: no such run folder or metrics file")
+
+
+def check_plot_args(runs: Sequence, smooth: float, labels: Sequence | None) -> None:
+    if not runs:
+        raise InputError("give at least one run folder")
+    if not 0 <= smooth < 1:
+        raise InputError(f"--smooth must lie in [0, 1), got {smooth}")
+    if labels is not None and len(labels) != len(runs):
+        raise InputError(f"{len(labels)} labels for {len(runs)} runs")
+
+
+def _all_zero(data: list[dict], metric: str) -> bool:
+    return all(np.all(np.asarray(run[metric][1]) == 0) for run in data if metric in run)
+
+
+def _last_values(path: Path) -> dict:
+    lines = read_metrics(path)
+    return lines[-1] if lines else {}
 
 
 def ema(values: np.ndarray, factor: float) -> np.ndarray:
@@ -74,20 +98,19 @@ def _label(path: Path) -> str:
 
 def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
               metrics: Sequence[str] | None = None, smooth: float = 0.0,
-              labels: Sequence[str] | None = None) -> list[Path]:
-    """Write DIR/<metric>.png per metric and DIR/curves.png (a grid); return the paths written."""
+              labels: Sequence[str] | None = None, notes: list[str] | None = None) -> list[Path]:
+    """Write DIR/<metric>.png per metric and DIR/curves.png (a grid); return the paths written.
+
+    Without `metrics`, achievement curves that stay at zero in every run are left out (named in the grid's title).
+    `notes`, when given, receives one line per thing the reader should know: the panels left out, and AWR runs whose
+    weighting does nothing (`hsrl.rl.metrics.weighting_note` of the last line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not runs:
-        raise InputError("give at least one run folder")
-    if not 0 <= smooth < 1:
-        raise InputError(f"--smooth must lie in [0, 1), got {smooth}")
+    check_plot_args(runs, smooth, labels)
     paths = [Path(r) for r in runs]
-    if labels is not None and len(labels) != len(paths):
-        raise InputError(f"{len(labels)} labels for {len(paths)} runs")
     data = [curves(read_metrics(p)) for p in paths]
     names = labels or [_label(p) for p in paths]
     available = set().union(*[set(d) for d in data])
@@ -98,6 +121,16 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
         chosen = list(metrics)
     else:
         chosen = _order(available)
+    flat = [] if metrics else [m for m in chosen if m.startswith("achievements/") and _all_zero(data, m)]
+    chosen = [m for m in chosen if m not in flat]
+    notes = notes if notes is not None else []
+    if flat:
+        notes.append(f"left out {len(flat)} achievement curves that stay at 0 in every run: "
+                     f"{', '.join(m.split('/', 1)[1] for m in flat)}")
+    for path, name in zip(paths, names):
+        note = weighting_note(_last_values(path))
+        if note:
+            notes.append(f"{name}: {note}")
     if not chosen:
         raise InputError("the runs have no metric lines yet")
     folder = Path(out) if out else (paths[0] / "plots" if len(paths) == 1 and paths[0].is_dir() else Path("plots"))
@@ -111,6 +144,7 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
         group = METRICS.get(metric, ("", ""))[0]
         ax.set_title(f"{group}/{metric}" if group else metric, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(metric.rsplit("/", 1)[-1], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
 
@@ -133,6 +167,9 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
         ax.axis("off")
     handles, labels_ = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels_, loc="upper right", fontsize=8)
+    if flat:
+        fig.suptitle(f"{len(flat)} achievements never unlocked (not drawn): "
+                     f"{', '.join(m.split('/', 1)[1] for m in flat)}", fontsize=8, wrap=True)
     fig.tight_layout()
     path = folder / "curves.png"
     fig.savefig(path, dpi=100)

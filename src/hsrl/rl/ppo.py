@@ -44,7 +44,7 @@ class OnlineConfig(SpecFlags):
     --out, checkpoints that `hsrl eval` and `--checkpoint` accept, and a final summary.
     """
 
-    env: str = field(default="Craftax-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
+    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
     envs: int = field(default=128, metadata={"help": "parallel environments"})
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
@@ -83,6 +83,15 @@ class OnlineConfig(SpecFlags):
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise InputError(f"--envs x --num-steps ({self.envs * self.num_steps}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
+        for name in ("lr", "clip_eps", "max_grad_norm", "width", "save_every"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise InputError("--gamma and --gae-lambda must lie in [0, 1]")
+        if self.hidden:
+            from hsrl.env.catalog import env_info
+
+            self.check_llm(env_info(self.env).variant)
 
 
 class Norm(NamedTuple):
@@ -248,7 +257,8 @@ class UpdateTimes:
 
     def add(self, *, rollout: float, update: float, whole: float, llm: float, text: float, steps: int,
             compiling: bool) -> dict:
-        """Record one update's seconds; its `time/*_share` and `llm/time_share` metrics."""
+        """Record one update's seconds; its `time/*_share` metrics (the LLM's share is `time/llm_share`, the text
+        rendering's `time/text_share`: one name per fact)."""
         parts = {"env_policy": rollout - llm - text, "llm": llm, "text": text, "update": update}
         parts["other"] = max(0.0, whole - sum(parts.values()))
         wall = sum(parts.values())
@@ -258,7 +268,7 @@ class UpdateTimes:
             for k, v in parts.items():
                 self.totals[k] += v
             self.timed_steps += steps
-        return {**{f"time/{k}_share": v / wall for k, v in parts.items()}, "llm/time_share": (llm + text) / wall}
+        return {f"time/{k}_share": v / wall for k, v in parts.items()}
 
     def summary(self) -> dict:
         wall = sum(self.totals.values())

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-from hsrl.errors import InputError
 from hsrl.serve.server import ServeConfig
 from hsrl.serve.wire import TOKEN_ENV
 
@@ -24,20 +23,14 @@ def run_serve(config: ServeConfig) -> int:
     """Serve until interrupted; exits 1 if the model fails to load."""
     import uvicorn
 
-    from hsrl.env.catalog import check_env_name
     from hsrl.serve.server import create_app
 
-    check_env_name(config.env)
-    if not 0 <= config.port < 65536:
-        raise InputError(f"--port must be in 0..65535, got {config.port}")
     token = config.token if config.token is not None else os.environ.get(TOKEN_ENV) or None
     settings = config.settings(token)
     if not _is_loopback(config.host) and token is None:
         print(f"hsrl serve: warning: binding {config.host} without a bearer token: anyone who can reach the port "
               f"can use the model (set ${TOKEN_ENV})", file=sys.stderr)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.ray is None and (config.replicas != 1 or config.gpus_per_replica != 0):
-        raise InputError("--replicas and --gpus-per-replica need --ray")
     if config.ray is not None:
         from hsrl.serve.ray_serve import serve_forever
 

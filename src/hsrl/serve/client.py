@@ -8,25 +8,29 @@
         hidden = client.hidden_states(images=frames)              # input='image' servers: (B, H, W, 3) frames
         result = client.extract(texts=["..."])                   # .hidden_state, .generated_text, .spec_hash
 
-Connection errors, timeouts and 5xx answers are retried with exponential backoff (the request is a pure function
-of its body, so retrying is safe); 4xx answers are not. When it cannot get an answer the client raises
+`check_reachable()` asks /health once with a short timeout and fails at once when nothing answers (eval calls it
+before any work). Connection errors, timeouts and 5xx answers are retried with exponential backoff (the request is a
+pure function of its body, so retrying is safe), each retry reported on stderr as it happens; 4xx answers are not. When it cannot get an answer the client raises
 `ServerError`: it never returns zeros or a partial batch. Batches larger than the server's per-request maximum
 are split into several requests and joined.
 """
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
+from hsrl.errors import UserError
 from hsrl.pixels import pixels_to_uint8
 from hsrl.serve.wire import HEALTH_PATH, HIDDEN_STATES_PATH, STATS_PATH, TOKEN_ENV, decode_array, encode_array
 
 
-class ServerError(RuntimeError):
-    """The server could not be reached or answered with an error. `status`: the HTTP status (None: no answer)."""
+class ServerError(UserError, RuntimeError):
+    """The server could not be reached or answered with an error. `status`: the HTTP status (None: no answer).
+    A `UserError`: the command line prints it as one line (the message names the URL and what happened)."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -81,7 +85,9 @@ class HiddenStateClient:
         last: ServerError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+                wait = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                print(f"hsrl: {last}; retry {attempt}/{self.retries} in {wait:.2g} s", file=sys.stderr, flush=True)
+                time.sleep(wait)
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as err:
@@ -101,6 +107,22 @@ class HiddenStateClient:
         raise ServerError(f"{last} (gave up after {self.retries + 1} attempts)", last.status)
 
     # ---- routes --------------------------------------------------------------------------------------------------
+
+    def check_reachable(self, timeout: float = 3.0) -> dict:
+        """The server's /health from one request with a short timeout, no retry; ServerError at once when nothing
+        answers there (or the answer is not a health)."""
+        try:
+            response = self._http.get(HEALTH_PATH, timeout=timeout)
+        except httpx.TransportError as err:
+            raise ServerError(f"no hidden-state server answers at {self.url} (GET {HEALTH_PATH}, {timeout:.0f} s: "
+                              f"{type(err).__name__}: {err}); start one with `hsrl serve` or check --server") from None
+        if response.status_code != 200:
+            raise ServerError(f"{self.url}{HEALTH_PATH} answered {response.status_code}: {_detail(response)} (is "
+                              f"this an `hsrl serve` server?)", response.status_code)
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerError(f"{self.url}{HEALTH_PATH} did not answer JSON: not an `hsrl serve` server") from None
 
     def health(self) -> dict:
         """The server's /health: ready, model, hidden_size, spec_json, spec_hash, env, limits."""

@@ -127,6 +127,25 @@ class ServeConfig(SpecFlags):
     replicas: int = field(default=1, metadata={"help": "Ray: model replicas (each loads the model once; Ray places them on any node)"})
     gpus_per_replica: float = field(default=0.0, metadata={"help": "Ray: GPUs per replica (0 = CPU replicas)"})
 
+    def check(self) -> None:
+        """Every flag, before the model loads or the port is bound."""
+        from hsrl.env.catalog import check_env_name, env_info
+
+        check_env_name(self.env)
+        if not 0 <= self.port < 65536:
+            raise InputError(f"--port must be in 0..65535, got {self.port}")
+        for name in ("max_batch", "max_request", "max_text_chars", "replicas"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.gpus_per_replica < 0:
+            raise InputError("--max-wait-ms and --gpus-per-replica must not be negative")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise InputError(f"--log-level {self.log_level!r}: one of critical, error, warning, info, debug")
+        if self.ray is None and (self.replicas != 1 or self.gpus_per_replica != 0):
+            raise InputError("--replicas and --gpus-per-replica need --ray")
+        self.settings(None)
+        self.check_llm(env_info(self.env).variant)
+
     def spec(self):
         from hsrl.env.catalog import env_info
 
