@@ -28,6 +28,7 @@ import numpy as np
 
 from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
+from hsrl.llm.flags import CacheFlags
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
@@ -35,7 +36,7 @@ DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(CacheFlags):
     """Evaluate a checkpoint with hidden-state ablations; writes JSON, a markdown table and a PNG chart."""
 
     checkpoint: str = field(metadata={"positional": True, "help": "run folder, checkpoints folder or checkpoint file"})
@@ -236,7 +237,8 @@ def evaluate(config: EvalConfig) -> dict:
         else:
             from hsrl.llm import ExtractionSpec, make_extractor
 
-            source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json), device=config.device))
+            source = ExtractorSource(make_extractor(ExtractionSpec.from_json(policy.spec_json),
+                                                    cache=config.state_cache(), device=config.device))
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.llm.flags import SpecFlags
+from hsrl.llm.flags import CacheFlags, SpecFlags
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
@@ -335,7 +335,8 @@ def label_dataset(config: LabelConfig) -> LabelSummary:
         from hsrl.llm import make_extractor
 
         spec = config.extraction_spec(_variant(meta))
-        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        extractor = make_extractor(spec, cache=config.state_cache(), device=config.device,
+                                   batch_size=config.batch_size)
         return Labeller(extractor, config.batch_size, config.save_token_states)
 
     return _label_folder(config.in_dir, config.out_dir, make, config, "label")
@@ -348,7 +349,7 @@ def run_label(config: LabelConfig) -> int:
 
 
 @dataclass(frozen=True)
-class ExtractConfig(RayFlags):
+class ExtractConfig(CacheFlags, RayFlags):
     """Re-extract hidden states of already labelled data for another layer or pooling.
 
     Reads the extraction spec and generated token ids (generated_ids) of IN_DIR's chunks and runs one prefill forward
@@ -375,7 +376,8 @@ def extract_dataset(config: ExtractConfig) -> LabelSummary:
             raise DataFileError(None, "meta", "not labelled (no extraction spec): run `hsrl label` first")
         source = ExtractionSpec.from_json(meta.spec_json)
         spec = source.replace(layer=config.layer, pooling=config.pooling)
-        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        extractor = make_extractor(spec, cache=config.state_cache(), device=config.device,
+                                   batch_size=config.batch_size)
         mode = "reextract" if source.generates else "label"
         return Labeller(extractor, config.batch_size, config.save_token_states, mode=mode)
 
