@@ -78,11 +78,17 @@ class LabelSummary:
     samples: int = 0
     seconds: float = 0.0  # labelling time, model loading excluded
     load_seconds: float = 0.0
+    cache: dict | None = None  # the state cache's hits, misses, rejected entries (in-process labelling with a cache)
 
     def report(self) -> str:
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
                  f"{len(self.skipped)} already done, {len(self.failed)} failed (model load {self.load_seconds:.1f} s)"]
+        if self.cache:
+            asked = self.cache["hits"] + self.cache["misses"]
+            lines.append(f"state cache: {self.cache['hits']} of {asked} samples found "
+                         f"({self.cache['hits'] / max(asked, 1):.1%} hit rate), {self.cache['rejected']} bad entries "
+                         f"recomputed")
         lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
         return "\n".join(lines)
 
@@ -313,6 +319,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str) -
         except DataFileError as err:
             summary.failed[f.name] = str(err)
     bar.close()
+    if labeller is not None and labeller.extractor.cache is not None:
+        summary.cache = labeller.extractor.cache.counts()
     with contextlib.suppress(OSError):  # only when empty: another file's saved batches stay for the rerun
         (out / PARTIAL_DIR).rmdir()
     summary.seconds = time.perf_counter() - start - summary.load_seconds

@@ -5,14 +5,16 @@ A rollout is a jitted `lax.scan` over environment steps carrying a `Runner`. Bef
 asks the host, through one `io_callback`, for the states of the environments that need one:
   - every `skip_n` environment steps, all environments at once (one batched call), and
   - at once, environments whose episode just reset, so no episode acts on the previous episode's state.
-Between refreshes the last state of each environment is reused.
+Between refreshes the last state of each environment is reused. Given the env's pool of fresh worlds
+(`refresh(..., pool=env.pool_observations(state))`, online PPO), `LiveHidden.with_pool` computes a new pool's
+first states in one batch and gives a resetting environment its world's state from there, without a call.
 
 The host side is `LiveHidden`: it renders the asked observations as text with `hsrl.text` (when the spec
 reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`: a small
 interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
   - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
   - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
-A cache of states, or another transport, is one more source.
+Another transport is one more source; the state cache (`hsrl.llm.cache`) lives in the extractor.
 
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
 state extracted so far, with each dimension's std floored relative to the states' own scale

@@ -50,7 +50,8 @@ class OnlineConfig(SpecFlags):
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
     llm_batch_size: int = field(default=64, metadata={"help": "samples per LLM forward pass"})
-    reset_pool: int | None = field(default=None, metadata={"help": "fresh worlds generated at a time for resets; their first states are computed in one LLM batch when generated (default: --envs with the LLM, --envs/32 without)"})
+    reset_pool: int | None = field(default=None, metadata={"help": "fresh worlds generated at a time for resets; their first states are computed in one LLM batch when generated (default: --envs with the LLM and --pool-states, else --envs/32)"})
+    pool_states: bool = field(default=True, metadata={"help": "compute the reset pool's first states in one batch when the pool is made and look resets up there (--no-pool-states: one LLM call per step with resets, the old way)"})
     server: str | None = field(default=None, metadata={"help": "read hidden states from this hidden-state server (`hsrl serve`, `hsrl serve --ray`) instead of loading the model here; its /health spec is checked against the spec flags first"})
     token: str | None = field(default=None, metadata={"help": "bearer token of --server (or env HSRL_SERVE_TOKEN)"})
     hidden: bool = field(default=True, metadata={"help": "read live hidden states (default: on; --no-hidden: the "
@@ -131,13 +132,16 @@ def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
     """Jitted `(params, runner, norm) -> (runner, transitions, last_value)` over `num_steps` steps."""
     E = config.envs
 
+    def pool(runner):  # the fresh worlds' observations, when resets look their states up there
+        return env.pool_observations(runner.env_state) if config.pool_states else None
+
     def policy(params, obs, hidden, norm):
         h = normalize_hidden(hidden, norm) if live is not None else None
         return apply_fn(params, obs, h)
 
     def step(carry, _):
         params, runner, norm = carry
-        runner = refresh(runner, live, config.skip_n, env.pool_observations(runner.env_state))
+        runner = refresh(runner, live, config.skip_n, pool(runner))
         key, k_act, k_env = jax.random.split(runner.key, 3)
         logits, value = policy(params, runner.obs, runner.hidden, norm)
         action = jax.random.categorical(k_act, logits)
@@ -149,7 +153,7 @@ def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
 
     def rollout(params, runner, norm):
         (_, runner, _), traj = jax.lax.scan(step, (params, runner, norm), None, length=config.num_steps)
-        runner = refresh(runner, live, config.skip_n, env.pool_observations(runner.env_state))  # value of the last observation needs its state (resets)
+        runner = refresh(runner, live, config.skip_n, pool(runner))  # value of the last observation needs its state (resets)
         _, last_value = policy(params, runner.obs, runner.hidden, norm)
         return runner, traj, last_value
 
@@ -354,7 +358,7 @@ def train_online(config: OnlineConfig) -> dict:
 
     config.check()
     out = Path(config.out)
-    reset_pool = config.reset_pool or (config.envs if config.hidden else None)
+    reset_pool = config.reset_pool or (config.envs if config.hidden and config.pool_states else None)
     env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True)
     info = env.info
 
