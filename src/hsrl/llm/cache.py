@@ -122,7 +122,8 @@ class StateCache:
     """Memory (and optionally LMDB on disk) cache of `CachedState`s by `entry_key`. Thread-safe.
 
     Counts `hits`, `misses` and `rejected` (entries found but failing their checks); `hit_rate` is
-    hits / (hits + misses) over every lookup so far.
+    hits / (hits + misses) over every lookup so far: the share of samples not computed (a duplicate within
+    one batch, computed once, counts as a hit).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
@@ -174,6 +175,11 @@ class StateCache:
         self.hits += found
         self.misses += len(keys) - found
         return out
+
+    def count_duplicates(self, n: int) -> None:
+        """n samples missed but computed by another sample of their batch: hits after all (not computed)."""
+        self.hits += n
+        self.misses -= n
 
     def put_many(self, items: list[tuple[bytes, CachedState]]) -> None:
         """Store entries in memory and (one transaction) on disk."""

@@ -147,6 +147,7 @@ class Extractor(ABC):
                                             bool(result.finished[j])))
                    for j, i in enumerate(todo)]
             self.cache.put_many(new)
+            self.cache.count_duplicates(sum(state is None for state in found) - len(todo))
             computed = dict(new)
             found = [state if state is not None else computed[d] for d, state in zip(digests, found)]
         stacked = np.stack([s.hidden for s in found], axis=1)  # (L, B, H)
