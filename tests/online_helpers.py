@@ -26,7 +26,7 @@ def check_refresh(extractor):
     from hsrl.text import render_text
 
     config = OnlineConfig(env=ENV, envs=3, num_steps=12, skip_n=5, num_minibatches=1)
-    env = make_env(ENV, 3, with_symbolic=True)
+    env = make_env(ENV, 3, reset_pool=3, with_symbolic=True)
     live = LiveHidden("classic", None, ExtractorSource(extractor))
     net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape,
                         hidden_size=extractor.hidden_size, width=32)
@@ -37,7 +37,10 @@ def check_refresh(extractor):
     runner = runner._replace(env_state=runner.env_state._replace(env_state=runner.env_state.env_state.replace(timestep=t)))
     stats = live.stats()
     rollout = make_rollout(config, env, make_network(net).apply, live)
+    calls = live.calls
     _, traj, _ = rollout(params, runner, Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
+    # the pool's 3 first states were computed in one call; the reset at step 1 took its state from them
+    assert live.pool_hits >= 1 and live.calls - calls <= 4  # the pool, steps 5 and 10, the final refresh
     obs, hidden, done = map(np.asarray, (traj.obs, traj.hidden, traj.done))
     assert done[0, 1] and not done[1:4, 1].any()
 

@@ -67,7 +67,37 @@ def test_short_online_run_with_llm_writes_a_loadable_checkpoint(tmp_path):
     lines = read_metrics(out)
     assert len(lines) == 2 and "time/llm_share" in lines[-1] and "hidden/mean_pairwise_cosine" in lines[-1]
     assert "llm/time_share" not in lines[-1]  # one name per fact: the LLM's share is time/llm_share
-    assert lines[-1]["llm/calls"] >= 3
+    assert lines[-1]["llm/calls"] >= 3 and lines[-1]["llm/calls_per_update"] >= 1
+    assert 0 <= lines[-1]["llm/cache_hit_rate"] <= 1 and lines[-1]["llm/mean_call_batch"] >= 1
+
+
+def test_online_reads_states_from_a_server_and_checkpoints(tmp_path):
+    from hsrl.errors import InputError
+    from hsrl.llm import ExtractionSpec, make_extractor
+    from hsrl.rl.checkpoint import load_policy
+    from hsrl.rl.metrics import read_metrics
+    from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
+
+    spec = ExtractionSpec(model="minilm", variant="classic")
+    served = make_extractor(spec, cache=None, device="cpu")
+    app = create_app(spec, ServerSettings(env=ENV), extractor=served)
+    server, thread, port = serve_in_thread(app)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(InputError, match="pooling"):
+            train_online(OnlineConfig(env=ENV, envs=4, steps=64, num_steps=16, num_minibatches=2, server=url,
+                                      pooling="last", out=str(tmp_path / "bad"), progress=False))
+        out = tmp_path / "run"
+        summary = train_online(OnlineConfig(env=ENV, envs=4, steps=128, num_steps=16, skip_n=8, num_minibatches=2,
+                                            width=32, server=url, out=str(out), progress=False))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert summary["llm"] and summary["spec_hash"] == served.spec.hash and summary["llm_calls"] >= 3
+    policy = load_policy(out)
+    assert policy.uses_hidden and policy.spec_json == served.spec.to_json() and policy.network.hidden_size == 384
+    last = read_metrics(out)[-1]
+    assert last["llm/calls_per_update"] >= 1 and last["llm/mean_call_batch"] >= 1
 
 
 def test_no_hidden_baseline_runs(tmp_path):

@@ -86,7 +86,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
             continue
         flag = "--" + field.name.replace("_", "-")
-        if tp is bool:
+        if field.metadata.get("flag_only"):  # e.g. `--no-cache`: a switch with no negated form
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=_with_default(help_text, default))
         else:

@@ -29,6 +29,7 @@ import numpy as np
 from hsrl.atomic import write_text_atomic
 from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
+from hsrl.llm.flags import CacheFlags
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
@@ -36,7 +37,7 @@ DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(CacheFlags):
     """Evaluate a checkpoint with hidden-state ablations; writes JSON, a markdown table and a PNG chart."""
 
     checkpoint: str = field(metadata={"positional": True, "help": "run folder, checkpoints folder or checkpoint file"})
@@ -271,7 +272,7 @@ def evaluate(config: EvalConfig) -> dict:
 
             spec = ExtractionSpec.from_json(policy.spec_json)
             check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
-            source = ExtractorSource(make_extractor(spec, device=config.device))
+            source = ExtractorSource(make_extractor(spec, cache=config.state_cache(), device=config.device))
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.llm.flags import SpecFlags
+from hsrl.llm.flags import CacheFlags, SpecFlags
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
@@ -87,6 +87,7 @@ class LabelSummary:
     samples: int = 0
     seconds: float = 0.0  # labelling time, model loading excluded
     load_seconds: float = 0.0
+    cache: dict | None = None  # the state cache's hits, misses, rejected entries (in-process labelling with a cache)
 
     def report(self) -> str:
         if self.skipped and not self.labelled and not self.failed:  # a rerun with nothing to do: one line
@@ -94,6 +95,11 @@ class LabelSummary:
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         lines = [f"labelled {len(self.labelled)} files ({self.samples} samples, {rate:.1f} samples/s), "
                  f"{len(self.skipped)} already done, {len(self.failed)} failed (model load {self.load_seconds:.1f} s)"]
+        if self.cache:
+            asked = self.cache["hits"] + self.cache["misses"]
+            lines.append(f"state cache: {self.cache['hits']} of {asked} samples found "
+                         f"({self.cache['hits'] / max(asked, 1):.1%} hit rate), {self.cache['rejected']} bad entries "
+                         f"recomputed")
         lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
         return "\n".join(lines)
 
@@ -364,6 +370,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
         except DataFileError as err:
             summary.failed[f.name] = str(err)
     bar.close()
+    if labeller is not None and labeller.extractor.cache is not None:
+        summary.cache = labeller.extractor.cache.counts()
     with contextlib.suppress(OSError):  # only when empty: another file's saved batches stay for the rerun
         (out / PARTIAL_DIR).rmdir()
     summary.seconds = time.perf_counter() - start - summary.load_seconds
@@ -403,7 +411,8 @@ def label_dataset(config: LabelConfig) -> LabelSummary:
         from hsrl.llm import make_extractor
 
         spec = config.extraction_spec(_variant(meta))
-        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        extractor = make_extractor(spec, cache=config.state_cache(), device=config.device,
+                                   batch_size=config.batch_size)
         return Labeller(extractor, config.batch_size, config.save_token_states)
 
     return _label_folder(config.in_dir, config.out_dir, make, config, "label",
@@ -417,7 +426,7 @@ def run_label(config: LabelConfig) -> int:
 
 
 @dataclass(frozen=True)
-class ExtractConfig(RayFlags):
+class ExtractConfig(CacheFlags, RayFlags):
     """Re-extract hidden states of already labelled data for another layer or pooling.
 
     Reads the extraction spec and generated token ids (generated_ids) of IN_DIR's chunks and runs one prefill forward
@@ -462,7 +471,8 @@ def extract_dataset(config: ExtractConfig) -> LabelSummary:
 
         spec = config.requested_spec(meta)
         source = ExtractionSpec.from_json(meta.spec_json)
-        extractor = make_extractor(spec, device=config.device, batch_size=config.batch_size)
+        extractor = make_extractor(spec, cache=config.state_cache(), device=config.device,
+                                   batch_size=config.batch_size)
         mode = "reextract" if source.generates else "label"
         return Labeller(extractor, config.batch_size, config.save_token_states, mode=mode)
 

@@ -77,6 +77,12 @@ class BatchedEnv:
             raise ValueError("this env was made without with_symbolic=True")
         return jax.vmap(self._symbolic_env.get_obs)(env_state)
 
+    def pool_observations(self, state: LogState) -> tuple[jax.Array, jax.Array]:
+        """(symbolic, env) observations of the fresh worlds in the pool: the first observations the next
+        finishing episodes will get (`step` gives them out in order)."""
+        symbolic = state.fresh_obs if not self.info.pixels else self.symbolic_obs(state.fresh_state)
+        return symbolic, state.fresh_obs
+
     def _reset_worlds(self, key: jax.Array, n: int):
         worlds = jax.vmap(self._env.reset_env, in_axes=(0, None))(jax.random.split(key, n), self.params)
         # Craftax leaves some fields weakly typed; strong types keep reset and step states identical

@@ -4,8 +4,17 @@ from hsrl.llm.extractor import Extractor
 from hsrl.llm.spec import ExtractionSpec
 
 
-def make_extractor(spec: ExtractionSpec, **kwargs) -> Extractor:
-    """The backend that `spec.backend` names, loaded and ready (kwargs go to the backend's constructor)."""
+def make_extractor(spec: ExtractionSpec, cache=None, **kwargs) -> Extractor:
+    """The backend that `spec.backend` names, loaded and ready (kwargs go to the backend's constructor).
+
+    cache: a `hsrl.llm.cache.StateCache` (e.g. `CacheFlags.state_cache()`) the extractor looks states up in and
+    stores them to, or None (every state computed)."""
+    extractor = _load(spec, **kwargs)
+    extractor.cache = cache
+    return extractor
+
+
+def _load(spec: ExtractionSpec, **kwargs) -> Extractor:
     if spec.backend == "transformers" and spec.reads_images:
         from hsrl.llm.vision_backend import VisionExtractor
 

@@ -80,6 +80,7 @@ class Extractor(ABC):
     tokenizer: object  # the model's tokenizer (decodes generated ids, tokenizes generated text to re-extract)
     context_length: int  # most tokens a prompt plus its generation may hold
     _eos_ids: list[int]
+    cache = None  # a `hsrl.llm.cache.StateCache`, or None: every state computed (`make_extractor(..., cache=)`)
 
     # ---- the shared steps -------------------------------------------------------------------------------------
 
@@ -100,16 +101,64 @@ class Extractor(ABC):
         observation gives the same generation whatever else is in the batch.
         """
         texts, images, _ = self._inputs(observations, images)
-        self._layers(layers)  # refuse layers this extractor cannot give before any work
+        asked, _ = self._layers(layers)  # refuse layers this extractor cannot give before any work
         rows, observation_ranges = self._encode(texts, images)
         lengths = [len(r) for r in rows]
+        keys = None
         if self.spec.generates:
             self._check_lengths(rows, lengths, self.spec.tokens)
             keys = self._sample_keys(texts, images, seeds)
-            return self._run_generation(rows, lengths, layers, return_token_states, keys)
-        self._check_lengths(rows, lengths, 0)
-        ranges = self._prompt_only_ranges(rows, lengths, observation_ranges)
-        return self._run_prefill(rows, ranges, lengths, layers, return_token_states)
+            ranges = None
+        else:
+            self._check_lengths(rows, lengths, 0)
+            ranges = self._prompt_only_ranges(rows, lengths, observation_ranges)
+        if self.cache is None or return_token_states:
+            return self._compute(rows, lengths, ranges, keys, layers, return_token_states)
+        return self._cached(rows, lengths, ranges, keys, layers, tuple(dict.fromkeys(asked)), images)
+
+    def _compute(self, rows, lengths, ranges, keys, layers, want_tokens: bool) -> ExtractionResult:
+        """Run the backend: generation when `keys` are given, else one prefill pooled over `ranges`."""
+        if keys is not None:
+            return self._run_generation(rows, lengths, layers, want_tokens, keys)
+        return self._run_prefill(rows, ranges, lengths, layers, want_tokens)
+
+    def _cached(self, rows, lengths, ranges, keys, layers, asked: tuple[int, ...], images) -> ExtractionResult:
+        """`_compute` through `self.cache` (`hsrl.llm.cache`): each distinct model input not already cached is
+        computed once (duplicates in the batch included) and stored; the result is assembled in the input order."""
+        from hsrl.llm.cache import CachedState, entry_key, input_hash
+
+        spec_hash = self.spec.hash
+        digests = [entry_key(spec_hash, asked, input_hash(row, None if images is None else images[i],
+                                                          None if keys is None else keys[i]))
+                   for i, row in enumerate(rows)]
+        found = self.cache.get_many(digests, (len(asked), self.hidden_size))
+        first: dict[bytes, int] = {}
+        for i, (digest, state) in enumerate(zip(digests, found)):
+            if state is None and digest not in first:
+                first[digest] = i
+        if first:
+            todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            result = self._compute([rows[i] for i in todo], [lengths[i] for i in todo],
+                                   None if ranges is None else ranges[todo], None if keys is None else [keys[i] for i in todo],
+                                   asked, False)
+            hidden = result.stacked()
+            new = [(digests[i], CachedState(hidden[:, j].copy(), list(result.generated_ids[j]), result.generated_text[j],
+                                            int(result.num_tokens[j]), int(result.prompt_tokens[j]),
+                                            bool(result.finished[j])))
+                   for j, i in enumerate(todo)]
+            self.cache.put_many(new)
+            self.cache.count_duplicates(sum(state is None for state in found) - len(todo))
+            computed = dict(new)
+            found = [state if state is not None else computed[d] for d, state in zip(digests, found)]
+        stacked = np.stack([s.hidden for s in found], axis=1)  # (L, B, H)
+        return ExtractionResult(
+            hidden={layer: stacked[k] for k, layer in enumerate(asked)},
+            generated_text=[s.generated_text for s in found],
+            generated_ids=[list(s.generated_ids) for s in found],
+            num_tokens=np.array([s.num_tokens for s in found], dtype=np.int64),
+            prompt_tokens=np.array([s.prompt_tokens for s in found], dtype=np.int64),
+            finished=np.array([s.finished for s in found], dtype=bool),
+        )
 
     def reextract(
         self,

@@ -1,5 +1,6 @@
 """The command-line flags that make an `ExtractionSpec`, shared by every verb that runs an LLM
-(`label`, `serve`, `online`): one definition, one help text, one way to build the spec."""
+(`label`, `serve`, `online`): one definition, one help text, one way to build the spec; and the cache flags
+(`--cache DIR`, `--no-cache`), shared with `eval`."""
 
 from dataclasses import dataclass, field
 
@@ -8,7 +9,28 @@ from hsrl.llm.spec import ExtractionSpec
 
 
 @dataclass(frozen=True, kw_only=True)
-class SpecFlags:
+class CacheFlags:
+    """Where extracted states are cached (`hsrl.llm.cache`): not part of the spec (a cache never changes a state)."""
+
+    cache: str | None = field(default=None, metadata={"help": "also keep extracted states on disk in this folder (LMDB), shared across runs and processes (default: in memory for this run only)", "metavar": "DIR"})
+    no_cache: bool = field(default=False, metadata={"help": "compute every state, even one computed before (no cache at all)", "flag_only": True})
+
+    def state_cache(self):
+        """The `StateCache` these flags ask for, or None (--no-cache)."""
+        if self.no_cache:
+            if self.cache:
+                raise InputError("--cache and --no-cache contradict each other: pick one")
+            return None
+        from hsrl.llm.cache import StateCache
+
+        try:
+            return StateCache(self.cache)
+        except NotADirectoryError as err:
+            raise InputError(str(err)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecFlags(CacheFlags):
     model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking, qwen3-vl-4b with --input image), HuggingFace id or local path"})
     layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
     tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})

@@ -5,14 +5,16 @@ A rollout is a jitted `lax.scan` over environment steps carrying a `Runner`. Bef
 asks the host, through one `io_callback`, for the states of the environments that need one:
   - every `skip_n` environment steps, all environments at once (one batched call), and
   - at once, environments whose episode just reset, so no episode acts on the previous episode's state.
-Between refreshes the last state of each environment is reused.
+Between refreshes the last state of each environment is reused. Given the env's pool of fresh worlds
+(`refresh(..., pool=env.pool_observations(state))`, online PPO), `LiveHidden.with_pool` computes a new pool's
+first states in one batch and gives a resetting environment its world's state from there, without a call.
 
 The host side is `LiveHidden`: it renders the asked observations as text with `hsrl.text` (when the spec
 reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`: a small
 interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
   - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
   - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
-A cache of states, or another transport, is one more source.
+Another transport is one more source; the state cache (`hsrl.llm.cache`) lives in the extractor.
 
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
 state extracted so far, with each dimension's std floored relative to the states' own scale
@@ -22,6 +24,7 @@ first update) then give z-scores of the order of their distance in units of the 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import NamedTuple, Protocol
 
@@ -90,11 +93,14 @@ class Runner(NamedTuple):
         return Runner(env_state, obs, sym, self.hidden, done, self.since_refresh + 1, key)
 
 
-def refresh(runner: Runner, hidden_fn, skip_n: int) -> Runner:
+def refresh(runner: Runner, hidden_fn, skip_n: int, pool=None) -> Runner:
     """New hidden states for the environments that need one (fresh episodes, or all every `skip_n` steps).
 
     `hidden_fn(sym, mask[, pixels]) -> (E, H)` runs on the host (`LiveHidden`, or an ablation wrapping it);
     it has `hidden_size` and `reads_images`. None: the policy reads no hidden state, nothing changes.
+    pool: the env's `pool_observations` (symbolic, env observations of the fresh worlds episodes reset into),
+    for a `hidden_fn` with `with_pool` (`LiveHidden`): it computes a new pool's states in one batch and looks
+    resets up there.
     """
     if hidden_fn is None:
         return runner
@@ -104,7 +110,12 @@ def refresh(runner: Runner, hidden_fn, skip_n: int) -> Runner:
 
     def call(_):
         frames = (runner.obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
-        new = io_callback(hidden_fn, shape, runner.sym, mask, *frames, ordered=False)
+        if pool is not None and hasattr(hidden_fn, "with_pool"):
+            pool_frames = (pool[1],) if hidden_fn.reads_images else ()
+            new = io_callback(hidden_fn.with_pool, shape, runner.sym, mask, pool[0], *frames, *pool_frames,
+                              ordered=False)
+        else:
+            new = io_callback(hidden_fn, shape, runner.sym, mask, *frames, ordered=False)
         return jnp.where(mask[:, None], new, runner.hidden)
 
     hidden = jax.lax.cond(mask.any(), call, lambda _: runner.hidden, None)
@@ -129,9 +140,12 @@ class LiveHidden:
         self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)
-        self.calls = self.samples = 0
+        self.calls = self.samples = 0  # calls to the source and the samples asked in them
+        self.pool_hits = 0  # states of fresh episodes found among their pool's states (no call)
         self.llm_seconds = self.text_seconds = 0.0
         self.last_batch: np.ndarray | None = None
+        self._pool_digest: bytes | None = None
+        self._pool_states: dict[bytes, np.ndarray] = {}
 
     def states(self, sym: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         """(n, H) raw pooled states of n observations: symbolic vectors (rendered as text when the spec reads
@@ -150,10 +164,46 @@ class LiveHidden:
         self.samples += len(sym)
         return states
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+    @staticmethod
+    def _obs_key(sym_row: np.ndarray, pixel_row: np.ndarray | None) -> bytes:
+        return sym_row.tobytes() + (b"" if pixel_row is None else pixel_row.tobytes())
+
+    def with_pool(self, sym, mask, pool_sym, pixels=None, pool_pixels=None) -> np.ndarray:
+        """As `__call__`, given the env's pool of fresh worlds (`BatchedEnv.pool_observations`): when the pool is
+        new, its states are computed in one batch; environments asked whose observation is one of the pool's (an
+        episode that just reset) get that state without a call of their own."""
+        pool_sym = np.asarray(pool_sym)
+        pool_pixels = None if pool_pixels is None else np.asarray(pool_pixels)
+        digest = hashlib.blake2b(pool_sym.tobytes() + (b"" if pool_pixels is None else pool_pixels.tobytes()),
+                                 digest_size=16).digest()
+        if digest != self._pool_digest:
+            states = self.states(pool_sym, pool_pixels)
+            self.moments.update(states)
+            self._pool_states = {self._obs_key(pool_sym[i], None if pool_pixels is None else pool_pixels[i]): states[i]
+                                 for i in range(len(pool_sym))}
+            self._pool_digest = digest
+        return self(sym, mask, pixels, _pool=self._pool_states)
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None,
+                 _pool: dict | None = None) -> np.ndarray:
+        sym = np.asarray(sym)
+        pixels = None if pixels is None else np.asarray(pixels)
         idx = np.flatnonzero(mask)
-        states = self.states(np.asarray(sym)[idx], None if pixels is None else np.asarray(pixels)[idx])
-        self.moments.update(states)
+        found = {}
+        if _pool:
+            for i in idx:
+                state = _pool.get(self._obs_key(sym[i], None if pixels is None else pixels[i]))
+                if state is not None:
+                    found[i] = state
+            self.pool_hits += len(found)
+        ask = np.array([i for i in idx if i not in found], dtype=np.int64)
+        states = np.empty((len(idx), self.hidden_size), np.float32)
+        if len(ask):
+            new = self.states(sym[ask], None if pixels is None else pixels[ask])
+            self.moments.update(new)
+            states[np.searchsorted(idx, ask)] = new
+        for i, state in found.items():
+            states[np.searchsorted(idx, i)] = state
         if len(idx) == len(mask):
             self.last_batch = states
         # rows of environments not asked for are NaN: the caller keeps their old state, and any misuse shows

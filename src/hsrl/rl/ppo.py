@@ -31,7 +31,8 @@ from hsrl.data.stats import normalize_hidden
 from hsrl.env import ENV_NAMES, craftax_score, make_env
 from hsrl.errors import InputError
 from hsrl.llm.flags import SpecFlags
-from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, refresh
+from hsrl.llm.spec import spec_differences, spec_hash
+from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
 from hsrl.rl.networks import NetworkConfig, init_params, make_network
 
 
@@ -49,10 +50,14 @@ class OnlineConfig(SpecFlags):
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
     llm_batch_size: int = field(default=64, metadata={"help": "samples per LLM forward pass"})
+    reset_pool: int | None = field(default=None, metadata={"help": "fresh worlds generated at a time for resets; their first states are computed in one LLM batch when generated (default: --envs with the LLM and --pool-states, else --envs/32)"})
+    pool_states: bool = field(default=True, metadata={"help": "compute the reset pool's first states in one batch when the pool is made and look resets up there (--no-pool-states: one LLM call per step with resets, the old way)"})
+    server: str | None = field(default=None, metadata={"help": "read hidden states from this hidden-state server (`hsrl serve`, `hsrl serve --ray`) instead of loading the model here; its /health spec is checked against the spec flags first"})
+    token: str | None = field(default=None, metadata={"help": "bearer token of --server (or env HSRL_SERVE_TOKEN)"})
     hidden: bool = field(default=True, metadata={"help": "read live hidden states (default: on; --no-hidden: the "
                                                          "baseline, the same PPO without an LLM)"})
     checkpoint: str | None = field(default=None, metadata={"help": "warm-start from an AWR (or online) run or checkpoint"})
-    allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if --checkpoint's extraction spec differs"})
+    allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if --checkpoint's (or --server's) extraction spec differs"})
     out: str = field(default="runs/online", metadata={"help": "run folder"})
     lr: float = field(default=2e-4, metadata={"help": "learning rate (annealed linearly to 0)"})
     anneal_lr: bool = field(default=True, metadata={"help": "anneal the learning rate linearly"})
@@ -80,6 +85,10 @@ class OnlineConfig(SpecFlags):
         for name in ("envs", "steps", "skip_n", "num_steps", "update_epochs", "num_minibatches", "llm_batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.reset_pool is not None and not 1 <= self.reset_pool <= self.envs:
+            raise InputError(f"--reset-pool must be between 1 and --envs ({self.envs}), got {self.reset_pool}")
+        if self.server and not self.hidden:
+            raise InputError("--server gives hidden states; --no-hidden reads none: drop one of them")
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise InputError(f"--envs x --num-steps ({self.envs * self.num_steps}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
@@ -132,13 +141,16 @@ def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
     """Jitted `(params, runner, norm) -> (runner, transitions, last_value)` over `num_steps` steps."""
     E = config.envs
 
+    def pool(runner):  # the fresh worlds' observations, when resets look their states up there
+        return env.pool_observations(runner.env_state) if config.pool_states else None
+
     def policy(params, obs, hidden, norm):
         h = normalize_hidden(hidden, norm) if live is not None else None
         return apply_fn(params, obs, h)
 
     def step(carry, _):
         params, runner, norm = carry
-        runner = refresh(runner, live, config.skip_n)
+        runner = refresh(runner, live, config.skip_n, pool(runner))
         key, k_act, k_env = jax.random.split(runner.key, 3)
         logits, value = policy(params, runner.obs, runner.hidden, norm)
         action = jax.random.categorical(k_act, logits)
@@ -150,7 +162,7 @@ def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
 
     def rollout(params, runner, norm):
         (_, runner, _), traj = jax.lax.scan(step, (params, runner, norm), None, length=config.num_steps)
-        runner = refresh(runner, live, config.skip_n)  # value of the last observation needs its state (resets)
+        runner = refresh(runner, live, config.skip_n, pool(runner))  # value of the last observation needs its state (resets)
         _, last_value = policy(params, runner.obs, runner.hidden, norm)
         return runner, traj, last_value
 
@@ -276,6 +288,66 @@ class UpdateTimes:
                 "time_share": {k: v / wall for k, v in self.totals.items()}}
 
 
+class LLMCounts:
+    """Per update: LLM calls and their mean batch, resets served from the pool's states, the cache's hit rate."""
+
+    def __init__(self, live: LiveHidden | None, cache):
+        self.live, self.cache = live, cache
+        self.last = (0, 0, 0, 0, 0)
+        self.per_update: list[tuple[int, float]] = []
+
+    def _now(self):
+        cache = (self.cache.hits, self.cache.misses) if self.cache is not None else (0, 0)
+        return (self.live.calls, self.live.samples, self.live.pool_hits, *cache)
+
+    def update(self) -> dict:
+        now = self._now()
+        calls, samples, pool_hits, hits, misses = (a - b for a, b in zip(now, self.last))
+        self.last = now
+        self.per_update.append((calls, samples / calls if calls else 0.0))
+        out = {"llm/calls": now[0], "llm/samples": now[1], "llm/calls_per_update": calls,
+               "llm/mean_call_batch": samples / calls if calls else 0.0, "llm/reset_pool_hits": pool_hits}
+        if self.cache is not None:
+            out["llm/cache_hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+        return out
+
+    def summary(self) -> dict:
+        if self.live is None:
+            return {}
+        timed = self.per_update[1:] or self.per_update  # the first update also computes the first states
+        out = {"llm_calls_per_update": float(np.mean([c for c, _ in timed])) if timed else 0.0,
+               "llm_mean_call_batch": float(np.mean([b for _, b in timed])) if timed else 0.0,
+               "llm_samples": self.live.samples, "reset_pool_hits": self.live.pool_hits}
+        if self.cache is not None:
+            out["cache_hit_rate"] = self.cache.hit_rate
+        return out
+
+
+def _extractor_source(config: OnlineConfig, spec) -> ExtractorSource:
+    from hsrl.llm import make_extractor
+
+    return ExtractorSource(make_extractor(spec, cache=config.state_cache(), device=config.device,
+                                          batch_size=config.llm_batch_size))
+
+
+def _server_source(config: OnlineConfig, spec) -> ServerSource:
+    """The server's states, its spec checked first against the spec flags (fields left 'auto' are the server's)."""
+    import os
+
+    from hsrl.serve.client import HiddenStateClient
+
+    client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
+    served = client.spec()
+    auto = [k for k, v in spec.to_dict().items() if v in ("auto", None)]
+    differ = spec_differences(served, spec, ignore=auto)
+    if differ and not config.allow_spec_mismatch:
+        raise InputError(f"the server {config.server} extracts by another spec than the flags ask; fields that "
+                         f"differ: " + ", ".join(f"{k} (server {served.to_dict().get(k)!r}, flags "
+                                                 f"{spec.to_dict().get(k)!r})" for k in differ))
+    client.check_spec(served)  # every answer's spec hash is checked against the server's from now on
+    return ServerSource(client)
+
+
 def _load_warm_start(config: OnlineConfig, net_config: NetworkConfig, spec_json: str | None):
     """Params and fixed hidden statistics from --checkpoint, checked against this run."""
     from hsrl.rl.checkpoint import load_policy
@@ -296,19 +368,19 @@ def train_online(config: OnlineConfig) -> dict:
 
     config.check()
     out = Path(config.out)
-    env = make_env(config.env, config.envs, with_symbolic=True)
+    reset_pool = config.reset_pool or (config.envs if config.hidden and config.pool_states else None)
+    env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True)
     info = env.info
 
-    live, spec_json, hidden_size = None, None, None
+    live, spec_json, hidden_size, source, cache = None, None, None, None, None
     if config.hidden:
-        from hsrl.llm import make_extractor
-
         spec = config.extraction_spec(info.variant)
         if spec.reads_images and not info.pixels:
             raise InputError(f"--input {spec.input} reads pixel observations; {config.env} is symbolic: use "
                              f"{config.env.replace('Symbolic', 'Pixels')}")
-        extractor = make_extractor(spec, device=config.device, batch_size=config.llm_batch_size)
-        spec_json, hidden_size = extractor.spec.to_json(), extractor.hidden_size
+        source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
+        cache = getattr(getattr(source, "extractor", None), "cache", None)
+        spec_json, hidden_size = source.spec_json, source.hidden_size
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
                                hidden_size=hidden_size, width=config.width)
@@ -319,7 +391,7 @@ def train_online(config: OnlineConfig) -> dict:
     if config.checkpoint:
         params, fixed_stats = _load_warm_start(config, net_config, spec_json)
     if config.hidden:
-        live = LiveHidden(info.variant, fixed_stats, ExtractorSource(extractor))
+        live = LiveHidden(info.variant, fixed_stats, source)
 
     num_updates = config.num_updates
     schedule = (optax.linear_schedule(config.lr, 0.0, num_updates * config.update_epochs * config.num_minibatches)
@@ -349,6 +421,7 @@ def train_online(config: OnlineConfig) -> dict:
     times = UpdateTimes()
     start = time.perf_counter()
     hidden_stats = None
+    counts = LLMCounts(live, cache)
 
     def save(step: int, final: bool):
         meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
@@ -383,7 +456,7 @@ def train_online(config: OnlineConfig) -> dict:
             metrics["charts/craftax_score"] = craftax_score(rates)
         if live is not None:
             metrics.update(hidden_summary(live.last_batch))
-            metrics.update({"llm/calls": live.calls, "llm/samples": live.samples})
+            metrics.update(counts.update())
         metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter, llm=llm_s,
                                  text=text_s, steps=steps_per_update, compiling=u == 0 and num_updates > 1))
         metrics["charts/SPS"] = step / (time.perf_counter() - start)
@@ -399,7 +472,8 @@ def train_online(config: OnlineConfig) -> dict:
     summary = {"env": config.env, "steps": num_updates * steps_per_update, "updates": num_updates,
                "episodes": int(len(returns)), "return_mean": float(np.mean(returns)) if returns else None,
                "craftax_score": craftax_score(rates), **times.summary(), "llm": config.hidden,
-               "llm_calls": live.calls if live else 0, "spec_hash": extractor.spec.hash if live else None,
+               "llm_calls": live.calls if live else 0, "spec_hash": spec_hash(spec_json) if live else None,
+               **counts.summary(),
                "run_dir": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -42,7 +42,8 @@ class HiddenStateReplica:
 
         spec = ExtractionSpec.from_json(spec_json)
         self.endpoint = Endpoint(spec, settings)
-        self.model = ModelState(make_extractor(spec, device=device, batch_size=settings.max_batch))
+        self.model = ModelState(make_extractor(spec, cache=settings.state_cache(), device=device,
+                                                   batch_size=settings.max_batch))
         self.endpoint.check_extractor(self.model.extractor)
         self.stats = BatchStats()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hsrl-model")  # the extractor is not thread-safe

@@ -80,6 +80,14 @@ class ServerSettings:
     max_queued: int = 4096  # observations waiting at once; more are refused with 503 (retry later)
     body_timeout_s: float = 30.0  # a request body must arrive whole within this; else 408
     token: str | None = None  # bearer token guarding every route but /health; None: open
+    cache: str | None = None  # folder of the on-disk state cache (`--cache DIR`); None: in memory only
+    no_cache: bool = False  # compute every state (`--no-cache`)
+
+    def state_cache(self):
+        """The state cache each model (replica) uses (`hsrl.llm.flags.CacheFlags.state_cache`)."""
+        from hsrl.llm.flags import CacheFlags
+
+        return CacheFlags(cache=self.cache, no_cache=self.no_cache).state_cache()
 
     def __post_init__(self):
         for name in ("max_batch", "max_request", "max_body_bytes", "max_text_chars", "max_queued"):
@@ -157,7 +165,8 @@ class ServeConfig(SpecFlags):
         return ServerSettings(env=self.env, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
                               max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
                               max_text_chars=self.max_text_chars, max_queued=self.max_queued,
-                              body_timeout_s=self.body_timeout_s, token=token)
+                              body_timeout_s=self.body_timeout_s, token=token, cache=self.cache,
+                              no_cache=self.no_cache)
 
 
 class RequestError(Exception):
@@ -754,7 +763,8 @@ def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: 
 
     @app.get(STATS_PATH)
     async def stats_route() -> dict:
-        return stats.to_dict()
+        cache = getattr(model.extractor, "cache", None)
+        return {**stats.to_dict(), "cache": None if cache is None else {**cache.counts(), "hit_rate": cache.hit_rate}}
 
     request_schema = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": HiddenStatesRequest.model_json_schema()}}}}
@@ -787,7 +797,8 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
         from hsrl.llm import make_extractor
 
         try:
-            model.extractor = make_extractor(spec, device=device, batch_size=settings.max_batch)
+            model.extractor = make_extractor(spec, cache=settings.state_cache(), device=device,
+                                             batch_size=settings.max_batch)
             model.status = "ready"
             log.info("model ready: %s (spec %s)", model.extractor.spec.model, model.extractor.spec.hash)
         except Exception as err:  # reported in /health and by on_load_error
