@@ -211,7 +211,7 @@ def _chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hsrl.data.chunks import atomic_path
+    from hsrl.atomic import atomic_path
 
     rows = report["features"]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) * 1.2 + 1.2))
@@ -231,7 +231,7 @@ def _chart(report: dict, path: Path) -> None:
 
 
 def _write(out: Path, report: dict) -> None:
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "probe.json", json.dumps(report, indent=1))

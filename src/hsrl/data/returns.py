@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.data.chunks import (
-    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, remove_temporaries, write_chunk,
-)
+from hsrl.atomic import remove_temporaries
+from hsrl.data.chunks import check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk
 from hsrl.errors import InputError
 
 

@@ -141,7 +141,7 @@ def markdown(agg: dict, results: list[dict]) -> str:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from hsrl.data.chunks import atomic_path
+    from hsrl.atomic import atomic_path
 
     with atomic_path(path) as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
@@ -262,7 +262,7 @@ def plot_curves(results: list[dict], path: Path) -> bool:
 
 
 def write_report(out: Path, results: list[dict], config: dict, reps: int, seed: int) -> dict:
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
 
     agg = aggregate(results, reps=reps, seed=seed)
     pngs = ["intervals.png"]

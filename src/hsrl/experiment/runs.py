@@ -59,7 +59,7 @@ class Job:
 
 
 def _write_json(path: Path, obj) -> None:
-    from hsrl.data.chunks import write_text_atomic
+    from hsrl.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
