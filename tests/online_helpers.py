@@ -7,8 +7,8 @@ import numpy as np
 
 from hsrl.env import make_env
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner
-from hsrl.rl.networks import NetworkConfig, init_params, make_network
-from hsrl.rl.ppo import Norm, OnlineConfig, make_rollout
+from hsrl.rl.networks import NetworkConfig, init_params
+from hsrl.rl.ppo import Memory, Norm, OnlineConfig, make_rollout
 
 ENV = "Craftax-Classic-Symbolic-v1"
 
@@ -36,8 +36,8 @@ def check_refresh(extractor):
     t = runner.env_state.env_state.timestep.at[1].set(100_000)
     runner = runner._replace(env_state=runner.env_state._replace(env_state=runner.env_state.env_state.replace(timestep=t)))
     stats = live.stats()
-    rollout = make_rollout(config, env, make_network(net).apply, live)
-    _, traj, _ = rollout(params, runner, Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
+    rollout = make_rollout(config, env, net, live)
+    _, _, traj, _ = rollout(params, runner, Memory.initial(net, 3), Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
     obs, hidden, done = map(np.asarray, (traj.obs, traj.hidden, traj.done))
     assert done[0, 1] and not done[1:4, 1].any()
 
