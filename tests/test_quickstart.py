@@ -6,6 +6,8 @@ import math
 import re
 import shlex
 
+import pytest
+
 from hsrl.quickstart import QuickstartConfig, quickstart, scale_up_commands
 
 TINY = dict(envs=2, collect_steps=128, chunk_steps=16, awr_steps=20, online_steps=64, online_num_steps=16,
@@ -13,6 +15,7 @@ TINY = dict(envs=2, collect_steps=128, chunk_steps=16, awr_steps=20, online_step
             progress=False)
 
 
+@pytest.mark.timeout(2400)  # the whole pipeline twice, a local Ray included: minutes on 2 busy cores
 def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     report = quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **TINY))
     text = (report / "README.md").read_text()

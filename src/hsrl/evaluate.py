@@ -98,7 +98,7 @@ def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool,
         runner, (memory, start) = carry
         runner = refresh(runner, hidden_fn, skip_n)
         key, k_act, k_env = jax.random.split(runner.key, 3)
-        memory, logits, _ = policy.step(memory, start, runner.obs, runner.hidden if uses_hidden else None)
+        memory, logits, _ = policy.forward(memory, start, runner.obs, runner.hidden if uses_hidden else None)
         action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_act, logits)
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
         out = {"done": done, "episode_return": info["episode_return"], "episode_length": info["episode_length"],

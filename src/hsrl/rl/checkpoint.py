@@ -265,11 +265,11 @@ class Policy:
         return make_network(self.network)
 
     def initial_carry(self, batch: int) -> jax.Array:
-        """The memory `step` starts from (zeros; a (B, 1) placeholder for a feed-forward policy)."""
+        """The memory `forward` starts from (zeros; a (B, 1) placeholder for a feed-forward policy)."""
         return initial_carry(self.network, batch)
 
     @functools.cached_property
-    def _step(self):
+    def _forward(self):
         step = policy_step(self.network)
 
         def apply(params, carry, start, obs, hidden_raw):
@@ -278,11 +278,11 @@ class Policy:
 
         return apply
 
-    def step(self, carry, start, obs, hidden_raw=None):
+    def forward(self, carry, start, obs, hidden_raw=None):
         """(carry, logits (B, A), value (B,)) of one step of any policy: `carry` from `initial_carry` or the previous
         step, `start` (B,) bool where the observation begins an episode (a GRU zeroes its carry there first).
         Not jitted by itself: call it inside a jitted rollout."""
-        return self._step(self.params, carry, start, obs, self._hidden_arg(hidden_raw))
+        return self._forward(self.params, carry, start, obs, self._hidden_arg(hidden_raw))
 
     def normalize(self, hidden_raw):
         """Raw pooled hidden states (..., H) -> z-scored with the checkpoint's statistics."""
@@ -314,7 +314,7 @@ class Policy:
         """(logits (B, A), value (B,)) for observations (B, *obs_shape) and raw hidden states (B, H) or None; a
         feed-forward policy only (a recurrent one acts through `step`, carrying its memory)."""
         if self.recurrent:
-            raise ValueError(f"{self.network.class_name} is recurrent: act with policy.step(carry, start, obs, hidden)")
+            raise ValueError(f"{self.network.class_name} is recurrent: act with policy.forward(carry, start, obs, hidden)")
         return self._apply(self.params, obs, self._hidden_arg(hidden_raw))
 
     def act(self, obs, hidden_raw=None, key: jax.Array | None = None, greedy: bool = False):
