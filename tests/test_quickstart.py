@@ -21,7 +21,7 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     text = (report / "README.md").read_text()
     for section in ("## Data", "## Offline AWR", "## Online PPO", "## Evaluation with hidden-state ablations",
                     "## Experiment: 3 seeds", "**Verdict.**", "P(hidden > baseline)", "real - zero",
-                    "## Probe", "effective rank", "## Time per step", "## Scale it up",
+                    "## Probe", "Effective rank", "## Time per step", "## Scale it up",
                     "Qwen/Qwen3-4B-Thinking-2507", "hsrl label", "--ray", "after the first update",
                     "including the first"):
         assert section in text, section
