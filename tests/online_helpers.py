@@ -7,8 +7,8 @@ import numpy as np
 
 from hsrl.env import make_env
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner
-from hsrl.rl.networks import NetworkConfig, init_params, make_network
-from hsrl.rl.ppo import Norm, OnlineConfig, make_rollout
+from hsrl.rl.networks import NetworkConfig, init_params
+from hsrl.rl.ppo import Memory, Norm, OnlineConfig, make_rollout
 
 ENV = "Craftax-Classic-Symbolic-v1"
 
@@ -36,9 +36,9 @@ def check_refresh(extractor):
     t = runner.env_state.env_state.timestep.at[1].set(100_000)
     runner = runner._replace(env_state=runner.env_state._replace(env_state=runner.env_state.env_state.replace(timestep=t)))
     stats = live.stats()
-    rollout = make_rollout(config, env, make_network(net).apply, live)
+    rollout = make_rollout(config, env, net, live)
     calls = live.calls
-    _, traj, _ = rollout(params, runner, Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
+    _, _, traj, _ = rollout(params, runner, Memory.initial(net, 3), Norm(jnp.asarray(stats.mean), jnp.asarray(stats.std)))
     # the pool's 3 first states were computed in one call; the reset at step 1 took its state from them
     assert live.pool_hits >= 1 and live.calls - calls <= 4  # the pool, steps 5 and 10, the final refresh
     obs, hidden, done = map(np.asarray, (traj.obs, traj.hidden, traj.done))

@@ -1,38 +1,101 @@
-"""The main job at a tiny size: every artefact of the report exists and holds numbers."""
+"""The main job at a tiny size: every artefact of the report exists and holds numbers; a rerun reuses what was
+trained and evaluated; the report's "Scale it up" commands parse with the CLI."""
 
 import json
 import math
 import re
+import shlex
 
-from hsrl.quickstart import QuickstartConfig, quickstart
+import pytest
 
-TINY = dict(envs=2, collect_steps=64, chunk_steps=16, awr_steps=20, online_steps=64, online_num_steps=16,
-            eval_episodes=1, max_episode_steps=16, width=32, progress=False)
+from hsrl.quickstart import QuickstartConfig, quickstart, scale_up_commands
+
+TINY = dict(envs=2, collect_steps=128, chunk_steps=16, awr_steps=20, online_steps=64, online_num_steps=16,
+            eval_episodes=1, max_episode_steps=16, width=32, experiment_seeds=3, experiment_awr_steps=20,
+            progress=False)
 
 
-def test_quickstart_writes_a_complete_report(tmp_path):
+@pytest.mark.timeout(2400)  # the whole pipeline twice, a local Ray included: minutes on 2 busy cores
+def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     report = quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **TINY))
     text = (report / "README.md").read_text()
     for section in ("## Data", "## Offline AWR", "## Online PPO", "## Evaluation with hidden-state ablations",
-                    "## Scale it up", "Qwen/Qwen3-4B-Thinking-2507", "hsrl label", "--ray"):
+                    "## Experiment: 3 seeds", "**Verdict.**", "P(hidden > baseline)", "real - zero",
+                    "## Probe", "Effective rank", "## Time per step", "## Scale it up",
+                    "Qwen/Qwen3-4B-Thinking-2507", "hsrl label", "--ray", "after the first update",
+                    "including the first"):
         assert section in text, section
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["stats"]["samples"] == 64
+    assert summary["stats"]["samples"] == 128
     for run in ("awr_hidden", "awr_baseline"):
         m = summary["awr"][run]
         assert m["step"] == 20 and math.isfinite(m["critic_loss"]) and math.isfinite(m["actor_loss"])
-    assert summary["online"]["steps"] == 64 and summary["online"]["llm_calls"] >= 1
+    online = summary["online"]
+    assert online["steps"] == 64 and online["llm_calls"] >= 1
+    assert online["sps"] > 0 and 0 < online["sps_with_first_update"] < online["sps"]
     ablations = [r["ablation"] for r in summary["eval"]["awr_hidden"]]
     assert ablations == ["real", "zero", "shuffled", "constant"]
     assert [r["ablation"] for r in summary["eval"]["awr_baseline"]] == ["real"]
     for results in summary["eval"].values():
         for r in results:
             assert math.isfinite(r["return_mean"]) and math.isfinite(r["craftax_score"])
+            assert r["length_mean"] <= 16
     rows = re.findall(r"^\| awr_hidden \| (\w+) \| (-?[\d.]+) ± ([\d.]+) \|", text, re.M)
     assert [r[0] for r in rows] == ablations
+    # the experiment: 3 seeds of both AWR arms, intervals and a verdict in the report
+    agg = summary["experiment"]["aggregates"]
+    assert sorted(agg["arms"]) == ["awr-baseline", "awr-hidden"]
+    assert all(len(a["seeds"]) == 3 for a in agg["arms"].values())
+    low, high = agg["improvement"]["awr"]["return_mean"][1:]
+    assert 0 <= low <= high <= 1 and agg["verdict"] in text
+    assert summary["probe"]["rows"] == 128 and summary["probe"]["probed"] >= 1
+    # every step is timed, the report's own step and the total too
+    steps = [t["step"] for t in summary["timings"]]
+    assert any(s.startswith("10/10 report") for s in steps) and steps[-1] == "total"
+    assert all(f"| {s} |" in text for s in steps) and "--device" not in text
     for png in ("ablations_awr_hidden.png", "achievements.png", "awr/critic_loss.png", "awr/curves.png",
-                "online/curves.png"):
+                "online/curves.png", "experiment_intervals.png", "probe.png"):
         assert (report / png).stat().st_size > 1000, png
-    # a rerun reuses the data and finished runs, and still writes the report
+    online_run = tmp_path / "qs" / "runs" / "online"
+    events = sorted(online_run.rglob("events.out.tfevents.*"))
+    metrics = (online_run / "metrics.jsonl").read_text()
+    evals = {p: p.stat().st_mtime_ns for p in (tmp_path / "qs" / "eval").glob("*/eval.json")}
+    results = {p: p.stat().st_mtime_ns for p in (tmp_path / "qs" / "experiment").rglob("result.json")}
+    assert len(events) == 1 and len(evals) == 3 and len(results) == 6
+
+    # a rerun reuses the data, the finished runs and the evaluations, and still writes the report
     again = quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **TINY))
     assert "labels reused from the previous run" in (again / "README.md").read_text()
+    assert sorted(online_run.rglob("events.out.tfevents.*")) == events, "a second run was written into the folder"
+    assert (online_run / "metrics.jsonl").read_text() == metrics
+    assert {p: p.stat().st_mtime_ns for p in evals} == evals
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+
+
+def test_scale_up_commands_parse_with_the_cli():
+    """Every command of the report's "Scale it up" block is one the CLI accepts as shown, and they agree: no two
+    `label` runs with other settings into one folder, `serve` with the `--tokens` of the data evaluated against it,
+    Ray addresses in the README's HEAD:6379 form, no `--device` mentioned that no command uses."""
+    from hsrl.cli import VERBS, build_parser, config_from_args, load
+    from hsrl.quickstart import _markdown  # noqa: F401  (the report embeds scale_up_commands())
+
+    configs = []
+    for line in scale_up_commands().splitlines():
+        argv = shlex.split(line, comments=True)
+        assert argv[0] == "hsrl" and argv[1] in VERBS, line
+        args = build_parser(argv[1]).parse_args(argv[1:])
+        configs.append((argv[1], config_from_args(load(VERBS[argv[1]][0]), args)))
+    labels = {}
+    for verb, c in configs:
+        if verb == "label":
+            spec = (c.model, c.layer, c.tokens, c.pooling, c.template, c.input, c.llm_seed)
+            assert labels.setdefault(c.out_dir, spec) == spec, f"two label settings into {c.out_dir}"
+        for address in (getattr(c, "ray", None),):
+            assert address in (None, "local") or re.fullmatch(r"HEAD:6379", address), address
+    tokens = {c.out_dir: c.tokens for verb, c in configs if verb == "label"}
+    trained_on = {c.out: c.data_dir for verb, c in configs if verb == "train-awr"}
+    serve = next(c for verb, c in configs if verb == "serve")
+    for verb, c in configs:
+        if verb == "eval" and c.server:
+            assert serve.tokens == tokens[trained_on[c.checkpoint]]
+    assert "--device" not in scale_up_commands()

@@ -13,6 +13,8 @@ Ablations act on what the network reads (its normalised hidden input):
   constant  one state for all, from a fixed text (`--constant-text`); for specs that read images, the
             first observation of environment 0 (a fixed frame, with its text for image+text)
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
+A recurrent policy (`--policy gru`) carries its GRU state through each segment and from one segment to the
+next, zeroed where an episode starts, as in training.
 """
 
 from __future__ import annotations
@@ -123,19 +125,21 @@ def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool,
     uses_hidden = hidden_fn is not None
     render = _pixel_renderer(env) if frames else None
 
-    def step(runner: Runner, _):
+    def step(carry, _):
+        runner, (memory, start) = carry
         runner = refresh(runner, hidden_fn, skip_n)
         key, k_act, k_env = jax.random.split(runner.key, 3)
-        logits, _ = policy.apply(runner.obs, runner.hidden if uses_hidden else None)
+        memory, logits, _ = policy.forward(memory, start, runner.obs, runner.hidden if uses_hidden else None)
         action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_act, logits)
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
         out = {"done": done, "episode_return": info["episode_return"], "episode_length": info["episode_length"],
                "achievements": info["achievements"]}
         if render is not None:
             out["frame"] = render(jax.tree.map(lambda x: x[0], env_state.env_state))
-        return runner.advance(env, env_state, obs, info, done, key), out
+        return (runner.advance(env, env_state, obs, info, done, key), (memory, done)), out
 
-    return jax.jit(lambda runner: jax.lax.scan(step, runner, None, length=length))
+    # carry: (Runner, (policy memory, episode-start marks)); the memory is a placeholder for feed-forward policies
+    return jax.jit(lambda carry: jax.lax.scan(step, carry, None, length=length))
 
 
 def _pixel_renderer(env):
@@ -165,10 +169,11 @@ def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfi
     H = policy.network.hidden_size if uses_hidden else 1
     hidden = jnp.full((E, H), jnp.nan) if uses_hidden else jnp.zeros((E, 1))
     runner = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
+    carry = (runner, (policy.initial_carry(E), jnp.ones(E, bool)))
     returns, lengths, achievements, frames = [], [], [], []
     steps = 0
     while len(returns) < config.episodes and steps < config.max_steps:
-        runner, outs = segment(runner)
+        carry, outs = segment(carry)
         outs = jax.device_get(outs)
         done = outs["done"]
         t_idx, e_idx = np.nonzero(done)  # time-major: finishing order

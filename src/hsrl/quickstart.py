@@ -1,9 +1,16 @@
 """`hsrl quickstart`: the whole pipeline at small scale on the embedded model, with a report.
 
 collect -> label (live LLM hidden states) -> returns -> stats -> AWR with and without hidden states
--> online PPO with live hidden states -> evaluation with ablations -> OUT/report/ (README.md with the
-numbers, PNG plots, and the commands to scale each step up). Runs offline on CPU in minutes; a rerun
-reuses what the first run collected, labelled, trained and compiled (JAX's persistent cache).
+-> online PPO with live hidden states -> evaluation with ablations -> a small `hsrl experiment` (seeds of
+both AWR arms in parallel on a local Ray, interval estimates and a verdict) -> `hsrl probe` of the labelled
+data -> OUT/report/ (README.md with the numbers, PNG plots, and the commands to scale each step up).
+
+Runs offline on CPU in minutes. A rerun reuses what the first run collected, labelled, trained and
+evaluated: collection, labelling and AWR skip or resume finished work by themselves; a finished online run
+(its `summary.json`, same settings) and a finished evaluation (its `eval.json`, same settings, newer than the
+checkpoint) are reused here, and an online run that did not finish is removed and trained again in an empty
+folder (PPO has no resume), so one folder never holds two runs. Another setting in a folder that holds a run
+is refused. Compiled programs come from JAX's persistent cache.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hsrl.env import ENV_NAMES
@@ -38,10 +45,16 @@ class QuickstartConfig:
     online_num_steps: int = field(default=64, metadata={"help": "online PPO steps per environment per update"})
     eval_episodes: int = field(default=4, metadata={"help": "episodes per ablation"})
     eval_skip_n: int = field(default=5, metadata={"help": "LLM refresh period during evaluation of the AWR policy"})
-    max_episode_steps: int = field(default=100, metadata={"help": "episode length cap for collection and evaluation"})
+    max_episode_steps: int = field(default=100, metadata={"help": "episode length cap for collection, online PPO and evaluation"})
+    experiment_seeds: int = field(default=3, metadata={"help": "seeds per arm of the experiment (AWR with and without hidden states)"})
+    experiment_awr_steps: int = field(default=1000, metadata={"help": "AWR gradient steps per experiment run"})
+    ray: bool = field(default=True, metadata={"help": "run the experiment's seeds in parallel on a local Ray (--no-ray: one after another)"})
     width: int = field(default=128, metadata={"help": "network width (the full-scale default is 512)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+STEPS = 10
 
 
 def _step(name: str, log: list, fn):
@@ -53,67 +66,140 @@ def _step(name: str, log: list, fn):
     return result
 
 
+def _settings(config) -> dict:
+    """A config as the JSON a run folder stores, without what does not change its results (progress bars)."""
+    d = json.loads(json.dumps(asdict(config)))
+    d.pop("progress", None)
+    return d
+
+
+def _online_once(config) -> dict:
+    """The summary of online run `config.out`: reused when it finished with these settings, trained otherwise."""
+    from hsrl.rl.ppo import train_online
+
+    out = Path(config.out)
+    if (out / "run_config.json").exists():
+        have = json.loads((out / "run_config.json").read_text())
+        have.pop("progress", None)
+        if have != _settings(config):
+            diff = sorted(k for k in set(have) | set(_settings(config)) if have.get(k) != _settings(config).get(k))
+            raise ValueError(f"{out} holds an online run with other settings ({', '.join(diff)}); use another --out")
+        if (out / "summary.json").exists():
+            print(f"   reusing the finished run in {out}", flush=True)
+            return json.loads((out / "summary.json").read_text())
+        shutil.rmtree(out)  # an unfinished run: PPO has no resume, so it starts again in an empty folder
+    return train_online(config)
+
+
+def _evaluate_once(config) -> dict:
+    """The evaluation in `config.out`: reused when it has these settings and is newer than the checkpoint."""
+    from hsrl.evaluate import evaluate
+    from hsrl.rl.checkpoint import resolve_checkpoint
+
+    path = Path(config.out) / "eval.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        same = {k: v for k, v in report.get("config", {}).items() if k != "progress"} == _settings(config)
+        if same and path.stat().st_mtime >= resolve_checkpoint(config.checkpoint).stat().st_mtime:
+            print(f"   reusing {path}", flush=True)
+            return report
+    return evaluate(config)
+
+
+def _probe_once(config) -> dict:
+    from hsrl.probe import probe
+
+    path = Path(config.out) / "probe.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        if report.get("config") == json.loads(json.dumps(asdict(config))):
+            print(f"   reusing {path}", flush=True)
+            return report
+    return probe(config)
+
+
 def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.data.collect import CollectConfig, collect
     from hsrl.data.label import LabelConfig, label_dataset
     from hsrl.data.returns import add_returns
     from hsrl.data.stats import STATS_FILE, dataset_stats
     from hsrl.atomic import write_text_atomic
-    from hsrl.evaluate import EvalConfig, evaluate
+    from hsrl.evaluate import EvalConfig
+    from hsrl.experiment.config import ExperimentConfig, run_experiment
+    from hsrl.probe import ProbeConfig
     from hsrl.rl.awr import TrainAWRConfig, train_awr
     from hsrl.rl.plot import plot_runs
-    from hsrl.rl.ppo import OnlineConfig, train_online
+    from hsrl.rl.ppo import OnlineConfig
 
+    t_start = time.perf_counter()
     out = Path(config.out)
     raw, labelled = out / "data" / "raw", out / "data" / "labelled"
     runs, report = out / "runs", out / "report"
     report.mkdir(parents=True, exist_ok=True)
     timings: list[dict] = []
     p = config.progress
+    n = STEPS
 
-    _step("1/8 collect (random policy)", timings, lambda: collect(CollectConfig(
+    _step(f"1/{n} collect (random policy)", timings, lambda: collect(CollectConfig(
         env=config.env, envs=config.envs, steps=config.collect_steps, chunk_steps=config.chunk_steps, out=str(raw),
         seed=config.seed, max_episode_steps=config.max_episode_steps, progress=p)))
-    label = _step("2/8 label with LLM hidden states", timings, lambda: label_dataset(LabelConfig(
+    label = _step(f"2/{n} label with LLM hidden states", timings, lambda: label_dataset(LabelConfig(
         str(raw), str(labelled), model=config.model, batch_size=32, progress=p)))
     if label.failed:
         raise RuntimeError(f"labelling failed for {label.failed}")
-    _step("3/8 returns", timings, lambda: add_returns(labelled, gamma=0.99, show_progress=p))
-    stats = _step("4/8 statistics", timings, lambda: dataset_stats(labelled, show_progress=p))
+    _step(f"3/{n} returns", timings, lambda: add_returns(labelled, gamma=0.99, show_progress=p))
+    stats = _step(f"4/{n} statistics", timings, lambda: dataset_stats(labelled, show_progress=p))
     write_text_atomic(labelled / STATS_FILE, json.dumps(stats, indent=1))
 
     awr = {}
     for name, hidden in (("awr_hidden", True), ("awr_baseline", False)):
-        awr[name] = _step(f"5/8 AWR {'with' if hidden else 'without'} hidden states", timings, lambda h=hidden, n=name:
+        awr[name] = _step(f"5/{n} AWR {'with' if hidden else 'without'} hidden states", timings, lambda h=hidden, n=name:
                           train_awr(TrainAWRConfig(str(labelled), out=str(runs / n), hidden=h, steps=config.awr_steps,
                                                    log_every=max(1, config.awr_steps // 20),
                                                    save_every=config.awr_steps, width=config.width, seed=config.seed,
                                                    steps_per_call=max(1, min(100, config.awr_steps // 10)),
                                                    progress=p)))
-    online = _step("6/8 online PPO with live hidden states", timings, lambda: train_online(OnlineConfig(
+    online = _step(f"6/{n} online PPO with live hidden states", timings, lambda: _online_once(OnlineConfig(
         env=config.env, envs=config.envs, steps=config.online_steps, num_steps=config.online_num_steps,
-        skip_n=25, model=config.model, width=config.width, num_minibatches=4, out=str(runs / "online"),
-        seed=config.seed, progress=p)))
+        max_episode_steps=config.max_episode_steps, skip_n=25, model=config.model, width=config.width,
+        num_minibatches=4, out=str(runs / "online"), seed=config.seed, progress=p)))
     evals = {}
     for name, skip in (("awr_hidden", config.eval_skip_n), ("awr_baseline", None), ("online", None)):
-        evals[name] = _step(f"7/8 evaluate {name}", timings, lambda n=name, s=skip: evaluate(EvalConfig(
+        evals[name] = _step(f"7/{n} evaluate {name}", timings, lambda n=name, s=skip: _evaluate_once(EvalConfig(
             str(runs / n), episodes=config.eval_episodes, envs=min(config.envs, 4), skip_n=s,
             max_episode_steps=config.max_episode_steps, out=str(out / "eval" / n), seed=config.seed, progress=p)))
+    experiment = _step(f"8/{n} experiment: {config.experiment_seeds} seeds x AWR with / without hidden states"
+                       f"{' on a local Ray' if config.ray else ''}", timings, lambda: run_experiment(ExperimentConfig(
+                           offline=str(labelled), seeds=config.experiment_seeds, seed=config.seed, env=config.env,
+                           model=config.model, width=config.width, awr_steps=config.experiment_awr_steps,
+                           awr_save_every=config.experiment_awr_steps, eval_episodes=config.eval_episodes,
+                           eval_envs=min(config.envs, 4), eval_max_episode_steps=config.max_episode_steps,
+                           ray="local" if config.ray else None, out=str(out / "experiment"), progress=p)))
+    probed = _step(f"9/{n} probe the labelled hidden states", timings, lambda: _probe_once(ProbeConfig(
+        str(labelled), out=str(out / "probe"), seed=config.seed)))
 
-    def write_report():
+    def figures():
         plot_runs([runs / "awr_hidden", runs / "awr_baseline"], report / "awr", labels=("with hidden", "baseline"))
         plot_runs([runs / "online"], report / "online")
         shutil.copy(out / "eval" / "awr_hidden" / "ablations.png", report / "ablations_awr_hidden.png")
         _achievement_chart(evals, report / "achievements.png")
-        summary = {"config": config.__dict__, "timings": timings, "stats": _brief_stats(stats),
-                   "awr": {k: _last_metrics(runs / k) for k in awr},
-                   "online": {k: online[k] for k in ("steps", "episodes", "return_mean", "craftax_score", "sps",
-                                                     "time_share", "llm_calls")},
-                   "eval": {k: v["results"] for k, v in evals.items()}}
-        (report / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        (report / "README.md").write_text(_markdown(config, summary, label))
+        for png in experiment["figures"]:
+            shutil.copy(out / "experiment" / png, report / f"experiment_{png}")
+        shutil.copy(out / "probe" / "probe.png", report / "probe.png")
 
-    _step("8/8 report", timings, write_report)
+    _step(f"{n}/{n} report (figures)", timings, figures)
+    timings.append({"step": "total", "seconds": round(time.perf_counter() - t_start, 1)})
+    summary = {"config": config.__dict__, "timings": timings, "stats": _brief_stats(stats),
+               "awr": {k: _last_metrics(runs / k) for k in awr},
+               "online": {k: online.get(k) for k in ("steps", "episodes", "return_mean", "craftax_score", "sps",
+                                                     "sps_with_first_update", "first_update_seconds", "time_share",
+                                                     "llm_calls")},
+               "eval": {k: v["results"] for k, v in evals.items()},
+               "experiment": {"aggregates": experiment["aggregates"], "figures": experiment["figures"],
+                              "markdown": (out / "experiment" / "experiment.md").read_text()},
+               "probe": _brief_probe(probed)}
+    write_text_atomic(report / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_text_atomic(report / "README.md", _markdown(config, summary, label))
     print(f"\nreport: {report / 'README.md'}")
     return report
 
@@ -135,6 +221,18 @@ def _brief_stats(stats: dict) -> dict:
     return {k: stats.get(k) for k in keep}
 
 
+def _brief_probe(report: dict) -> dict:
+    """Probe results in brief: sizes, collapse measures, means over features and the best-read features."""
+    rows = report["features"]
+    brief = {k: report[k] for k in ("rows", "episodes", "train_episodes", "test_episodes", "hidden_size",
+                                    "effective_rank", "mean_pairwise_cosine")}
+    brief["probed"], brief["skipped"] = len(rows), len(report["skipped"])
+    brief["mean"] = {k: (sum(r[k] for r in rows) / len(rows) if rows else None) for k in ("hidden", "floor", "ceiling")}
+    brief["above_floor"] = sum(r["hidden"] > r["floor"] for r in rows)
+    brief["best"] = sorted(rows, key=lambda r: -r["hidden"])[:8]
+    return brief
+
+
 def _achievement_chart(evals: dict, path: Path) -> None:
     import matplotlib
 
@@ -151,11 +249,32 @@ def _achievement_chart(evals: dict, path: Path) -> None:
         ax.bar(np.arange(len(names)) + i * width, [a[n] for n in names], width, label=label)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
     ax.set_ylabel("success rate (%)")
-    ax.set_title("achievements unlocked per episode (real hidden states)")
+    ax.set_title("achievements unlocked per episode (policies with hidden states read their real ones)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+SCALE_UP = """hsrl collect --env Craftax-Symbolic-v1 --envs 128 --steps 1000000 --out data/raw
+hsrl label data/raw data/labelled --model {model} --tokens 256 --batch-size 64
+hsrl label data/raw data/labelled --model {model} --tokens 256 --batch-size 64 --ray --gpus-per-worker 1   # the same, one worker per local GPU
+hsrl label data/raw data/labelled --model {model} --tokens 256 --batch-size 64 --ray HEAD:6379 --gpus-per-worker 1   # the same, on a Ray cluster
+hsrl returns data/labelled --gamma 0.99
+hsrl stats data/labelled
+hsrl probe data/labelled --out runs/probe
+hsrl train-awr data/labelled --out runs/awr_hidden
+hsrl train-awr data/labelled --out runs/awr_baseline --no-hidden
+hsrl experiment --offline data/labelled --seeds 5 --ray HEAD:6379 --gpus-per-run 1 --eval-max-episode-steps 10000 --out runs/experiment
+hsrl online --env Craftax-Symbolic-v1 --envs 128 --steps 100000 --skip-n 25 --layer -1 --tokens 1 --model {model} --policy gru --out runs/online
+hsrl serve --model {model} --env Craftax-Symbolic-v1 --tokens 256 --port 8000
+hsrl eval runs/awr_hidden --episodes 10 --server http://127.0.0.1:8000 --out runs/awr_hidden/eval
+hsrl plot runs/awr_hidden runs/awr_baseline --out plots"""
+
+
+def scale_up_commands(model: str = REAL_MODEL) -> str:
+    """The report's "Scale it up" commands (tests parse each with the CLI's parser)."""
+    return SCALE_UP.format(model=model)
 
 
 def _markdown(config: QuickstartConfig, s: dict, label) -> str:
@@ -174,10 +293,21 @@ def _markdown(config: QuickstartConfig, s: dict, label) -> str:
     env, out = config.env, config.out
     labelled_note = (f"labelled at {label.samples / label.seconds:.1f} samples/s" if label.samples
                      else "labels reused from the previous run")
+    experiment = s["experiment"]["markdown"].replace("# Experiment\n", "", 1).strip()
+    figures = ", ".join(f"`experiment_{f}`" for f in s["experiment"]["figures"])
+    pr = s["probe"]
+    mean = pr["mean"]
+    best = "\n".join(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} |"
+                     for r in pr["best"])
+    probe_means = (f"mean test score over the {pr['probed']} probed features: hidden {_num(mean['hidden']):.3f}, "
+                   f"floor {_num(mean['floor']):.3f}, ceiling {_num(mean['ceiling']):.3f}; the hidden state beats the "
+                   f"floor on {pr['above_floor']} of them" if pr["probed"] else "no feature had enough rows to probe")
     return f"""# hsrl quickstart report
 
 Environment `{env}`, model `{config.model}` (prompt-only, last layer, mean pooling), seed {config.seed}.
 All numbers come from this run; at this scale they show the pipeline works, not what the LLM is worth.
+Episodes are cut at {config.max_episode_steps} steps in collection, online PPO and evaluation alike, so their
+returns compare.
 
 ## Data
 {st['samples']} samples collected by a random policy, {st['episodes']} finished episodes
@@ -193,8 +323,11 @@ Learning curves: `awr/*.png`.
 
 ## Online PPO with live hidden states
 {on['steps']} steps, {on['episodes']} episodes, return mean {_num(on['return_mean']):.2f},
-Craftax score {on['craftax_score']:.2f}, {on['sps']:.0f} steps/s, {on['llm_calls']} LLM calls;
-time shares: {', '.join(f'{k} {v:.0%}' for k, v in on['time_share'].items())}. Curves: `online/*.png`.
+Craftax score {on['craftax_score']:.2f}, {on['llm_calls']} LLM calls.
+Speed: {_num(on['sps']):.0f} steps/s after the first update; {_num(on.get('sps_with_first_update')):.0f} steps/s
+over all updates including the first, which also compiles ({_num(on.get('first_update_seconds')):.1f} s; the
+progress bar shows this one). Time shares after the first update:
+{', '.join(f'{k} {v:.0%}' for k, v in on['time_share'].items())}. Curves: `online/*.png`.
 
 ## Evaluation with hidden-state ablations
 | run | ablation | return (mean ± std) | length | Craftax score |
@@ -204,27 +337,38 @@ time shares: {', '.join(f'{k} {v:.0%}' for k, v in on['time_share'].items())}. C
 Charts: `ablations_awr_hidden.png`, `achievements.png`. If `real` does no better than `zero`,
 `shuffled` and `constant`, the policy is not using the hidden state.
 
+## Experiment: {config.experiment_seeds} seeds of AWR with and without hidden states
+`hsrl experiment --offline {out}/data/labelled --seeds {config.experiment_seeds}{' --ray' if config.ray else ''}`
+(each run evaluated in Craftax with the ablations, {config.eval_episodes} episodes each, on the same
+evaluation seeds). With so few seeds and steps the intervals are wide: read them, not the means.
+
+{experiment}
+
+Figures: {figures}. Every run's numbers: `{out}/experiment/experiment.json`.
+
+## Probe: what the hidden states know
+`hsrl probe {out}/data/labelled`: linear probes on {pr['rows']} rows ({pr['train_episodes']} train /
+{pr['test_episodes']} test episodes, split by episode), from the hidden state (size {pr['hidden_size']}), a random
+projection of the observation (floor) and the observation itself (ceiling). Effective rank of the hidden states
+{pr['effective_rank']:.1f}, mean pairwise cosine {pr['mean_pairwise_cosine']:.3f}; {probe_means}.
+
+| feature (best read from the hidden state) | metric | hidden | floor | ceiling |
+|---|---|---|---|---|
+{best}
+
+All features: `{out}/probe/probe.md`; chart: `probe.png`.
+
 ## Time per step
 | step | seconds |
 |---|---|
 {times}
 
 ## Scale it up
-Each step as a command, with the reference model on a GPU (`--device cuda`):
+Each step as a command, with the reference model (on a GPU machine the LLM runs on the GPU by default).
+`HEAD` is the head node of a Ray cluster (`ray start --head` there, `ray start --address HEAD:6379` on the others).
 
 ```bash
-hsrl collect --env Craftax-Symbolic-v1 --envs 128 --steps 1000000 --out data/raw
-hsrl label data/raw data/labelled --model {REAL_MODEL} --tokens 256 --batch-size 64
-hsrl label data/raw data/labelled --model {REAL_MODEL} --tokens 1 --ray            # local Ray, one worker per GPU
-hsrl label data/raw data/labelled --model {REAL_MODEL} --ray ray://HEAD:10001 --gpus-per-worker 1   # cluster
-hsrl returns data/labelled --gamma 0.99
-hsrl stats data/labelled
-hsrl train-awr data/labelled --out runs/awr_hidden
-hsrl train-awr data/labelled --out runs/awr_baseline --no-hidden
-hsrl online --env Craftax-Symbolic-v1 --envs 128 --steps 100000 --skip-n 25 --layer -1 --tokens 1 --model {REAL_MODEL} --out runs/online
-hsrl serve --model {REAL_MODEL} --env Craftax-Symbolic-v1 --port 8000
-hsrl eval runs/awr_hidden --episodes 10 --server http://127.0.0.1:8000
-hsrl plot runs/awr_hidden runs/awr_baseline
+{scale_up_commands()}
 ```
 
 This report's data and runs are under `{out}/`.

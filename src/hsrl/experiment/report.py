@@ -209,7 +209,8 @@ def plot_achievements(agg: dict, path: Path) -> bool:
     y = np.arange(len(names))
     for i, arm in enumerate(arms):
         v = np.array([agg["achievements"][arm][n] for n in names])
-        ax.barh(y + i * width, v[:, 0], height=width, xerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=2,
+        ax.barh(y + i * width, v[:, 0], height=width, capsize=2,
+                xerr=np.maximum([v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], 0),  # rounding: 100% > high by 1e-16
                 label=arm, alpha=0.8)
     ax.set_yticks(y + 0.4 - width / 2, names)
     ax.set_xlabel("success rate, % (95% Wilson interval)")

@@ -42,7 +42,7 @@ from hsrl.atomic import atomic_path, remove_temporaries, write_text_atomic
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.errors import InputError
-from hsrl.rl.networks import NetworkConfig, make_network, param_shapes
+from hsrl.rl.networks import NetworkConfig, initial_carry, make_network, param_shapes, policy_step
 
 FORMAT = "hsrl-checkpoint"
 VERSION = 1
@@ -257,8 +257,32 @@ class Policy:
         return self.network.uses_hidden
 
     @property
+    def recurrent(self) -> bool:
+        return self.network.recurrent
+
+    @property
     def module(self):
         return make_network(self.network)
+
+    def initial_carry(self, batch: int) -> jax.Array:
+        """The memory `forward` starts from (zeros; a (B, 1) placeholder for a feed-forward policy)."""
+        return initial_carry(self.network, batch)
+
+    @functools.cached_property
+    def _forward(self):
+        step = policy_step(self.network)
+
+        def apply(params, carry, start, obs, hidden_raw):
+            hidden = None if hidden_raw is None else normalize_hidden(hidden_raw, self.hidden_stats)
+            return step(params, carry, start, obs, hidden)
+
+        return apply
+
+    def forward(self, carry, start, obs, hidden_raw=None):
+        """(carry, logits (B, A), value (B,)) of one step of any policy: `carry` from `initial_carry` or the previous
+        step, `start` (B,) bool where the observation begins an episode (a GRU zeroes its carry there first).
+        Not jitted by itself: call it inside a jitted rollout."""
+        return self._forward(self.params, carry, start, obs, self._hidden_arg(hidden_raw))
 
     def normalize(self, hidden_raw):
         """Raw pooled hidden states (..., H) -> z-scored with the checkpoint's statistics."""
@@ -287,7 +311,10 @@ class Policy:
         return hidden_raw
 
     def apply(self, obs, hidden_raw=None):
-        """(logits (B, A), value (B,)) for observations (B, *obs_shape) and raw hidden states (B, H) or None."""
+        """(logits (B, A), value (B,)) for observations (B, *obs_shape) and raw hidden states (B, H) or None; a
+        feed-forward policy only (a recurrent one acts through `step`, carrying its memory)."""
+        if self.recurrent:
+            raise ValueError(f"{self.network.class_name} is recurrent: act with policy.forward(carry, start, obs, hidden)")
         return self._apply(self.params, obs, self._hidden_arg(hidden_raw))
 
     def act(self, obs, hidden_raw=None, key: jax.Array | None = None, greedy: bool = False):
@@ -330,6 +357,8 @@ def checkpoint_policy(path: str, env_name: str):
     if policy.uses_hidden:
         raise CheckpointError(f"{path} reads hidden states; collect with a policy that does not (a --no-hidden "
                               f"run), then label the data")
+    if policy.recurrent:
+        raise CheckpointError(f"{path} is a recurrent (--policy gru) policy; collect rolls out feed-forward ones")
     module, params = policy.module, policy.params
 
     def act(key, obs):

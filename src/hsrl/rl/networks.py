@@ -17,6 +17,17 @@ symbolic vectors as float32. Layer shapes follow from the input (the conv output
 written down), so the same classes serve Craftax (130x110) and Craftax-Classic (63x63) pixels.
 A `NetworkConfig` is small, frozen and JSON-serialisable; checkpoints store it, so an offline
 checkpoint warm-starts online training with no conversion.
+
+Recurrent policies (`policy="gru"`, online PPO's `--policy gru`, after Craftax_Baselines' PPO-RNN): the same
+encoder, its features concatenated with the normalised hidden state as above, then a GRU (`nn.GRUCell` of `width`
+units, scanned over time with `nn.scan`) whose output the same heads read. The GRU state (the *carry*, (B, width))
+goes from step to step and is zeroed before the first observation of every episode (`start`). A recurrent network
+reads sequences:
+
+    carry, logits, value = net.apply(params, carry, obs, hidden, start)   # obs (T, B, ...), start (T, B) bool
+
+`policy_step` and `policy_sequence` call either kind the same way (the feed-forward networks pass a placeholder
+carry (B, 1) through untouched), so rollouts, updates and evaluation have one code path for both.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from hsrl.pixels import uint8_to_pixels
 from hsrl.strict import dataclass_kwargs
 
 KINDS = ("conv", "mlp")
+POLICIES = ("mlp", "gru")  # feed-forward (the encoder of `kind`), or a GRU over time after it
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
 
 
@@ -47,6 +59,7 @@ class NetworkConfig:
     hidden_size: int | None = None
     width: int = 512  # encoder features and head layers
     activation: str = "relu"  # of the dense layers ("relu" or "tanh"); the conv blocks always use ReLU
+    policy: str = "mlp"  # "mlp": feed-forward; "gru": a GRU between the features and the heads
 
     def __post_init__(self):
         object.__setattr__(self, "obs_shape", tuple(int(d) for d in self.obs_shape))
@@ -65,6 +78,8 @@ class NetworkConfig:
             problems.append(f"width must be positive, got {self.width}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        if self.policy not in POLICIES:
+            problems.append(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if problems:
             raise ValueError("NetworkConfig: " + "; ".join(problems))
 
@@ -73,7 +88,13 @@ class NetworkConfig:
         return self.hidden_size is not None
 
     @property
+    def recurrent(self) -> bool:
+        return self.policy == "gru"
+
+    @property
     def class_name(self) -> str:
+        if self.recurrent:
+            return f"{ActorCriticGRU.__name__}({self.kind}{', hidden' if self.uses_hidden else ''})"
         return NETWORK_CLASSES[(self.kind, self.uses_hidden)].__name__
 
     @classmethod
@@ -212,35 +233,124 @@ NETWORK_CLASSES = {
 }
 
 
+class _ResetGRU(nn.Module):
+    """One GRU step that first zeroes the carry of the rows whose episode starts at this observation."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+        x, start = inputs
+        carry = jnp.where(start[:, None], jnp.zeros_like(carry), carry)
+        return nn.GRUCell(self.features, name="cell")(carry, x)
+
+
+# scanned over the leading (time) axis; one set of parameters for every step
+_ScannedGRU = nn.scan(_ResetGRU, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+
+
+class ActorCriticGRU(nn.Module):
+    """(carry (B, width), obs (T, B, ...), hidden (T, B, H) or None, start (T, B)) -> (carry, logits (T, B, A),
+    value (T, B)): encoder features [+ normalised hidden state] -> GRU (reset at episode starts) -> heads."""
+
+    kind: str
+    num_actions: int
+    hidden_size: int | None = None
+    width: int = 512
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, carry, obs, hidden, start):
+        hidden = _check_hidden(type(self).__name__, hidden, self.hidden_size)
+        T, B = obs.shape[:2]
+        encoder = (ConvEncoder if self.kind == "conv" else MLPEncoder)(self.width, self.activation, name="encoder")
+        features = encoder(obs.reshape((T * B,) + obs.shape[2:])).reshape(T, B, -1)
+        if hidden is not None:
+            features = jnp.concatenate([features, hidden], axis=-1)
+        carry, y = _ScannedGRU(self.width, name="gru")(carry, (features, start.astype(bool)))
+        logits, value = Heads(self.num_actions, self.width, self.activation, name="heads")(y)
+        return carry, logits, value
+
+
 def make_network(config: NetworkConfig) -> nn.Module:
-    """The linen module a config describes; `module.apply(params, obs, hidden=None) -> (logits, value)`."""
+    """The linen module a config describes: `module.apply(params, obs, hidden=None) -> (logits, value)`, or for
+    a recurrent config `module.apply(params, carry, obs, hidden, start) -> (carry, logits, value)` over (T, B)."""
+    if config.recurrent:
+        return ActorCriticGRU(kind=config.kind, num_actions=config.num_actions, hidden_size=config.hidden_size,
+                              width=config.width, activation=config.activation)
     cls = NETWORK_CLASSES[(config.kind, config.uses_hidden)]
     return cls(num_actions=config.num_actions, hidden_size=config.hidden_size, width=config.width,
                activation=config.activation)
 
 
+def initial_carry(config: NetworkConfig, batch: int) -> jax.Array:
+    """The policy's memory before any step: zeros (B, width) for a GRU, a (B, 1) placeholder for feed-forward."""
+    return jnp.zeros((batch, config.width if config.recurrent else 1), jnp.float32)
+
+
+def policy_step(config: NetworkConfig):
+    """`step(params, carry, start, obs, hidden) -> (carry, logits, value)` for one step of B environments, any
+    kind of network: `start` (B,) marks observations that begin an episode (a GRU zeroes their carry first)."""
+    module = make_network(config)
+    if not config.recurrent:
+        def step(params, carry, start, obs, hidden):
+            logits, value = module.apply(params, obs, hidden)
+            return carry, logits, value
+        return step
+
+    def step(params, carry, start, obs, hidden):
+        carry, logits, value = module.apply(params, carry, obs[None], None if hidden is None else hidden[None],
+                                            start[None])
+        return carry, logits[0], value[0]
+    return step
+
+
+def policy_sequence(config: NetworkConfig):
+    """`sequence(params, carry, start, obs, hidden) -> (logits (T, B, A), value (T, B))` over T steps of B
+    environments from the carry before the first step (feed-forward networks read each row on its own)."""
+    module = make_network(config)
+    if config.recurrent:
+        def sequence(params, carry, start, obs, hidden):
+            _, logits, value = module.apply(params, carry, obs, hidden, start)
+            return logits, value
+        return sequence
+
+    def sequence(params, carry, start, obs, hidden):
+        T, B = obs.shape[:2]
+        flat = lambda x: None if x is None else x.reshape((T * B,) + x.shape[2:])  # noqa: E731
+        logits, value = module.apply(params, flat(obs), flat(hidden))
+        return logits.reshape(T, B, -1), value.reshape(T, B)
+    return sequence
+
+
 def dummy_inputs(config: NetworkConfig, batch: int = 1):
-    """Placeholder (obs, hidden) of the right shapes, for initialisation and shape inference only."""
-    obs = jnp.zeros((batch,) + config.obs_shape, jnp.float32)
+    """Placeholder (obs, hidden) of the right shapes, for initialisation and shape inference only: (B, ...), or
+    (1, B, ...) sequences of one step for a recurrent network."""
+    lead = (1, batch) if config.recurrent else (batch,)
+    obs = jnp.zeros(lead + config.obs_shape, jnp.float32)
     if not config.uses_hidden:
         return obs, None
-    shape = (batch, config.hidden_size)
-    return obs, jnp.ones(shape, jnp.float32)
+    return obs, jnp.ones(lead + (config.hidden_size,), jnp.float32)
+
+
+def _init_args(config: NetworkConfig):
+    obs, hidden = dummy_inputs(config)
+    if config.recurrent:
+        return initial_carry(config, 1), obs, hidden, jnp.zeros((1, 1), bool)
+    return obs, hidden
 
 
 def init_params(config: NetworkConfig, key: jax.Array):
     """Fresh parameters for `config` (initialised on a batch of one zero observation)."""
     def init(key):
-        obs, hidden = dummy_inputs(config)
-        return make_network(config).init(key, obs, hidden)
+        return make_network(config).init(key, *_init_args(config))
 
     return jax.jit(init)(key)  # one compiled program, not one per layer (eager init compiles each op)
 
 
 def param_shapes(config: NetworkConfig):
     """The parameter tree of `config` as ShapeDtypeStructs, computed without allocating anything."""
-    obs, hidden = dummy_inputs(config)
-    return jax.eval_shape(make_network(config).init, jax.random.PRNGKey(0), obs, hidden)
+    return jax.eval_shape(make_network(config).init, jax.random.PRNGKey(0), *_init_args(config))
 
 
 def num_params(params) -> int:

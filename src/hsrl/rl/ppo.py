@@ -12,6 +12,12 @@ Normalisation. The policy reads `normalize_hidden(raw, stats)` (`hsrl.data.stats
 scratch (`LiveHidden.stats`); they are frozen during one rollout + update and saved with each checkpoint.
 
 Update. GAE, then `update_epochs` x `num_minibatches` clipped-PPO steps (`Minibatch`) in a jitted `lax.scan`.
+
+Recurrent policy (`--policy gru`). The rollout carries the policy's `Memory`: the GRU state of every environment
+and whether its next observation starts an episode (the GRU zeroes its state before reading that observation).
+The update replays each environment's whole sequence from the rollout's first memory, so its minibatches are
+split by environment, not by time. The feed-forward policy (`mlp`) goes through the same functions with a
+placeholder carry and keeps its minibatches of single (step, environment) samples.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from hsrl.errors import InputError
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
-from hsrl.rl.networks import NetworkConfig, init_params, make_network
+from hsrl.rl.networks import (POLICIES, NetworkConfig, init_params, initial_carry, policy_sequence,
+                              policy_step)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class OnlineConfig(SpecFlags):
     env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
     envs: int = field(default=128, metadata={"help": "parallel environments"})
     steps: int = field(default=100_000, metadata={"help": "total environment steps over all environments"})
+    max_episode_steps: int | None = field(default=None, metadata={"help": "cut episodes at this length (default: Craftax's 10000)"})
+    policy: str = field(default="mlp", metadata={"help": "'mlp': feed-forward (conv encoder on pixels); 'gru': a GRU "
+                                                         "over time that carries across steps and resets at episode ends"})
     skip_n: int = field(default=25, metadata={"help": "run the LLM every N environment steps (and at episode resets)"})
     llm_batch_size: int = field(default=64, metadata={"help": "samples per LLM forward pass"})
     reset_pool: int | None = field(default=None, metadata={"help": "fresh worlds generated at a time for resets; their first states are computed in one LLM batch when generated (default: --envs with the LLM and --pool-states, else --envs/32)"})
@@ -89,6 +99,13 @@ class OnlineConfig(SpecFlags):
             raise InputError(f"--reset-pool must be between 1 and --envs ({self.envs}), got {self.reset_pool}")
         if self.server and not self.hidden:
             raise InputError("--server gives hidden states; --no-hidden reads none: drop one of them")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise InputError("--max-episode-steps must be at least 1")
+        if self.policy not in POLICIES:
+            raise InputError(f"--policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.policy == "gru" and self.envs % self.num_minibatches:
+            raise InputError(f"--policy gru splits minibatches by environment: --envs ({self.envs}) must divide into "
+                             f"--num-minibatches ({self.num_minibatches})")
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise InputError(f"--envs x --num-steps ({self.envs * self.num_steps}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
@@ -110,10 +127,23 @@ class Norm(NamedTuple):
     std: jax.Array
 
 
+class Memory(NamedTuple):
+    """What the policy carries from step to step: its carry (E, width) for a GRU, (E, 1) unused otherwise, and
+    which environments' next observation starts an episode."""
+
+    carry: jax.Array
+    start: jax.Array  # (E,) bool
+
+    @classmethod
+    def initial(cls, net_config: NetworkConfig, num_envs: int) -> Memory:
+        return cls(initial_carry(net_config, num_envs), jnp.ones(num_envs, bool))
+
+
 class Transition(NamedTuple):
     """One step of all environments, as the rollout's scan stacks it: fields (T, E, ...)."""
 
     obs: jax.Array
+    start: jax.Array  # the observation starts its episode (a GRU's carry was zeroed before it)
     hidden: jax.Array
     action: jax.Array
     log_prob: jax.Array
@@ -137,42 +167,49 @@ def hidden_summary(states: np.ndarray | None) -> dict:
     return {"hidden/norm": float(norms.mean()), "hidden/mean_pairwise_cosine": float((cos.sum() - n) / (n * (n - 1)))}
 
 
-def make_rollout(config: OnlineConfig, env, apply_fn, live: LiveHidden | None):
-    """Jitted `(params, runner, norm) -> (runner, transitions, last_value)` over `num_steps` steps."""
+def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: LiveHidden | None):
+    """Jitted `(params, runner, memory, norm) -> (runner, memory, transitions, last_value)` over `num_steps`
+    steps; `memory` is the policy's `Memory` (the GRU state; a placeholder for feed-forward policies)."""
     E = config.envs
+    apply_step = policy_step(net_config)
 
     def pool(runner):  # the fresh worlds' observations, when resets look their states up there
         return env.pool_observations(runner.env_state) if config.pool_states else None
 
-    def policy(params, obs, hidden, norm):
+    def policy(params, memory, obs, hidden, norm):
         h = normalize_hidden(hidden, norm) if live is not None else None
-        return apply_fn(params, obs, h)
+        return apply_step(params, memory.carry, memory.start, obs, h)
 
     def step(carry, _):
-        params, runner, norm = carry
+        params, runner, memory, norm = carry
         runner = refresh(runner, live, config.skip_n, pool(runner))
         key, k_act, k_env = jax.random.split(runner.key, 3)
-        logits, value = policy(params, runner.obs, runner.hidden, norm)
+        new_carry, logits, value = policy(params, memory, runner.obs, runner.hidden, norm)
         action = jax.random.categorical(k_act, logits)
         log_prob = jax.nn.log_softmax(logits)[jnp.arange(E), action]
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
-        t = Transition(runner.obs, runner.hidden, action, log_prob, value, reward, done,
+        t = Transition(runner.obs, memory.start, runner.hidden, action, log_prob, value, reward, done,
                        info["episode_return"], info["episode_length"], info["achievements"])
-        return (params, runner.advance(env, env_state, obs, info, done, key), norm), t
+        runner = runner.advance(env, env_state, obs, info, done, key)
+        return (params, runner, Memory(new_carry, done), norm), t
 
-    def rollout(params, runner, norm):
-        (_, runner, _), traj = jax.lax.scan(step, (params, runner, norm), None, length=config.num_steps)
+    def rollout(params, runner, memory, norm):
+        (_, runner, memory, _), traj = jax.lax.scan(step, (params, runner, memory, norm), None,
+                                                    length=config.num_steps)
         runner = refresh(runner, live, config.skip_n, pool(runner))  # value of the last observation needs its state (resets)
-        _, last_value = policy(params, runner.obs, runner.hidden, norm)
-        return runner, traj, last_value
+        _, _, last_value = policy(params, memory, runner.obs, runner.hidden, norm)
+        return runner, memory, traj, last_value
 
     return jax.jit(rollout)
 
 
 class Minibatch(NamedTuple):
-    """What one PPO step reads, one row per (step, environment) sample."""
+    """What one PPO step reads: (T, e, ...) sequences of e environments for a recurrent policy (from `carry`, its
+    state before the first step), (1, n, ...) single samples for a feed-forward one."""
 
+    carry: jax.Array  # (e, width) GRU state at the rollout's start; (n, 1) unused for feed-forward
     obs: jax.Array
+    start: jax.Array
     hidden: jax.Array
     action: jax.Array
     log_prob: jax.Array  # of the action under the rollout's policy
@@ -193,19 +230,25 @@ def gae(traj: Transition, last_value, gamma: float, lam: float):
     return adv, adv + traj.value
 
 
-def make_update(config: OnlineConfig, apply_fn, optimizer, uses_hidden: bool):
-    """Jitted `(params, opt_state, traj, last_value, norm, key) -> (params, opt_state, losses)`."""
+def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses_hidden: bool):
+    """Jitted `(params, opt_state, traj, memory, last_value, norm, key) -> (params, opt_state, losses)`; `memory` is
+    the `Memory` the rollout started from."""
+    sequence = policy_sequence(net_config)
+    recurrent = net_config.recurrent
 
     def loss_fn(params, mb: Minibatch, norm):
         h = normalize_hidden(mb.hidden, norm) if uses_hidden else None
-        logits, value = apply_fn(params, mb.obs, h)
+        logits, value = sequence(params, mb.carry, mb.start, mb.obs, h)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  (T, e, ...) -> (T*e, ...)
+        logits, value = flat(logits), flat(value)
+        action, old_logp, old_value = flat(mb.action), flat(mb.log_prob), flat(mb.value)
+        ret, advantage = flat(mb.ret), flat(mb.advantage)
         logp_all = jax.nn.log_softmax(logits)
-        logp = jnp.take_along_axis(logp_all, mb.action[:, None], axis=1)[:, 0]
-        v_clipped = mb.value + jnp.clip(value - mb.value, -config.clip_eps, config.clip_eps)
-        value_loss = 0.5 * jnp.maximum((value - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
-        old_logp = mb.log_prob
+        logp = jnp.take_along_axis(logp_all, action[:, None], axis=1)[:, 0]
+        v_clipped = old_value + jnp.clip(value - old_value, -config.clip_eps, config.clip_eps)
+        value_loss = 0.5 * jnp.maximum((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
         ratio = jnp.exp(logp - old_logp)
-        adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
+        adv = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * adv).mean()
         entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
         total = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
@@ -213,18 +256,31 @@ def make_update(config: OnlineConfig, apply_fn, optimizer, uses_hidden: bool):
         clip_frac = (jnp.abs(ratio - 1) > config.clip_eps).mean()
         return total, (policy_loss, value_loss, entropy, approx_kl, clip_frac)
 
-    def update(params, opt_state, traj: Transition, last_value, norm, key):
+    def update(params, opt_state, traj: Transition, memory: Memory, last_value, norm, key):
         adv, ret = gae(traj, last_value, config.gamma, config.gae_lambda)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  (T, E, ...) -> (T*E, ...)
-        data = Minibatch(flat(traj.obs), flat(traj.hidden), flat(traj.action), flat(traj.log_prob),
-                         flat(traj.value), flat(adv), flat(ret))
-        n = data.obs.shape[0]
-        mb_size = n // config.num_minibatches
+        T, E = traj.action.shape
+        k = config.num_minibatches
+        data = Minibatch(memory.carry, traj.obs, traj.start, traj.hidden, traj.action, traj.log_prob, traj.value,
+                         adv, ret)
 
-        def epoch(carry, k):
+        def split(perm):
+            """The data cut into k minibatches: (k, T, E/k, ...) by environment, or (k, 1, T*E/k, ...) by sample."""
+            if recurrent:
+                def by_env(x, axis):
+                    x = jnp.take(x, perm, axis=axis)
+                    x = x.reshape(x.shape[:axis] + (k, E // k) + x.shape[axis + 1:])
+                    return jnp.moveaxis(x, axis, 0)
+                return Minibatch(by_env(data.carry, 0), *(by_env(x, 1) for x in data[1:]))
+
+            def by_sample(x):
+                x = x.reshape((T * E,) + x.shape[2:])[perm]
+                return x.reshape((k, 1, T * E // k) + x.shape[1:])
+            carry = jnp.zeros((k, T * E // k, 1), jnp.float32)  # unused by a feed-forward network
+            return Minibatch(carry, *(by_sample(x) for x in data[1:]))
+
+        def epoch(carry, key):
             params, opt_state = carry
-            perm = jax.random.permutation(k, n)
-            batches = jax.tree.map(lambda x: x[perm].reshape((config.num_minibatches, mb_size) + x.shape[1:]), data)
+            batches = split(jax.random.permutation(key, E if recurrent else T * E))
 
             def minibatch(carry, mb):
                 params, opt_state = carry
@@ -238,8 +294,7 @@ def make_update(config: OnlineConfig, apply_fn, optimizer, uses_hidden: bool):
         names = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clip_frac")
         losses = {name: a.mean() for name, a in zip(names, aux)}
         var = jnp.var(ret)
-        losses["losses/explained_variance"] = jnp.where(var > 0, 1 - jnp.var(ret - traj.value.reshape(-1)
-                                                                            .reshape(ret.shape)) / var, jnp.nan)
+        losses["losses/explained_variance"] = jnp.where(var > 0, 1 - jnp.var(ret - traj.value) / var, jnp.nan)
         return params, opt_state, losses
 
     return jax.jit(update)
@@ -265,7 +320,7 @@ class UpdateTimes:
 
     def __init__(self):
         self.totals = dict.fromkeys(self.PARTS, 0.0)
-        self.timed_steps, self.compile_seconds = 0, 0.0
+        self.timed_steps, self.compile_seconds, self.compile_steps = 0, 0.0, 0
 
     def add(self, *, rollout: float, update: float, whole: float, llm: float, text: float, steps: int,
             compiling: bool) -> dict:
@@ -275,7 +330,7 @@ class UpdateTimes:
         parts["other"] = max(0.0, whole - sum(parts.values()))
         wall = sum(parts.values())
         if compiling:
-            self.compile_seconds = wall
+            self.compile_seconds, self.compile_steps = wall, steps
         else:
             for k, v in parts.items():
                 self.totals[k] += v
@@ -285,6 +340,7 @@ class UpdateTimes:
     def summary(self) -> dict:
         wall = sum(self.totals.values())
         return {"sps": self.timed_steps / wall, "first_update_seconds": self.compile_seconds,
+                "sps_with_first_update": (self.timed_steps + self.compile_steps) / (wall + self.compile_seconds),
                 "time_share": {k: v / wall for k, v in self.totals.items()}}
 
 
@@ -369,7 +425,8 @@ def train_online(config: OnlineConfig) -> dict:
     config.check()
     out = Path(config.out)
     reset_pool = config.reset_pool or (config.envs if config.hidden and config.pool_states else None)
-    env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True)
+    env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True,
+                   max_timesteps=config.max_episode_steps)
     info = env.info
 
     live, spec_json, hidden_size, source, cache = None, None, None, None, None
@@ -383,8 +440,7 @@ def train_online(config: OnlineConfig) -> dict:
         spec_json, hidden_size = source.spec_json, source.hidden_size
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
-                               hidden_size=hidden_size, width=config.width)
-    network = make_network(net_config)
+                               hidden_size=hidden_size, width=config.width, policy=config.policy)
     key = jax.random.PRNGKey(config.seed)
     key, k_init, k_reset = jax.random.split(key, 3)
     params, fixed_stats = init_params(net_config, k_init), None
@@ -398,8 +454,8 @@ def train_online(config: OnlineConfig) -> dict:
                 if config.anneal_lr else config.lr)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(schedule, eps=1e-5))
     opt_state = optimizer.init(params)
-    rollout = make_rollout(config, env, network.apply, live)
-    update = make_update(config, network.apply, optimizer, live is not None)
+    rollout = make_rollout(config, env, net_config, live)
+    update = make_update(config, net_config, optimizer, live is not None)
 
     obs, env_state, reset_info = jax.jit(env.reset)(k_reset)
     sym = reset_info["symbolic_obs"]
@@ -409,6 +465,7 @@ def train_online(config: OnlineConfig) -> dict:
     else:
         hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
     runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key)
+    memory = Memory.initial(net_config, E)
 
     out.mkdir(parents=True, exist_ok=True)
     remove_checkpoint_temporaries(out / "checkpoints")
@@ -437,11 +494,12 @@ def train_online(config: OnlineConfig) -> dict:
         else:
             norm = Norm(jnp.zeros(1), jnp.ones(1))
         t0 = time.perf_counter()
-        runner, traj, last_value = rollout(params, runner, norm)
+        runner, next_memory, traj, last_value = rollout(params, runner, memory, norm)
         jax.block_until_ready(last_value)
         t1 = time.perf_counter()
         key, k_update = jax.random.split(key)
-        params, opt_state, losses = update(params, opt_state, traj, last_value, norm, k_update)
+        params, opt_state, losses = update(params, opt_state, traj, memory, last_value, norm, k_update)
+        memory = next_memory
         losses = jax.device_get(losses)
         t2 = time.perf_counter()
         llm_s, text_s = live.timing_reset() if live is not None else (0.0, 0.0)
