@@ -110,7 +110,7 @@ def test_schema_of_generated_ids():
         unpad_generated(ids, np.array([3, 2, 2]))
     meta = make_meta(3)
     base = {k: (v.shape, v.dtype) for k, v in {
-        "obs": np.zeros((3, 5), np.float32), "next_obs": np.zeros((3, 5), np.float32),
+        "obs": np.zeros((3, 1345), np.float32), "next_obs": np.zeros((3, 1345), np.float32),
         "action": np.zeros(3, np.int32), "reward": np.zeros(3, np.float32), "done": np.zeros(3, bool)}.items()}
     ok = {**base, "generated_ids": (ids.shape, ids.dtype), "generated_len": (lengths.shape, lengths.dtype)}
     assert validate_fields(ok, meta) == 3

@@ -87,7 +87,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         if field.metadata.get("flag_only"):  # e.g. `--no-cache`: a switch with no negated form
-            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+            parser.add_argument(flag, action="store_true", default=default, help=_with_default(help_text, default))
         elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=_with_default(help_text, default))
