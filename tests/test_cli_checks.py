@@ -265,3 +265,14 @@ def test_plot_leaves_out_flat_zero_achievements_and_flags_behaviour_cloning(tmp_
     assert "achievements_place_table.png" in names and "achievements_collect_wood.png" not in names
     assert "left out 1 achievement curves that stay at 0 in every run: collect_wood" in out
     assert "behaviour cloning" in out
+
+
+def test_an_unknown_flag_is_named_with_the_verbs_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "run", "--ablations", "real"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: hsrl eval" in err
+    assert "hsrl eval: error: unrecognized arguments: --ablations real" in err
+    with pytest.raises(SystemExit):
+        main(["--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
