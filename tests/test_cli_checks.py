@@ -276,3 +276,8 @@ def test_an_unknown_flag_is_named_with_the_verbs_usage(capsys):
     with pytest.raises(SystemExit):
         main(["--no-such-flag"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_extract_of_unlabelled_data_is_one_line_before_any_output(raw, tmp_path, capsys):
+    assert main(["extract", str(raw), str(tmp_path / "out"), "--layer", "2"]) == 2
+    assert "is not labelled" in _one_line_error(capsys, "extract") and not (tmp_path / "out").exists()

@@ -99,3 +99,23 @@ def test_scale_up_commands_parse_with_the_cli():
         if verb == "eval" and c.server:
             assert serve.tokens == tokens[trained_on[c.checkpoint]]
     assert "--device" not in scale_up_commands()
+
+
+def test_probe_brief_keeps_metrics_apart_and_ranks_by_skill():
+    """R^2 and accuracy are summarised apart (one R^2 of -50 must not drag the accuracies' summary), and the
+    best-read list ranks by skill over the trivial guess: 0.99 accuracy where the majority class already gets 0.99
+    is no skill, 0.9 where it gets 0.5 is."""
+    from hsrl.quickstart import _brief_probe
+
+    rows = [{"feature": "f_rare", "metric": "accuracy", "hidden": 0.99, "floor": 0.99, "ceiling": 0.99, "majority": 0.99},
+            {"feature": "f_even", "metric": "accuracy", "hidden": 0.9, "floor": 0.5, "ceiling": 1.0, "majority": 0.5},
+            {"feature": "g_bad", "metric": "R2", "hidden": -50.0, "floor": -1.0, "ceiling": 0.5},
+            {"feature": "g_good", "metric": "R2", "hidden": 0.7, "floor": 0.0, "ceiling": 0.9}]
+    report = {"features": rows, "skipped": [], "rows": 10, "episodes": 4, "train_episodes": 3, "test_episodes": 1,
+              "hidden_size": 8, "effective_rank": 2.0, "mean_pairwise_cosine": 0.1}
+    brief = _brief_probe(report)
+    assert brief["median"]["accuracy"] == pytest.approx({"features": 2, "hidden": 0.945, "floor": 0.745,
+                                                         "ceiling": 0.995, "majority": 0.745})
+    assert brief["median"]["R2"]["features"] == 2 and brief["median"]["R2"]["hidden"] == pytest.approx(-24.65)
+    assert [r["feature"] for r in brief["best"]] == ["f_even", "g_good", "f_rare", "g_bad"]
+    assert brief["above_floor"] == 2

@@ -222,15 +222,30 @@ def _brief_stats(stats: dict) -> dict:
 
 
 def _brief_probe(report: dict) -> dict:
-    """Probe results in brief: sizes, collapse measures, means over features and the best-read features."""
+    """Probe results in brief: sizes, collapse measures, medians per metric (R^2 and accuracy are not averaged
+    together: one very negative R^2 would swamp every accuracy) and the features read best (`_skill`)."""
+    import numpy as np
+
     rows = report["features"]
     brief = {k: report[k] for k in ("rows", "episodes", "train_episodes", "test_episodes", "hidden_size",
                                     "effective_rank", "mean_pairwise_cosine")}
     brief["probed"], brief["skipped"] = len(rows), len(report["skipped"])
-    brief["mean"] = {k: (sum(r[k] for r in rows) / len(rows) if rows else None) for k in ("hidden", "floor", "ceiling")}
+    brief["median"] = {}
+    for metric in sorted({r["metric"] for r in rows}):
+        same = [r for r in rows if r["metric"] == metric]
+        keys = ("hidden", "floor", "ceiling") + (("majority",) if all("majority" in r for r in same) else ())
+        brief["median"][metric] = {"features": len(same), **{k: float(np.median([r[k] for r in same])) for k in keys}}
     brief["above_floor"] = sum(r["hidden"] > r["floor"] for r in rows)
-    brief["best"] = sorted(rows, key=lambda r: -r["hidden"])[:8]
+    brief["best"] = sorted(rows, key=lambda r: -_skill(r))[:8]
     return brief
+
+
+def _skill(row: dict) -> float:
+    """A probe's score as skill over the trivial guess, comparable across metrics: R^2 already is (1 - MSE / the
+    mean's MSE); for accuracy, 1 - errors / the majority class's errors."""
+    if "majority" not in row:
+        return row["hidden"]
+    return 1 - (1 - row["hidden"]) / max(1 - row["majority"], 1e-9)
 
 
 def _achievement_chart(evals: dict, path: Path) -> None:
@@ -296,12 +311,14 @@ def _markdown(config: QuickstartConfig, s: dict, label) -> str:
     experiment = s["experiment"]["markdown"].replace("# Experiment\n", "", 1).strip()
     figures = ", ".join(f"`experiment_{f}`" for f in s["experiment"]["figures"])
     pr = s["probe"]
-    mean = pr["mean"]
-    best = "\n".join(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} |"
-                     for r in pr["best"])
-    probe_means = (f"mean test score over the {pr['probed']} probed features: hidden {_num(mean['hidden']):.3f}, "
-                   f"floor {_num(mean['floor']):.3f}, ceiling {_num(mean['ceiling']):.3f}; the hidden state beats the "
-                   f"floor on {pr['above_floor']} of them" if pr["probed"] else "no feature had enough rows to probe")
+    best = "\n".join(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | "
+                     + (f"{r['majority']:.3f} |" if "majority" in r else "- |") for r in pr["best"])
+    medians = "; ".join(
+        f"median {metric} over {m['features']} features: hidden {m['hidden']:.3f}, floor {m['floor']:.3f}, ceiling "
+        f"{m['ceiling']:.3f}" + (f", majority class {m['majority']:.3f}" if "majority" in m else "")
+        for metric, m in pr["median"].items())
+    probe_means = (f"{medians}; the hidden state beats the floor on {pr['above_floor']} of the {pr['probed']} "
+                   "features" if pr["probed"] else "no feature had enough rows to probe")
     return f"""# hsrl quickstart report
 
 Environment `{env}`, model `{config.model}` (prompt-only, last layer, mean pooling), seed {config.seed}.
@@ -352,8 +369,8 @@ Figures: {figures}. Every run's numbers: `{out}/experiment/experiment.json`.
 projection of the observation (floor) and the observation itself (ceiling). Effective rank of the hidden states
 {pr['effective_rank']:.1f}, mean pairwise cosine {pr['mean_pairwise_cosine']:.3f}; {probe_means}.
 
-| feature (best read from the hidden state) | metric | hidden | floor | ceiling |
-|---|---|---|---|---|
+| feature (best read from the hidden state, by skill over the trivial guess) | metric | hidden | floor | ceiling | majority class |
+|---|---|---|---|---|---|
 {best}
 
 All features: `{out}/probe/probe.md`; chart: `probe.png`.

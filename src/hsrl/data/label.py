@@ -455,6 +455,10 @@ class ExtractConfig(CacheFlags, RayFlags):
         if self.pooling not in POOLINGS:
             raise InputError(f"--pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}")
         check_device(self.device)
+        first = list_chunks(self.in_dir)[0]
+        if read_meta(first).spec_json is None:  # raw data: one line now, not one failure per file
+            raise InputError(f"{self.in_dir} is not labelled ({first.name} has no extraction spec): `hsrl extract` "
+                             f"re-extracts labelled data; run `hsrl label {self.in_dir} OUT_DIR` first")
 
     def requested_spec(self, meta: ChunkMeta):
         """The spec this re-extraction asks for a file of IN_DIR: its producer's, with this layer and pooling."""
