@@ -122,6 +122,27 @@ def test_killed_labeller_resumes_to_identical_outputs(dataset, labelled, tmp_pat
         np.testing.assert_allclose(ca["hidden_state"], cb["hidden_state"], rtol=1e-5, atol=1e-6)
 
 
+def test_saved_batches_of_a_finished_file_are_removed_on_rerun(dataset, tmp_path):
+    """A run killed after writing a file but before removing its saved batches leaves them behind; the rerun
+    skips the file (it is done) and removes them, and `.partial/` with them, but keeps an unfinished file's."""
+    import shutil
+
+    out = tmp_path / "out"
+    label_dataset(LabelConfig(str(dataset), str(out), batch_size=8, progress=False))
+    done, unfinished = list_chunks(out)[0], list_chunks(out)[2]
+    for f in (done, unfinished):
+        (out / ".partial" / f.stem).mkdir(parents=True, exist_ok=True)
+        (out / ".partial" / f.stem / "batch_000000.npz").write_bytes(b"left by a killed run")
+    unfinished.unlink()  # this one the killed run never finished
+    summary = label_dataset(LabelConfig(str(dataset), str(out), batch_size=8, progress=False))
+    assert summary.skipped == [done.name, list_chunks(out)[1].name] and summary.labelled == [unfinished.name]
+    assert not (out / ".partial").exists()
+    # a rerun with nothing left to label cleans up too
+    (out / ".partial" / done.stem).mkdir(parents=True)
+    assert label_dataset(LabelConfig(str(dataset), str(out), batch_size=8, progress=False)).labelled == []
+    assert not (out / ".partial").exists()
+
+
 def test_extract_other_layer_of_prompt_only_data(labelled, tmp_path):
     from hsrl.llm import ExtractionSpec
 

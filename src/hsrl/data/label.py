@@ -342,6 +342,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
     remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     start = time.perf_counter()
     if not todo:  # nothing to do: no model loaded, no empty progress bar
+        _remove_finished_partials(out, summary)
         return summary
     bar = tqdm(total=sum(rows[f] for f in todo), unit="sample", desc=what, disable=not config.progress,
                dynamic_ncols=True)
@@ -372,8 +373,7 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
     bar.close()
     if labeller is not None and labeller.extractor.cache is not None:
         summary.cache = labeller.extractor.cache.counts()
-    with contextlib.suppress(OSError):  # only when empty: another file's saved batches stay for the rerun
-        (out / PARTIAL_DIR).rmdir()
+    _remove_finished_partials(out, summary)
     summary.seconds = time.perf_counter() - start - summary.load_seconds
     return summary
 
@@ -392,6 +392,15 @@ def _check_folders(config) -> None:
     if config.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
     _check_ray_flags(config)
+
+
+def _remove_finished_partials(out: Path, summary: LabelSummary) -> None:
+    """Remove the saved batches of every finished file (a run killed between writing a file and removing its
+    batches leaves them), then `.partial/` itself when empty; unfinished files' batches stay for the rerun."""
+    for name in summary.skipped + summary.labelled:
+        shutil.rmtree(out / PARTIAL_DIR / Path(name).stem, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / PARTIAL_DIR).rmdir()
 
 
 def label_dataset(config: LabelConfig) -> LabelSummary:
