@@ -124,9 +124,7 @@ def test_killed_labeller_resumes_to_identical_outputs(dataset, labelled, tmp_pat
 
 def test_saved_batches_of_a_finished_file_are_removed_on_rerun(dataset, tmp_path):
     """A run killed after writing a file but before removing its saved batches leaves them behind; the rerun
-    skips the file (it is done) and removes them, and `.partial/` with them, but keeps an unfinished file's."""
-    import shutil
-
+    skips the file (it is done) and removes them, and `.partial/` with them once no unfinished file needs it."""
     out = tmp_path / "out"
     label_dataset(LabelConfig(str(dataset), str(out), batch_size=8, progress=False))
     done, unfinished = list_chunks(out)[0], list_chunks(out)[2]
