@@ -59,8 +59,9 @@ def test_returns_match_brute_force_across_files(tmp_path, gamma):
 
 def test_rerun_with_other_gamma_replaces_returns(tmp_path):
     make_dataset(tmp_path, np.random.default_rng(1), files=2)
-    add_returns(tmp_path, 0.5, show_progress=False)
-    add_returns(tmp_path, 0.0, show_progress=False)
+    assert add_returns(tmp_path, 0.5, show_progress=False)["replaced_gammas"] == []
+    assert add_returns(tmp_path, 0.0, show_progress=False)["replaced_gammas"] == [0.5]  # said, not silent
+    assert add_returns(tmp_path, 0.0, show_progress=False)["replaced_gammas"] == []
     chunk = read_chunk(list_chunks(tmp_path)[1])
     np.testing.assert_array_equal(chunk["return_to_go"], chunk["reward"])  # gamma 0: return = reward
     assert read_meta(list_chunks(tmp_path)[0]).return_gamma == 0.0

@@ -13,6 +13,9 @@ def run_returns(config: ReturnsConfig) -> int:
     summary = add_returns(config.directory, config.gamma, show_progress=config.progress)
     print(f"{summary['directory']}: return_to_go (gamma {summary['gamma']}) written to {summary['files']} files, "
           f"{summary['rows']} rows, {summary['truncated_rows']} in episodes still running at the end of the data")
+    if summary["replaced_gammas"]:  # say so: runs trained before read the old returns
+        print(f"  replaced the returns of gamma {', '.join(map(str, summary['replaced_gammas']))} (AWR runs trained "
+              f"on this folder before read those)")
     return 0
 
 

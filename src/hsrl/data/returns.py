@@ -104,5 +104,6 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
         raise
     for stage, path in staged:
         os.replace(stage, path)
+    replaced = sorted({i.meta.return_gamma for i in infos if i.meta.return_gamma not in (None, float(gamma))})
     return {"directory": str(Path(directory)), "files": len(files), "rows": rows, "gamma": float(gamma),
-            "truncated_rows": truncated}
+            "truncated_rows": truncated, "replaced_gammas": replaced}
