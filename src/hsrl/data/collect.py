@@ -113,7 +113,7 @@ def _save_state(out: Path, carry, next_chunk: int, config: CollectConfig) -> Non
                  next_chunk=np.array(next_chunk), **{f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
 
-def _load_state(out: Path, template, config: CollectConfig):
+def _load_state(out: Path, template):
     """The saved rollout carry and next chunk index, or None when starting fresh.
 
     A corrupt state file is reported and removed, and the collection starts again from chunk 0: it is seeded, so
@@ -124,7 +124,7 @@ def _load_state(out: Path, template, config: CollectConfig):
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            saved = json.loads(str(z["config"]))
+            json.loads(str(z["config"]))  # part of a whole state (its flags were checked by `collect` first)
             leaves, treedef = jax.tree.flatten(template)
             loaded = [np.asarray(z[f"leaf_{i}"]) for i in range(len(leaves))]
             next_chunk = int(z["next_chunk"])
@@ -135,7 +135,6 @@ def _load_state(out: Path, template, config: CollectConfig):
                       f"chunk 0 (the same seed writes the same chunks)", stacklevel=2)
         path.unlink()
         return None
-    _check_same_flags(out, saved, config)
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), next_chunk
 
 
@@ -182,7 +181,7 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     key, k_reset = jax.random.split(key)
     obs, state, reset_info = jax.jit(env.reset)(k_reset)
     carry = (obs, reset_info.get("symbolic_obs", obs), state, key)  # symbolic envs: obs is the symbolic obs
-    resumed = _load_state(out, carry, config)
+    resumed = _load_state(out, carry)
     start = 0
     if resumed is not None:
         carry, start = resumed

@@ -311,10 +311,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
     from tqdm.auto import tqdm
 
     summary = LabelSummary()
-    files = list_chunks(in_dir)
+    files = _check_folders(config)  # for callers that did not run config.check()
     out = Path(out_dir)
-    if out.resolve() == Path(in_dir).resolve():
-        raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     rows, todo, stale = {}, [], {}
     for f in files:
         try:
@@ -385,13 +383,15 @@ def _check_ray_flags(config) -> None:
         raise InputError("--gpus-per-worker and --retries must not be negative")
 
 
-def _check_folders(config) -> None:
-    list_chunks(config.in_dir)  # FileNotFoundError / DataFileError naming the folder
+def _check_folders(config) -> list[Path]:
+    """IN_DIR's chunk files, after checking the folders, the batch size and the Ray flags."""
+    files = list_chunks(config.in_dir)  # FileNotFoundError / DataFileError naming the folder
     if Path(config.out_dir).resolve() == Path(config.in_dir).resolve():
         raise InputError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
     if config.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
     _check_ray_flags(config)
+    return files
 
 
 def _remove_finished_partials(out: Path, summary: LabelSummary) -> None:
@@ -404,8 +404,6 @@ def _remove_finished_partials(out: Path, summary: LabelSummary) -> None:
 
 
 def label_dataset(config: LabelConfig) -> LabelSummary:
-    if config.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
     config.extraction_spec("classic")  # a bad spec flag fails before any folder is made
     if config.ray is not None and config.backend == "vllm":
         # One vLLM engine per GPU (Ray gives each actor its own CUDA_VISIBLE_DEVICES); on CPUs one engine, which
