@@ -10,10 +10,15 @@ import numpy as np
 
 from hsrl.experiment import stats
 
-GAPS = ("zero", "shuffled")  # real - X
+GAPS = ("shuffled", "zero")  # real - X: shuffled judges use, zero measures sensitivity
 LABELS = {"return_mean": "return", "craftax_score": "Craftax score", "action_match": "action match"}
 CURVES = {"awr": ("actor_loss", "critic_loss", "entropy"),
           "ppo": ("charts/episodic_return", "charts/craftax_score", "losses/entropy")}
+ROLES = ("baseline", "hidden", "control")
+# AWR whose weights are this even (effective sample share of the weights) is behaviour cloning
+BEHAVIOUR_CLONING_ESS = 0.98
+# evaluation noise above this share of the seed-to-seed variance dominates a seed's score
+EVAL_NOISE_DOMINATES = 0.5
 
 
 def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
@@ -23,34 +28,90 @@ def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
     return {arm: sorted(rs, key=lambda r: r["seed"]) for arm, rs in arms.items()}
 
 
+def role(run: dict) -> str:
+    """'baseline', 'hidden' or 'control': the arm's name after its algorithm ("awr-control")."""
+    return run["arm"].split("-", 1)[1]
+
+
 def _scores(runs: list[dict], metric: str, ablation: str = "real") -> np.ndarray:
     return np.array([r["ablations"][ablation][metric] for r in runs], np.float64)
 
 
+def _halves(runs: list[dict], metric: str, ablation: str = "real") -> np.ndarray | None:
+    """(seeds, 2): each run's score on two disjoint halves of its evaluation, when every run has them."""
+    try:
+        return np.array([r["ablations"][ablation]["halves"][metric] for r in runs], np.float64)
+    except KeyError:
+        return None
+
+
+def eval_noise_share(scores: np.ndarray, halves: np.ndarray | None) -> float | None:
+    """The share of the seed-to-seed variance of `scores` that evaluation noise explains. A run's score is
+    (about) the mean of its two half-scores a and b, whose evaluation noise has the variance of (a - b) / 2;
+    its mean square over seeds, over the sample variance of the scores (capped at 1). None without halves
+    or with fewer than 2 seeds."""
+    if halves is None or len(scores) < 2:
+        return None
+    noise = float(np.mean(((halves[:, 0] - halves[:, 1]) / 2) ** 2))
+    total = float(np.var(scores, ddof=1))
+    return 1.0 if total <= 0 else min(1.0, noise / total)
+
+
 def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
-    """Interval estimates of every arm, every hidden-vs-baseline pair and every ablation gap."""
+    """Every arm's estimates, every comparison's calibrated test and every ablation gap, the claims they
+    support (`claims`) and the verdict built from them."""
     arms = _by_arm(results)
     metrics = results[0]["metrics"]
     out = {"metrics": list(metrics), "confidence": stats.CONFIDENCE, "bootstrap_reps": reps, "arms": {},
-           "improvement": {}, "gaps": {}, "achievements": {}}
+           "comparisons": {}, "gaps": {}, "eval_noise": {}, "achievements": {}}
     for arm, runs in arms.items():
-        out["arms"][arm] = {"algo": runs[0]["algo"], "hidden": runs[0]["hidden"], "seeds": [r["seed"] for r in runs],
-                            **{m: stats.mean_iqm(_scores(runs, m), reps, seed) for m in metrics}}
-        if runs[0]["hidden"]:
-            out["gaps"][arm] = {f"real-{g}": {m: stats.paired_gap(_scores(runs, m), _scores(runs, m, g), reps, seed)
-                                              for m in metrics}
-                                for g in GAPS if all(g in r["ablations"] for r in runs)}
+        entry = {"algo": runs[0]["algo"], "role": role(runs[0]), "hidden": runs[0]["hidden"],
+                 "seeds": [r["seed"] for r in runs], "weight_ess": _weight_ess(runs)}
+        for m in metrics:
+            x = _scores(runs, m)
+            entry[m] = {"mean": stats.mean_t(x), "iqm": stats.mean_iqm(x, reps, seed)["iqm"]}
+        out["arms"][arm] = entry
+        out["eval_noise"][arm] = {m: eval_noise_share(_scores(runs, m), _halves(runs, m)) for m in metrics}
+        gaps = {}
+        for g in GAPS:
+            if all(g in r["ablations"] for r in runs):
+                gaps[f"real-{g}"] = {m: stats.paired_test(_scores(runs, m), _scores(runs, m, g), seed).to_dict()
+                                     for m in metrics}
+                halves = [_halves(runs, m), _halves(runs, m, g)]
+                for m in metrics:
+                    gaps[f"real-{g}"][m]["eval_noise"] = eval_noise_share(
+                        _scores(runs, m) - _scores(runs, m, g),
+                        None if any(h is None for h in halves) else halves[0] - halves[1])
+        if gaps:
+            out["gaps"][arm] = gaps
         if "achievements" in runs[0]["ablations"]["real"]:
             out["achievements"][arm] = _achievement_rates(runs)
     for algo in sorted({r["algo"] for r in results}):
-        hidden = [a for a, rs in arms.items() if rs[0]["algo"] == algo and rs[0]["hidden"]]
-        base = [a for a, rs in arms.items() if rs[0]["algo"] == algo and not rs[0]["hidden"]]
-        if hidden and base:
-            out["improvement"][algo] = {"hidden": hidden[0], "baseline": base[0], **{
-                m: stats.probability_of_improvement(_scores(arms[hidden[0]], m), _scores(arms[base[0]], m), reps, seed)
-                for m in metrics}}
+        by_role = {a["role"]: name for name, a in out["arms"].items() if a["algo"] == algo}
+        if "hidden" not in by_role:
+            continue
+        hidden = arms[by_role["hidden"]]
+        comp = {"hidden": by_role["hidden"], "baseline": by_role.get("baseline"), "control": by_role.get("control")}
+        for m in metrics:
+            comp[m] = {}
+            for other in ("baseline", "control"):
+                if by_role.get(other) is None:
+                    continue
+                y = _scores(arms[by_role[other]], m)
+                comp[m][f"vs_{other}"] = stats.welch_test(_scores(hidden, m), y, seed).to_dict()
+                comp[m][f"p_improvement_{other}"] = stats.probability_of_improvement(_scores(hidden, m), y, reps, seed)
+        out["comparisons"][algo] = comp
+    out["claims"] = claims(out)
+    out["notes"] = notes(out)
     out["verdict"] = verdict(out)
     return out
+
+
+def _weight_ess(runs: list[dict]) -> float | None:
+    """The AWR weights' mean effective sample share over the runs' training (None for PPO or when unknown)."""
+    values = [r.get("train", {}).get("weight_ess") for r in runs]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _achievement_rates(runs: list[dict]) -> dict[str, list[float]]:
@@ -65,74 +126,227 @@ def _achievement_rates(runs: list[dict]) -> dict[str, list[float]]:
     return {n: [100 * float(a), 100 * float(b), 100 * float(c)] for n, a, b, c in zip(names, rate, low, high)}
 
 
-def _fmt(iv: list[float], digits: int = 2) -> str:
-    return f"{iv[0]:.{digits}f} [{iv[1]:.{digits}f}, {iv[2]:.{digits}f}]"
+# ---------------------------------------------------------------------------------------- numbers
+
+
+def _float(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def decimals(iv: list[float]) -> int:
+    """Decimals that show an interval's width to two significant digits (a point alone: three significant
+    digits of its value)."""
+    point, low, high = (_float(v) for v in iv[:3])
+    width = high - low if np.isfinite(low) and np.isfinite(high) else 0.0
+    ref = width if width > 0 else abs(point)
+    if not np.isfinite(ref) or ref == 0:
+        return 2
+    return int(min(10, max(0, 1 - np.floor(np.log10(ref)) + (0 if width > 0 else 1))))
+
+
+def fmt(iv: list[float], digits: int | None = None) -> str:
+    """'point [low, high]' at the precision the interval needs; a point without interval says so."""
+    d = decimals(iv) if digits is None else digits
+    point, low, high = (_float(v) for v in iv[:3])
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{point:.{d}f} [no interval]"
+    return f"{point:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+# ---------------------------------------------------------------------------------------- claims
+
+
+def claims(agg: dict) -> dict[str, dict[str, str]]:
+    """{algo: {"uses", "beats_baseline", "beats_control"}: 'above' / 'below' / 'none' / 'too few seeds' /
+    'not run'}: what the calibrated tests of the headline metric support (`stats.Test.claim`). One function,
+    used by the verdict and by the calibration test."""
+    m = agg["metrics"][0]
+    out = {}
+    for algo, comp in agg["comparisons"].items():
+        gap = agg["gaps"].get(comp["hidden"], {}).get("real-shuffled", {}).get(m)
+        out[algo] = {"uses": _claim(gap), "beats_baseline": _claim(comp[m].get("vs_baseline")),
+                     "beats_control": _claim(comp[m].get("vs_control"))}
+    return out
+
+
+def _claim(test: dict | None) -> str:
+    return "not run" if test is None else test["claim"]
+
+
+def notes(agg: dict) -> list[str]:
+    """What the reader must know to read the numbers: behaviour cloning, IQM = mean, evaluation noise."""
+    m = agg["metrics"][0]
+    out = []
+    seeds = sorted({len(a["seeds"]) for a in agg["arms"].values()})
+    if seeds[0] < 4:
+        out.append(f"With {seeds[0]} seed(s) per arm the IQM trims nothing and equals the mean.")
+    for arm, a in agg["arms"].items():
+        if a["weight_ess"] is not None and a["weight_ess"] >= BEHAVIOUR_CLONING_ESS:
+            out.append(f"{arm}: the AWR weights were nearly uniform (weight ESS {a['weight_ess']:.4f} >= "
+                       f"{BEHAVIOUR_CLONING_ESS}), so this arm reduces to behaviour cloning of the data's policy; a "
+                       "smaller --awr-beta (relative to the advantages) lets the weights act.")
+    for arm, gaps in agg["gaps"].items():
+        share = gaps.get("real-shuffled", {}).get(m, {}).get("eval_noise")
+        if share is not None and share > EVAL_NOISE_DOMINATES:
+            out.append(f"{arm}: evaluation noise makes up {share:.0%} of the seed-to-seed spread of real - shuffled "
+                       "(from two disjoint halves of each evaluation): more evaluation episodes would narrow it.")
+    for arm, shares in agg["eval_noise"].items():
+        share = shares.get(m)
+        if share is not None and share > EVAL_NOISE_DOMINATES:
+            out.append(f"{arm}: evaluation noise makes up {share:.0%} of the seed-to-seed spread of its "
+                       f"{LABELS.get(m, m)}: a seed's score is dominated by which actions were sampled; raise "
+                       "--eval-episodes.")
+    return out
+
+
+def _caveat(test: dict) -> str:
+    if test["claim"] in ("above", "below") and test["assumes_normal"]:
+        return (f" (with {test['n']} seeds the exact test cannot reach p < {stats.ALPHA:g}, smallest "
+                f"{fmt_p(test['min_p_exact'])}: this rests on the t interval's assumption of roughly normal "
+                "per-seed scores)")
+    if test["claim"] == "none" and stats.excludes(_iv(test), 0.0) != "includes":
+        return (f" (the t interval excludes 0 but the exact {test['method'].split(' + ')[1]} test does not, "
+                f"p = {fmt_p(test['p_exact'])}: not claimed)")
+    return ""
+
+
+def _iv(test: dict) -> list[float]:
+    return [test["estimate"], test["low"], test["high"]]
+
+
+def _answer(kind: str, test: dict | None, n: int) -> str:
+    if test is None:
+        return {"beats_baseline": "no baseline arm was run",
+                "beats_control": "no control arm was run (--no-control), so whether the hidden state adds "
+                                 "information beyond more input features is not tested"}[kind]
+    iv = fmt(_iv(test))
+    name = {"uses": "real - shuffled", "beats_baseline": "hidden - baseline", "beats_control": "hidden - control"}[kind]
+    stat = f"{name} = {iv}, {test['method'].split(' + ')[1]} p = {fmt_p(test['p_exact'])}"
+    claim = test["claim"]
+    if claim == "too few seeds":
+        return f"cannot be judged with {n} seed(s): {stat}"
+    text = {
+        "uses": {"above": "yes: the policy uses its hidden state",
+                 "below": "the policy does worse with its own hidden state than with another sample's",
+                 "none": "not shown"},
+        "beats_baseline": {"above": "yes: the hidden-state policy beats the baseline",
+                           "below": "no: the baseline beats the hidden-state policy",
+                           "none": "not shown (no difference from the baseline is established)"},
+        "beats_control": {"above": "yes: it beats the same-width control, so the hidden state carries information "
+                                   "the policy does not get from a random projection of the observation",
+                          "below": "no: the control (a random projection of the observation to the same width) "
+                                   "does better",
+                          "none": "not shown: any gain over the baseline may come from more input features alone"},
+    }[kind][claim]
+    return f"{text} ({stat}){_caveat(test)}"
 
 
 def verdict(agg: dict) -> str:
-    """One sentence: what the intervals of the headline metric do and do not support."""
+    """Three answers per algorithm, each from its calibrated test of the headline metric, then what the
+    intervals do not cover."""
     m = agg["metrics"][0]
-    n = {arm: len(a["seeds"]) for arm, a in agg["arms"].items()}
+    level = f"{stats.CONFIDENCE:.0%}"
     parts = []
-    for algo, imp in agg["improvement"].items():
-        p = imp[m]
-        side = stats.excludes(p, 0.5)
-        claim = {"above": "the hidden-state policy beats the baseline",
-                 "below": "the baseline beats the hidden-state policy",
-                 "includes": "the intervals cannot tell the hidden-state policy from the baseline"}[side]
-        text = f"{algo.upper()} ({n[imp['hidden']]} vs {n[imp['baseline']]} seeds): P(hidden > baseline) = {_fmt(p)}, so {claim}"
-        gap = agg["gaps"].get(imp["hidden"], {}).get("real-zero")
-        if gap is not None:
-            gside = stats.excludes(gap[m], 0.0)
-            use = {"above": "the policy uses its hidden state (real - zero above 0)",
-                   "below": "the policy does worse with its real hidden state than with zeros",
-                   "includes": "its use of the hidden state is not shown (real - zero includes 0)"}[gside]
-            text += f"; real - zero = {_fmt(gap[m])}: {use}"
+    for algo, comp in agg["comparisons"].items():
+        hidden = agg["arms"][comp["hidden"]]
+        n = len(hidden["seeds"])
+        gaps = agg["gaps"].get(comp["hidden"], {})
+        gap = gaps.get("real-shuffled", {}).get(m)
+        uses = (_answer("uses", gap, n) if gap is not None else
+                "not judged (the shuffled ablation was not evaluated; real - zero alone is no evidence of use)")
+        text = (f"{algo.upper()} ({n} seeds per arm). Does the policy use its hidden state? {uses}. "
+                f"Does it beat the baseline? {_answer('beats_baseline', comp[m].get('vs_baseline'), n)}. "
+                f"Does it beat the control? {_answer('beats_control', comp[m].get('vs_control'), n)}.")
+        zero = gaps.get("real-zero", {}).get(m)
+        if zero is not None:
+            text += (f" real - zero = {fmt(_iv(zero))} measures sensitivity to the input (zeros are an "
+                     "input the network never saw), not use.")
         parts.append(text)
     if not parts:
-        return (f"Only one arm per algorithm was run, so no comparison is made; the {LABELS.get(m, m)} intervals "
+        return (f"No hidden-state arm was run, so no comparison is made; the {LABELS.get(m, m)} intervals "
                 "above say how precisely each arm was measured.")
-    return (f"On {LABELS.get(m, m)} with 95% intervals: " + "; ".join(parts) +
-            ". Intervals come from seeds alone: they do not cover other environments, datasets or "
-            "hyperparameters, and effects smaller than their width are not ruled out.")
+    return (f"On {LABELS.get(m, m)}, {level} t intervals over seeds; a claim needs the interval to exclude 0 and "
+            "the exact test to agree where the seed count lets it reach p < 0.05. " + " ".join(parts) +
+            " Intervals cover seed-to-seed variation only: not other environments, datasets or hyperparameters, "
+            "and effects smaller than their width are not ruled out.")
 
 
 def markdown(agg: dict, results: list[dict]) -> str:
     metrics = agg["metrics"]
-    lines = ["# Experiment", "", f"95% stratified-bootstrap intervals ({agg['bootstrap_reps']} resamples, rliable) "
-             "over seeds; `real` ablation unless named.", "",
-             "| arm | seeds | " + " | ".join(f"{LABELS.get(m, m)} mean | {LABELS.get(m, m)} IQM" for m in metrics) + " |",
+    lab = lambda m: LABELS.get(m, m)  # noqa: E731
+    lines = ["# Experiment", "",
+             f"`real` ablation unless named. Means with {stats.CONFIDENCE:.0%} Student t intervals over seeds; "
+             f"IQM with rliable's stratified-bootstrap intervals ({agg['bootstrap_reps']} resamples; descriptive, "
+             "too narrow over few seeds, never used for a claim).", "",
+             "| arm | seeds | " + " | ".join(f"{lab(m)} mean | {lab(m)} IQM" for m in metrics) + " |",
              "|---|---|" + "---|---|" * len(metrics)]
     for arm, a in agg["arms"].items():
-        lines.append(f"| {arm} | {len(a['seeds'])} | " + " | ".join(f"{_fmt(a[m]['mean'])} | {_fmt(a[m]['iqm'])}"
+        lines.append(f"| {arm} | {len(a['seeds'])} | " + " | ".join(f"{fmt(a[m]['mean'])} | {fmt(a[m]['iqm'])}"
                                                                       for m in metrics) + " |")
-    if agg["improvement"]:
-        lines += ["", "| comparison | " + " | ".join(f"P(hidden > baseline), {LABELS.get(m, m)}" for m in metrics)
-                  + " |", "|---|" + "---|" * len(metrics)]
-        for algo, imp in agg["improvement"].items():
-            lines.append(f"| {imp['hidden']} vs {imp['baseline']} | " + " | ".join(_fmt(imp[m]) for m in metrics) + " |")
+    if agg["comparisons"]:
+        lines += ["", "Comparisons (Welch t interval of the difference of means, exact permutation p; P(hidden > "
+                  "other) is rliable's bootstrap estimate, descriptive):", "",
+                  "| comparison | metric | difference | t p | exact p | P(hidden > other) | claim |",
+                  "|---|---|---|---|---|---|---|"]
+        for algo, comp in agg["comparisons"].items():
+            for other in ("baseline", "control"):
+                for m in metrics:
+                    t = comp[m].get(f"vs_{other}")
+                    if t is None:
+                        continue
+                    pi = comp[m][f"p_improvement_{other}"]
+                    lines.append(f"| {comp['hidden']} - {comp[other]} | {lab(m)} | {fmt(_iv(t))} | "
+                                 f"{fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | {fmt(pi, 2)} | {t['claim']} |")
     if agg["gaps"]:
-        lines += ["", "| ablation gap | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
-                  "|---|" + "---|" * len(metrics)]
+        lines += ["", "Ablation gaps, paired per seed (Student t interval, exact sign-flip p). real - shuffled "
+                  "judges use (another sample's state keeps the input's distribution); real - zero measures "
+                  "sensitivity to an input the network never saw:", "",
+                  "| arm: gap | metric | mean gap | t p | exact p | eval-noise share | claim |",
+                  "|---|---|---|---|---|---|---|"]
         for arm, gaps in agg["gaps"].items():
             for name, g in gaps.items():
-                lines.append(f"| {arm}: {name.replace('-', ' - ')} | " + " | ".join(_fmt(g[m]) for m in metrics) + " |")
+                for m in metrics:
+                    t = g[m]
+                    share = "-" if t.get("eval_noise") is None else f"{t['eval_noise']:.0%}"
+                    lines.append(f"| {arm}: {name.replace('-', ' - ')} | {lab(m)} | {fmt(_iv(t))} | "
+                                 f"{fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | {share} | "
+                                 f"{t['claim'] if name == 'real-shuffled' else 'sensitivity only'} |")
+    if any(v is not None for shares in agg["eval_noise"].values() for v in shares.values()):
+        lines += ["", "Share of each arm's seed-to-seed variance that is evaluation noise (from the spread between "
+                  "two disjoint halves of each run's evaluation): " + "; ".join(
+                      f"{arm} " + ", ".join(f"{lab(m)} {v:.0%}" for m, v in shares.items() if v is not None)
+                      for arm, shares in agg["eval_noise"].items()) + "."]
     if agg["achievements"]:
         arms = list(agg["achievements"])
-        lines += ["", "Success rate per achievement, % [95% Wilson interval], over every evaluation episode:", "",
+        lines += ["", "Success rate per achievement, % [95% Wilson interval], over every evaluation episode "
+                  "(achievements no episode unlocked are left out):", "",
                   "| achievement | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-        names = list(agg["achievements"][arms[0]])
-        for name in names:
+        for name in agg["achievements"][arms[0]]:
             if any(agg["achievements"][a][name][0] > 0 for a in arms):
-                lines.append(f"| {name} | " + " | ".join(_fmt(agg["achievements"][a][name], 0) for a in arms) + " |")
-    lines += ["", "| run | seed | " + " | ".join(f"{abl}: {LABELS.get(m, m)}" for abl in ("real", "zero", "shuffled", "constant")
-                                           for m in metrics[:1]) + " |", "|---|---|" + "---|" * 4]
+                lines.append(f"| {name} | " + " | ".join(fmt(agg["achievements"][a][name], 0) for a in arms) + " |")
+    shown = [a for a in ("real", "shuffled", "zero", "constant") if any(a in r["ablations"] for r in results)]
+    lines += ["", f"Per run, {lab(metrics[0])}:", "", "| run | seed | " + " | ".join(shown) + " |",
+              "|---|---|" + "---|" * len(shown)]
     for r in sorted(results, key=lambda r: (r["arm"], r["seed"])):
-        cells = [f"{r['ablations'][a][metrics[0]]:.3f}" if a in r["ablations"] else "" for a in
-                 ("real", "zero", "shuffled", "constant")]
+        d = decimals([0, 0, max(1e-12, _spread(results, metrics[0]))])
+        cells = [f"{r['ablations'][a][metrics[0]]:.{d}f}" if a in r["ablations"] else "" for a in shown]
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + " |")
+    if agg["notes"]:
+        lines += ["", "**Notes.**", ""] + [f"- {n}" for n in agg["notes"]]
     lines += ["", "**Verdict.** " + agg["verdict"], ""]
     return "\n".join(lines)
+
+
+def _spread(results: list[dict], metric: str) -> float:
+    """The scores' range: the per-run table prints it to two significant digits."""
+    values = np.array([r["ablations"][a][metric] for r in results for a in r["ablations"]], np.float64)
+    return float(np.ptp(values)) if len(values) > 1 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -157,16 +371,22 @@ def _plt():
     return plt
 
 
+def _finite_interval(iv: list[float]) -> list[float]:
+    """A plottable interval: one without bounds (a single seed) is drawn as its point."""
+    point, low, high = (_float(v) for v in iv[:3])
+    return [point, low if np.isfinite(low) else point, high if np.isfinite(high) else point]
+
+
 def plot_intervals(agg: dict, path: Path) -> None:
-    """rliable's interval plot: per arm, mean and IQM of each metric."""
+    """rliable's interval plot: per arm, the mean (t interval) and IQM (bootstrap) of each metric."""
     _plt()
     from rliable import plot_utils
 
     names, point, interval = [], {}, {}
     for m in agg["metrics"]:
-        names += [f"{LABELS.get(m, m)} mean", f"{LABELS.get(m, m)} IQM"]
+        names += [f"{LABELS.get(m, m)} mean (t)", f"{LABELS.get(m, m)} IQM (bootstrap)"]
     for arm, a in agg["arms"].items():
-        vals = [a[m][k] for m in agg["metrics"] for k in ("mean", "iqm")]
+        vals = [_finite_interval(a[m][k]) for m in agg["metrics"] for k in ("mean", "iqm")]
         point[arm] = np.array([v[0] for v in vals])
         interval[arm] = np.array([[v[1] for v in vals], [v[2] for v in vals]])
     fig, _ = plot_utils.plot_interval_estimates(point, interval, names, xlabel="", subfigure_width=3.4,
@@ -175,24 +395,38 @@ def plot_intervals(agg: dict, path: Path) -> None:
 
 
 def plot_comparisons(agg: dict, path: Path) -> bool:
-    """P(hidden > baseline) and the ablation gaps of the headline metric, one row per algorithm."""
+    """The calibrated comparisons of the headline metric, one row per algorithm: hidden - baseline,
+    hidden - control, real - shuffled (use), real - zero (sensitivity); each labelled with its value."""
     m = agg["metrics"][0]
-    rows = {}
-    for algo, imp in agg["improvement"].items():
-        gaps = agg["gaps"].get(imp["hidden"], {})
-        rows[algo] = [imp[m]] + [gaps.get(f"real-{g}", {}).get(m, [np.nan] * 3) for g in GAPS]
-    if not rows:
+    panels = [("hidden - baseline", lambda c, g: c[m].get("vs_baseline")),
+              ("hidden - control", lambda c, g: c[m].get("vs_control")),
+              ("real - shuffled (use)", lambda c, g: g.get("real-shuffled", {}).get(m)),
+              ("real - zero (sensitivity)", lambda c, g: g.get("real-zero", {}).get(m))]
+    rows = {algo: [get(comp, agg["gaps"].get(comp["hidden"], {})) for _, get in panels]
+            for algo, comp in agg["comparisons"].items()}
+    keep = [i for i in range(len(panels)) if any(r[i] is not None for r in rows.values())]
+    if not rows or not keep:
         return False
-    _plt()
-    from rliable import plot_utils
-
-    names = ["P(hidden > baseline)"] + [f"real - {g}" for g in GAPS]
-    point = {a: np.array([v[0] for v in vals]) for a, vals in rows.items()}
-    interval = {a: np.array([[v[1] for v in vals], [v[2] for v in vals]]) for a, vals in rows.items()}
-    fig, axes = plot_utils.plot_interval_estimates(point, interval, names, xlabel=LABELS.get(m, m),
-                                                   row_height=0.6)
-    for ax, ref in zip(np.atleast_1d(axes), (0.5, 0.0, 0.0)):
-        ax.axvline(ref, color="grey", ls="--", lw=1)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keep), figsize=(3.6 * len(keep), 0.7 * len(rows) + 1.2), squeeze=False)
+    for ax, i in zip(axes[0], keep):
+        for y, (algo, tests) in enumerate(rows.items()):
+            t = tests[i]
+            if t is None:
+                continue
+            iv = _finite_interval(_iv(t))
+            ax.errorbar([iv[0]], [y], xerr=[[iv[0] - iv[1]], [iv[2] - iv[0]]], fmt="o", capsize=4,
+                        color="C0" if t["claim"] in ("above", "below") else "grey")
+            ax.annotate(fmt(_iv(t)), (iv[0], y), textcoords="offset points", xytext=(0, 8), ha="center",
+                        fontsize=7)
+        ax.axvline(0, color="grey", ls="--", lw=1)
+        ax.set_yticks(range(len(rows)), [a.upper() for a in rows])
+        ax.set_ylim(-0.6, len(rows) - 0.2)
+        ax.set_title(panels[i][0], fontsize=9)
+        ax.set_xlabel(LABELS.get(m, m), fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{stats.CONFIDENCE:.0%} t intervals over seeds (blue: claimed by the calibrated tests)", fontsize=9)
+    fig.tight_layout()
     _save(fig, path)
     return True
 
@@ -202,8 +436,10 @@ def plot_achievements(agg: dict, path: Path) -> bool:
         return False
     plt = _plt()
     arms = list(agg["achievements"])
-    names = [n for n in agg["achievements"][arms[0]] if any(agg["achievements"][a][n][2] > 0 for a in arms)]
-    names = names or list(agg["achievements"][arms[0]])
+    # achievements some episode unlocked (by the rate: a Wilson bound is above 0 even when none did)
+    names = [n for n in agg["achievements"][arms[0]] if any(agg["achievements"][a][n][0] > 0 for a in arms)]
+    if not names:
+        return False
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) * len(arms) + 1))
     width = 0.8 / len(arms)
     y = np.arange(len(names))
