@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import numpy as np
-from rl_helpers import ENV, NUM_ACTIONS, SPEC, hidden_task_arrays, write_hidden_task
+from rl_helpers import ENV, NUM_ACTIONS, OBS_DIM, SPEC, hidden_task_arrays, write_hidden_task
 
 from hsrl.data import ChunkMeta, chunk_path, list_chunks, read_chunk, update_chunk, write_chunk
 
@@ -31,12 +31,30 @@ def noise_hidden(folder, rng):
     return folder
 
 
-def task_pair(root, seed, noise=False, rows_per_file=2048, files=2):
-    """(train, held-out) folders of the hidden-state task; with `noise` the hidden states carry nothing."""
+def obs_map_hidden(folder, matrix):
+    """Move the task's answer into the observation (one-hot of the best action in dimensions 8..24) and make
+    the hidden state a fixed random linear map of that observation: it carries nothing the observation lacks."""
+    for path in list_chunks(folder):
+        chunk = read_chunk(path, ["obs", "hidden_state"])
+        obs, h = chunk["obs"].copy(), chunk["hidden_state"]
+        best = np.argmax(h[:, :NUM_ACTIONS].astype(np.float32), axis=1)  # one_hot(best) + 0.1 noise
+        obs[:, 8:8 + NUM_ACTIONS] = np.eye(NUM_ACTIONS, dtype=np.float32)[best]
+        update_chunk(path, {"obs": obs, "hidden_state": (obs @ matrix).astype(h.dtype)})
+    return folder
+
+
+def task_pair(root, seed, noise=False, obs_map=False, rows_per_file=2048, files=2):
+    """(train, held-out) folders of the hidden-state task. With `noise` the hidden states carry nothing; with
+    `obs_map` the answer is in the observation and the hidden state is a random linear map of it."""
     rng = np.random.default_rng(seed)
     train = write_hidden_task(Path(root) / "train", rng, files=files, rows_per_file=rows_per_file)
     held = write_expert_rows(Path(root) / "heldout", rng)
     if noise:
         noise_hidden(train, rng)
         noise_hidden(held, rng)
+    if obs_map:
+        width = read_chunk(list_chunks(train)[0], ["hidden_state"])["hidden_state"].shape[1]
+        matrix = rng.standard_normal((OBS_DIM, width)).astype(np.float32) / np.sqrt(NUM_ACTIONS)
+        obs_map_hidden(train, matrix)
+        obs_map_hidden(held, matrix)
     return train, held

@@ -27,35 +27,75 @@ def informative(tmp_path_factory):
     return train, held, root / "exp", report
 
 
+def _answers(agg) -> dict:
+    return agg["claims"]["awr"]
+
+
 def test_hidden_state_that_decides_the_action_is_found(informative):
+    """Information only in the hidden state: it is used, and the hidden arm beats the baseline and the control."""
     _, _, out, report = informative
     agg = report["aggregates"]
-    p = agg["improvement"]["awr"]["action_match"]
-    gap = agg["gaps"]["awr-hidden"]["real-zero"]["action_match"]
-    shuffled = agg["gaps"]["awr-hidden"]["real-shuffled"]["action_match"]
-    print("P(improvement)", p, "real-zero", gap, "real-shuffled", shuffled)
-    assert p[1] > 0.5, "P(hidden > baseline) interval lies above 0.5"
-    assert gap[1] > 0 and shuffled[1] > 0, "the real - zero and real - shuffled intervals lie above 0"
+    print(agg["verdict"])
+    assert _answers(agg) == {"uses": "above", "beats_baseline": "above", "beats_control": "above"}
+    comp = agg["comparisons"]["awr"]["action_match"]
+    assert comp["vs_baseline"]["low"] > 0 and comp["vs_control"]["low"] > 0
+    assert agg["gaps"]["awr-hidden"]["real-shuffled"]["action_match"]["low"] > 0
     hidden = agg["arms"]["awr-hidden"]["action_match"]["mean"]
     base = agg["arms"]["awr-baseline"]["action_match"]["mean"]
-    assert hidden[0] > 0.3 and base[2] < 0.15  # chance is 1/17
+    control = agg["arms"]["awr-control"]["action_match"]["mean"]
+    assert hidden[0] > 0.3 and base[2] < 0.15 and control[2] < 0.15  # chance is 1/17
     md = (out / "experiment.md").read_text()
-    assert "beats the baseline" in md and "uses its hidden state" in md
+    assert "yes: the policy uses its hidden state" in md and "yes: the hidden-state policy beats the baseline" in md
+    assert "yes: it beats the same-width control" in md
     saved = json.loads((out / "experiment.json").read_text())
-    assert len(saved["runs"]) == 8 and saved["aggregates"] == json.loads(json.dumps(agg))
+    assert len(saved["runs"]) == 12 and saved["aggregates"] == json.loads(json.dumps(agg))
+    # every run's evaluation halves, and the evaluation-noise shares computed from them
+    assert all(len(r["ablations"]["real"]["halves"]["action_match"]) == 2 for r in saved["runs"])
+    assert 0 <= agg["eval_noise"]["awr-hidden"]["action_match"] <= 1
     for png in ("intervals.png", "comparisons.png", "curves.png"):
         assert (out / png).stat().st_size > 5000
 
 
-def test_noise_hidden_states_show_no_difference(tmp_path):
+@pytest.mark.parametrize("seed", [0, 10])
+def test_noise_hidden_states_make_no_claim(tmp_path, seed):
+    """A hidden state of pure noise, at two experiment seeds: no answer claims anything."""
     train, held = task_pair(tmp_path, 1, noise=True)
+    agg = run_experiment(experiment(train, held, tmp_path / "exp", seed=seed))["aggregates"]
+    print(agg["verdict"])
+    assert _answers(agg) == {"uses": "none", "beats_baseline": "none", "beats_control": "none"}
+    assert "yes:" not in agg["verdict"] and "not shown" in agg["verdict"]
+
+
+def test_a_map_of_the_observation_does_not_beat_the_control(tmp_path):
+    """A hidden state that is a random linear map of the observation: the policy may use it, but it carries
+    nothing beyond the observation, so the hidden arm does not beat the same-width control."""
+    train, held = task_pair(tmp_path, 2, obs_map=True)
     agg = run_experiment(experiment(train, held, tmp_path / "exp"))["aggregates"]
-    p = agg["improvement"]["awr"]["action_match"]
-    gap = agg["gaps"]["awr-hidden"]["real-zero"]["action_match"]
-    print("P(improvement)", p, "real-zero", gap)
-    assert p[1] <= 0.5 <= p[2], "P(hidden > baseline) interval includes 0.5"
-    assert gap[1] <= 0 <= gap[2], "real - zero interval includes 0"
-    assert "is not shown" in agg["verdict"] and "cannot tell" in agg["verdict"]
+    print(agg["verdict"])
+    assert _answers(agg)["beats_control"] != "above"
+    # not a test of nothing: both arms that read the map learned it (chance is 1/17)
+    assert agg["arms"]["awr-hidden"]["action_match"]["mean"][1] > 0.1
+    assert agg["arms"]["awr-control"]["action_match"]["mean"][1] > 0.1
+
+
+def test_checks_before_any_run(tmp_path):
+    """Widths, specs and actions out of range are refused before the first arm trains (no run folder made)."""
+    from hsrl.data import list_chunks, read_chunk, update_chunk
+
+    train, held = task_pair(tmp_path, 3)
+    path = list_chunks(held)[0]
+    h = read_chunk(path, ["hidden_state"])["hidden_state"]
+    update_chunk(path, {"hidden_state": np.concatenate([h, h], 1)})
+    with pytest.raises(ValueError, match="hidden width 48"):
+        run_experiment(experiment(train, held, tmp_path / "exp"))
+    update_chunk(path, {"hidden_state": h})
+    path = list_chunks(train)[1]
+    action = read_chunk(path, ["action"])["action"].copy()
+    action[5] = 17
+    update_chunk(path, {"action": action})
+    with pytest.raises(ValueError, match="row 5 holds 17"):
+        run_experiment(experiment(train, held, tmp_path / "exp"))
+    assert not (tmp_path / "exp" / "runs").exists()
 
 
 def test_rerun_skips_finished_runs_and_refuses_other_settings(informative, tmp_path):
@@ -78,7 +118,7 @@ def test_bad_input_is_refused(tmp_path):
         ExperimentConfig(offline=str(tmp_path), ablation="zero").check_experiment()
 
 
-def test_intervals_follow_the_definitions():
+def test_descriptive_intervals_follow_the_definitions():
     rng = np.random.default_rng(0)
     x, y = rng.normal(1, 1, 10), rng.normal(0, 1, 10)
     p = stats.probability_of_improvement(x, y)
@@ -89,8 +129,8 @@ def test_intervals_follow_the_definitions():
     assert mi["mean"][0] == pytest.approx(x.mean()) and mi["iqm"][0] == pytest.approx(srt[2:8].mean())  # 25% trimmed
     rate, low, high = stats.wilson([0, 5], [10, 10])
     assert rate.tolist() == [0, 0.5] and low[0] == 0 and 0.23 < low[1] < 0.24 and 0.76 < high[1] < 0.77
-    g = stats.paired_gap([1, 2, 3], [0, 1, 2])
-    assert g == [1.0, 1.0, 1.0]
+    m = stats.mean_t([1, 2, 3])
+    assert m[0] == 2 and m[1] == pytest.approx(2 - 4.302653 / np.sqrt(3), rel=1e-5)
     np.random.seed(5)
     before = np.random.random()
     np.random.seed(5)
@@ -105,11 +145,15 @@ def _craftax_jobs(tmp_path):
 
 def test_plan_runs_every_arm_and_seed_with_the_same_evaluation_seed(tmp_path):
     jobs = _craftax_jobs(tmp_path)
-    assert [(j.arm, j.seed) for j in jobs] == [(a, s) for a in ("awr-baseline", "awr-hidden", "ppo-baseline",
-                                                                "ppo-hidden") for s in (0, 1)]
+    assert [(j.arm, j.seed) for j in jobs] == [(f"{a}-{r}", s) for a in ("awr", "ppo")
+                                               for r in ("baseline", "hidden", "control") for s in (0, 1)]
     assert {j.eval.seed for j in jobs} == {1000} and {j.eval.episodes for j in jobs} == {3}
     assert [j.train.seed for j in jobs[:2]] == [0, 1] and not jobs[0].train.hidden and jobs[2].train.hidden
-    assert not jobs[4].train.hidden and jobs[6].train.hidden
+    assert jobs[4].train.control and jobs[4].train.hidden and not jobs[2].train.control
+    assert jobs[4].eval.ablation == "real" and "shuffled" in jobs[2].eval.ablation
+    assert not jobs[6].train.hidden and jobs[8].train.hidden and jobs[10].train.control
+    assert [j.arm for j in plan(ExperimentConfig(offline=str(tmp_path), seeds=1, control=False))] == [
+        "awr-baseline", "awr-hidden"]
 
 
 
@@ -125,7 +169,7 @@ def test_cli_trains_and_evaluates_ppo_arms_on_craftax(tmp_path):
                  "--no-progress", "--bootstrap-reps", "500"]) == 0
     report = json.loads((out / "experiment.json").read_text())
     hidden = [r for r in report["runs"] if r["arm"] == "ppo-hidden"]
-    assert len(report["runs"]) == 4 and len(hidden) == 2
+    assert len(report["runs"]) == 6 and len(hidden) == 2  # baseline, hidden and control arms
     for r in hidden:
         assert set(r["ablations"]) == {"real", "zero", "shuffled", "constant"}
         assert r["ablations"]["real"]["episodes"] == 2 and len(r["ablations"]["real"]["achievements"]) == 22

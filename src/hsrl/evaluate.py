@@ -10,8 +10,10 @@ Ablations act on what the network reads (its normalised hidden input):
   real      the policy's own hidden states
   zero      all zeros (the raw state set to the normalisation mean)
   shuffled  at each refresh, every environment gets another environment's real state
-  constant  one state for all, from a fixed text (`--constant-text`); for specs that read images, the
-            first observation of environment 0 (a fixed frame, with its text for image+text)
+  constant  one state for all, from a fixed text (`--constant-text`); for specs that read images and for
+            control policies, the first observation of environment 0 (a fixed frame, with its text for image+text)
+A control policy (`hsrl experiment`'s control arm) reads a fixed random projection of its observation
+(`hsrl.data.projection`) in place of an LLM's state, refreshed on the same schedule.
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
 A recurrent policy (`--policy gru`) carries its GRU state through each segment and from one segment to the
 next, zeroed where an episode starts, as in training.
@@ -196,10 +198,15 @@ def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfi
     rates = ach.mean(0) * 100
     if config.video and frames:
         _save_gif([f for f in frames if f is not None], out / f"episode_{ablation}.gif")
-    return {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns[:n])),
-            "return_std": float(np.std(returns[:n])), "length_mean": float(np.mean(lengths[:n])),
-            "craftax_score": craftax_score(rates),
-            "achievements": {name: float(r) for name, r in zip(env.info.achievement_names, rates)}}
+    result = {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns[:n])),
+              "return_std": float(np.std(returns[:n])), "length_mean": float(np.mean(lengths[:n])),
+              "craftax_score": craftax_score(rates),
+              "achievements": {name: float(r) for name, r in zip(env.info.achievement_names, rates)}}
+    if n >= 2:  # the same scores on two disjoint halves (alternate episodes): how much evaluation noise moves them
+        halves = [np.arange(n)[i::2] for i in (0, 1)]
+        result["halves"] = {"return_mean": [float(np.mean(np.asarray(returns[:n])[h])) for h in halves],
+                            "craftax_score": [craftax_score(ach[h].mean(0) * 100) for h in halves]}
+    return result
 
 
 def _save_gif(frames, path: Path) -> None:
@@ -263,7 +270,14 @@ def evaluate(config: EvalConfig) -> dict:
                          f"{env.info.obs_shape}")
     live = None
     if policy.uses_hidden:
-        if config.server:
+        from hsrl.data.projection import ObservationProjection, ProjectionSource, is_projection_spec
+
+        if is_projection_spec(policy.spec_json):  # a control policy: its input is computed from the observation
+            if config.server:
+                raise InputError(f"{config.checkpoint} is a control policy (it reads a random projection of the "
+                                 "observation, not an LLM's state): evaluate it without --server")
+            source = ProjectionSource(ObservationProjection.from_spec_json(policy.spec_json))
+        elif config.server:
             from hsrl.serve.client import HiddenStateClient
 
             client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
@@ -283,7 +297,7 @@ def evaluate(config: EvalConfig) -> dict:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
     constant = None
     if live is not None and "constant" in ablations:
-        if live.reads_images:  # a fixed frame: environment 0's first observation under the evaluation seed
+        if live.reads_images or live.reads_observations:  # environment 0's first observation (evaluation seed)
             obs0, _, info0 = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(config.seed))[0])
             constant = live.states(np.asarray(info0["symbolic_obs"])[:1], np.asarray(obs0)[:1])[0]
         else:

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hsrl.errors import InputError
 from hsrl.evaluate import ABLATIONS
 from hsrl.rl.ppo import OnlineConfig
@@ -16,34 +18,44 @@ RUNS_DIR = "runs"
 
 @dataclass(frozen=True)
 class ExperimentConfig(OnlineConfig):
-    """Run K seeds of the baseline and of the hidden-state policy, evaluate each with the hidden-state
-    ablations on the same evaluation seeds, and report interval estimates.
+    """Run K seeds of the baseline, the hidden-state policy and a control, evaluate each with the hidden-state
+    ablations on the same evaluation seeds, and answer three questions with calibrated tests.
 
-    Arms: `--offline DATA` trains AWR on a labelled dataset (awr-baseline with --no-hidden, awr-hidden);
-    `--online` trains PPO with the flags of `hsrl online` (ppo-baseline with --no-hidden, ppo-hidden); both
-    when both are given. Seeds are --seed .. --seed + --seeds - 1. Every trained policy is evaluated on
-    Craftax by `hsrl eval`'s code (--eval-episodes episodes, seed --eval-seed, the same for every run), or,
-    with --eval-data, offline on held-out labelled data through the same ablation functions.
+    Arms: `--offline DATA` trains AWR on a labelled dataset, `--online` PPO with the flags of `hsrl online`
+    (both when both are given), each as three arms: baseline (no hidden input), hidden (the LLM's state) and
+    control (the hidden-state network fed a fixed random projection of the observation to the same width and
+    normalisation: more input features, no new information; --no-control leaves it out). Seeds are --seed ..
+    --seed + --seeds - 1. Every trained policy is evaluated on Craftax by `hsrl eval`'s code (--eval-episodes
+    episodes, seed --eval-seed, the same for every run), or, with --eval-data, offline on held-out labelled
+    data through the same ablation functions.
 
-    Aggregates (rliable, 95% stratified-bootstrap intervals over seeds): mean and IQM of return and
-    Craftax score per arm; P(hidden > baseline); the ablation gaps real - zero and real - shuffled (paired
-    per seed); per-achievement success rates with Wilson intervals. Writes OUT/experiment.json,
-    OUT/experiment.md (with a one-sentence verdict), intervals.png, comparisons.png, achievements.png,
-    curves.png, and one folder per run under OUT/runs/ARM/seedS. Rerunning skips finished runs and
-    resumes AWR runs from their checkpoints. --ray runs one Ray task per (arm, seed).
+    The verdict answers, on the headline metric: does the policy use its hidden state (real - shuffled, paired
+    per seed: Student t interval and exact sign-flip test), does it beat the baseline, does it beat the control
+    (Welch t interval and exact permutation test). real - zero is reported as sensitivity to the input only.
+    rliable's mean / IQM and P(improvement) with bootstrap intervals stay in the tables (descriptive). Each
+    run's scores on two halves of its evaluation show how much of the spread is evaluation noise. Writes
+    OUT/experiment.json, OUT/experiment.md, intervals.png, comparisons.png, achievements.png, curves.png, and one
+    folder per run under OUT/runs/ARM/seedS. Rerunning skips finished runs and resumes AWR runs from their
+    checkpoints. --ray runs one Ray task per (arm, seed). Every input is checked before the first run trains.
     """
 
     offline: str | None = field(default=None, metadata={
         "help": "labelled dataset folder (with return_to_go): run the AWR arms on it"})
     online: bool = field(default=False, metadata={"help": "run the online PPO arms (with the `hsrl online` flags)"})
-    seeds: int = field(default=5, metadata={"help": "seeds per arm"})
+    seeds: int = field(default=5, metadata={"help": "seeds per arm (at 5 or fewer, a paired claim rests on the t "
+                                                    "interval alone: the exact sign-flip test needs 6 to reach 0.05)"})
+    control: bool = field(default=True, metadata={
+        "help": "run the control arm: the hidden-state network fed a fixed random projection of the observation "
+                "(--no-control leaves it out, and the verdict cannot say whether the state adds information)"})
     out: str = field(default="runs/experiment", metadata={"help": "experiment folder (rerun to resume)"})
     awr_steps: int = field(default=20_000, metadata={"help": "AWR gradient steps per run"})
     awr_batch_size: int = field(default=256, metadata={"help": "AWR samples per gradient step"})
     awr_lr: float = field(default=3e-4, metadata={"help": "AWR Adam learning rate"})
     awr_beta: float = field(default=10.0, metadata={"help": "AWR temperature"})
     awr_save_every: int = field(default=2000, metadata={"help": "AWR steps between checkpoints (resume points)"})
-    eval_episodes: int = field(default=10, metadata={"help": "evaluation episodes per ablation and run"})
+    eval_episodes: int = field(default=32, metadata={
+        "help": "evaluation episodes per ablation and run (the report says how much of the spread is evaluation "
+                "noise; raise it when that share is large)"})
     eval_envs: int = field(default=8, metadata={"help": "parallel evaluation environments"})
     eval_seed: int = field(default=1000, metadata={"help": "evaluation seed, the same for every run and ablation"})
     eval_max_episode_steps: int | None = field(default=None, metadata={
@@ -87,8 +99,48 @@ class ExperimentConfig(OnlineConfig):
         if self.retries < 0 or self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise InputError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
         self.ablations()
-        if self.online:
-            OnlineConfig.check(self)
+        if self.online:  # `hsrl online`'s checks of a hidden-state arm (the control arm is planned by the experiment)
+            OnlineConfig.check(dataclasses.replace(self, control=False))
+        if self.offline is not None:
+            check_experiment_data(self.offline, self.eval_data)
+
+
+def check_experiment_data(offline: str, eval_data: str | None) -> None:
+    """Everything an AWR arm or the offline evaluation would refuse, before the first run trains: return_to_go
+    and hidden states in --offline, the same env, hidden width and extraction spec in --eval-data, and actions
+    within the env's range in both (one `DataFileError` naming the file, field and first bad row)."""
+    from hsrl.data import DataFileError, inspect_chunk, list_chunks, read_chunk, spec_differences
+    from hsrl.env import env_info
+    from hsrl.rl.awr import check_data_keys
+
+    check_data_keys(offline, hidden=True)
+    first = inspect_chunk(list_chunks(offline)[0])
+    width = first.fields["hidden_state"][0][-1]
+    num_actions = env_info(first.meta.env_name).num_actions
+    if eval_data is not None:
+        other = inspect_chunk(list_chunks(eval_data)[0])
+        for key in ("obs", "action", "hidden_state"):
+            if key not in other.fields:
+                raise DataFileError(other.path, key, f"missing: --eval-data needs obs, action and hidden_state")
+        if other.meta.env_name != first.meta.env_name:
+            raise DataFileError(other.path, "meta", f"{other.meta.env_name} data; --offline holds "
+                                                    f"{first.meta.env_name}")
+        if other.fields["hidden_state"][0][-1] != width:
+            raise DataFileError(other.path, "hidden_state", f"hidden width {other.fields['hidden_state'][0][-1]}; "
+                                                            f"--offline's is {width} (another model or layer)")
+        differ = spec_differences(first.meta.spec_json, other.meta.spec_json)
+        if differ:
+            raise DataFileError(other.path, "meta", "labelled by another extraction spec than --offline; fields "
+                                                    f"that differ: {', '.join(differ)}")
+    for folder in (offline, eval_data):
+        if folder is None:
+            continue
+        for path in list_chunks(folder):
+            action = read_chunk(path, ["action"])["action"]
+            bad = np.flatnonzero((action < 0) | (action >= num_actions) | (action != np.round(action)))
+            if len(bad):
+                raise DataFileError(path, "action", f"row {bad[0]} holds {action[bad[0]]}, outside the "
+                                                    f"{num_actions} actions of {first.meta.env_name}")
 
 
 def plan(config: ExperimentConfig):
@@ -100,34 +152,35 @@ def plan(config: ExperimentConfig):
     out = Path(config.out).resolve() / RUNS_DIR
     ablations = config.ablations()
     online_fields = {f.name for f in dataclasses.fields(OnlineConfig)}
-    arms = []
-    if config.offline is not None:
-        arms += [("awr", False), ("awr", True)]
-    if config.online:
-        arms += [("ppo", False), ("ppo", True)]
+    roles = ("baseline", "hidden") + (("control",) if config.control else ())
+    algos = (("awr",) if config.offline is not None else ()) + (("ppo",) if config.online else ())
     jobs = []
-    for algo, hidden in arms:
-        arm = f"{algo}-{'hidden' if hidden else 'baseline'}"
+    for algo, role in [(a, r) for a in algos for r in roles]:
+        arm, hidden, control = f"{algo}-{role}", role != "baseline", role == "control"
+        # the control arm needs no ablations: the verdict compares its real score with the hidden arm's
+        arm_ablations = ("real",) if control else ablations
         for seed in range(config.seed, config.seed + config.seeds):
             run_dir = out / arm / f"seed{seed}"
             train_out = str(run_dir / TRAIN_DIR)
             if algo == "awr":
                 train = TrainAWRConfig(
-                    str(Path(config.offline).resolve()), out=train_out, hidden=hidden, steps=config.awr_steps,
+                    str(Path(config.offline).resolve()), out=train_out, hidden=hidden, control=control,
+                    steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
                     save_every=config.awr_save_every, progress=False, tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
-                train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "out": train_out,
+                train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control,
+                                        "server": None if control else config.server, "out": train_out,
                                         "progress": False})
             evaluation = None if config.eval_data else EvalConfig(
-                train_out, episodes=config.eval_episodes, envs=config.eval_envs, ablation=",".join(ablations),
+                train_out, episodes=config.eval_episodes, envs=config.eval_envs, ablation=",".join(arm_ablations),
                 max_episode_steps=config.eval_max_episode_steps, seed=config.eval_seed,
                 device=config.device, out=str(run_dir / EVAL_DIR), progress=False)
             jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
                             eval=evaluation, eval_data=None if config.eval_data is None else
-                            str(Path(config.eval_data).resolve()), ablations=ablations, eval_seed=config.eval_seed))
+                            str(Path(config.eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed))
     return jobs
 
 

@@ -12,6 +12,8 @@ Without that noise, two policies that differ in the fourth decimal would rank th
   zero      the normalisation mean (a zero normalised input)
   shuffled  another row's state (a derangement within each batch)
   constant  one state for all: the first held-out row's
+A control policy reads its fixed projection of each row's observation (`hsrl.data.projection`). Each
+score is also given on two disjoint halves of the rows (`halves`), whose spread measures evaluation noise.
 No environment runs: this serves data whose rollouts cannot be replayed (synthetic tasks, logged data).
 """
 
@@ -49,28 +51,37 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
     from hsrl.evaluate import AblatedHidden
     from hsrl.rl.checkpoint import load_policy
 
+    from hsrl.data.projection import ObservationProjection, is_projection_spec
+
     policy = load_policy(checkpoint)
-    keys = ["obs", "action"] + (["hidden_state"] if policy.uses_hidden else [])
+    control = policy.uses_hidden and is_projection_spec(policy.spec_json)
+    keys = ["obs", "action"] + (["hidden_state"] if policy.uses_hidden and not control else [])
     ds = load_dataset(data_dir, keys, show_progress=False)
     if ds.meta.env_name != policy.env_name:
         raise ValueError(f"{data_dir} holds {ds.meta.env_name} data; the policy in {checkpoint} plays {policy.env_name}")
-    if policy.uses_hidden:
-        policy.check_compatible(hidden_size=int(ds["hidden_state"].shape[-1]), spec_json=ds.meta.spec_json,
-                                what=f"the data in {data_dir}")
     obs, action = ds["obs"], ds["action"].astype(np.int64)
+    if control:  # the control arm's input: its fixed projection of each row's observation
+        states = ObservationProjection.from_spec_json(policy.spec_json)(obs)
+    elif policy.uses_hidden:
+        states = ds["hidden_state"]
+        policy.check_compatible(hidden_size=int(states.shape[-1]), spec_json=ds.meta.spec_json,
+                                what=f"the data in {data_dir}")
     gumbel = np.random.default_rng([seed, run_seed]).gumbel(size=(len(obs), policy.network.num_actions))
+    halves = np.arange(len(obs)) % 2  # two disjoint halves (alternate rows): the spread of evaluation noise
     results = {}
     for name in ablations if policy.uses_hidden else ("real",):
         fn = None
         if policy.uses_hidden:
-            live = StoredHidden(ds["hidden_state"])
+            live = StoredHidden(states)
             fn = AblatedHidden(live, name, policy.hidden_stats, live.states(np.array([0]))[0], seed)
-        prob, match = 0.0, 0
+        prob, match = np.zeros(len(obs)), np.zeros(len(obs))
         for start in range(0, len(obs), BATCH):
             rows = np.arange(start, min(start + BATCH, len(obs)))
             hidden = fn(rows, np.ones(len(rows), bool)) if fn is not None else None
             logits = np.asarray(policy.apply(obs[rows], hidden)[0], np.float64)
-            prob += float(softmax(logits, axis=-1)[np.arange(len(rows)), action[rows]].sum())
-            match += int(np.sum(np.argmax(logits + gumbel[rows], axis=-1) == action[rows]))  # Gumbel-max sample
-        results[name] = {"action_match": match / len(obs), "action_prob": prob / len(obs), "rows": int(len(obs))}
+            prob[rows] = softmax(logits, axis=-1)[np.arange(len(rows)), action[rows]]
+            match[rows] = np.argmax(logits + gumbel[rows], axis=-1) == action[rows]  # Gumbel-max sample
+        results[name] = {"action_match": float(match.mean()), "action_prob": float(prob.mean()),
+                         "rows": int(len(obs)),
+                         "halves": {"action_match": [float(match[halves == h].mean()) for h in (0, 1)]}}
     return results

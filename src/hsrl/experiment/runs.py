@@ -33,9 +33,9 @@ OFFLINE_METRICS = ("action_match",)
 
 @dataclass(frozen=True)
 class Job:
-    arm: str  # e.g. "awr-hidden"
+    arm: str  # e.g. "awr-hidden": algorithm and role (baseline, hidden, control)
     algo: str  # "awr" or "ppo"
-    hidden: bool
+    hidden: bool  # the network reads a hidden input (the LLM's state, or the control's projection)
     seed: int
     run_dir: str
     train: object  # TrainAWRConfig or OnlineConfig, its `out` inside run_dir
@@ -79,9 +79,12 @@ def finished(job: Job) -> dict | None:
 def _train(job: Job) -> dict:
     if job.algo == "awr":
         from hsrl.rl.awr import train_awr
+        from hsrl.rl.metrics import read_metrics
 
         summary = train_awr(job.train)
-        return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"])}
+        ess = [line["weight_ess"] for line in read_metrics(job.train.out) if "weight_ess" in line]
+        return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"]),
+                "weight_ess": float(sum(ess) / len(ess)) if ess else None}  # near 1: behaviour cloning
     summary_path = Path(job.train.out) / "summary.json"
     if summary_path.exists():  # a finished PPO run; an unfinished one starts again (PPO has no resume)
         return {"resumed": True, "step": int(json.loads(summary_path.read_text())["steps"])}
@@ -101,8 +104,8 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
     from hsrl.evaluate import evaluate
 
     report = evaluate(job.eval)
-    keep = ("episodes", "return_mean", "return_std", "length_mean", "craftax_score", "achievements")
-    return {r["ablation"]: {k: r[k] for k in keep} for r in report["results"]}, CRAFTAX_METRICS
+    keep = ("episodes", "return_mean", "return_std", "length_mean", "craftax_score", "achievements", "halves")
+    return {r["ablation"]: {k: r[k] for k in keep if k in r} for r in report["results"]}, CRAFTAX_METRICS
 
 
 def run_job(job: Job) -> dict:

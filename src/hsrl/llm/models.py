@@ -166,6 +166,15 @@ class LoadedModel:
     image_processor: object = None  # vision-language models: turns images into the vision tower's patches
 
 
+def model_hidden_size(name: str) -> int:
+    """The width of a model's hidden states, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name)
+    config = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
+    return int(config.get_text_config().hidden_size)
+
+
 def load_model(name: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
     """Load model + tokenizer by registry name, HF id or local path, in eval mode on `device`."""
     import torch

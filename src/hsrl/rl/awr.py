@@ -74,6 +74,9 @@ class TrainAWRConfig:
     out: str = dataclasses.field(default="runs/awr", metadata={"help": "run folder (created; rerun to resume; a "
                                                                        "folder of another run is refused)"})
     hidden: bool = dataclasses.field(default=True, metadata={"help": "read hidden states (default: on; --no-hidden: the baseline)"})
+    control: bool = dataclasses.field(default=False, metadata={
+        "help": "the control: read a fixed random projection of the observation to the data's hidden width instead "
+                "of its hidden states (same network and normalisation, no information the observation lacks)"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total gradient steps"})
     batch_size: int = dataclasses.field(default=256, metadata={"help": "samples per gradient step"})
     lr: float = dataclasses.field(default=3e-4, metadata={"help": "Adam learning rate"})
@@ -112,6 +115,9 @@ class TrainAWRConfig:
         for name in ("lr", "beta", "max_weight"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.control and not self.hidden:
+            raise InputError("--control replaces the hidden states by a projection of the observation; it needs the "
+                             "hidden-state network (leave out --no-hidden)")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
@@ -439,21 +445,29 @@ def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
 
 
 def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True,
-                  cache_dir: str | Path | None = None) -> AWRData:
+                  cache_dir: str | Path | None = None, control: bool = False) -> AWRData:
     """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`).
     Rows whose episode was still running at the end of the data have a cut-off return_to_go and are left
-    out unless `truncated`."""
+    out unless `truncated`. With `control`, `hidden_state` is the fixed random projection of each row's
+    observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's."""
     check_data_keys(data_dir, hidden)
-    keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden else [])
+    keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden and not control else [])
     ds = load_dataset(data_dir, keys, cache_dir=cache_dir, show_progress=show_progress)
     arrays = {k: ds[k] for k in keys if k != "return_truncated"}
     arrays["action"] = arrays["action"].astype(np.int32, copy=False)
+    spec_json = ds.meta.spec_json
+    if control:
+        from hsrl.data.projection import ObservationProjection
+
+        width = inspect_chunk(list_chunks(data_dir)[0]).fields["hidden_state"][0][-1]
+        projection = ObservationProjection(arrays["obs"].shape[1:], width)
+        arrays["hidden_state"], spec_json = projection(arrays["obs"]), projection.spec_json
     trunc = ds["return_truncated"]
     rows = np.arange(len(ds), dtype=np.int32) if truncated else np.flatnonzero(~trunc).astype(np.int32)
     if len(rows) == 0:
         raise InputError(f"{data_dir}: every row belongs to an episode still running at the end of the data "
                          "(its return_to_go is cut off); collect more steps, or pass --truncated to use them anyway")
-    return AWRData(arrays, rows, ds.meta.env_name, ds.meta.obs_kind, ds.meta.spec_json, len(ds),
+    return AWRData(arrays, rows, ds.meta.env_name, ds.meta.obs_kind, spec_json, len(ds),
                    0 if truncated else int(trunc.sum()))
 
 
@@ -474,7 +488,7 @@ def device_memory_limit(device) -> int | None:
 # ------------------------------------------------------------------------------------------ train
 
 # Flags that define a run; rerunning into the same --out with other values is refused.
-IDENTITY_FIELDS = ("data_dir", "hidden", "batch_size", "lr", "beta", "max_weight", "seed", "truncated", "width",
+IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", "max_weight", "seed", "truncated", "width",
                    "activation")
 
 
@@ -489,7 +503,8 @@ def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -
     mine = _run_config(config)
     if path.exists():
         saved = json.loads(path.read_text())
-        differ = [k for k in fields if saved.get(k) != mine.get(k)]
+        default = {f.name: f.default for f in dataclasses.fields(TrainAWRConfig)}  # flags newer than the run
+        differ = [k for k in fields if saved.get(k, default.get(k)) != mine.get(k)]
         if differ:
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
             raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
@@ -507,7 +522,7 @@ def train_awr(config: TrainAWRConfig) -> dict:
 
     # --- data
     data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
-                         cache_dir=config.cache_dir)
+                         cache_dir=config.cache_dir, control=config.control)
     info = env_info(data.env_name)
     network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
                                     width=config.width, activation=config.activation)

@@ -14,6 +14,7 @@ reads text), takes their pixel frames (when it reads images), and hands both to 
 interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
   - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
   - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
+A control policy's `hsrl.data.projection.ProjectionSource` projects the observation itself (no model).
 Another transport is one more source; the state cache (`hsrl.llm.cache`) lives in the extractor.
 
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
@@ -136,8 +137,13 @@ class LiveHidden:
 
         self.source, self.variant = source, variant
         self.spec_json, self.hidden_size = source.spec_json, source.hidden_size
-        spec = ExtractionSpec.from_json(self.spec_json)
-        self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
+        # a control policy's source projects the observation itself (`hsrl.data.projection`): no text, no model
+        self.reads_observations = getattr(source, "reads_observations", False)
+        if self.reads_observations:
+            self.reads_images, self.reads_text = source.reads_images, False
+        else:
+            spec = ExtractionSpec.from_json(self.spec_json)
+            self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)
         self.calls = self.samples = 0  # calls to the source and the samples asked in them
@@ -157,7 +163,10 @@ class LiveHidden:
         t0 = time.perf_counter()
         texts = list(render_text(np.asarray(sym), self.variant)) if self.reads_text else None
         t1 = time.perf_counter()
-        states = self.source.hidden_states(texts, pixels if self.reads_images else None)
+        if self.reads_observations:  # the policy's own observation: the frame for pixel envs, else the vector
+            states = self.source.observation_states(pixels if self.reads_images else np.asarray(sym))
+        else:
+            states = self.source.hidden_states(texts, pixels if self.reads_images else None)
         self.text_seconds += t1 - t0
         self.llm_seconds += time.perf_counter() - t1
         self.calls += 1

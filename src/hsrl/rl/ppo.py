@@ -66,6 +66,9 @@ class OnlineConfig(SpecFlags):
     token: str | None = field(default=None, metadata={"help": "bearer token of --server (or env HSRL_SERVE_TOKEN)"})
     hidden: bool = field(default=True, metadata={"help": "read live hidden states (default: on; --no-hidden: the "
                                                          "baseline, the same PPO without an LLM)"})
+    control: bool = field(default=False, metadata={
+        "help": "the control: read a fixed random projection of the observation to the model's hidden width "
+                "instead of its states (same network, normalisation and refresh schedule; no LLM runs)"})
     checkpoint: str | None = field(default=None, metadata={"help": "warm-start from an AWR (or online) run or checkpoint"})
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if --checkpoint's (or --server's) extraction spec differs"})
     out: str = field(default="runs/online", metadata={"help": "run folder"})
@@ -97,6 +100,9 @@ class OnlineConfig(SpecFlags):
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.reset_pool is not None and not 1 <= self.reset_pool <= self.envs:
             raise InputError(f"--reset-pool must be between 1 and --envs ({self.envs}), got {self.reset_pool}")
+        if self.control and (self.server or not self.hidden):
+            raise InputError("--control reads a projection of the observation in place of the LLM's states: it "
+                             "needs the hidden-state network (no --no-hidden) and no --server")
         if self.server and not self.hidden:
             raise InputError("--server gives hidden states; --no-hidden reads none: drop one of them")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
@@ -435,7 +441,13 @@ def train_online(config: OnlineConfig) -> dict:
         if spec.reads_images and not info.pixels:
             raise InputError(f"--input {spec.input} reads pixel observations; {config.env} is symbolic: use "
                              f"{config.env.replace('Symbolic', 'Pixels')}")
-        source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
+        if config.control:  # the same width as the model's states, from a fixed projection of the observation
+            from hsrl.data.projection import ObservationProjection, ProjectionSource
+            from hsrl.llm.models import model_hidden_size
+
+            source = ProjectionSource(ObservationProjection(info.obs_shape, model_hidden_size(spec.model)))
+        else:
+            source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
         cache = getattr(getattr(source, "extractor", None), "cache", None)
         spec_json, hidden_size = source.spec_json, source.hidden_size
     kind = "conv" if info.pixels else "mlp"
