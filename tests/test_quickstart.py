@@ -49,6 +49,10 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     low, high = agg["improvement"]["awr"]["return_mean"][1:]
     assert 0 <= low <= high <= 1 and agg["verdict"] in text
     assert summary["probe"]["rows"] == 128 and summary["probe"]["probed"] >= 1
+    from hsrl.probe import state_sentences  # the report's probe sentences are probe.md's, from one function
+
+    assert all(sentence in text for sentence in state_sentences(summary["probe"]))
+    assert "| raw obs (linear) |" in text and "read information at any scale" in text and "collapsed" in text
     # every step is timed, the report's own step and the total too
     steps = [t["step"] for t in summary["timings"]]
     assert any(s.startswith("10/10 report") for s in steps) and steps[-1] == "total"
@@ -107,15 +111,17 @@ def test_probe_brief_keeps_metrics_apart_and_ranks_by_skill():
     is no skill, 0.9 where it gets 0.5 is."""
     from hsrl.quickstart import _brief_probe
 
-    rows = [{"feature": "f_rare", "metric": "accuracy", "hidden": 0.99, "floor": 0.99, "ceiling": 0.99, "majority": 0.99},
-            {"feature": "f_even", "metric": "accuracy", "hidden": 0.9, "floor": 0.5, "ceiling": 1.0, "majority": 0.5},
-            {"feature": "g_bad", "metric": "R2", "hidden": -50.0, "floor": -1.0, "ceiling": 0.5},
-            {"feature": "g_good", "metric": "R2", "hidden": 0.7, "floor": 0.0, "ceiling": 0.9}]
+    rows = [{"feature": "f_rare", "metric": "accuracy", "hidden": 0.99, "floor": 0.99, "raw_obs": 0.99, "majority": 0.99},
+            {"feature": "f_even", "metric": "accuracy", "hidden": 0.9, "floor": 0.5, "raw_obs": 1.0, "majority": 0.5},
+            {"feature": "g_bad", "metric": "R2", "hidden": -50.0, "floor": -1.0, "raw_obs": 0.5},
+            {"feature": "g_good", "metric": "R2", "hidden": 0.7, "floor": 0.0, "raw_obs": 0.9}]
     report = {"features": rows, "skipped": [], "rows": 10, "episodes": 4, "train_episodes": 3, "test_episodes": 1,
-              "hidden_size": 8, "effective_rank": 2.0, "mean_pairwise_cosine": 0.1}
+              "hidden_size": 8, "effective_rank": 2.0, "mean_pairwise_cosine": 0.1, "common_direction_share": 0.3,
+              "spread_to_norm": 0.8, "collapsed": False}
     brief = _brief_probe(report)
     assert brief["median"]["accuracy"] == pytest.approx({"features": 2, "hidden": 0.945, "floor": 0.745,
-                                                         "ceiling": 0.995, "majority": 0.745})
+                                                         "raw_obs": 0.995, "majority": 0.745})
     assert brief["median"]["R2"]["features"] == 2 and brief["median"]["R2"]["hidden"] == pytest.approx(-24.65)
     assert [r["feature"] for r in brief["best"]] == ["f_even", "g_good", "f_rare", "g_bad"]
     assert brief["above_floor"] == 2
+    assert brief["collapsed"] is False and brief["spread_to_norm"] == 0.8 and brief["common_direction_share"] == 0.3

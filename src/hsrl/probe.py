@@ -14,9 +14,15 @@ Each feature is probed from three inputs of the same rows:
   floor     a random Gaussian projection of the symbolic observation to H dimensions (what a random
             embedding of the observation gives; when H >= the observation's length it keeps everything
             linear in it, so there it is a floor only for what a linear readout cannot reach)
-  ceiling   the symbolic observation itself
-Plus the effective rank (exp of the entropy of the normalised singular values of the centred states) and
-the mean pairwise cosine similarity of the hidden states: a collapsed embedding shows there first.
+  raw_obs   the symbolic observation itself, read by the same linear probe ("raw obs (linear)"). It is no
+            ceiling: a feature a linear map of the observation cannot read (a nonlinear one, such as the
+            nearest tile's offset, an argmin) scores low here, and the hidden state can beat it.
+
+What the probes cannot tell: inputs are standardised (each dimension scaled to unit variance), so a probe
+reads information at any scale; a high R^2 does not show that the information is large relative to the
+state's norm. The states themselves are described by `state_measures` (common-direction share, spread/norm),
+the centred effective rank and the mean pairwise cosine; `collapsed` judges them and `state_sentences`
+builds the sentences probe.md and the quickstart report print.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-INPUTS = ("hidden", "floor", "ceiling")
+INPUTS = ("hidden", "floor", "raw_obs")
+LABELS = {"hidden": "hidden", "floor": "floor", "raw_obs": "raw obs (linear)"}  # column headers and chart legend
 ALPHAS = tuple(10.0 ** np.arange(-2, 5))
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """Linear probes from hidden states to features decoded from the symbolic observation, beside a random
-    projection (floor) and the observation itself (ceiling); writes probe.json, probe.md and probe.png."""
+    projection (floor) and a linear readout of the raw observation; writes probe.json, probe.md and probe.png."""
 
     data_dir: str = field(metadata={"positional": True, "help": "labelled dataset folder of a Symbolic env"})
     out: str = field(default="runs/probe", metadata={"help": "output folder"})
@@ -110,6 +117,74 @@ def mean_pairwise_cosine(x: np.ndarray, rng, max_rows: int = 2000) -> float:
     return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
 
 
+def state_measures(x: np.ndarray, rng, max_rows: int = 5000) -> dict:
+    """How much the states (N, H) share, measured on the UNcentred states (on up to `max_rows` random rows):
+
+    common_direction_share  s_1^2 / sum_i s_i^2, the singular values s of the uncentred matrix: the share of the
+                            states' energy (sum of squared entries) along the one direction that holds most of it.
+                            1 when every state lies on one line through the origin (a rank-1 matrix); about 1/H
+                            for zero-mean isotropic states (a little more: the top eigenvalue of a sample
+                            covariance sits above its mean). It is at least ||mean||^2 / mean ||x||^2.
+    spread_to_norm          sqrt(mean_i ||x_i - mean||^2) / sqrt(mean_i ||x_i||^2): the RMS distance of the states
+                            from their mean over their RMS norm, in [0, 1]. 0 when all states are equal, about 1
+                            for zero-mean states; everything the states encode varies within this share of their
+                            norm. (1 - spread_to_norm^2 = ||mean||^2 / mean ||x||^2 <= common_direction_share.)
+    """
+    from scipy.linalg import eigh
+
+    x = x[rng.permutation(len(x))[:max_rows]].astype(np.float64)
+    energy = float(np.sum(x * x))
+    if energy == 0:
+        raise ValueError("the hidden states are all zeros (a failed extraction?)")
+    gram = x @ x.T if len(x) < x.shape[1] else x.T @ x  # the smaller side: its top eigenvalue is s_1^2
+    top = float(eigh(gram, eigvals_only=True, subset_by_index=[len(gram) - 1, len(gram) - 1])[0])
+    spread = float(np.sum((x - x.mean(0)) ** 2))
+    return {"common_direction_share": min(top / energy, 1.0), "spread_to_norm": float(np.sqrt(spread / energy))}
+
+
+# Collapse. The states are called collapsed when more than COLLAPSE_SHARE (99.9%) of their energy lies along one
+# direction: whatever else they hold varies with an RMS under sqrt(0.001) ~ 3% of their norm. Ordinary states are far
+# from it: zero-mean random ones put about 1/H of their energy along any one direction; a shared offset as large as
+# their spread gives about 1/2, and even an offset ten times their spread only 1 - 1/101 ~ 0.99 (the tests' labelled
+# states, intrinsics near their maximum, sit at 0.996 with spread/norm 0.08: anisotropic, their variation still
+# visible). All-equal states plus 1e-3 noise per dimension are above it: 0.99994 at norm 1 and H = 64, above 0.999
+# at norm >= 2 for H = 2560 (spread 1e-3 sqrt(H)). States with spread/norm under COLLAPSE_SPREAD = sqrt(1 -
+# COLLAPSE_SHARE) always are (share >= 1 - spread_to_norm^2) and are nearly one vector; collapsed states with more
+# spread vary along that one line (in scale or sign): a one-dimensional embedding.
+COLLAPSE_SHARE = 0.999
+COLLAPSE_SPREAD = float(np.sqrt(1 - COLLAPSE_SHARE))
+
+
+def collapsed(measures: dict) -> bool:
+    """Whether the states have collapsed: their common-direction share is above COLLAPSE_SHARE."""
+    return measures["common_direction_share"] > COLLAPSE_SHARE
+
+
+def state_sentences(measures: dict) -> list[str]:
+    """The report's sentences on the states (probe.md and the quickstart report print these): whether they have
+    collapsed, with the numbers, and, always, what probes on standardised inputs cannot tell. `measures` holds
+    common_direction_share, spread_to_norm, mean_pairwise_cosine, effective_rank and hidden_size."""
+    share, spread = measures["common_direction_share"], measures["spread_to_norm"]
+    numbers = (f"common-direction share {share:.6f} (the share of their energy along one direction), spread/norm "
+               f"{spread:.2g} (their RMS distance from their mean over their RMS norm), mean pairwise cosine "
+               f"{measures['mean_pairwise_cosine']:.6f}")
+    if collapsed(measures):
+        shape = ("they are nearly one vector" if spread < COLLAPSE_SPREAD
+                 else "they vary along that one line, in scale or sign")
+        first = (f"**The hidden states have collapsed**: {numbers}; {shape} (collapsed: share above "
+                 f"{COLLAPSE_SHARE}). Their effective rank ({measures['effective_rank']:.1f} of "
+                 f"{measures['hidden_size']}) is of the centred states, where even tiny noise reads as full rank, "
+                 "so it does not show this.")
+    else:
+        first = (f"The hidden states have not collapsed: {numbers} (collapsed would be a share above "
+                 f"{COLLAPSE_SHARE}).")
+    scale = ("Probes read standardised inputs (each dimension scaled to unit variance), so they read information "
+             "at any scale: a high R^2 or accuracy does not show that the information is large relative to the "
+             f"states' norm. Everything the states encode varies within spread/norm = {spread:.2g} of their norm, "
+             "and a feature may take only a small part of that.")
+    return [first, scale]
+
+
 def _probe(kind: str, x_train, y_train, x_test, y_test) -> float:
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
     from sklearn.metrics import accuracy_score, r2_score
@@ -164,7 +239,7 @@ def probe(config: ProbeConfig) -> dict:
     train, test = next(split.split(sym, groups=groups))
     assert not set(groups[train]) & set(groups[test])
     projection = (rng.standard_normal((sym.shape[1], hidden.shape[1])) / np.sqrt(sym.shape[1])).astype(np.float32)
-    inputs = {"hidden": hidden, "floor": sym @ projection, "ceiling": sym}
+    inputs = {"hidden": hidden, "floor": sym @ projection, "raw_obs": sym}
     results, skipped = [], []
     for name, kind, y, mask in features(sym, variant):
         tr = train if mask is None else train[mask[train]]
@@ -183,30 +258,35 @@ def probe(config: ProbeConfig) -> dict:
             values, counts = np.unique(y[tr], return_counts=True)
             row["majority"] = float(np.mean(y[te] == values[np.argmax(counts)]))
         results.append(row)
+    states = {"effective_rank": effective_rank(hidden, rng), "mean_pairwise_cosine": mean_pairwise_cosine(hidden, rng),
+              **state_measures(hidden, rng)}
+    states["collapsed"] = collapsed(states)
     report = {"data_dir": str(config.data_dir), "env": ds.meta.env_name, "spec_json": ds.meta.spec_json,
               "rows": int(len(rows)), "episodes": int(len(np.unique(groups))),
               "train_episodes": int(len(np.unique(groups[train]))), "test_episodes": int(len(np.unique(groups[test]))),
-              "hidden_size": int(hidden.shape[1]), "effective_rank": effective_rank(hidden, rng),
-              "mean_pairwise_cosine": mean_pairwise_cosine(hidden, rng), "config": asdict(config),
-              "features": results, "skipped": skipped}
+              "hidden_size": int(hidden.shape[1]), **states, "config": asdict(config), "features": results,
+              "skipped": skipped}
     _write(Path(config.out), report)
     return report
 
 
 def markdown(report: dict) -> str:
+    head = " | ".join(LABELS[k] for k in INPUTS)
     lines = [f"# Probes of {report['data_dir']}", "",
              f"{report['env']}, {report['rows']} rows in {report['episodes']} episodes ({report['train_episodes']} "
              f"train / {report['test_episodes']} test, split by episode). Hidden size {report['hidden_size']}, "
-             f"effective rank {report['effective_rank']:.1f}, mean pairwise cosine {report['mean_pairwise_cosine']:.3f}.",
+             f"effective rank {report['effective_rank']:.1f} (of the centred states).", "",
+             " ".join(state_sentences(report)),
              "", "Test score of a linear probe (R^2 for numbers, accuracy for classes) from the hidden state, from a "
-             "random projection of the observation to the same width (floor), and from the observation (ceiling):",
-             "", "| feature | metric | hidden | floor | ceiling | majority class | test rows |",
-             "|---|---|---|---|---|---|---|"]
+             "random projection of the observation to the same width (floor), and from the raw observation (raw obs "
+             "(linear)). The raw observation's column is a linear readout, not a ceiling: a feature a linear map of "
+             "the observation cannot read (such as a nearest tile's offset) scores low there, and the hidden state "
+             "can beat it.",
+             "", f"| feature | metric | {head} | majority class | test rows |", "|---|---|---|---|---|---|---|"]
     for r in report["features"]:
-        lines.append(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | "
-                     f"{r['majority']:.3f} |" if "majority" in r else
-                     f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | |")
-        lines[-1] += f" {r['test_rows']} |"
+        scores = " | ".join(f"{r[k]:.3f}" for k in INPUTS)
+        majority = f"{r['majority']:.3f}" if "majority" in r else ""
+        lines.append(f"| {r['feature']} | {r['metric']} | {scores} | {majority} | {r['test_rows']} |")
     if report["skipped"]:
         lines += ["", "Not probed: " + "; ".join(f"{s['feature']} ({s['reason']})" for s in report["skipped"]) + "."]
     return "\n".join(lines) + "\n"
@@ -224,12 +304,16 @@ def _chart(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) * 1.2 + 1.2))
     y = np.arange(len(rows))
     for i, (key, color) in enumerate(zip(INPUTS, ("#4c72b0", "#bbbbbb", "#55a868"))):
-        ax.barh(y + (i - 1) * 0.27, [max(r[key], -0.1) for r in rows], height=0.27, color=color, label=key)
+        ax.barh(y + (i - 1) * 0.27, [max(r[key], -0.1) for r in rows], height=0.27, color=color, label=LABELS[key])
     ax.set_yticks(y, [f"{r['feature']} ({r['metric']})" for r in rows], fontsize="small")
     ax.invert_yaxis()
     ax.set_xlim(-0.1, 1)
     ax.set_xlabel("test score (R^2 or accuracy; R^2 below -0.1 drawn at -0.1)")
     ax.legend(loc="lower right")
+    ax.set_title(f"hidden states: effective rank {report['effective_rank']:.1f} of {report['hidden_size']} (centred), "
+                 f"common-direction share {report['common_direction_share']:.6f},\nspread/norm "
+                 f"{report['spread_to_norm']:.2g}, mean pairwise cosine {report['mean_pairwise_cosine']:.6f}"
+                 + (": COLLAPSED" if report["collapsed"] else ""), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as f:

@@ -112,7 +112,7 @@ def _probe_once(config) -> dict:
     path = Path(config.out) / "probe.json"
     if path.exists():
         report = json.loads(path.read_text())
-        if report.get("config") == json.loads(json.dumps(asdict(config))):
+        if report.get("config") == json.loads(json.dumps(asdict(config))) and "common_direction_share" in report:
             print(f"   reusing {path}", flush=True)
             return report
     return probe(config)
@@ -222,18 +222,21 @@ def _brief_stats(stats: dict) -> dict:
 
 
 def _brief_probe(report: dict) -> dict:
-    """Probe results in brief: sizes, collapse measures, medians per metric (R^2 and accuracy are not averaged
-    together: one very negative R^2 would swamp every accuracy) and the features read best (`_skill`)."""
+    """Probe results in brief: sizes, collapse measures and judgement, medians per metric (R^2 and accuracy are not
+    averaged together: one very negative R^2 would swamp every accuracy) and the features read best (`_skill`)."""
     import numpy as np
+
+    from hsrl.probe import INPUTS
 
     rows = report["features"]
     brief = {k: report[k] for k in ("rows", "episodes", "train_episodes", "test_episodes", "hidden_size",
-                                    "effective_rank", "mean_pairwise_cosine")}
+                                    "effective_rank", "mean_pairwise_cosine", "common_direction_share",
+                                    "spread_to_norm", "collapsed")}
     brief["probed"], brief["skipped"] = len(rows), len(report["skipped"])
     brief["median"] = {}
     for metric in sorted({r["metric"] for r in rows}):
         same = [r for r in rows if r["metric"] == metric]
-        keys = ("hidden", "floor", "ceiling") + (("majority",) if all("majority" in r for r in same) else ())
+        keys = INPUTS + (("majority",) if all("majority" in r for r in same) else ())
         brief["median"][metric] = {"features": len(same), **{k: float(np.median([r[k] for r in same])) for k in keys}}
     brief["above_floor"] = sum(r["hidden"] > r["floor"] for r in rows)
     brief["best"] = sorted(rows, key=lambda r: -_skill(r))[:8]
@@ -311,11 +314,13 @@ def _markdown(config: QuickstartConfig, s: dict, label) -> str:
     experiment = s["experiment"]["markdown"].replace("# Experiment\n", "", 1).strip()
     figures = ", ".join(f"`experiment_{f}`" for f in s["experiment"]["figures"])
     pr = s["probe"]
-    best = "\n".join(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['ceiling']:.3f} | "
+    from hsrl.probe import state_sentences
+
+    best = "\n".join(f"| {r['feature']} | {r['metric']} | {r['hidden']:.3f} | {r['floor']:.3f} | {r['raw_obs']:.3f} | "
                      + (f"{r['majority']:.3f} |" if "majority" in r else "- |") for r in pr["best"])
     medians = "; ".join(
-        f"median {metric} over {m['features']} features: hidden {m['hidden']:.3f}, floor {m['floor']:.3f}, ceiling "
-        f"{m['ceiling']:.3f}" + (f", majority class {m['majority']:.3f}" if "majority" in m else "")
+        f"median {metric} over {m['features']} features: hidden {m['hidden']:.3f}, floor {m['floor']:.3f}, raw obs "
+        f"(linear) {m['raw_obs']:.3f}" + (f", majority class {m['majority']:.3f}" if "majority" in m else "")
         for metric, m in pr["median"].items())
     probe_means = (f"{medians}; the hidden state beats the floor on {pr['above_floor']} of the {pr['probed']} "
                    "features" if pr["probed"] else "no feature had enough rows to probe")
@@ -366,10 +371,13 @@ Figures: {figures}. Every run's numbers: `{out}/experiment/experiment.json`.
 ## Probe: what the hidden states know
 `hsrl probe {out}/data/labelled`: linear probes on {pr['rows']} rows ({pr['train_episodes']} train /
 {pr['test_episodes']} test episodes, split by episode), from the hidden state (size {pr['hidden_size']}), a random
-projection of the observation (floor) and the observation itself (ceiling). Effective rank of the hidden states
-{pr['effective_rank']:.1f}, mean pairwise cosine {pr['mean_pairwise_cosine']:.3f}; {probe_means}.
+projection of the observation (floor) and a linear readout of the raw observation (raw obs (linear): no ceiling for
+features a linear map of the observation cannot read). Effective rank of the hidden states (centred)
+{pr['effective_rank']:.1f}; {probe_means}.
 
-| feature (best read from the hidden state, by skill over the trivial guess) | metric | hidden | floor | ceiling | majority class |
+{' '.join(state_sentences(pr))}
+
+| feature (best read from the hidden state, by skill over the trivial guess) | metric | hidden | floor | raw obs (linear) | majority class |
 |---|---|---|---|---|---|
 {best}
 
