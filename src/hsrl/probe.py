@@ -11,7 +11,8 @@ episode (GroupShuffleSplit), so no episode is in both.
 
 Each feature is probed from three inputs of the same rows:
   hidden    the labelled hidden states (N, H)
-  floor     a random Gaussian projection of the symbolic observation to H dimensions (what a random
+  floor     a random Gaussian projection of the symbolic observation to H dimensions (the map of
+            `hsrl experiment`'s control arm, `hsrl.data.projection`, seeded by --seed; what a random
             embedding of the observation gives; when H >= the observation's length it keeps everything
             linear in it, so there it is a floor only for what a linear readout cannot reach)
   raw_obs   the symbolic observation itself, read by the same linear probe ("raw obs (linear)"). It is no
@@ -238,8 +239,10 @@ def probe(config: ProbeConfig) -> dict:
     split = GroupShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.seed)
     train, test = next(split.split(sym, groups=groups))
     assert not set(groups[train]) & set(groups[test])
-    projection = (rng.standard_normal((sym.shape[1], hidden.shape[1])) / np.sqrt(sym.shape[1])).astype(np.float32)
-    inputs = {"hidden": hidden, "floor": sym @ projection, "raw_obs": sym}
+    from hsrl.data.projection import ObservationProjection
+
+    floor = ObservationProjection(sym.shape[1:], hidden.shape[1], config.seed)(sym)  # the control arm's map
+    inputs = {"hidden": hidden, "floor": floor, "raw_obs": sym}
     results, skipped = [], []
     for name, kind, y, mask in features(sym, variant):
         tr = train if mask is None else train[mask[train]]
