@@ -105,3 +105,24 @@ def test_a_corrupt_state_file_is_named_and_the_rerun_starts_over_to_the_same_chu
     assert not list(part.glob("*.tmp")) and not list(part.glob(".*.tmp"))
     for a, b in zip(list_chunks(part), list_chunks(collected), strict=True):
         np.testing.assert_array_equal(read_chunk(a)["obs"], read_chunk(b)["obs"])
+
+
+def test_scripted_policy_beats_random(tmp_path):
+    """`--policy scripted` plays better than random (data whose actions differ in value), and its flags resume."""
+    def rewards(policy, **kw):
+        out = tmp_path / policy
+        collect(CollectConfig(env="Craftax-Classic-Symbolic-v1", envs=8, steps=1600, chunk_steps=200, out=str(out),
+                              policy=policy, max_episode_steps=100, seed=3, progress=False, text=False, **kw))
+        chunks = [read_chunk(p, ["reward", "done", "action"]) for p in list_chunks(out)]
+        return (np.concatenate([c["reward"] for c in chunks]), np.concatenate([c["done"] for c in chunks]),
+                np.concatenate([c["action"] for c in chunks]))
+
+    scripted, done, action = rewards("scripted", epsilon=0.25)
+    random, _, _ = rewards("random")
+    print("reward per episode: scripted", scripted.sum() / done.sum(), "random", random.sum() / done.sum())
+    assert scripted.sum() > 1.5 * random.sum()
+    assert len(np.unique(action)) == 17  # epsilon keeps every action in the data
+    with pytest.raises(ValueError, match="epsilon"):
+        CollectConfig(policy="scripted", epsilon=1.5).check()
+    with pytest.raises(ValueError, match="Craftax-Classic-Symbolic"):
+        CollectConfig(policy="scripted", env="Craftax-Symbolic-v1").check()

@@ -15,7 +15,7 @@ import math
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import jax
@@ -48,7 +48,10 @@ class CollectConfig:
     steps: int = field(default=4096, metadata={"help": "total environment steps over all environments "
                                                        "(rounded up to whole chunks)"})
     out: str = field(default="data/collect", metadata={"help": "output folder"})
-    policy: str = field(default="random", metadata={"help": "'random' (uniform over actions); see --checkpoint"})
+    policy: str = field(default="random", metadata={
+        "help": "'random' (uniform over actions), or 'scripted' (Craftax-Classic-Symbolic: a scripted player that "
+                "collects wood and crafts, better than random; hsrl.env.scripted); see --checkpoint"})
+    epsilon: float = field(default=0.25, metadata={"help": "--policy scripted: share of uniform random actions"})
     checkpoint: str | None = field(default=None, metadata={"help": "roll out a trained policy instead (a run folder or "
                                                                    "checkpoint of one that reads no hidden state)"})
     chunk_steps: int = field(default=64, metadata={"help": "steps per environment in one chunk file"})
@@ -64,8 +67,12 @@ class CollectConfig:
         for name in ("envs", "steps", "chunk_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.policy != "random":
-            raise InputError(f"--policy {self.policy!r}: only 'random' is available (or give --checkpoint)")
+        if self.policy not in ("random", "scripted"):
+            raise InputError(f"--policy {self.policy!r}: expected 'random' or 'scripted' (or give --checkpoint)")
+        if self.policy == "scripted" and self.env != "Craftax-Classic-Symbolic-v1":
+            raise InputError(f"--policy scripted plays Craftax-Classic-Symbolic-v1, not {self.env}")
+        if not 0 <= self.epsilon <= 1:
+            raise InputError(f"--epsilon must lie in [0, 1], got {self.epsilon}")
 
     @property
     def num_chunks(self) -> int:
@@ -138,13 +145,14 @@ def _load_state(out: Path, template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), next_chunk
 
 
-RESUME_FLAGS = ("env", "envs", "policy", "checkpoint", "chunk_steps", "seed", "max_episode_steps", "text")
+RESUME_FLAGS = ("env", "envs", "policy", "epsilon", "checkpoint", "chunk_steps", "seed", "max_episode_steps", "text")
 
 
 def _check_same_flags(out: Path, saved: dict, config: CollectConfig) -> None:
     """Refuse to continue a collection made with other flags (every flag that changes the chunks)."""
     mine = asdict(config)
-    differ = [k for k in RESUME_FLAGS if saved.get(k, True if k == "text" else None) != mine[k]]
+    default = {f.name: f.default for f in fields(CollectConfig)}  # flags newer than the saved collection
+    differ = [k for k in RESUME_FLAGS if saved.get(k, default[k]) != mine[k]]
     if differ:
         raise InputError(f"{out} holds a collection made with different {', '.join(differ)}; "
                          f"use another --out or the same flags to resume")
@@ -174,6 +182,10 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     remove_temporaries(out, STATE_FILE)
     info = env_info(config.env)
     env = make_env(config.env, config.envs, with_symbolic=info.pixels, max_timesteps=config.max_episode_steps)
+    if policy is None and config.policy == "scripted":
+        from hsrl.env.scripted import scripted_policy
+
+        policy = scripted_policy(info.num_actions, config.epsilon)
     policy = policy or random_policy(info.num_actions)
     rollout = make_chunk_rollout(env, policy, config.chunk_steps)
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.experiment import stats
+from hsrl.rl.metrics import BEHAVIOUR_CLONING_ESS
 
 GAPS = ("shuffled", "zero")  # real - X: shuffled judges use, zero measures sensitivity
 LABELS = {"return_mean": "return", "craftax_score": "Craftax score", "action_match": "action match"}
 CURVES = {"awr": ("actor_loss", "critic_loss", "entropy"),
           "ppo": ("charts/episodic_return", "charts/craftax_score", "losses/entropy")}
 ROLES = ("baseline", "hidden", "control")
-# AWR whose weights are this even (effective sample share of the weights) is behaviour cloning
-BEHAVIOUR_CLONING_ESS = 0.98
 # evaluation noise above this share of the seed-to-seed variance dominates a seed's score
 EVAL_NOISE_DOMINATES = 0.5
 

@@ -50,6 +50,12 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+# what a curve's title must say about how a metric was computed (online PPO's names carry their group)
+CURVE_NOTES: dict[str, str] = {
+    "charts/SPS": "running average since the start",  # hsrl.rl.ppo: steps so far / seconds so far
+}
+
+
 # weight_ess at or above this: the advantage weighting does (almost) nothing, AWR is behaviour cloning
 BEHAVIOUR_CLONING_ESS = 0.98
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hsrl.errors import InputError
-from hsrl.rl.metrics import METRICS, read_metrics, weighting_note
+from hsrl.rl.metrics import CURVE_NOTES, METRICS, read_metrics, weighting_note
 
 SKIP = {"step", "wall_time"}
 
@@ -142,7 +142,8 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
                 steps, values = run[metric]
                 ax.plot(steps, ema(values, smooth), label=name, linewidth=1.2)
         group = METRICS.get(metric, ("", ""))[0]
-        ax.set_title(f"{group}/{metric}" if group else metric, fontsize=9)
+        note = f" ({CURVE_NOTES[metric]})" if metric in CURVE_NOTES else ""
+        ax.set_title((f"{group}/{metric}" if group else metric) + note, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(metric.rsplit("/", 1)[-1], fontsize=8)
         ax.tick_params(labelsize=7)
