@@ -52,6 +52,10 @@ class ExperimentConfig(OnlineConfig):
         "help": "evaluate offline on this held-out labelled dataset (mean probability of its actions) instead "
                 "of rollouts in Craftax"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
+    all_tokens_valid: bool = field(default=False, metadata={
+        "help": "per-token hidden states (N, T, H) of --offline / --eval-data stored without hidden_tokens: every one "
+                "of the T positions is a real token, so pool over all of them (without this flag such files are "
+                "refused); passed to the AWR runs and the offline evaluation"})
     ray: str | None = field(default=None, metadata={
         "nargs": "?", "const": "local", "metavar": "ADDRESS",
         "help": "run each (arm, seed) as a Ray task: `--ray` starts a local Ray, `--ray ADDRESS` joins a cluster"})
@@ -116,7 +120,8 @@ def plan(config: ExperimentConfig):
                     str(Path(config.offline).resolve()), out=train_out, hidden=hidden, steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
-                    save_every=config.awr_save_every, progress=False, tensorboard=False)
+                    save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, progress=False,
+                    tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
                 train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "out": train_out,
@@ -127,7 +132,8 @@ def plan(config: ExperimentConfig):
                 device=config.device, out=str(run_dir / EVAL_DIR), progress=False)
             jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
                             eval=evaluation, eval_data=None if config.eval_data is None else
-                            str(Path(config.eval_data).resolve()), ablations=ablations, eval_seed=config.eval_seed))
+                            str(Path(config.eval_data).resolve()), ablations=ablations, eval_seed=config.eval_seed,
+                            all_tokens_valid=config.all_tokens_valid))
     return jobs
 
 
