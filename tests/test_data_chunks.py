@@ -7,10 +7,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from data_helpers import SPEC, make_arrays, make_dataset, make_meta
+from data_helpers import SPEC, labelling_pool, make_arrays, make_dataset, make_meta, pooled_reference, token_states
 
 from hsrl.data import (
-    PIXEL_ROUNDTRIP_MAX_ERROR, ChunkMeta, DataFileError, chunk_path, inspect_chunk, list_chunks, load_dataset,
+    PIXEL_ROUNDTRIP_MAX_ERROR, ChunkMeta, DataFileError, HiddenLayout, chunk_path, hidden_layout, inspect_chunk,
+    list_chunks, load_dataset, read_pooled_hidden,
     decode_text, encode_text, load_dataset as load, pixels_to_uint8, read_chunk, read_meta, uint8_to_pixels, update_chunk, write_chunk,
 )
 from hsrl.data import chunks as chunks_mod
@@ -287,17 +288,161 @@ def test_load_dataset_concatenates_requested_keys(tmp_path, rng):
 def test_load_dataset_streams_in_blocks(tmp_path, rng, monkeypatch):
     make_dataset(tmp_path, rng, hidden=lambda n: rng.standard_normal((n, 2, 8)).astype(np.float32))
     monkeypatch.setattr(chunks_mod, "_BLOCK_BYTES", 40)  # force many small steps through both read paths
-    with pytest.raises(DataFileError, match="per-token"):
+    monkeypatch.setattr(dataset_mod, "POOL_BLOCK_BYTES", 40)
+    with pytest.raises(DataFileError, match="per-token"):  # no hidden_tokens
         load_dataset(tmp_path, ["hidden_state"], show_progress=False)
     full = load_dataset(tmp_path, ["hidden_state", "obs"], per_token=True, show_progress=False)
     assert full["hidden_state"].shape == (63, 2, 8)
     with pytest.raises(ValueError, match="could not broadcast") as err:  # the caller's bug, not a corrupt file
-        load_dataset(tmp_path, ["hidden_state"], pool=lambda h: h, show_progress=False)
+        with chunks_mod.ChunkReader(list_chunks(tmp_path)[0]) as reader:
+            reader.read("hidden_state", np.empty((21, 8), np.float32), lambda h: h)
     assert not isinstance(err.value, DataFileError)
-    pooled = load_dataset(tmp_path, ["hidden_state"], pool=lambda h: h.mean(axis=1), show_progress=False)
+    pooled = load_dataset(tmp_path, ["hidden_state"], all_tokens_valid=True, show_progress=False)
     np.testing.assert_allclose(pooled["hidden_state"], full["hidden_state"].mean(axis=1), rtol=1e-6)
     expected = np.concatenate([read_chunk(p)["obs"] for p in list_chunks(tmp_path)])
     np.testing.assert_array_equal(full["obs"], expected)
+
+
+# ------------------------------------------------------------------------------------- per-token hidden states
+
+
+def write_token_files(folder, rng, widths, *, hidden_size=8, spec=SPEC, counts=True, padding=0.0, dtypes=None):
+    """One chunk per entry of `widths` (7 steps x 3 envs), per-token hidden states of that width; returns the
+    (states, counts) written."""
+    written = []
+    for i, width in enumerate(widths):
+        states, valid = token_states(rng, 21, width, hidden_size, padding=padding,
+                                     dtype=(dtypes or [np.float16] * len(widths))[i])
+        arrays = make_arrays(rng, 7, 3)
+        arrays["hidden_state"] = states
+        if counts:
+            arrays["hidden_tokens"] = valid
+        else:
+            valid = np.full(21, width, np.int32)
+        write_chunk(chunk_path(folder, i), arrays, make_meta(3, first_step=7 * i, spec=spec))
+        written.append((states, valid))
+    return written
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_per_token_states_are_read_as_labelling_pools_them(tmp_path, rng, monkeypatch, pooling):
+    spec = json.dumps(dict(json.loads(SPEC), tokens=6, pooling=pooling))
+    # files padded to different widths (labelling pads each file to its longest row), float16 and float32; padding
+    # filled with garbage, so a reader that pools padding (a mean over all T) is far off
+    written = write_token_files(tmp_path, rng, [6, 3, 5], spec=spec, padding=7.0,
+                                dtypes=[np.float16, np.float32, np.float16])
+    monkeypatch.setattr(dataset_mod, "POOL_BLOCK_BYTES", 4 * 6 * 8 * 2)  # several blocks per file, one cut mid-file
+    ds = load_dataset(tmp_path, ["hidden_state", "obs"], show_progress=False)
+    assert ds["hidden_state"].shape == (63, 8) and ds["hidden_state"].dtype == np.float32
+    labelled = np.concatenate([labelling_pool(s, c, pooling) for s, c in written])  # what pooled labelling stores
+    np.testing.assert_allclose(ds["hidden_state"], labelled, rtol=1e-6, atol=1e-6)
+    reference = np.concatenate([pooled_reference(s, c, pooling) for s, c in written])  # the definition, float64
+    np.testing.assert_allclose(ds["hidden_state"], reference, rtol=1e-6, atol=1e-6)
+    over_all = np.concatenate([s.astype(np.float64).mean(axis=1) for s, _ in written])
+    assert np.abs(ds["hidden_state"] - over_all).max() > 1.0  # the padding really is garbage
+    # the same through the block-free reader of one file
+    with chunks_mod.ChunkReader(chunk_path(tmp_path, 1)) as reader:
+        np.testing.assert_allclose(read_pooled_hidden(reader), labelled[21:42], rtol=1e-6, atol=1e-6)
+    full = load_dataset([chunk_path(tmp_path, 0)], ["hidden_state", "hidden_tokens"], per_token=True,
+                        show_progress=False)
+    np.testing.assert_array_equal(full["hidden_state"], written[0][0])
+    np.testing.assert_array_equal(full["hidden_tokens"], written[0][1])
+
+
+def test_per_token_states_without_counts_need_all_tokens_valid(tmp_path, rng):
+    written = write_token_files(tmp_path, rng, [4, 4], counts=False)
+    with pytest.raises(DataFileError, match="hidden_tokens") as err:
+        load_dataset(tmp_path, ["hidden_state"], show_progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "chunk_000000.npz" in message and "--all-tokens-valid" in message
+    ds = load_dataset(tmp_path, ["hidden_state"], all_tokens_valid=True, show_progress=False)
+    reference = np.concatenate([s.astype(np.float64).mean(axis=1) for s, _ in written])
+    np.testing.assert_allclose(ds["hidden_state"], reference, rtol=1e-6, atol=1e-6)
+    # the second file alone lacking counts is named, before anything is read
+    (tmp_path / "mixed").mkdir()
+    write_token_files(tmp_path / "mixed", rng, [4])
+    os.replace(chunk_path(tmp_path, 1), chunk_path(tmp_path / "mixed", 1))
+    with pytest.raises(DataFileError, match="chunk_000001.npz: hidden_tokens: missing"):
+        load_dataset(tmp_path / "mixed", ["hidden_state"], show_progress=False)
+
+
+def test_bad_token_counts_are_refused(tmp_path, rng):
+    states, counts = token_states(rng, 21, 4, 8)
+    arrays = dict(make_arrays(rng, 7, 3), hidden_state=states, hidden_tokens=np.where(np.arange(21) == 5, 0, counts))
+    write_chunk(chunk_path(tmp_path, 0), arrays, make_meta(3, spec=SPEC))
+    with pytest.raises(DataFileError, match=r"hidden_tokens: rows \[5\] count \[0\] tokens"):
+        load_dataset(tmp_path, ["hidden_state"], show_progress=False)
+
+
+def test_pooling_never_holds_the_per_token_array(tmp_path, rng, monkeypatch):
+    import tracemalloc
+
+    import hsrl.llm.pooling  # noqa: F401  (imports torch: not counted below)
+
+    n, width, size = 512, 64, 32  # per-token (N, T, H) float32 would be 4 MiB; pooled (N, H) is 64 KiB
+    states, counts = token_states(rng, n, width, size)
+    arrays = dict(make_arrays(rng, n // 4, 4, text=False), hidden_state=states, hidden_tokens=counts)
+    write_chunk(chunk_path(tmp_path, 0), arrays, make_meta(4, spec=SPEC))
+    monkeypatch.setattr(dataset_mod, "POOL_BLOCK_BYTES", 5 * width * size * 2)  # 5 rows a step: 103 steps
+    tracemalloc.start()
+    try:
+        ds = load_dataset(tmp_path, ["hidden_state"], show_progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(ds["hidden_state"], labelling_pool(states, counts), rtol=1e-6, atol=1e-6)
+    assert peak < n * width * size * 2 / 4, f"peak {peak} bytes: the (N, T, H) array was read whole"
+
+
+def test_pooled_states_are_cached_memory_mapped(tmp_path, rng, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    written = write_token_files(data, rng, [5, 5])
+    first = load_dataset(data, ["hidden_state", "action"], cache_dir=cache, show_progress=False)
+    assert isinstance(first["hidden_state"], np.memmap) and first["hidden_state"].shape == (42, 8)
+    np.testing.assert_allclose(first["hidden_state"], np.concatenate([labelling_pool(s, c) for s, c in written]),
+                               rtol=1e-6, atol=1e-6)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["pooled"] == ["hidden_state"] and manifest["pool"] == dataset_mod.POOL_METHOD
+    assert manifest["per_token"] is False and manifest["all_tokens_valid"] is False
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a valid cache must not read the chunks")
+
+    with monkeypatch.context() as m:
+        m.setattr(dataset_mod, "ChunkReader", no_reads)
+        again = load_dataset(data, ["hidden_state", "action"], cache_dir=cache, show_progress=False)
+    np.testing.assert_array_equal(again["hidden_state"], first["hidden_state"])
+    # per-token loading is another cache: rebuilt, (N, T, H)
+    full = load_dataset(data, ["hidden_state", "action"], per_token=True, cache_dir=cache, show_progress=False)
+    assert full["hidden_state"].shape == (42, 5, 8)
+    assert json.loads((cache / "manifest.json").read_text())["pooled"] == []
+
+
+def test_hidden_layout_reads_headers_only(tmp_path, rng, monkeypatch):
+    (tmp_path / "tok").mkdir(), (tmp_path / "bare").mkdir(), (tmp_path / "pooled").mkdir()
+    write_token_files(tmp_path / "tok", rng, [3], hidden_size=6)
+    write_token_files(tmp_path / "bare", rng, [3], hidden_size=6, counts=False)
+    make_dataset(tmp_path / "pooled", rng, files=1, hidden=lambda n: np.zeros((n, 5), np.float32))
+    with monkeypatch.context() as m:  # no array data is decompressed
+        m.setattr(chunks_mod.ChunkReader, "_read", _meta_only(chunks_mod.ChunkReader._read))
+        assert hidden_layout(tmp_path / "tok") == (True, True, 6)
+        assert hidden_layout(tmp_path / "bare") == HiddenLayout(per_token=True, has_token_counts=False, hidden_size=6)
+        assert hidden_layout(tmp_path / "pooled") == (False, False, 5)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    make_dataset(unlabelled, rng, files=1)
+    with pytest.raises(DataFileError, match="hidden_state: missing"):
+        hidden_layout(unlabelled)
+
+
+def _meta_only(read):
+    def guarded(self, key, *args, **kwargs):
+        if key != "meta":
+            raise AssertionError(f"read {key}")
+        return read(self, key, *args, **kwargs)
+
+    return guarded
 
 
 def test_load_dataset_memory_mapped_cache(tmp_path, rng, monkeypatch):

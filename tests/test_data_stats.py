@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import ACHIEVEMENTS, SPEC, make_arrays, make_dataset, make_meta
+from data_helpers import ACHIEVEMENTS, SPEC, make_arrays, make_dataset, make_meta, token_twins
 
 from hsrl.cli import main
 from hsrl.data import (
@@ -83,14 +83,37 @@ def test_mixed_specs_and_partial_labels_are_refused(tmp_path):
         dataset_stats(tmp_path, show_progress=False)
 
 
-def test_per_token_states_need_pooling(tmp_path):
+def test_per_token_states_give_the_statistics_of_their_pooled_rows(tmp_path, monkeypatch):
+    from hsrl.data import dataset as dataset_mod
+
     rng = np.random.default_rng(4)
-    make_dataset(tmp_path, rng, files=2, hidden=lambda n: rng.standard_normal((n, 3, 4)).astype(np.float32))
-    with pytest.raises(DataFileError, match="per-token"):
-        dataset_stats(tmp_path, show_progress=False)
-    stats = dataset_stats(tmp_path, pool=lambda h: h.mean(axis=1), show_progress=False)
-    pooled = np.concatenate([read_chunk(p)["hidden_state"].mean(axis=1) for p in list_chunks(tmp_path)])
-    np.testing.assert_allclose(stats["hidden_stats"]["mean"], pooled.mean(axis=0), rtol=1e-5, atol=1e-6)
+    (tmp_path / "src").mkdir()
+    make_dataset(tmp_path / "src", rng, files=3, spec=SPEC, achievements=True, hidden=_hidden(rng))
+    token_twins(tmp_path / "src", tmp_path / "tok", tmp_path / "pooled", rng, width=5, noise=2.0)
+    monkeypatch.setattr(dataset_mod, "POOL_BLOCK_BYTES", 3 * 5 * 6 * 2)  # blocks of 3 rows
+    tok = dataset_stats(tmp_path / "tok", show_progress=False)
+    pooled = dataset_stats(tmp_path / "pooled", show_progress=False)  # what labelling with pooled states gives
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(tok["hidden_stats"][key], pooled["hidden_stats"][key], rtol=1e-6, atol=1e-6)
+    assert tok["hidden_stats"]["count"] == pooled["hidden_stats"]["count"] == 63
+    assert {k: v for k, v in tok.items() if k not in ("hidden_stats", "directory")} == \
+        {k: v for k, v in pooled.items() if k not in ("hidden_stats", "directory")}
+
+
+def test_per_token_states_without_counts_need_all_tokens_valid(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    (tmp_path / "src").mkdir()
+    make_dataset(tmp_path / "src", rng, files=2, spec=SPEC, hidden=_hidden(rng))
+    token_twins(tmp_path / "src", tmp_path / "tok", tmp_path / "pooled", rng, width=3, counts=False)
+    with pytest.raises(DataFileError, match="chunk_000000.npz: hidden_tokens: missing.*--all-tokens-valid"):
+        dataset_stats(tmp_path / "tok", show_progress=False)
+    assert main(["stats", str(tmp_path / "tok"), "--no-progress"]) == 2
+    assert "hidden_tokens" in capsys.readouterr().err
+    assert main(["stats", str(tmp_path / "tok"), "--no-progress", "--all-tokens-valid"]) == 0
+    saved = json.loads((tmp_path / "tok" / "stats.json").read_text())["hidden_stats"]
+    pooled = dataset_stats(tmp_path / "pooled", show_progress=False)["hidden_stats"]
+    np.testing.assert_allclose(saved["mean"], pooled["mean"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(saved["std"], pooled["std"], rtol=1e-6, atol=1e-6)
 
 
 def test_normalize_hidden_and_round_trip(tmp_path):

@@ -1,12 +1,14 @@
 """`hsrl experiment`: interval estimates that find a hidden state the policy needs and find nothing in noise,
 resuming, and the Ray path (two workers, one killed mid-run) equal to the sequential one."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from experiment_helpers import task_pair
 
+from hsrl.data import DataFileError
 from hsrl.experiment import stats
 from hsrl.experiment.config import ExperimentConfig, plan, run_experiment
 from hsrl.experiment.runs import RESULT_FILE
@@ -155,6 +157,57 @@ def test_plan_runs_every_arm_and_seed_with_the_same_evaluation_seed(tmp_path):
     assert [j.arm for j in plan(ExperimentConfig(offline=str(tmp_path), seeds=1, control=False))] == [
         "awr-baseline", "awr-hidden"]
 
+
+
+def test_all_tokens_valid_reaches_the_awr_runs_and_the_offline_evaluation(tmp_path):
+    config = ExperimentConfig(offline=str(tmp_path), eval_data=str(tmp_path), seeds=2, out=str(tmp_path / "e"),
+                              all_tokens_valid=True)
+    jobs = plan(config)
+    assert len(jobs) == 4 and all(j.train.all_tokens_valid and j.all_tokens_valid for j in jobs)
+    assert all(j.identity()["all_tokens_valid"] and j.identity()["train"]["all_tokens_valid"] for j in jobs)
+    # at its default the setting stays out of a run's identity: runs finished before it existed still match
+    default = plan(dataclasses.replace(config, all_tokens_valid=False))[0].identity()
+    assert "all_tokens_valid" not in default and "all_tokens_valid" not in default["train"]
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_per_token_data_runs_as_its_pooled_twin(tmp_path, counts):
+    """An AWR arm on per-token data (training and the offline evaluation of --eval-data) gives the numbers of the
+    same arm on the pooled states labelling gives for the same tokens."""
+    from data_helpers import token_twins
+
+    from hsrl.experiment.offline import evaluate_offline
+    from hsrl.experiment.runs import run_job
+
+    train, held = task_pair(tmp_path, 2, rows_per_file=256, files=1)
+    rng = np.random.default_rng(3)
+    for name, src in (("train", train), ("held", held)):
+        token_twins(src, tmp_path / f"{name}-tok", tmp_path / f"{name}-pooled", rng, width=5, noise=0.3,
+                    counts=counts)
+    kw = dict(seeds=1, awr_steps=20, awr_batch_size=32, awr_save_every=20, width=16, progress=False)
+
+    def hidden_job(kind, **flags):
+        config = ExperimentConfig(offline=str(tmp_path / f"train-{kind}"), eval_data=str(tmp_path / f"held-{kind}"),
+                                  out=str(tmp_path / f"exp-{kind}"), **kw, **flags)
+        return next(j for j in plan(config) if j.arm == "awr-hidden")
+
+    a = run_job(hidden_job("pooled"))
+    flags = {} if counts else {"all_tokens_valid": True}
+    if not counts:
+        with pytest.raises(DataFileError, match="hidden_tokens: missing.*--all-tokens-valid"):
+            run_job(hidden_job("tok"))
+        with pytest.raises(DataFileError, match="hidden_tokens: missing.*--all-tokens-valid"):
+            evaluate_offline(a["run_dir"] + "/train", tmp_path / "held-tok", ("real",))
+        job = hidden_job("pooled")
+        again = evaluate_offline(a["run_dir"] + "/train", tmp_path / "held-tok", ("real",), seed=job.eval_seed,
+                                 run_seed=job.seed, all_tokens_valid=True)["real"]
+        np.testing.assert_allclose(again["action_prob"], a["ablations"]["real"]["action_prob"], rtol=1e-5)
+    b = run_job(hidden_job("tok", **flags))
+    assert a["ablations"].keys() == b["ablations"].keys() == {"real", "zero", "shuffled", "constant"}
+    for name in a["ablations"]:
+        for metric in ("action_match", "action_prob"):
+            np.testing.assert_allclose(b["ablations"][name][metric], a["ablations"][name][metric], rtol=1e-5,
+                                       err_msg=f"{name} {metric}")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsrl.data import list_chunks, read_chunk
+from hsrl.data import list_chunks, load_dataset, read_chunk
 from hsrl.data.collect import CollectConfig, collect
 from hsrl.data.label import ExtractConfig, LabelConfig, extract_dataset, label_dataset, run_label
 
@@ -57,6 +57,12 @@ def test_token_states_are_streamed_and_pool_to_the_mean(dataset, labelled, tmp_p
     pooled = states.astype(np.float32).sum(1) / counts[:, None]
     reference = read_chunk(list_chunks(labelled)[0])["hidden_state"]
     np.testing.assert_allclose(pooled, reference, atol=2e-3)
+    # readers (train-awr, stats, probe, experiment) see each row's pooled tokens: the pooled labelling, up to the
+    # float16 the token states are stored in
+    read = load_dataset(out, ["hidden_state"], show_progress=False)["hidden_state"]
+    np.testing.assert_allclose(read[: len(counts)], pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(read, load_dataset(labelled, ["hidden_state"], show_progress=False)["hidden_state"],
+                               atol=2e-3)
 
 
 def test_bad_input_file_is_reported_and_others_labelled(dataset, tmp_path):

@@ -190,3 +190,32 @@ def test_unlabelled_data_and_too_few_episodes_are_refused(raw, labelled, tmp_pat
     write_chunk(one / first.path.name, arrays, dataclasses.replace(first.meta, num_envs=2))
     with pytest.raises(ValueError, match="episodes"):
         probe(ProbeConfig(str(one), out=str(tmp_path / "o"), min_rows=2, max_rows=10))
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_per_token_states_probe_as_their_pooled_rows(labelled, tmp_path, counts):
+    """Per-token states give the numbers of the pooled states labelling gives for the same tokens; without
+    hidden_tokens only with --all-tokens-valid."""
+    from data_helpers import token_twins
+
+    from hsrl.cli import main
+
+    token_twins(labelled, tmp_path / "tok", tmp_path / "pooled", np.random.default_rng(1), width=4, noise=0.05,
+                counts=counts)
+    kw = dict(max_rows=800, min_rows=10)
+    if not counts:
+        with pytest.raises(DataFileError, match="hidden_tokens: missing.*--all-tokens-valid"):
+            probe(ProbeConfig(str(tmp_path / "tok"), out=str(tmp_path / "refused"), **kw))
+    pooled = probe(ProbeConfig(str(tmp_path / "pooled"), out=str(tmp_path / "p"), **kw))
+    flags = [] if counts else ["--all-tokens-valid"]
+    assert main(["probe", str(tmp_path / "tok"), "--out", str(tmp_path / "t"), "--max-rows", "800", "--min-rows",
+                 "10", *flags]) == 0
+    tok = json.loads((tmp_path / "t" / "probe.json").read_text())
+    assert tok["rows"] == pooled["rows"] and [r["feature"] for r in tok["features"]] == \
+        [r["feature"] for r in pooled["features"]]
+    for a, b in zip(tok["features"], pooled["features"]):
+        np.testing.assert_allclose(a["hidden"], b["hidden"], rtol=1e-5, atol=1e-6, err_msg=a["feature"])
+    np.testing.assert_allclose(tok["effective_rank"], pooled["effective_rank"], rtol=1e-5)
+    np.testing.assert_allclose(tok["mean_pairwise_cosine"], pooled["mean_pairwise_cosine"], rtol=1e-5)
+    encoded = [r for r in tok["features"] if r["feature"] in ENCODED]
+    assert encoded and all(r["hidden"] > 0.9 for r in encoded)  # the pooled tokens still encode them

@@ -191,6 +191,51 @@ def test_checkpoint_carries_what_evaluation_needs(small, tmp_path):
     np.testing.assert_allclose(stats.mean, hidden.mean(0), rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------- per-token hidden states
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_per_token_data_trains_as_its_pooled_twin(tmp_path, counts):
+    """Per-token states (`hsrl label --save-token-states`) train exactly as the pooled states labelling gives for
+    the same tokens; without hidden_tokens only with --all-tokens-valid (pooling every position)."""
+    from data_helpers import token_twins
+
+    rng = np.random.default_rng(5)
+    src = write_hidden_task(tmp_path / "src", rng, files=2, rows_per_file=256)
+    token_twins(src, tmp_path / "tok", tmp_path / "pooled", rng, width=6, noise=0.5, counts=counts)
+    run = dict(steps=20, log_every=10, save_every=20, batch_size=32, device_data=True)
+    if not counts:
+        with pytest.raises(DataFileError, match="chunk_000000.npz: hidden_tokens: missing.*--all-tokens-valid"):
+            train_awr(config(tmp_path / "tok", tmp_path / "refused", **run))
+        assert not (tmp_path / "refused").exists()
+    flags = {} if counts else {"all_tokens_valid": True}
+    a = train_awr(config(tmp_path / "pooled", tmp_path / "a", **run))
+    b = train_awr(config(tmp_path / "tok", tmp_path / "b", **run, **flags))
+    assert a["step"] == b["step"] == 20
+    pa, pb = load_policy(tmp_path / "a"), load_policy(tmp_path / "b")
+    assert pb.network.hidden_size == 24
+    np.testing.assert_allclose(pa.hidden_stats.mean, pb.hidden_stats.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pa.hidden_stats.std, pb.hidden_stats.std, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa.params, pb.params)
+    if counts:  # a plain mean over all T positions (padding included) would have trained on other inputs
+        over_all = np.concatenate([read_chunk(p)["hidden_state"].astype(np.float64).mean(1)
+                                   for p in list_chunks(tmp_path / "tok")])
+        pooled = np.concatenate([read_chunk(p)["hidden_state"] for p in list_chunks(tmp_path / "pooled")])
+        assert np.abs(over_all - pooled).max() > 0.3
+
+
+def test_all_tokens_valid_is_part_of_the_run(small, tmp_path):
+    train_awr(config(small, tmp_path / "run", steps=5, log_every=5))
+    with pytest.raises(ValueError, match="--all-tokens-valid False"):
+        train_awr(config(small, tmp_path / "run", steps=10, log_every=5, all_tokens_valid=True))
+    # a run folder of an hsrl without the flag resumes as the flag's default
+    path = tmp_path / "run" / "run_config.json"
+    saved = json.loads(path.read_text())
+    del saved["all_tokens_valid"]
+    path.write_text(json.dumps(saved))
+    assert train_awr(config(small, tmp_path / "run", steps=10, log_every=5))["step"] == 10
+
+
 # ---------------------------------------------------------------------------------------- errors
 
 

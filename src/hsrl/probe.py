@@ -10,7 +10,7 @@ the training rows), fitted on the training episodes and scored on the held-out o
 episode (GroupShuffleSplit), so no episode is in both.
 
 Each feature is probed from three inputs of the same rows:
-  hidden    the labelled hidden states (N, H)
+  hidden    the labelled hidden states (N, H); per-token files (N, T, H) by each row's pooled tokens
   floor     a random Gaussian projection of the symbolic observation to H dimensions (the map of
             `hsrl experiment`'s control arm, `hsrl.data.projection`, seeded by --seed; what a random
             embedding of the observation gives; when H >= the observation's length it keeps everything
@@ -50,6 +50,9 @@ class ProbeConfig:
     max_rows: int = field(default=20_000, metadata={"help": "rows used at most (a random subset of whole episodes)"})
     min_rows: int = field(default=20, metadata={"help": "skip a feature with fewer train or test rows than this"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the subset and the random projection"})
+    all_tokens_valid: bool = field(default=False, metadata={
+        "help": "per-token hidden states (N, T, H) stored without hidden_tokens: every one of the T positions is a "
+                "real token, so pool over all of them (without this flag such files are refused)"})
 
     def check(self) -> None:
         from hsrl.data.chunks import list_chunks
@@ -199,16 +202,18 @@ def _probe(kind: str, x_train, y_train, x_test, y_test) -> float:
 
 
 def load_probe_data(config: ProbeConfig):
-    from hsrl.data import DataFileError, inspect_chunk, list_chunks, load_dataset
+    """The rows' observations, dones and pooled hidden states (per-token files pooled while reading), and the
+    game variant."""
+    from hsrl.data import DataFileError, check_token_counts, inspect_chunk, list_chunks, load_dataset
     from hsrl.env import env_info
 
     files = list_chunks(config.data_dir)
     info = inspect_chunk(files[0])
     if "hidden_state" not in info.fields:
         raise DataFileError(files[0], "hidden_state", "missing: label the data with `hsrl label` first")
-    if len(info.fields["hidden_state"][0]) != 2:
-        raise DataFileError(files[0], "hidden_state", "stored per-token (N, T, H); probe reads pooled (N, H) states")
-    ds = load_dataset(config.data_dir, ["obs", "done", "hidden_state"], show_progress=False)
+    check_token_counts(info, config.all_tokens_valid)
+    ds = load_dataset(config.data_dir, ["obs", "done", "hidden_state"], all_tokens_valid=config.all_tokens_valid,
+                      show_progress=False)
     env = env_info(ds.meta.env_name)
     if ds.meta.obs_kind != "symbolic":
         raise ValueError(f"{config.data_dir}: probe decodes symbolic observations; this is {ds.meta.obs_kind} data "

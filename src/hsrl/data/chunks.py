@@ -463,17 +463,19 @@ class _CallerError(Exception):
     """Carries an exception raised by a caller's `transform`, so it is not reported as a corrupt file."""
 
 
-def _read_into(f, shape, dtype, out: np.ndarray, transform: Callable | None = None) -> None:
+def _read_into(f, shape, dtype, out: np.ndarray, transform: Callable | None = None,
+               block_bytes: int | None = None) -> None:
     """Read a member's array data (header consumed) into `out` (len(out) == shape[0] after `transform`).
 
     Same dtype and no transform: decompress straight into `out`. Otherwise go through row blocks of
-    at most a few MiB, so peak memory is `out` plus one block.
+    at most `block_bytes` (default `_BLOCK_BYTES`; at least one row), so peak memory is `out` plus one block;
+    `transform` gets the blocks in row order.
     """
     if transform is None and out.dtype == dtype and out.flags.c_contiguous and out.shape == shape:
         _read_exact(f, out)
     else:
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-        step = max(1, _BLOCK_BYTES // row_bytes)
+        step = max(1, (block_bytes or _BLOCK_BYTES) // row_bytes)
         for start in range(0, shape[0], step):
             block = np.empty((min(step, shape[0] - start),) + tuple(shape[1:]), dtype)
             _read_exact(f, block)
@@ -556,7 +558,8 @@ class ChunkReader:
         n = validate_fields(fields, meta, self.path)
         return ChunkInfo(self.path, meta, fields, n)
 
-    def _read(self, key: str, field: Field, out: np.ndarray | None = None, transform=None) -> np.ndarray:
+    def _read(self, key: str, field: Field, out: np.ndarray | None = None, transform=None,
+              block_bytes: int | None = None) -> np.ndarray:
         shape, dtype = field
         if out is None:
             out = np.empty(shape, dtype)
@@ -564,7 +567,7 @@ class ChunkReader:
             with self.zip.open(key + ".npy") as f:
                 if _read_header(f, self.path, key) != (shape, dtype):
                     raise ValueError("header changed while reading")
-                _read_into(f, shape, dtype, out, transform)
+                _read_into(f, shape, dtype, out, transform, block_bytes)
         except _CallerError as err:
             raise err.__cause__ from None
         except DataFileError:
@@ -573,10 +576,12 @@ class ChunkReader:
             raise _corrupt(self.path, key, err) from None
         return out
 
-    def read(self, key: str, out: np.ndarray | None = None, transform=None) -> np.ndarray:
+    def read(self, key: str, out: np.ndarray | None = None, transform=None, block_bytes: int | None = None) -> np.ndarray:
+        """The array `key` (into `out` if given). `transform` maps each block of rows (at most `block_bytes` of stored
+        data, at least one row) to the rows of `out`, in order, while reading."""
         if key not in self.info.fields:
             raise DataFileError(self.path, key, "missing")
-        return self._read(key, self.info.fields[key], out, transform)
+        return self._read(key, self.info.fields[key], out, transform, block_bytes)
 
     def read_text(self, key: str) -> np.ndarray:
         """A text key stored as code points (`CODE_POINT_KEYS`), decoded: (N,) object array of str."""

@@ -21,7 +21,7 @@ def run_returns(config: ReturnsConfig) -> int:
 
 def run_stats(config: StatsConfig) -> int:
     stats = dataset_stats(config.directory, std_floor=config.std_floor, hidden=config.hidden,
-                          show_progress=config.progress)
+                          all_tokens_valid=config.all_tokens_valid, show_progress=config.progress)
     out = Path(config.out) if config.out else Path(config.directory) / STATS_FILE
     write_text_atomic(out, json.dumps(stats, indent=1))
     print(format_stats(stats))

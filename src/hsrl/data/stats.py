@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +19,10 @@ import numpy as np
 
 from hsrl.atomic import write_text_atomic
 from hsrl.data.chunks import (
-    DataFileError, META_KEY, check_consecutive, check_same_row_shape, inspect_chunk, list_chunks, progress, read_chunk,
+    DataFileError, META_KEY, ChunkReader, check_consecutive, check_same_row_shape, inspect_chunk, list_chunks, progress,
+    to_time_env,
 )
+from hsrl.data.dataset import check_token_counts, read_pooled_hidden
 from hsrl.llm.spec import check_spec, spec_differences, spec_hash
 from hsrl.strict import dataclass_kwargs
 from hsrl.errors import InputError
@@ -35,8 +37,10 @@ class StatsConfig:
 
     One streaming pass over the chunks: samples, finished episodes, episode return and length
     (mean/std/min/max), per-achievement counts when recorded, and the per-dimension mean and std
-    (floored) of pooled hidden states, tagged with the data's extraction spec. Prints a summary and
-    saves the full result as JSON (`hidden_stats` in it is what training loads).
+    (floored) of pooled hidden states, tagged with the data's extraction spec. Per-token hidden states
+    (`hsrl label --save-token-states`) count as their pooled rows (each row pooled over its `hidden_tokens`,
+    as labelling pools). Prints a summary and saves the full result as JSON (`hidden_stats` in it is what
+    training loads).
     """
 
     directory: str = field(metadata={"positional": True, "help": "dataset folder of chunk_NNNNNN.npz files"})
@@ -46,6 +50,9 @@ class StatsConfig:
                                                "do not divide by zero"})
     hidden: bool = field(default=True, metadata={"help": "compute hidden-state statistics when the files carry "
                                                          "hidden_state (default: on; --no-hidden: summary only)"})
+    all_tokens_valid: bool = field(default=False, metadata={
+        "help": "per-token hidden states (N, T, H) stored without hidden_tokens: every one of the T positions is a "
+                "real token, so pool over all of them (without this flag such files are refused)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over files"})
 
     def check(self) -> None:
@@ -185,7 +192,7 @@ def _summary(x: np.ndarray) -> dict | None:
 
 
 def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_STD_FLOOR, hidden: bool = True,
-                  pool: Callable[[np.ndarray], np.ndarray] | None = None, show_progress: bool = True) -> dict:
+                  all_tokens_valid: bool = False, show_progress: bool = True) -> dict:
     """One streaming pass over a dataset folder: summary and hidden-state normalisation statistics.
 
     Episodes are counted at `done` rows; an episode's return is the undiscounted sum of its rewards,
@@ -194,8 +201,9 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
     carry it) gives, per achievement, the number of finished episodes that unlocked it.
 
     Hidden statistics (if `hidden` and the files carry `hidden_state`) are over pooled states, one row per
-    sample; per-token files need a `pool` function (b, T, H) -> (b, H). Files whose extraction specs
-    differ are refused, naming the fields; so are datasets where only some files carry a key.
+    sample; per-token files are pooled while reading (`hsrl.data.dataset.read_pooled_hidden`: over each row's
+    `hidden_tokens`; files without them only with `all_tokens_valid`). Files whose extraction specs differ are
+    refused, naming the fields; so are datasets where only some files carry a key.
     """
     if std_floor <= 0:
         raise InputError(f"std_floor must be positive, got {std_floor}")
@@ -219,9 +227,9 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
             check_same_row_shape(infos, key)
     with_achievements = "achievements" in first.fields
     with_hidden = hidden and "hidden_state" in first.fields
-    if with_hidden and len(first.fields["hidden_state"][0]) == 3 and pool is None:
-        raise DataFileError(first.path, "hidden_state", "stored per-token (N, T, H); normalisation statistics are "
-                                                        "of pooled states: pool the data first or pass `pool`")
+    if with_hidden:
+        for info in infos:  # before any work
+            check_token_counts(info, all_tokens_valid)
 
     num_envs = first.meta.num_envs
     running = np.zeros(num_envs, np.float64)
@@ -230,10 +238,12 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
     ach_counts = np.zeros(len(first.meta.achievement_names), np.int64)
     moments = None
     samples = 0
-    keys = ["reward", "done"] + (["achievements"] if with_achievements else []) + (["hidden_state"] if with_hidden else [])
+    keys = ["reward", "done"] + (["achievements"] if with_achievements else [])
     for info in progress(infos, "stats", show_progress):
-        chunk = read_chunk(info.path, keys)
-        reward, done = chunk.time_major("reward"), chunk.time_major("done")
+        with ChunkReader(info.path) as reader:
+            chunk = {k: reader.read(k) for k in keys}
+            h = read_pooled_hidden(reader, all_tokens_valid=all_tokens_valid) if with_hidden else None
+        reward, done = to_time_env(chunk["reward"], num_envs), to_time_env(chunk["done"], num_envs)
         for t in range(reward.shape[0]):  # vectorised over environments
             running += reward[t]
             length += 1
@@ -243,14 +253,11 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
             length[done[t]] = 0
         if with_achievements:
             ach_counts += chunk["achievements"][chunk["done"]].sum(axis=0)
-        if with_hidden:
-            h = chunk["hidden_state"]
-            if h.ndim == 3:
-                h = pool(h)
+        if h is not None:
             if moments is None:
                 moments = RunningMoments(h.shape[1])
             moments.update(h)
-        samples += chunk.num_rows
+        samples += len(chunk["reward"])
     ep_returns = np.concatenate(ep_returns) if ep_returns else np.zeros(0)
     ep_lengths = np.concatenate(ep_lengths) if ep_lengths else np.zeros(0)
     spec = first.meta.spec_json

@@ -64,6 +64,10 @@ class ExperimentConfig(OnlineConfig):
         "help": "evaluate offline on this held-out labelled dataset (mean probability of its actions) instead "
                 "of rollouts in Craftax"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
+    all_tokens_valid: bool = field(default=False, metadata={
+        "help": "per-token hidden states (N, T, H) of --offline / --eval-data stored without hidden_tokens: every one "
+                "of the T positions is a real token, so pool over all of them (without this flag such files are "
+                "refused); passed to the AWR runs and the offline evaluation"})
     ray: str | None = field(default=None, metadata={
         "nargs": "?", "const": "local", "metavar": "ADDRESS",
         "help": "run each (arm, seed) as a Ray task: `--ray` starts a local Ray, `--ray ADDRESS` joins a cluster"})
@@ -102,18 +106,18 @@ class ExperimentConfig(OnlineConfig):
         if self.online:  # `hsrl online`'s checks of a hidden-state arm (the control arm is planned by the experiment)
             OnlineConfig.check(dataclasses.replace(self, control=False))
         if self.offline is not None:
-            check_experiment_data(self.offline, self.eval_data)
+            check_experiment_data(self.offline, self.eval_data, self.all_tokens_valid)
 
 
-def check_experiment_data(offline: str, eval_data: str | None) -> None:
+def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid: bool = False) -> None:
     """Everything an AWR arm or the offline evaluation would refuse, before the first run trains: return_to_go
     and hidden states in --offline, the same env, hidden width and extraction spec in --eval-data, and actions
     within the env's range in both (one `DataFileError` naming the file, field and first bad row)."""
-    from hsrl.data import DataFileError, inspect_chunk, list_chunks, read_chunk, spec_differences
+    from hsrl.data import DataFileError, check_token_counts, inspect_chunk, list_chunks, read_chunk, spec_differences
     from hsrl.env import env_info
     from hsrl.rl.awr import check_data_keys
 
-    check_data_keys(offline, hidden=True)
+    check_data_keys(offline, hidden=True, all_tokens_valid=all_tokens_valid)
     first = inspect_chunk(list_chunks(offline)[0])
     width = first.fields["hidden_state"][0][-1]
     num_actions = env_info(first.meta.env_name).num_actions
@@ -121,7 +125,8 @@ def check_experiment_data(offline: str, eval_data: str | None) -> None:
         other = inspect_chunk(list_chunks(eval_data)[0])
         for key in ("obs", "action", "hidden_state"):
             if key not in other.fields:
-                raise DataFileError(other.path, key, f"missing: --eval-data needs obs, action and hidden_state")
+                raise DataFileError(other.path, key, "missing: --eval-data needs obs, action and hidden_state")
+        check_token_counts(other, all_tokens_valid)
         if other.meta.env_name != first.meta.env_name:
             raise DataFileError(other.path, "meta", f"{other.meta.env_name} data; --offline holds "
                                                     f"{first.meta.env_name}")
@@ -168,7 +173,8 @@ def plan(config: ExperimentConfig):
                     steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
-                    save_every=config.awr_save_every, progress=False, tensorboard=False)
+                    save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, progress=False,
+                    tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
                 train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control,
@@ -180,7 +186,8 @@ def plan(config: ExperimentConfig):
                 device=config.device, out=str(run_dir / EVAL_DIR), progress=False)
             jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
                             eval=evaluation, eval_data=None if config.eval_data is None else
-                            str(Path(config.eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed))
+                            str(Path(config.eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed,
+                            all_tokens_valid=config.all_tokens_valid))
     return jobs
 
 

@@ -43,8 +43,10 @@ class StoredHidden:
 
 
 def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tuple[str, ...], seed: int = 0,
-                     run_seed: int = 0) -> dict:
-    """{ablation: {"action_match", "action_prob", "rows"}} of one checkpoint on held-out data (see above)."""
+                     run_seed: int = 0, all_tokens_valid: bool = False) -> dict:
+    """{ablation: {"action_match", "action_prob", "rows"}} of one checkpoint on held-out data (see above).
+    Per-token hidden states are read as each row's pooled tokens (`load_dataset`; files without hidden_tokens
+    only with `all_tokens_valid`)."""
     from scipy.special import softmax
 
     from hsrl.data import load_dataset
@@ -56,7 +58,7 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
     policy = load_policy(checkpoint)
     control = policy.uses_hidden and is_projection_spec(policy.spec_json)
     keys = ["obs", "action"] + (["hidden_state"] if policy.uses_hidden and not control else [])
-    ds = load_dataset(data_dir, keys, show_progress=False)
+    ds = load_dataset(data_dir, keys, all_tokens_valid=all_tokens_valid, show_progress=False)
     if ds.meta.env_name != policy.env_name:
         raise ValueError(f"{data_dir} holds {ds.meta.env_name} data; the policy in {checkpoint} plays {policy.env_name}")
     obs, action = ds["obs"], ds["action"].astype(np.int64)

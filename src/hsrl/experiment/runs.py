@@ -43,19 +43,30 @@ class Job:
     eval_data: str | None = None  # held-out labelled data: offline evaluation instead of rollouts
     ablations: tuple[str, ...] = ("real", "zero", "shuffled", "constant")
     eval_seed: int = 0
+    all_tokens_valid: bool = False  # per-token states of eval_data without hidden_tokens: pool over all positions
 
     def identity(self) -> dict:
-        """What defines the run's numbers (not where it runs or whether it shows progress)."""
+        """What defines the run's numbers (not where it runs or whether it shows progress). Settings added later
+        (`LATER_SETTINGS`) appear only when not at their default, so runs finished before still match."""
         def plain(cfg):
             if cfg is None:
                 return None
             d = dataclasses.asdict(cfg)
             for k in ("progress", "tensorboard", "out", "checkpoint" if cfg is self.eval else ""):
                 d.pop(k, None)
-            return d
+            return _drop_later_defaults(d)
 
-        return {"arm": self.arm, "seed": self.seed, "train": plain(self.train), "eval": plain(self.eval),
-                "eval_data": self.eval_data, "ablations": list(self.ablations), "eval_seed": self.eval_seed}
+        return _drop_later_defaults({
+            "arm": self.arm, "seed": self.seed, "train": plain(self.train), "eval": plain(self.eval),
+            "eval_data": self.eval_data, "ablations": list(self.ablations), "eval_seed": self.eval_seed,
+            "all_tokens_valid": self.all_tokens_valid})
+
+
+LATER_SETTINGS = {"all_tokens_valid": False}  # setting -> default, left out of a run's identity at that default
+
+
+def _drop_later_defaults(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -100,7 +111,7 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
         from hsrl.experiment.offline import evaluate_offline
 
         return evaluate_offline(checkpoint, job.eval_data, job.ablations, seed=job.eval_seed,
-                                run_seed=job.seed), OFFLINE_METRICS
+                                run_seed=job.seed, all_tokens_valid=job.all_tokens_valid), OFFLINE_METRICS
     from hsrl.evaluate import evaluate
 
     report = evaluate(job.eval)

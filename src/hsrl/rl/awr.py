@@ -38,7 +38,7 @@ import optax
 
 from hsrl.atomic import write_text_atomic
 from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks
-from hsrl.data.dataset import load_dataset
+from hsrl.data.dataset import check_token_counts, load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.rl.checkpoint import (
@@ -70,7 +70,8 @@ class TrainAWRConfig:
     """
 
     data_dir: str = dataclasses.field(metadata={"positional": True, "help": "dataset folder with return_to_go "
-                                                                "(`hsrl returns`) and, unless --no-hidden, hidden_state"})
+                                                                "(`hsrl returns`) and, unless --no-hidden, hidden_state "
+                                                                "(pooled, or per-token: read as each row's pooled tokens)"})
     out: str = dataclasses.field(default="runs/awr", metadata={"help": "run folder (created; rerun to resume; a "
                                                                        "folder of another run is refused)"})
     hidden: bool = dataclasses.field(default=True, metadata={"help": "read hidden states (default: on; --no-hidden: the baseline)"})
@@ -97,6 +98,9 @@ class TrainAWRConfig:
                 "larger than memory)"})
     truncated: bool = dataclasses.field(default=False, metadata={"help": "also train on rows of episodes still running at the end "
                                                              "of the data (their return_to_go is cut off)"})
+    all_tokens_valid: bool = dataclasses.field(default=False, metadata={
+        "help": "per-token hidden states (N, T, H) stored without hidden_tokens: every one of the T positions is a "
+                "real token, so pool over all of them (without this flag such files are refused)"})
     width: int = dataclasses.field(default=512, metadata={"help": "features of the encoder and the head layers"})
     activation: str = dataclasses.field(default="relu", metadata={"help": f"dense-layer activation: {', '.join(ACTIVATIONS)}"})
     allow_spec_mismatch: bool = dataclasses.field(default=False, metadata={
@@ -430,8 +434,9 @@ class AWRData:
         return sum(a.nbytes for a in self.arrays.values()) + self.rows.nbytes
 
 
-def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
-    """Clear errors for data that cannot train AWR, from the first file's headers (nothing decompressed)."""
+def check_data_keys(data_dir: str | Path, hidden: bool, all_tokens_valid: bool = False) -> None:
+    """Clear errors for data that cannot train AWR, from the first file's headers (nothing decompressed).
+    Per-token hidden states are read pooled (`load_dataset`); without `hidden_tokens` only with all_tokens_valid."""
     files = list_chunks(data_dir)
     info = inspect_chunk(files[0])
     if "return_to_go" not in info.fields:
@@ -439,20 +444,21 @@ def check_data_keys(data_dir: str | Path, hidden: bool) -> None:
     if hidden and "hidden_state" not in info.fields:
         raise DataFileError(files[0], "hidden_state", "missing: label the data with `hsrl label` first, or "
                                                       "train the baseline with --no-hidden")
-    if hidden and len(info.fields["hidden_state"][0]) == 3:
-        raise DataFileError(files[0], "hidden_state", "stored per-token (N, T, H); AWR reads pooled (N, H) states: "
-                                                      "label with pooled states (without --save-token-states)")
+    if hidden:
+        check_token_counts(info, all_tokens_valid)
 
 
 def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True,
-                  cache_dir: str | Path | None = None, control: bool = False) -> AWRData:
-    """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`).
-    Rows whose episode was still running at the end of the data have a cut-off return_to_go and are left
-    out unless `truncated`. With `control`, `hidden_state` is the fixed random projection of each row's
-    observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's."""
-    check_data_keys(data_dir, hidden)
+                  cache_dir: str | Path | None = None, all_tokens_valid: bool = False,
+                  control: bool = False) -> AWRData:
+    """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`; per-token hidden
+    states pooled while reading). Rows whose episode was still running at the end of the data have a cut-off
+    return_to_go and are left out unless `truncated`. With `control`, `hidden_state` is the fixed random projection
+    of each row's observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's."""
+    check_data_keys(data_dir, hidden, all_tokens_valid)
     keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden and not control else [])
-    ds = load_dataset(data_dir, keys, cache_dir=cache_dir, show_progress=show_progress)
+    ds = load_dataset(data_dir, keys, all_tokens_valid=all_tokens_valid, cache_dir=cache_dir,
+                      show_progress=show_progress)
     arrays = {k: ds[k] for k in keys if k != "return_truncated"}
     arrays["action"] = arrays["action"].astype(np.int32, copy=False)
     spec_json = ds.meta.spec_json
@@ -488,8 +494,8 @@ def device_memory_limit(device) -> int | None:
 # ------------------------------------------------------------------------------------------ train
 
 # Flags that define a run; rerunning into the same --out with other values is refused.
-IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", "max_weight", "seed", "truncated", "width",
-                   "activation")
+IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", "max_weight", "seed", "truncated",
+                   "width", "activation", "all_tokens_valid")
 
 
 def _run_config(config: TrainAWRConfig) -> dict:
@@ -503,8 +509,8 @@ def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -
     mine = _run_config(config)
     if path.exists():
         saved = json.loads(path.read_text())
-        default = {f.name: f.default for f in dataclasses.fields(TrainAWRConfig)}  # flags newer than the run
-        differ = [k for k in fields if saved.get(k, default.get(k)) != mine.get(k)]
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainAWRConfig)}
+        differ = [k for k in fields if saved.get(k, defaults.get(k)) != mine.get(k)]  # a flag added later: its default
         if differ:
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
             raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
@@ -522,7 +528,8 @@ def train_awr(config: TrainAWRConfig) -> dict:
 
     # --- data
     data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
-                         cache_dir=config.cache_dir, control=config.control)
+                         cache_dir=config.cache_dir, all_tokens_valid=config.all_tokens_valid,
+                         control=config.control)
     info = env_info(data.env_name)
     network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
                                     width=config.width, activation=config.activation)
