@@ -10,9 +10,9 @@ import pytest
 
 from hsrl.quickstart import QuickstartConfig, quickstart, scale_up_commands
 
-TINY = dict(envs=2, collect_steps=128, chunk_steps=16, awr_steps=20, online_steps=64, online_num_steps=16,
-            eval_episodes=1, max_episode_steps=16, width=32, experiment_seeds=3, experiment_awr_steps=20,
-            progress=False)
+TINY = dict(envs=2, collect_steps=128, heldout_steps=64, chunk_steps=16, awr_steps=20, online_steps=64,
+            online_num_steps=16, eval_episodes=2, max_episode_steps=16, width=32, experiment_seeds=3,
+            experiment_awr_steps=20, progress=False)
 
 
 @pytest.mark.timeout(2400)  # the whole pipeline twice, a local Ray included: minutes on 2 busy cores
@@ -20,7 +20,8 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     report = quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **TINY))
     text = (report / "README.md").read_text()
     for section in ("## Data", "## Offline AWR", "## Online PPO", "## Evaluation with hidden-state ablations",
-                    "## Experiment: 3 seeds", "**Verdict.**", "P(hidden > baseline)", "real - zero",
+                    "## Experiment: 3 seeds", "**Verdict.**", "P(hidden > other)", "real - zero",
+                    "real - shuffled", "awr-control", "scripted player",
                     "## Probe", "Effective rank", "## Time per step", "## Scale it up",
                     "Qwen/Qwen3-4B-Thinking-2507", "hsrl label", "--ray", "after the first update",
                     "including the first"):
@@ -42,12 +43,12 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
             assert r["length_mean"] <= 16
     rows = re.findall(r"^\| awr_hidden \| (\w+) \| (-?[\d.]+) ± ([\d.]+) \|", text, re.M)
     assert [r[0] for r in rows] == ablations
-    # the experiment: 3 seeds of both AWR arms, intervals and a verdict in the report
+    # the experiment: 3 seeds of the three AWR arms, scored on held-out rows; the verdict follows from its numbers
     agg = summary["experiment"]["aggregates"]
-    assert sorted(agg["arms"]) == ["awr-baseline", "awr-hidden"]
+    assert sorted(agg["arms"]) == ["awr-baseline", "awr-control", "awr-hidden"]
     assert all(len(a["seeds"]) == 3 for a in agg["arms"].values())
-    low, high = agg["improvement"]["awr"]["return_mean"][1:]
-    assert 0 <= low <= high <= 1 and agg["verdict"] in text
+    check_verdict_follows_from_numbers(text, summary["experiment"])
+    assert "the IQM equals the mean" in text  # 3 seeds
     assert summary["probe"]["rows"] == 128 and summary["probe"]["probed"] >= 1
     from hsrl.probe import state_sentences  # the report's probe sentences are probe.md's, from one function
 
@@ -65,7 +66,7 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
     metrics = (online_run / "metrics.jsonl").read_text()
     evals = {p: p.stat().st_mtime_ns for p in (tmp_path / "qs" / "eval").glob("*/eval.json")}
     results = {p: p.stat().st_mtime_ns for p in (tmp_path / "qs" / "experiment").rglob("result.json")}
-    assert len(events) == 1 and len(evals) == 3 and len(results) == 6
+    assert len(events) == 1 and len(evals) == 3 and len(results) == 9
 
     # a rerun reuses the data, the finished runs and the evaluations, and still writes the report
     again = quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **TINY))
@@ -125,3 +126,31 @@ def test_probe_brief_keeps_metrics_apart_and_ranks_by_skill():
     assert [r["feature"] for r in brief["best"]] == ["f_even", "g_good", "f_rare", "g_bad"]
     assert brief["above_floor"] == 2
     assert brief["collapsed"] is False and brief["spread_to_norm"] == 0.8 and brief["common_direction_share"] == 0.3
+
+
+def check_verdict_follows_from_numbers(text: str, experiment: dict) -> None:
+    """Read the report: the verdict printed is the one the per-run scores give, each answer's sentence matches its
+    claim, and every interval it quotes recomputes from the runs' scores."""
+    from hsrl.experiment import stats
+    from hsrl.experiment.report import fmt
+
+    agg = experiment["aggregates"]
+    verdict = re.search(r"\*\*Verdict\.\*\* (.*)", text).group(1)
+    assert verdict == agg["verdict"]
+    runs = experiment["runs"]
+    score = {(r["arm"], r["seed"], a): v["action_match"] for r in runs for a, v in r["ablations"].items()}
+    seeds = sorted({r["seed"] for r in runs})
+    real = {arm: [score[(arm, s, "real")] for s in seeds] for arm in ("awr-hidden", "awr-baseline", "awr-control")}
+    tests = {"uses": stats.paired_test(real["awr-hidden"], [score[("awr-hidden", s, "shuffled")] for s in seeds]),
+             "beats_baseline": stats.welch_test(real["awr-hidden"], real["awr-baseline"]),
+             "beats_control": stats.welch_test(real["awr-hidden"], real["awr-control"])}
+    names = {"uses": "real - shuffled", "beats_baseline": "hidden - baseline", "beats_control": "hidden - control"}
+    for key, test in tests.items():
+        assert agg["claims"]["awr"][key] == test.claim()
+        assert f"{names[key]} = {fmt(test.interval)}" in verdict
+        said = {"above": "yes:", "below": "no:" if key != "uses" else "does worse", "none": "not shown",
+                "too few seeds": "cannot be judged"}[test.claim()]
+        question = {"uses": "use its hidden state?", "beats_baseline": "beat the baseline?",
+                    "beats_control": "beat the control?"}[key]
+        answer = verdict.split(question, 1)[1].lstrip()
+        assert answer.startswith(said), (key, answer[:80])

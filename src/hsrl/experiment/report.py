@@ -152,6 +152,14 @@ def fmt(iv: list[float], digits: int | None = None) -> str:
     return f"{point:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
 
 
+def fmt_improvement(iv: list[float]) -> str:
+    """rliable's P(X > Y) with its bootstrap interval; one that every resample agrees on is said so, not printed
+    as an interval of width 0."""
+    if iv[1] == iv[2]:
+        return f"{iv[0]:.2f} (every resample: {iv[1]:.2f})"
+    return fmt(iv, 2)
+
+
 def fmt_p(p: float | None) -> str:
     if p is None or not np.isfinite(p):
         return "n/a"
@@ -299,9 +307,9 @@ def markdown(agg: dict, results: list[dict]) -> str:
                     t = comp[m].get(f"vs_{other}")
                     if t is None:
                         continue
-                    pi = comp[m][f"p_improvement_{other}"]
                     lines.append(f"| {comp['hidden']} - {comp[other]} | {lab(m)} | {fmt(_iv(t))} | "
-                                 f"{fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | {fmt(pi, 2)} | {t['claim']} |")
+                                 f"{fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | "
+                                 f"{fmt_improvement(comp[m][f'p_improvement_{other}'])} | {t['claim']} |")
     if agg["gaps"]:
         lines += ["", "Ablation gaps, paired per seed (Student t interval, exact sign-flip p). real - shuffled "
                   "judges use (another sample's state keeps the input's distribution); real - zero measures "
