@@ -163,7 +163,7 @@ def test_all_tokens_valid_reaches_the_awr_runs_and_the_offline_evaluation(tmp_pa
     config = ExperimentConfig(offline=str(tmp_path), eval_data=str(tmp_path), seeds=2, out=str(tmp_path / "e"),
                               all_tokens_valid=True)
     jobs = plan(config)
-    assert len(jobs) == 4 and all(j.train.all_tokens_valid and j.all_tokens_valid for j in jobs)
+    assert len(jobs) == 6 and all(j.train.all_tokens_valid and j.all_tokens_valid for j in jobs)
     assert all(j.identity()["all_tokens_valid"] and j.identity()["train"]["all_tokens_valid"] for j in jobs)
     # at its default the setting stays out of a run's identity: runs finished before it existed still match
     default = plan(dataclasses.replace(config, all_tokens_valid=False))[0].identity()

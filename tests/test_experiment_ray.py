@@ -17,7 +17,7 @@ from hsrl.experiment.config import ExperimentConfig, run_experiment  # noqa: E40
 from hsrl.experiment.runs import RESULT_FILE, WORKER_FILE  # noqa: E402
 
 SETTINGS = dict(seeds=2, awr_steps=1500, awr_batch_size=256, awr_lr=1e-3, awr_beta=1.0, awr_save_every=100,
-                width=64, progress=False, bootstrap_reps=500)
+                width=64, progress=False, bootstrap_reps=500, control=False)  # the Ray path, not the arms
 
 
 def _victim(out: Path, deadline: float) -> Path:

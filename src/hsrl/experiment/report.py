@@ -68,7 +68,8 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
                  "seeds": [r["seed"] for r in runs], "weight_ess": _weight_ess(runs)}
         for m in metrics:
             x = _scores(runs, m)
-            entry[m] = {"mean": stats.mean_t(x), "iqm": stats.mean_iqm(x, reps, seed)["iqm"]}
+            iqm = stats.mean_iqm(x, reps, seed)["iqm"]
+            entry[m] = {"mean": stats.mean_t(x), "iqm": iqm if len(x) > 1 else [iqm[0], None, None]}
         out["arms"][arm] = entry
         out["eval_noise"][arm] = {m: eval_noise_share(_scores(runs, m), _halves(runs, m)) for m in metrics}
         gaps = {}
