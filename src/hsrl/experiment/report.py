@@ -108,7 +108,8 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
 
 
 def _weight_ess(runs: list[dict]) -> float | None:
-    """The AWR weights' mean effective sample share over the runs' training (None for PPO or when unknown)."""
+    """The mean over runs of the AWR weights' effective sample share at the end of training (None for PPO or
+    when unknown)."""
     values = [r.get("train", {}).get("weight_ess") for r in runs]
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None

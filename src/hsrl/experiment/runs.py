@@ -93,9 +93,11 @@ def _train(job: Job) -> dict:
         from hsrl.rl.metrics import read_metrics
 
         summary = train_awr(job.train)
+        # the weights' ESS over the last logged interval (near 1: behaviour cloning); the last interval, because a
+        # run resumed after a kill logs the interval it was cut in over fewer steps
         ess = [line["weight_ess"] for line in read_metrics(job.train.out) if "weight_ess" in line]
         return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"]),
-                "weight_ess": float(sum(ess) / len(ess)) if ess else None}  # near 1: behaviour cloning
+                "weight_ess": float(ess[-1]) if ess else None}
     summary_path = Path(job.train.out) / "summary.json"
     if summary_path.exists():  # a finished PPO run; an unfinished one starts again (PPO has no resume)
         return {"resumed": True, "step": int(json.loads(summary_path.read_text())["steps"])}
