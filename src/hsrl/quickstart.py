@@ -43,7 +43,7 @@ class QuickstartConfig:
     envs: int = field(default=8, metadata={"help": "parallel environments for collection, online PPO and evaluation"})
     collect_steps: int = field(default=4096, metadata={"help": "environment steps collected (all envs together)"})
     epsilon: float = field(default=0.25, metadata={"help": "share of random actions of the scripted player that collects the training data"})
-    heldout_steps: int = field(default=1024, metadata={"help": "environment steps of the scripted player alone (no random actions), held out to score the experiment's policies"})
+    heldout_steps: int = field(default=4096, metadata={"help": "environment steps of the scripted player alone (no random actions), held out to score the experiment's policies"})
     chunk_steps: int = field(default=32, metadata={"help": "steps per environment per chunk file"})
     awr_steps: int = field(default=2000, metadata={"help": "AWR gradient steps per model"})
     awr_beta: float = field(default=0.5, metadata={"help": "AWR temperature (small enough that the advantage weights act: the report gives their ESS)"})

@@ -18,6 +18,7 @@ CURVES = {"awr": ("actor_loss", "critic_loss", "entropy"),
 ROLES = ("baseline", "hidden", "control")
 # evaluation noise above this share of the seed-to-seed variance dominates a seed's score
 EVAL_NOISE_DOMINATES = 0.5
+MORE_EVALUATION = "more evaluation episodes (--eval-episodes), or more held-out rows with --eval-data,"
 
 
 def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
@@ -204,13 +205,13 @@ def notes(agg: dict) -> list[str]:
         share = gaps.get("real-shuffled", {}).get(m, {}).get("eval_noise")
         if share is not None and share > EVAL_NOISE_DOMINATES:
             out.append(f"{arm}: evaluation noise makes up {share:.0%} of the seed-to-seed spread of real - shuffled "
-                       "(from two disjoint halves of each evaluation): more evaluation episodes would narrow it.")
+                       f"(from two disjoint halves of each evaluation): {MORE_EVALUATION} would narrow it.")
     for arm, shares in agg["eval_noise"].items():
         share = shares.get(m)
         if share is not None and share > EVAL_NOISE_DOMINATES:
             out.append(f"{arm}: evaluation noise makes up {share:.0%} of the seed-to-seed spread of its "
-                       f"{LABELS.get(m, m)}: a seed's score is dominated by which actions were sampled; raise "
-                       "--eval-episodes.")
+                       f"{LABELS.get(m, m)}: a seed's score is dominated by which actions were sampled; "
+                       f"{MORE_EVALUATION} would narrow the intervals more than more seeds.")
     return out
 
 
@@ -246,7 +247,7 @@ def _answer(kind: str, test: dict | None, n: int) -> str:
                  "none": "not shown"},
         "beats_baseline": {"above": "yes: the hidden-state policy beats the baseline",
                            "below": "no: the baseline beats the hidden-state policy",
-                           "none": "not shown (no difference from the baseline is established)"},
+                           "none": "not shown, no difference from the baseline is established"},
         "beats_control": {"above": "yes: it beats the same-width control, so the hidden state carries information "
                                    "the policy does not get from a random projection of the observation",
                           "below": "no: the control (a random projection of the observation to the same width) "
@@ -398,8 +399,9 @@ def plot_intervals(agg: dict, path: Path) -> None:
         vals = [_finite_interval(a[m][k]) for m in agg["metrics"] for k in ("mean", "iqm")]
         point[arm] = np.array([v[0] for v in vals])
         interval[arm] = np.array([[v[1] for v in vals], [v[2] for v in vals]])
-    fig, _ = plot_utils.plot_interval_estimates(point, interval, names, xlabel="", subfigure_width=3.4,
-                                                row_height=0.6)
+    fig, _ = plot_utils.plot_interval_estimates(point, interval, names, xlabel="", subfigure_width=4.5,
+                                                row_height=0.6, max_ticks=3)
+    fig.subplots_adjust(wspace=0.35)  # tick labels of neighbouring panels never touch
     _save(fig, path)
 
 
