@@ -138,3 +138,20 @@ def test_precision_follows_the_interval():
     assert fmt([0.0001234, 0.0001234, 0.0001234]) == "0.000123 [0.000123, 0.000123]"
     assert "0.00 [0.00, 0.00]" not in fmt([0.0012, 0.0003, 0.0021])
     assert decimals([1.0, None, None]) == 2
+
+
+def test_evaluation_noise_share_ignores_a_harder_half():
+    """The share of seed-to-seed variance due to evaluation noise, from two half-scores per run: right on average
+    whatever constant difference the halves' content makes."""
+    from hsrl.experiment.report import eval_noise_share
+
+    rng = np.random.default_rng(0)
+    for train_sd, noise_sd, truth in ((1.0, 1.0, 0.5), (0.5, 1.0, 0.8), (1.0, 0.0, 0.0)):
+        shares = []
+        for _ in range(500):
+            skill = rng.normal(0, train_sd, 8)
+            a = skill + 1.5 + rng.normal(0, noise_sd * math.sqrt(2), 8)  # half a is easier by 3 in every run
+            b = skill - 1.5 + rng.normal(0, noise_sd * math.sqrt(2), 8)
+            shares.append(eval_noise_share((a + b) / 2, np.stack([a, b], 1)))
+        assert np.median(shares) == pytest.approx(truth, abs=0.06)
+    assert eval_noise_share(np.ones(2), np.ones((2, 2))) is None  # too few seeds to say

@@ -13,7 +13,8 @@ Without that noise, two policies that differ in the fourth decimal would rank th
   shuffled  another row's state (a derangement within each batch)
   constant  one state for all: the first held-out row's
 A control policy reads its fixed projection of each row's observation (`hsrl.data.projection`). Each
-score is also given on two disjoint halves of the rows (`halves`), whose spread measures evaluation noise.
+score is also given on two disjoint random halves of the rows (`halves`), whose spread measures evaluation
+noise.
 No environment runs: this serves data whose rollouts cannot be replayed (synthetic tasks, logged data).
 """
 
@@ -69,7 +70,8 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
         policy.check_compatible(hidden_size=int(states.shape[-1]), spec_json=ds.meta.spec_json,
                                 what=f"the data in {data_dir}")
     gumbel = np.random.default_rng([seed, run_seed]).gumbel(size=(len(obs), policy.network.num_actions))
-    halves = np.arange(len(obs)) % 2  # two disjoint halves (alternate rows): the spread of evaluation noise
+    # two disjoint random halves of the rows, the same for every run: their spread measures evaluation noise
+    halves = np.random.default_rng([seed, 1]).permutation(len(obs)) % 2
     results = {}
     for name in ablations if policy.uses_hidden else ("real",):
         fn = None

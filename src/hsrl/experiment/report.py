@@ -47,12 +47,13 @@ def _halves(runs: list[dict], metric: str, ablation: str = "real") -> np.ndarray
 
 def eval_noise_share(scores: np.ndarray, halves: np.ndarray | None) -> float | None:
     """The share of the seed-to-seed variance of `scores` that evaluation noise explains. A run's score is
-    (about) the mean of its two half-scores a and b, whose evaluation noise has the variance of (a - b) / 2;
-    its mean square over seeds, over the sample variance of the scores (capped at 1). None without halves
-    or with fewer than 2 seeds."""
-    if halves is None or len(scores) < 2:
+    (about) the mean of its two half-scores a and b; d = (a - b) / 2 has the variance of the score's evaluation
+    noise, plus a constant where the halves differ in content the same way in every run (a harder half), which
+    the variance of d over seeds leaves out. That variance over the scores' sample variance, capped at 1. None
+    without halves or with fewer than 3 seeds."""
+    if halves is None or len(scores) < 3:
         return None
-    noise = float(np.mean(((halves[:, 0] - halves[:, 1]) / 2) ** 2))
+    noise = float(np.var((halves[:, 0] - halves[:, 1]) / 2, ddof=1))
     total = float(np.var(scores, ddof=1))
     return 1.0 if total <= 0 else min(1.0, noise / total)
 
