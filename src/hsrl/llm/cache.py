@@ -330,7 +330,7 @@ class _Disk:
             return f"{type(err).__name__}: {err}", True
         except (lmdb.Error, OSError) as err:
             return f"{type(err).__name__}: {err}", False
-        self.env = env
+        self.env, self._inode = env, _inode(data)  # the file LMDB made or opened
         return None
 
     def _move_aside(self) -> Path | str:
@@ -377,7 +377,8 @@ def _inode(path: Path):
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, CacheWarning, stacklevel=2)
+    """One line on stderr ("hsrl:0: CacheWarning: ..."), no source line; once per folder (callers see to that)."""
+    warnings.warn_explicit(message, CacheWarning, filename="hsrl", lineno=0, module="hsrl.llm.cache")
 
 
 def _disk(path: Path, map_size: int, max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> _Disk:
