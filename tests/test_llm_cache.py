@@ -395,3 +395,43 @@ def test_values_of_the_wrong_length_or_type_are_never_states():
                 encode_value(key, CachedState(np.full((1, 8), np.nan, np.float32))),
                 encode_value(key, CachedState(np.arange(8, dtype=np.float64).reshape(2, 4)))):
         assert decode_value(key, bad, (1, 8)) is None
+
+
+LABEL = "import sys; from hsrl.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_hsrl_label_with_a_truncated_cache_labels_every_file_with_one_warning(tmp_path):
+    from data_helpers import make_arrays, make_meta
+    from hsrl.cli import main
+    from hsrl.data import chunk_path, list_chunks, load_dataset, write_chunk
+
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # three files of 4 rows, each a distinct text observation
+        arrays = make_arrays(rng, 2, 2)
+        arrays["text_obs"] = np.array([f"{OBS[j]}\nfile {i}" for j in range(4)])
+        write_chunk(chunk_path(raw, i), arrays, make_meta(2, first_step=2 * i))
+    flags = ["--batch-size", "5", "--device", "cpu", "--no-progress"]
+    assert main(["label", str(raw), str(tmp_path / "plain"), "--no-cache", *flags]) == 0
+    plain = load_dataset(tmp_path / "plain", ["hidden_state"], show_progress=False)["hidden_state"]
+
+    def label(out):  # in a child process: a SIGBUS fails this test, not the test run
+        return subprocess.run([sys.executable, "-c", LABEL, "label", str(raw), str(tmp_path / out), "--cache",
+                               str(cache), *flags], capture_output=True, text=True, env=_env(), timeout=600)
+
+    runs = {"first": label("first")}
+    damage(cache, "truncated")  # what the tester did: truncate -s $(( size / 2 )) C/data.mdb
+    runs["damaged"] = label("damaged")
+    runs["rerun"] = label("rerun")
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.returncode, run.stderr[-3000:])
+        assert len(list_chunks(tmp_path / name)) == 3
+        states = load_dataset(tmp_path / name, ["hidden_state"], show_progress=False)["hidden_state"]
+        np.testing.assert_allclose(states, plain, atol=ATOL, err_msg=name)
+    warned = {name: [line for line in run.stderr.splitlines() if "CacheWarning" in line] for name, run in runs.items()}
+    assert warned["first"] == [] and warned["rerun"] == [] and len(warned["damaged"]) == 1, warned
+    assert "is damaged" in warned["damaged"][0] and "truncated?" in warned["damaged"][0]
+    assert len(list(tmp_path.glob("cache.damaged-*"))) == 1
+    assert "0 of 12 samples found" in runs["damaged"].stdout + runs["damaged"].stderr  # all computed
+    assert "12 of 12 samples found" in runs["rerun"].stdout + runs["rerun"].stderr  # the fresh cache serves
