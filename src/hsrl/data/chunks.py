@@ -439,7 +439,7 @@ def value_check(key: str, meta: ChunkMeta, path=None) -> Callable[[np.ndarray, i
         def check_action(block: np.ndarray, start: int) -> None:
             if block.size and (block.min() < 0 or block.max() >= num_actions):
                 row = int(np.flatnonzero((block < 0) | (block >= num_actions))[0])
-                raise DataFileError(path, key, f"row {start + row} holds action {block[row]}, outside the "
+                raise DataFileError(path, key, f"row {start + row} holds {block[row]}, outside the "
                                                f"{num_actions} actions (0 to {num_actions - 1}) of {meta.env_name}")
         return check_action
     if key in FINITE_KEYS:

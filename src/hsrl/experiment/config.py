@@ -193,6 +193,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
 
     from hsrl.experiment.report import write_report
     from hsrl.experiment.runs import finished, run_on_ray, run_sequential
+    from hsrl.redact import public_config
 
     config.check_experiment()
     out = Path(config.out)
@@ -212,7 +213,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         run_sequential(todo, on_result)
     bar.close()
     results = [finished(j) for j in jobs]
-    settings = {**dataclasses.asdict(config), "runs_skipped": skipped, "runs_done": len(todo),
+    settings = {**public_config(config), "runs_skipped": skipped, "runs_done": len(todo),
                 "seconds": time.perf_counter() - t0}
     return write_report(out, results, settings, config.bootstrap_reps, config.eval_seed)
 
