@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -33,6 +33,7 @@ import numpy as np
 from hsrl.atomic import write_text_atomic
 from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
+from hsrl.redact import public_config
 from hsrl.llm.flags import CacheFlags
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
 
@@ -323,7 +324,7 @@ def evaluate(config: EvalConfig) -> dict:
     bar.close()
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
               "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n,
-              "config": asdict(config), "results": results}
+              "config": public_config(config), "results": results}
     write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
     write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names))
     _chart(results, out / "ablations.png")

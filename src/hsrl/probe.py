@@ -29,10 +29,12 @@ builds the sentences probe.md and the quickstart report print.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hsrl.redact import public_config
 
 INPUTS = ("hidden", "floor", "raw_obs")
 LABELS = {"hidden": "hidden", "floor": "floor", "raw_obs": "raw obs (linear)"}  # column headers and chart legend
@@ -272,7 +274,7 @@ def probe(config: ProbeConfig) -> dict:
     report = {"data_dir": str(config.data_dir), "env": ds.meta.env_name, "spec_json": ds.meta.spec_json,
               "rows": int(len(rows)), "episodes": int(len(np.unique(groups))),
               "train_episodes": int(len(np.unique(groups[train]))), "test_episodes": int(len(np.unique(groups[test]))),
-              "hidden_size": int(hidden.shape[1]), **states, "config": asdict(config), "features": results,
+              "hidden_size": int(hidden.shape[1]), **states, "config": public_config(config), "features": results,
               "skipped": skipped}
     _write(Path(config.out), report)
     return report

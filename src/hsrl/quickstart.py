@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsrl.env import ENV_NAMES
 from hsrl.rl.metrics import BEHAVIOUR_CLONING_ESS
+from hsrl.redact import public_config, without_secrets
 
 REAL_MODEL = "Qwen/Qwen3-4B-Thinking-2507"
 
@@ -73,8 +74,8 @@ def _step(name: str, log: list, fn):
 
 
 def _settings(config) -> dict:
-    """A config as the JSON a run folder stores, without what does not change its results (progress bars)."""
-    d = json.loads(json.dumps(asdict(config)))
+    """A config as the JSON a run folder stores, without what does not change its results (progress bars, secrets)."""
+    d = json.loads(json.dumps(without_secrets(public_config(config))))
     d.pop("progress", None)
     return d
 
@@ -85,7 +86,7 @@ def _online_once(config) -> dict:
 
     out = Path(config.out)
     if (out / "run_config.json").exists():
-        have = json.loads((out / "run_config.json").read_text())
+        have = without_secrets(json.loads((out / "run_config.json").read_text()))
         have.pop("progress", None)
         if have != _settings(config):
             diff = sorted(k for k in set(have) | set(_settings(config)) if have.get(k) != _settings(config).get(k))
@@ -105,7 +106,7 @@ def _evaluate_once(config) -> dict:
     path = Path(config.out) / "eval.json"
     if path.exists():
         report = json.loads(path.read_text())
-        same = {k: v for k, v in report.get("config", {}).items() if k != "progress"} == _settings(config)
+        same = {k: v for k, v in without_secrets(report.get("config", {})).items() if k != "progress"} == _settings(config)
         if same and path.stat().st_mtime >= resolve_checkpoint(config.checkpoint).stat().st_mtime:
             print(f"   reusing {path}", flush=True)
             return report
@@ -118,7 +119,7 @@ def _probe_once(config) -> dict:
     path = Path(config.out) / "probe.json"
     if path.exists():
         report = json.loads(path.read_text())
-        if report.get("config") == json.loads(json.dumps(asdict(config))) and "common_direction_share" in report:
+        if report.get("config") == json.loads(json.dumps(public_config(config))) and "common_direction_share" in report:
             print(f"   reusing {path}", flush=True)
             return report
     return probe(config)
@@ -202,7 +203,7 @@ def quickstart(config: QuickstartConfig) -> Path:
 
     _step(f"{n}/{n} report (figures)", timings, figures)
     timings.append({"step": "total", "seconds": round(time.perf_counter() - t_start, 1)})
-    summary = {"config": config.__dict__, "timings": timings, "stats": _brief_stats(stats),
+    summary = {"config": public_config(config), "timings": timings, "stats": _brief_stats(stats),
                "awr": {k: _last_metrics(runs / k) for k in awr},
                "online": {k: online.get(k) for k in ("steps", "episodes", "return_mean", "craftax_score", "sps",
                                                      "sps_with_first_update", "first_update_seconds", "time_share",

@@ -6,7 +6,7 @@ See `hsrl.data.chunks` for the file format and `hsrl.data.dataset` for loading m
 
 from hsrl.data.chunks import (
     KEYS, PIXEL_ROUNDTRIP_MAX_ERROR, REQUIRED_KEYS, ROW_LAYOUT, SCHEMA_VERSION, Chunk, ChunkInfo, ChunkMeta,
-    DataFileError, chunk_path, decode_text, encode_text, inspect_chunk, list_chunks, pixels_to_uint8, read_chunk,
+    DataFileError, check_chunk_values, chunk_path, decode_text, encode_text, inspect_chunk, list_chunks, pixels_to_uint8, read_chunk,
     read_meta, to_time_env, uint8_to_pixels, update_chunk, write_chunk,
 )
 from hsrl.data.dataset import (
@@ -19,7 +19,7 @@ from hsrl.data.stats import HiddenStats, RunningMoments, dataset_stats, normaliz
 __all__ = [
     "KEYS", "PIXEL_ROUNDTRIP_MAX_ERROR", "REQUIRED_KEYS", "ROW_LAYOUT", "SCHEMA_VERSION", "Chunk", "ChunkInfo",
     "ChunkMeta", "DataFileError", "Dataset", "HiddenLayout", "HiddenStats", "RunningMoments", "add_returns",
-    "check_token_counts", "chunk_path", "dataset_stats", "decode_text", "discounted_returns", "encode_text",
+    "check_chunk_values", "check_token_counts", "chunk_path", "dataset_stats", "decode_text", "discounted_returns", "encode_text",
     "hidden_layout", "inspect_chunk", "list_chunks", "load_dataset", "normalize_hidden", "pixels_to_uint8",
     "read_chunk", "read_meta", "read_pooled_hidden", "spec_differences", "spec_hash", "to_time_env",
     "uint8_to_pixels", "update_chunk", "write_chunk",

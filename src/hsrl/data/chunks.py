@@ -34,6 +34,10 @@ executes code. Writes go to a temporary file in the same folder, are fsynced and
 a crash never leaves a half-written file under a final name. Reads validate keys, shapes and dtypes from
 the array headers before decompressing any data, read each requested member to its end (so the zip
 CRC is checked) and raise `DataFileError` naming the file and the field.
+
+Values are checked where they enter, block by block as they are read (`value_check`): `action` must be an
+integer in [0, num_actions) of the file's env, and the float keys (`FINITE_KEYS`: observations, reward,
+hidden_state, return_to_go) must be finite. The error names the file, the field and the first bad row.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ KEYS: dict[str, str] = {
     "achievements": "(N, A) bool: at a done row, the achievements unlocked in that episode",
 }
 REQUIRED_KEYS = ("obs", "next_obs", "action", "reward", "done")
+FINITE_KEYS = ("obs", "next_obs", "reward", "hidden_state", "return_to_go")  # float keys refused when NaN or infinite
 TEXT_KEYS = ("text_obs", "text_generated")
 CODE_POINT_KEYS = ("text_generated",)  # text that may end in NUL characters: stored by `encode_text`
 PIXEL_ROUNDTRIP_MAX_ERROR = 0.5 / 255  # see pixels_to_uint8
@@ -417,6 +422,49 @@ def write_chunk_streamed(path: str | os.PathLike, arrays: Mapping[str, np.ndarra
     return path
 
 
+# ----------------------------------------------------------------------------------------- values
+
+
+def value_check(key: str, meta: ChunkMeta, path=None) -> Callable[[np.ndarray, int], None] | None:
+    """The check of `key`'s values, applied to each block of stored rows as it is read: `check(block, first_row)`
+    raises `DataFileError` naming the file, the field and the first bad row. `action`: integers in
+    [0, num_actions) of the file's env; `FINITE_KEYS` (float dtypes): finite. None for keys without a check.
+
+    Cheap: one min/max pass per block; the bad row is looked for only when the block fails."""
+    if key == "action" and meta.env_name in ENV_NAMES:
+        from hsrl.env import env_info
+
+        num_actions = env_info(meta.env_name).num_actions
+
+        def check_action(block: np.ndarray, start: int) -> None:
+            if block.size and (block.min() < 0 or block.max() >= num_actions):
+                row = int(np.flatnonzero((block < 0) | (block >= num_actions))[0])
+                raise DataFileError(path, key, f"row {start + row} holds {block[row]}, outside the "
+                                               f"{num_actions} actions (0 to {num_actions - 1}) of {meta.env_name}")
+        return check_action
+    if key in FINITE_KEYS:
+        def check_finite(block: np.ndarray, start: int) -> None:
+            if block.dtype.kind != "f" or not block.size:
+                return
+            with np.errstate(invalid="ignore", over="ignore"):
+                if np.isfinite(block.min()) and np.isfinite(block.max()):
+                    return
+            bad = ~np.isfinite(block.reshape(len(block), -1))
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            value = block.reshape(len(block), -1)[row][bad[row]][0]
+            raise DataFileError(path, key, f"row {start + row} holds {value} (NaN or infinite values are refused)")
+        return check_finite
+    return None
+
+
+def check_values(arrays: Mapping[str, np.ndarray], meta: ChunkMeta, path=None) -> None:
+    """`value_check` of every key of arrays in memory (whole arrays: one block each)."""
+    for key, value in arrays.items():
+        check = value_check(key, meta, path)
+        if check is not None:
+            check(np.asarray(value), 0)
+
+
 # ------------------------------------------------------------------------------------------- read
 
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, RuntimeError)
@@ -463,22 +511,29 @@ class _CallerError(Exception):
     """Carries an exception raised by a caller's `transform`, so it is not reported as a corrupt file."""
 
 
-def _read_into(f, shape, dtype, out: np.ndarray, transform: Callable | None = None,
-               block_bytes: int | None = None) -> None:
+def _read_into(f, shape, dtype, out: np.ndarray | None, transform: Callable | None = None,
+               block_bytes: int | None = None, check: Callable | None = None) -> None:
     """Read a member's array data (header consumed) into `out` (len(out) == shape[0] after `transform`).
 
     Same dtype and no transform: decompress straight into `out`. Otherwise go through row blocks of
     at most `block_bytes` (default `_BLOCK_BYTES`; at least one row), so peak memory is `out` plus one block;
-    `transform` gets the blocks in row order.
+    `transform` gets the blocks in row order. `check(block, first_row)` (`value_check`) sees the stored values
+    before anything is done with them; `out=None` only checks (nothing kept).
     """
-    if transform is None and out.dtype == dtype and out.flags.c_contiguous and out.shape == shape:
+    if out is not None and transform is None and out.dtype == dtype and out.flags.c_contiguous and out.shape == shape:
         _read_exact(f, out)
+        if check is not None:
+            check(out, 0)
     else:
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
         step = max(1, (block_bytes or _BLOCK_BYTES) // row_bytes)
         for start in range(0, shape[0], step):
             block = np.empty((min(step, shape[0] - start),) + tuple(shape[1:]), dtype)
             _read_exact(f, block)
+            if check is not None:
+                check(block, start)
+            if out is None:
+                continue
             try:
                 out[start:start + len(block)] = block if transform is None else transform(block)
             except Exception as err:
@@ -559,15 +614,16 @@ class ChunkReader:
         return ChunkInfo(self.path, meta, fields, n)
 
     def _read(self, key: str, field: Field, out: np.ndarray | None = None, transform=None,
-              block_bytes: int | None = None) -> np.ndarray:
+              block_bytes: int | None = None, check_only: bool = False) -> np.ndarray | None:
         shape, dtype = field
-        if out is None:
+        if out is None and not check_only:
             out = np.empty(shape, dtype)
+        check = None if key == META_KEY else value_check(key, self.info.meta, self.path)
         try:
             with self.zip.open(key + ".npy") as f:
                 if _read_header(f, self.path, key) != (shape, dtype):
                     raise ValueError("header changed while reading")
-                _read_into(f, shape, dtype, out, transform, block_bytes)
+                _read_into(f, shape, dtype, out, transform, block_bytes, check)
         except _CallerError as err:
             raise err.__cause__ from None
         except DataFileError:
@@ -582,6 +638,15 @@ class ChunkReader:
         if key not in self.info.fields:
             raise DataFileError(self.path, key, "missing")
         return self._read(key, self.info.fields[key], out, transform, block_bytes)
+
+    def check_values(self, keys: Iterable[str] | None = None) -> None:
+        """Read `keys` (default: every key with a `value_check`) block by block only to check their values; nothing
+        is kept (one block in memory). Raises `DataFileError` naming the field and the first bad row."""
+        wanted = [k for k in self.info.fields if value_check(k, self.info.meta) is not None] if keys is None else keys
+        for key in wanted:
+            if key not in self.info.fields:
+                raise DataFileError(self.path, key, "missing")
+            self._read(key, self.info.fields[key], check_only=True)
 
     def read_text(self, key: str) -> np.ndarray:
         """A text key stored as code points (`CODE_POINT_KEYS`), decoded: (N,) object array of str."""
@@ -633,6 +698,14 @@ def inspect_chunk(path: str | os.PathLike) -> ChunkInfo:
 
 def read_meta(path: str | os.PathLike) -> ChunkMeta:
     return inspect_chunk(path).meta
+
+
+def check_chunk_values(path: str | os.PathLike, keys: Iterable[str] | None = None) -> ChunkInfo:
+    """Check the values of a chunk's `keys` (default: every checked key, `value_check`) without keeping them;
+    returns its info. `DataFileError` names the file, the field and the first bad row."""
+    with ChunkReader(path) as r:
+        r.check_values(keys)
+        return r.info
 
 
 def read_chunk(path: str | os.PathLike, keys: Iterable[str] | None = None) -> Chunk:

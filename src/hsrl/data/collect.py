@@ -8,6 +8,10 @@ Each chunk is one jitted `lax.scan` over `chunk_steps` steps of all environments
 chunk (render text, write the file, save the rollout state). After every chunk the env state, the
 random key and the step count are saved (`collect_state.npz`, atomically), so a rerun with the same
 flags resumes after the last finished chunk and produces the same files as an uninterrupted run.
+
+A collection never writes over a file it did not make with the same settings: before any work, a folder that
+holds chunk files of another collection, or chunks changed since (labelled: `hidden_state`; `return_to_go`
+added by `hsrl returns`), or unreadable ones, is refused naming the folder and what it holds, and left as it was.
 """
 
 import json
@@ -15,7 +19,7 @@ import math
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import jax
@@ -23,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsrl.atomic import atomic_path, remove_temporaries
-from hsrl.data.chunks import ChunkMeta, chunk_path, write_chunk
+from hsrl.data.chunks import CHUNK_PATTERN, ChunkMeta, DataFileError, chunk_path, inspect_chunk, write_chunk
 from hsrl.env import ENV_NAMES, env_info, make_env
 from hsrl.errors import InputError
+from hsrl.redact import public_config
 
 STATE_FILE = "collect_state.npz"
 
@@ -116,7 +121,7 @@ def make_chunk_rollout(env, policy, chunk_steps: int):
 def _save_state(out: Path, carry, next_chunk: int, config: CollectConfig) -> None:
     leaves = jax.tree.leaves(carry)
     with atomic_path(out / STATE_FILE) as f:
-        np.savez(f, allow_pickle=False, config=np.array(json.dumps(asdict(config), sort_keys=True)),
+        np.savez(f, allow_pickle=False, config=np.array(json.dumps(public_config(config), sort_keys=True)),
                  next_chunk=np.array(next_chunk), **{f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
 
@@ -150,7 +155,7 @@ RESUME_FLAGS = ("env", "envs", "policy", "epsilon", "checkpoint", "chunk_steps",
 
 def _check_same_flags(out: Path, saved: dict, config: CollectConfig) -> None:
     """Refuse to continue a collection made with other flags (every flag that changes the chunks)."""
-    mine = asdict(config)
+    mine = public_config(config)
     default = {f.name: f.default for f in fields(CollectConfig)}  # flags newer than the saved collection
     differ = [k for k in RESUME_FLAGS if saved.get(k, default[k]) != mine[k]]
     if differ:
@@ -167,6 +172,64 @@ def _saved_flags(out: Path) -> dict | None:
         return None
 
 
+COLLECTED_KEYS = ("obs", "next_obs", "action", "reward", "done", "log_prob", "achievements")  # + text_obs with --text
+
+
+def _meta_extra(config: CollectConfig) -> dict:
+    """What every chunk of this collection records of how it was made (`ChunkMeta.extra`)."""
+    return {"seed": config.seed, "policy": config.checkpoint or config.policy,
+            "max_episode_steps": config.max_episode_steps}
+
+
+def _not_ours(path: Path, index: int, config: CollectConfig) -> tuple[str, list[str]]:
+    """Why chunk `index` of a folder was not written by this collection ("" when it was): "unreadable",
+    "changed" (with the keys added since, e.g. hidden_state, or missing), or "other" (another collection's)."""
+    try:
+        info = inspect_chunk(path)
+    except (DataFileError, OSError):
+        return "unreadable", []
+    want = set(COLLECTED_KEYS) | ({"text_obs"} if config.text else set())
+    if set(info.fields) != want:
+        return "changed", sorted(set(info.fields) ^ want)
+    m = info.meta
+    mine = _meta_extra(config)
+    if (m.env_name != config.env or m.num_envs != config.envs or m.first_step != index * config.chunk_steps
+            or m.spec_json is not None or any(m.extra.get(k) != v for k, v in mine.items())):
+        return "other", []
+    return "", []
+
+
+def check_out_folder(out: Path, config: CollectConfig) -> None:
+    """Refuse (InputError naming the folder and what it holds) a folder with chunk files this collection did not
+    write with these settings: a collection writes over none of them, and never mixes them into its data."""
+    if not out.is_dir():
+        return
+    found = {"unreadable": [], "changed": [], "other": []}
+    keys: set[str] = set()
+    for path in sorted(out.iterdir()):
+        match = CHUNK_PATTERN.match(path.name)
+        if match is None:
+            continue
+        why, differ = _not_ours(path, int(match.group(1)), config)
+        if why:
+            found[why].append(path.name)
+            keys.update(differ)
+    if not any(found.values()):
+        return
+    parts = []
+    if found["changed"]:
+        kind = "labelled" if "hidden_state" in keys else "changed"
+        parts.append(f"{len(found['changed'])} {kind} chunk files ({', '.join(sorted(keys))})")
+    if found["other"]:
+        parts.append(f"{len(found['other'])} chunk files of another collection (env, envs, chunk steps, seed or "
+                     f"policy)")
+    if found["unreadable"]:
+        parts.append(f"{len(found['unreadable'])} unreadable chunk files")
+    first = next(names[0] for names in found.values() if names)
+    raise InputError(f"{out} holds {' and '.join(parts)} not written by this collection (e.g. {first}); collect "
+                     f"into another --out (nothing was written)")
+
+
 def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     """Collect (or resume) into `config.out`. `policy` is `(key, obs) -> (action, log_prob)`; None: uniform
     random. With `config.checkpoint` (recorded in the files), pass the policy built from that checkpoint."""
@@ -177,6 +240,7 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     saved = _saved_flags(out)
     if saved is not None:  # before any work: a folder of another collection is refused
         _check_same_flags(out, saved, config)
+    check_out_folder(out, config)  # and chunk files this collection did not write
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing
     remove_temporaries(out, STATE_FILE)
@@ -197,8 +261,7 @@ def collect(config: CollectConfig, policy: PolicyFn | None = None) -> Path:
     start = 0
     if resumed is not None:
         carry, start = resumed
-    meta_extra = {"seed": config.seed, "policy": config.checkpoint or config.policy,
-                  "max_episode_steps": config.max_episode_steps}
+    meta_extra = _meta_extra(config)
 
     from tqdm.auto import tqdm
 

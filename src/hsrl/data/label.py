@@ -17,8 +17,9 @@ starts, so a process killed at any moment resumes at the first unfinished batch;
 assembled from the batch files (per-token states streamed, never held whole) and renamed into place,
 so it appears only complete. Finished outputs are skipped when their spec is the one asked for (fields the
 backend resolves from 'auto' aside); files of OUT_DIR made with other settings are refused before any work, naming
-the fields, unless --overwrite. A bad input file is reported and skipped;
-the others are labelled. Sampling seeds are derived per sample from the spec's seed and the prompt,
+the fields, unless --overwrite. An input file whose headers are bad is reported and skipped; the others are
+labelled. Values are checked before anything is written (`hsrl.data.chunks.value_check`: finite observations,
+actions in the env's range): a bad value is one `DataFileError` naming the file, field and row, and nothing runs. Sampling seeds are derived per sample from the spec's seed and the prompt,
 so a resumed run writes the same values as an uninterrupted one.
 """
 
@@ -37,7 +38,8 @@ from hsrl.llm.flags import CacheFlags, SpecFlags
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
-    ChunkMeta, DataFileError, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk, read_meta,
+    ChunkMeta, DataFileError, check_chunk_values, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk,
+    read_meta,
     write_chunk_streamed,
 )
 from hsrl.errors import InputError
@@ -336,6 +338,8 @@ def _label_folder(in_dir: str, out_dir: str, make_labeller, config, what: str, r
         raise InputError(f"{out} holds {len(stale)} files {what}led with other settings (fields that differ: "
                          f"{', '.join(fields)}; e.g. {next(iter(stale))}): give another OUT_DIR, or --overwrite to "
                          f"replace them")
+    for f in todo:  # values (finite observations, actions in range) before anything is written: one error, exit 2
+        check_chunk_values(f)
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, "chunk_*.npz")  # left by a process killed while writing a final file
     start = time.perf_counter()

@@ -7,8 +7,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from hsrl.errors import InputError
 from hsrl.evaluate import ABLATIONS
 from hsrl.rl.ppo import OnlineConfig
@@ -111,16 +109,16 @@ class ExperimentConfig(OnlineConfig):
 
 def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid: bool = False) -> None:
     """Everything an AWR arm or the offline evaluation would refuse, before the first run trains: return_to_go
-    and hidden states in --offline, the same env, hidden width and extraction spec in --eval-data, and actions
-    within the env's range in both (one `DataFileError` naming the file, field and first bad row)."""
-    from hsrl.data import DataFileError, check_token_counts, inspect_chunk, list_chunks, read_chunk, spec_differences
-    from hsrl.env import env_info
+    and hidden states in --offline, the same env, hidden width and extraction spec in --eval-data, and every value
+    the reader checks (actions within the env's range, finite floats) in both (one `DataFileError` naming the file,
+    field and first bad row)."""
+    from hsrl.data import (DataFileError, check_chunk_values, check_token_counts, inspect_chunk, list_chunks,
+                           spec_differences)
     from hsrl.rl.awr import check_data_keys
 
     check_data_keys(offline, hidden=True, all_tokens_valid=all_tokens_valid)
     first = inspect_chunk(list_chunks(offline)[0])
     width = first.fields["hidden_state"][0][-1]
-    num_actions = env_info(first.meta.env_name).num_actions
     if eval_data is not None:
         other = inspect_chunk(list_chunks(eval_data)[0])
         for key in ("obs", "action", "hidden_state"):
@@ -137,15 +135,13 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
         if differ:
             raise DataFileError(other.path, "meta", "labelled by another extraction spec than --offline; fields "
                                                     f"that differ: {', '.join(differ)}")
-    for folder in (offline, eval_data):
+    # the reader's own value checks (`hsrl.data.chunks.value_check`) of what training and evaluation read
+    for folder, keys in ((offline, ("obs", "action", "return_to_go", "hidden_state")),
+                         (eval_data, ("obs", "action", "hidden_state"))):
         if folder is None:
             continue
         for path in list_chunks(folder):
-            action = read_chunk(path, ["action"])["action"]
-            bad = np.flatnonzero((action < 0) | (action >= num_actions) | (action != np.round(action)))
-            if len(bad):
-                raise DataFileError(path, "action", f"row {bad[0]} holds {action[bad[0]]}, outside the "
-                                                    f"{num_actions} actions of {first.meta.env_name}")
+            check_chunk_values(path, keys)
 
 
 def plan(config: ExperimentConfig):
@@ -197,6 +193,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
 
     from hsrl.experiment.report import write_report
     from hsrl.experiment.runs import finished, run_on_ray, run_sequential
+    from hsrl.redact import public_config
 
     config.check_experiment()
     out = Path(config.out)
@@ -216,7 +213,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         run_sequential(todo, on_result)
     bar.close()
     results = [finished(j) for j in jobs]
-    settings = {**dataclasses.asdict(config), "runs_skipped": skipped, "runs_done": len(todo),
+    settings = {**public_config(config), "runs_skipped": skipped, "runs_done": len(todo),
                 "seconds": time.perf_counter() - t0}
     return write_report(out, results, settings, config.bootstrap_reps, config.eval_seed)
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsrl.redact import without_secrets
+
 RESULT_FILE = "result.json"
 WORKER_FILE = "worker.txt"
 TRAIN_DIR = "train"
@@ -46,12 +48,13 @@ class Job:
     all_tokens_valid: bool = False  # per-token states of eval_data without hidden_tokens: pool over all positions
 
     def identity(self) -> dict:
-        """What defines the run's numbers (not where it runs or whether it shows progress). Settings added later
-        (`LATER_SETTINGS`) appear only when not at their default, so runs finished before still match."""
+        """What defines the run's numbers (not where it runs or whether it shows progress, nor secrets: a rotated
+        token is the same run). Settings added later (`LATER_SETTINGS`) appear only when not at their default, so
+        runs finished before still match."""
         def plain(cfg):
             if cfg is None:
                 return None
-            d = dataclasses.asdict(cfg)
+            d = without_secrets(dataclasses.asdict(cfg))
             for k in ("progress", "tensorboard", "out", "checkpoint" if cfg is self.eval else ""):
                 d.pop(k, None)
             return _drop_later_defaults(d)
@@ -81,7 +84,8 @@ def finished(job: Job) -> dict | None:
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    if result.get("identity") != json.loads(json.dumps(job.identity())):
+    # secrets left out of both sides: results written before identities left them out held `"token": null`
+    if without_secrets(result.get("identity")) != json.loads(json.dumps(job.identity())):
         raise ValueError(f"{path} holds a run with other settings; use another --out, or the same settings "
                          "to reuse it")
     return result

@@ -41,6 +41,7 @@ from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks
 from hsrl.data.dataset import check_token_counts, load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
+from hsrl.redact import public_config
 from hsrl.rl.checkpoint import (
     CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
     remove_checkpoint_temporaries, restore_state,
@@ -499,7 +500,7 @@ IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", 
 
 
 def _run_config(config: TrainAWRConfig) -> dict:
-    d = dataclasses.asdict(config)
+    d = public_config(config)
     d["data_dir"] = str(Path(config.data_dir).resolve())
     return d
 

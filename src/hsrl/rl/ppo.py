@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +36,7 @@ import optax
 from hsrl.data.stats import normalize_hidden
 from hsrl.env import ENV_NAMES, craftax_score, make_env
 from hsrl.errors import InputError
+from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
@@ -481,7 +482,7 @@ def train_online(config: OnlineConfig) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     remove_checkpoint_temporaries(out / "checkpoints")
-    (out / "run_config.json").write_text(json.dumps(asdict(config), indent=1, sort_keys=True))
+    (out / "run_config.json").write_text(json.dumps(public_config(config), indent=1, sort_keys=True))
     logger = MetricsLogger(out)
     all_achievements, returns = [], []
     steps_per_update = E * config.num_steps
@@ -495,7 +496,7 @@ def train_online(config: OnlineConfig) -> dict:
     def save(step: int, final: bool):
         meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
                 "hidden_stats": None if hidden_stats is None else hidden_stats.to_dict(), "seed": config.seed,
-                "train_config": asdict(config), "final": final}
+                "train_config": public_config(config), "final": final}
         save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step}, meta)
 
     for u in range(num_updates):
