@@ -465,7 +465,8 @@ class ExtractConfig(CacheFlags, RayFlags):
 
     def check(self) -> None:
         """Every flag, before any work."""
-        from hsrl.llm.models import check_device
+        from hsrl.llm import ExtractionSpec
+        from hsrl.llm.models import check_device, check_layers, check_model_available
         from hsrl.llm.spec import POOLINGS
 
         _check_folders(self)
@@ -476,6 +477,9 @@ class ExtractConfig(CacheFlags, RayFlags):
         if read_meta(first).spec_json is None:  # raw data: one line now, not one failure per file
             raise InputError(f"{self.in_dir} is not labelled ({first.name} has no extraction spec): `hsrl extract` "
                              f"re-extracts labelled data; run `hsrl label {self.in_dir} OUT_DIR` first")
+        model = ExtractionSpec.from_json(read_meta(first).spec_json).model
+        check_model_available(model)
+        check_layers(model, (self.layer,))
 
     def requested_spec(self, meta: ChunkMeta):
         """The spec this re-extraction asks for a file of IN_DIR: its producer's, with this layer and pooling."""
