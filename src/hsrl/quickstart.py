@@ -143,7 +143,8 @@ def _probe_once(config) -> dict:
     path = Path(config.out) / "probe.json"
     if path.exists():
         report = json.loads(path.read_text())
-        if report.get("config") == json.loads(json.dumps(asdict(config))) and "common_direction_share" in report:
+        have = {k: v for k, v in report.get("config", {}).items() if k != "progress"}
+        if have == _settings(config) and "common_direction_share" in report:
             print(f"   reusing {path}", flush=True)
             return report
     return probe(config)
@@ -215,7 +216,7 @@ def quickstart(config: QuickstartConfig) -> Path:
                            awr_save_every=config.experiment_awr_steps, ray="local" if config.ray else None,
                            out=str(out / "experiment"), progress=p)))
     probed = _step(f"9/{n} probe the labelled hidden states", timings, lambda: _probe_once(ProbeConfig(
-        str(labelled), out=str(out / "probe"), seed=config.seed)))
+        str(labelled), out=str(out / "probe"), seed=config.seed, progress=p)))
 
     def figures():
         plot_runs([runs / "awr_hidden", runs / "awr_baseline"], report / "awr", labels=("with hidden", "baseline"))
