@@ -52,12 +52,12 @@ BAD_FLAGS = {
     "make-model": (["no-such-reference", "{tmp}/out"], "out"),
     "experiment": (["--offline", "{raw}", "--seeds", "0", "--out", "{tmp}/out"], "out"),
     "probe": (["{raw}", "--test-fraction", "1.5", "--out", "{tmp}/out"], "out"),
+    "quickstart": (["--epsilon", "2", "--out", "{tmp}/out"], "out"),
 }
 
 
 def test_every_verb_is_in_the_bad_flag_table():
-    # quickstart is checked by its own tests (src/hsrl/quickstart.py)
-    assert set(BAD_FLAGS) == set(VERBS) - {"quickstart"}
+    assert set(BAD_FLAGS) == set(VERBS)
 
 
 @pytest.mark.parametrize("verb", sorted(BAD_FLAGS))
@@ -281,3 +281,111 @@ def test_an_unknown_flag_is_named_with_the_verbs_usage(capsys):
 def test_extract_of_unlabelled_data_is_one_line_before_any_output(raw, tmp_path, capsys):
     assert main(["extract", str(raw), str(tmp_path / "out"), "--layer", "2"]) == 2
     assert "is not labelled" in _one_line_error(capsys, "extract") and not (tmp_path / "out").exists()
+
+
+# ---- the first hour's tracebacks, each one line, exit 2, before any work or folder -----------------------------------
+
+
+@pytest.mark.parametrize("verb", ["label", "online", "serve"])
+def test_a_layer_the_model_does_not_have_is_one_line_before_any_work(verb, raw, tmp_path, capsys):
+    args = {"label": [str(raw), str(tmp_path / "out")], "online": ["--out", str(tmp_path / "out")],
+            "serve": ["--port", "0"]}[verb]
+    start = time.perf_counter()
+    assert main([verb, *args, "--layer", "99"]) == 2
+    assert time.perf_counter() - start < 10
+    err = _one_line_error(capsys, verb)
+    assert "--layer 99 is out of range for minilm (6 blocks; valid: -7..6" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_registry_model_that_is_not_here_is_not_called_an_unknown_name(raw, tmp_path, capsys):
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache("Qwen/Qwen3-4B-Thinking-2507", "config.json"), str):
+        pytest.skip("the model is in this machine's hub cache")
+    assert main(["label", str(raw), str(tmp_path / "out"), "--model", "qwen3-4b-thinking"]) == 2
+    err = _one_line_error(capsys, "label")
+    assert "not a registry name" not in err and "registry name qwen3-4b-thinking stands for the hub id " \
+        "Qwen/Qwen3-4B-Thinking-2507" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def two_episodes(raw, tmp_path_factory):
+    """`raw` with (random) hidden states: labelled, but two running episodes only (2 envs, no episode ended)."""
+    import shutil
+
+    from hsrl.data import list_chunks, read_chunk
+    from hsrl.data.chunks import update_chunk
+
+    out = tmp_path_factory.mktemp("two_episodes")
+    rng = np.random.default_rng(0)
+    for path in list_chunks(raw):
+        shutil.copy(path, out / path.name)
+        chunk = read_chunk(out / path.name, ["done"])
+        update_chunk(out / path.name, {"hidden_state": rng.standard_normal((len(chunk["done"]), 8)).astype(np.float32),
+                                       "done": np.zeros_like(chunk["done"])})
+    return out
+
+
+def test_probe_of_too_few_episodes_or_pixel_data_is_one_line_before_writing(two_episodes, classic_pixel_dataset,
+                                                                           tmp_path, capsys):
+    assert main(["probe", str(two_episodes), "--out", str(tmp_path / "out")]) == 2
+    assert "too few episodes to split by episode: 2" in _one_line_error(capsys, "probe")
+    assert main(["probe", str(classic_pixel_dataset), "--out", str(tmp_path / "out")]) == 2
+    assert "probe decodes symbolic observations; this is pixels data" in _one_line_error(capsys, "probe")
+    assert not (tmp_path / "out").exists()
+
+
+def test_quickstart_checks_its_model_and_output_before_any_work(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import try_to_load_from_cache
+
+    monkeypatch.chdir(tmp_path)
+    models = ["nobody/no-such-model"]
+    if not isinstance(try_to_load_from_cache("Qwen/Qwen3-4B-Thinking-2507", "config.json"), str):
+        models.append("Qwen/Qwen3-4B-Thinking-2507")
+    for model in models:
+        start = time.perf_counter()
+        assert main(["quickstart", "--model", model, "--out", str(tmp_path / "qs")]) == 2
+        assert time.perf_counter() - start < 10
+        assert f"--model {model}: " in _one_line_error(capsys, "quickstart")
+    (tmp_path / "file").write_text("mine")
+    assert main(["quickstart", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in _one_line_error(capsys, "quickstart")
+    assert (tmp_path / "file").read_text() == "mine"
+    assert main(["quickstart", "--envs", "0"]) == 2
+    _one_line_error(capsys, "quickstart")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"], "no folder is made before the checks pass"
+
+
+def test_experiment_of_unlabelled_data_makes_no_folder(raw, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "--offline", str(raw), "--seeds", "1"]) == 2  # default --out runs/experiment
+    assert "missing" in _one_line_error(capsys, "experiment")
+    assert list(tmp_path.iterdir()) == [], "nothing (runs/.../worker.txt) is made before the data check passes"
+
+
+@pytest.mark.parametrize("verb, resumes", [("envs", False), ("label", True)])
+def test_ctrl_c_is_one_line_with_exit_130(verb, resumes, raw, tmp_path, capsys, monkeypatch):
+    import hsrl.data.label
+    import hsrl.env.cli
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hsrl.env.cli, "run_envs", interrupted)
+    monkeypatch.setattr(hsrl.data.label, "run_label", interrupted)
+    args = {"envs": [], "label": [str(raw), str(tmp_path / "out")]}[verb]
+    assert main([verb, *args]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"hsrl {verb}: interrupted; rerun the same command") and err.count("\n") == 1, err
+    assert ("resume" in err) == resumes
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hsrl {version('hsrl')}"

@@ -279,6 +279,56 @@ def test_a_corrupt_saved_batch_is_recomputed_with_a_warning(dataset, labelled, t
         np.testing.assert_array_equal(read_chunk(a)["hidden_state"], read_chunk(b)["hidden_state"])
 
 
+def _pad_to(path: Path, size: int) -> None:
+    """Make a chunk file `size` bytes long with a zip comment (numpy and hsrl's readers ignore it)."""
+    import zipfile
+
+    extra = size - path.stat().st_size
+    assert 0 <= extra < 65536
+    with zipfile.ZipFile(path, "a") as z:
+        z.comment = b"x" * extra
+    assert path.stat().st_size == size
+
+
+def test_an_input_replaced_by_another_of_the_same_size_is_labelled_afresh(dataset, labelled, tmp_path):
+    """Saved batches name their input by its bytes' hash, not its size: a chunk replaced between runs by another
+    chunk of exactly the same byte size gets none of the old chunk's batches."""
+    import shutil
+
+    from hsrl.data.label import Labeller
+    from hsrl.llm import make_extractor
+
+    chunks = list_chunks(dataset)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    out.mkdir()
+    first, second = raw / chunks[0].name, tmp_path / "replacement.npz"
+    shutil.copy(chunks[0], first)
+    shutil.copy(chunks[1], second)  # the same rows and keys, other observations
+    size = max(first.stat().st_size, second.stat().st_size)
+    _pad_to(first, size)
+    _pad_to(second, size)
+    config = LabelConfig(str(raw), str(out), batch_size=5, progress=False)
+    labeller = Labeller(make_extractor(config.extraction_spec("classic")), 5, False)
+    seen = []
+
+    def stop_after_two(n):
+        seen.append(n)
+        if len(seen) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        labeller.label_file(first, out / first.name, on_batch=stop_after_two)
+    assert len(list(out.glob(".partial/*/batch_*.npz"))) == 2
+    second.replace(first)
+    summary = label_dataset(config)
+    assert not summary.failed and summary.labelled == [first.name]
+    got = read_chunk(out / first.name)
+    fresh = read_chunk(list_chunks(labelled)[1])  # chunks[1] labelled in one run
+    np.testing.assert_array_equal(got["obs"], fresh["obs"])
+    np.testing.assert_array_equal(got["hidden_state"], fresh["hidden_state"])
+
+
 def test_relabelling_into_a_folder_of_other_settings_is_refused_before_any_work(dataset, labelled, tmp_path, capsys):
     """A finished file counts as done only when its spec is the one asked for: other settings are refused naming
     the fields and --overwrite, and nothing is written; the same settings (with 'auto' fields the backend resolved)

@@ -219,3 +219,14 @@ def test_per_token_states_probe_as_their_pooled_rows(labelled, tmp_path, counts)
     np.testing.assert_allclose(tok["mean_pairwise_cosine"], pooled["mean_pairwise_cosine"], rtol=1e-5)
     encoded = [r for r in tok["features"] if r["feature"] in ENCODED]
     assert encoded and all(r["hidden"] > 0.9 for r in encoded)  # the pooled tokens still encode them
+
+
+def test_probe_shows_progress_over_the_features_unless_told_not_to(labelled, tmp_path, capsys):
+    from hsrl.cli import main
+
+    args = ["probe", str(labelled), "--max-rows", "600", "--min-rows", "10"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "probe: " in err and "feature" in err, err
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert "feature" not in capsys.readouterr().err

@@ -450,6 +450,30 @@ def test_cli_refuses_bad_flags():
     assert main(["serve", "--max-batch", "0"]) == 2
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
+    from hsrl.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.perf_counter()
+        assert main(["serve", "--port", str(port)]) == 2
+        assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert err.startswith(f"hsrl serve: error: cannot bind 127.0.0.1:{port}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--max-body-mb", "--head-timeout-s", "--body-timeout-s"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_cli_refuses_non_finite_or_non_positive_limits_in_one_line(flag, value, capsys):
+    from hsrl.cli import main
+
+    assert main(["serve", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hsrl serve: error: {flag}") and err.count("\n") == 1, err
+
+
 # ---- in-process servers --------------------------------------------------------------------------------------------
 
 
@@ -731,6 +755,51 @@ def test_a_body_that_never_finishes_times_out_with_408():
         assert reply.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in reply
         with HiddenStateClient(f"http://127.0.0.1:{port}", retries=0) as c:
             np.testing.assert_array_equal(c.hidden_states(texts=["tree"]), [[4] * 4])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _drip_until_closed(s: socket.socket, pieces: list[bytes], limit_s: float = 10.0) -> tuple[float, bytes]:
+    """Send `pieces` one every 0.1 s (then keep sending header lines) until the server closes the connection;
+    returns (seconds until closed, what the server sent)."""
+    s.settimeout(0.1)
+    start, got = time.perf_counter(), b""
+    pieces = iter(pieces)
+    while time.perf_counter() - start < limit_s:
+        try:
+            s.sendall(next(pieces, b"X-Slow: a\r\n"))
+        except OSError:  # reset or broken pipe: closed
+            break
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return time.perf_counter() - start, got
+
+
+def test_a_request_head_that_never_finishes_is_closed_within_the_head_timeout():
+    server, thread, port = _in_process(StubExtractor(), head_timeout_s=0.6)
+    try:
+        head = b"POST /v1/hidden-states HTTP/1.1\r\nHost: x\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a byte at a time, never ending
+            took, got = _drip_until_closed(s, [bytes([b]) for b in head])
+        assert 0.5 < took < 0.6 + 2.0, took
+        assert got.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.6 s" in got, got
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # idle after an answer: armed again
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first
+            took, got = _drip_until_closed(s, [b"GET /hea"])
+        assert took < 0.6 + 2.0, took
+        with HiddenStateClient(f"http://127.0.0.1:{port}", retries=0) as c:  # still serves a normal request
+            np.testing.assert_array_equal(c.hidden_states(texts=["tree"]), [[4] * 4])
+            assert c.health()["head_timeout_s"] == 0.6
     finally:
         server.should_exit = True
         thread.join(10)

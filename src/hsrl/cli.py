@@ -5,7 +5,9 @@ Each verb is a config dataclass (its fields are the flags; `metadata={"help": ..
 imported only when used, so `hsrl --help` stays fast. A flag without a default is required by the parser.
 A config's `check()` method, where it has one, validates every flag before the run function starts (no work
 done, no folder made on a bad flag). A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
-any other exception is a bug and keeps its traceback.
+any other exception is a bug and keeps its traceback. Ctrl-C (KeyboardInterrupt) prints one line, exit code 130:
+the verbs that resume (label, extract, collect, train-awr, experiment, quickstart) pick up where they stopped when
+the same command is run again. `hsrl --version` prints the installed version.
 """
 
 import argparse
@@ -122,11 +124,30 @@ def config_from_args(config_cls, namespace: argparse.Namespace):
     return config_cls(**values)
 
 
+def version() -> str:
+    """hsrl's version, from the installed package's metadata (the source's `__version__` where it is not
+    installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("hsrl")
+    except PackageNotFoundError:
+        from hsrl import __version__
+
+        return __version__
+
+
+# Verbs whose rerun picks up finished work (saved batches, chunks, checkpoints, finished runs).
+RESUMING = ("collect", "label", "extract", "train-awr", "experiment", "quickstart")
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hsrl",
         description="LLM hidden states as inputs to RL policies on Craftax. Run `hsrl VERB --help` for a verb's flags.",
     )
+    parser.add_argument("--version", action="version", version=f"hsrl {version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (config_target, _, summary) in VERBS.items():
         if verb is not None and name != verb:
@@ -142,8 +163,20 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `hsrl VERB ...`; returns the exit code (2: a user's mistake, 130: interrupted with Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _main(argv, verb)
+    except KeyboardInterrupt:  # one line, not a traceback: what was saved and how to go on
+        name = f"hsrl {verb}" if verb in VERBS else "hsrl"
+        again = ("rerun the same command to resume where it stopped" if verb in RESUMING
+                 else "rerun the same command to start it again")
+        print(f"{name}: interrupted; {again}", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str], verb: str | None) -> int:
     parser = build_parser(verb if verb in VERBS else None)
     args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would name the top-level parser; the verb's usage says which flags there are

@@ -55,6 +55,7 @@ class ProbeConfig:
     all_tokens_valid: bool = field(default=False, metadata={
         "help": "per-token hidden states (N, T, H) stored without hidden_tokens: every one of the T positions is a "
                 "real token, so pool over all of them (without this flag such files are refused)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over the probed features"})
 
     def check(self) -> None:
         from hsrl.data.chunks import list_chunks
@@ -64,7 +65,37 @@ class ProbeConfig:
             raise InputError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         if self.max_rows < 2 or self.min_rows < 2:
             raise InputError("--max-rows and --min-rows must be at least 2")
-        list_chunks(self.data_dir)  # the folder exists and holds chunks
+        files = list_chunks(self.data_dir)  # the folder exists and holds chunks
+        check_probe_data(files[0], self.all_tokens_valid, self.data_dir)
+        from hsrl.data import load_dataset
+
+        ds = load_dataset(self.data_dir, ["done"], show_progress=False)  # one small array per file
+        check_episodes(episode_ids(ds["done"], ds.meta.num_envs), self.data_dir)
+
+
+def check_episodes(groups: np.ndarray, data_dir) -> None:
+    """Refuse (one line) data of fewer than 4 episodes: the probes are scored on held-out episodes."""
+    from hsrl.errors import InputError
+
+    episodes = len(np.unique(groups))
+    if episodes < 4:
+        raise InputError(f"{data_dir}: too few episodes to split by episode: {episodes} (need at least 4, some held "
+                         "out); collect more steps or shorter episodes")
+
+
+def check_probe_data(first, all_tokens_valid: bool, data_dir) -> None:
+    """Refuse (one line) data probe cannot read, from the first file's headers: unlabelled, per-token states without
+    counts (unless all_tokens_valid) or pixel observations (probe decodes symbolic ones)."""
+    from hsrl.data import DataFileError, check_token_counts, inspect_chunk
+    from hsrl.errors import InputError
+
+    info = inspect_chunk(first)
+    if info.meta.obs_kind != "symbolic":
+        raise InputError(f"{data_dir}: probe decodes symbolic observations; this is {info.meta.obs_kind} data of "
+                         f"{info.meta.env_name} (collect from a Symbolic env and label that)")
+    if "hidden_state" not in info.fields:
+        raise DataFileError(first, "hidden_state", "missing: label the data with `hsrl label` first")
+    check_token_counts(info, all_tokens_valid)
 
 
 def episode_ids(done: np.ndarray, num_envs: int) -> np.ndarray:
@@ -206,33 +237,23 @@ def _probe(kind: str, x_train, y_train, x_test, y_test) -> float:
 def load_probe_data(config: ProbeConfig):
     """The rows' observations, dones and pooled hidden states (per-token files pooled while reading), and the
     game variant."""
-    from hsrl.data import DataFileError, check_token_counts, inspect_chunk, list_chunks, load_dataset
+    from hsrl.data import list_chunks, load_dataset
     from hsrl.env import env_info
 
-    files = list_chunks(config.data_dir)
-    info = inspect_chunk(files[0])
-    if "hidden_state" not in info.fields:
-        raise DataFileError(files[0], "hidden_state", "missing: label the data with `hsrl label` first")
-    check_token_counts(info, config.all_tokens_valid)
+    check_probe_data(list_chunks(config.data_dir)[0], config.all_tokens_valid, config.data_dir)
     ds = load_dataset(config.data_dir, ["obs", "done", "hidden_state"], all_tokens_valid=config.all_tokens_valid,
-                      show_progress=False)
-    env = env_info(ds.meta.env_name)
-    if ds.meta.obs_kind != "symbolic":
-        raise ValueError(f"{config.data_dir}: probe decodes symbolic observations; this is {ds.meta.obs_kind} data "
-                         f"of {ds.meta.env_name} (collect from a Symbolic env)")
-    return ds, env.variant
+                      show_progress=config.progress)
+    return ds, env_info(ds.meta.env_name).variant
 
 
 def probe(config: ProbeConfig) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
+    from tqdm.auto import tqdm
 
     config.check()
     ds, variant = load_probe_data(config)
     groups = episode_ids(ds["done"], ds.meta.num_envs)
-    episodes = np.unique(groups)
-    if len(episodes) < 4:
-        raise ValueError(f"{config.data_dir}: too few episodes to split by episode: {len(episodes)} (need at least "
-                         "4, some held out); collect more steps or shorter episodes")
+    check_episodes(groups, config.data_dir)
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(groups))
     if len(rows) > config.max_rows:  # whole episodes, in a random order, up to max_rows
@@ -251,7 +272,9 @@ def probe(config: ProbeConfig) -> dict:
     floor = ObservationProjection(sym.shape[1:], hidden.shape[1], config.seed)(sym)  # the control arm's map
     inputs = {"hidden": hidden, "floor": floor, "raw_obs": sym}
     results, skipped = [], []
-    for name, kind, y, mask in features(sym, variant):
+    probed = features(sym, variant)
+    for name, kind, y, mask in tqdm(probed, desc="probe", unit="feature", disable=not config.progress,
+                                    dynamic_ncols=True):
         tr = train if mask is None else train[mask[train]]
         te = test if mask is None else test[mask[test]]
         if len(tr) < config.min_rows or len(te) < config.min_rows:

@@ -60,6 +60,31 @@ class QuickstartConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
+    def check(self) -> None:
+        """Every flag before any work or folder: the output (a folder, new or of an earlier quickstart, never a
+        file), the env, the counts and the model (available here, from its registry name, folder or hub cache)."""
+        from hsrl.env.catalog import check_env_name
+        from hsrl.errors import InputError
+        from hsrl.llm.models import check_model_available
+
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {self.out} is a file: give a folder (new, or one of an earlier quickstart)")
+        check_env_name(self.env)
+        if "Symbolic" not in self.env:
+            raise InputError(f"--env {self.env}: the quickstart labels rendered text of symbolic observations and "
+                             f"probes them; choose a Symbolic env")
+        for name in ("envs", "collect_steps", "heldout_steps", "chunk_steps", "awr_steps", "online_steps",
+                     "online_num_steps", "eval_episodes", "eval_skip_n", "max_episode_steps", "experiment_seeds",
+                     "experiment_awr_steps", "width"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.epsilon <= 1:
+            raise InputError(f"--epsilon must lie in [0, 1], got {self.epsilon}")
+        if not self.awr_beta > 0:
+            raise InputError(f"--awr-beta must be positive, got {self.awr_beta}")
+        check_model_available(self.model)
+
 
 STEPS = 10
 
@@ -119,7 +144,8 @@ def _probe_once(config) -> dict:
     path = Path(config.out) / "probe.json"
     if path.exists():
         report = json.loads(path.read_text())
-        if report.get("config") == json.loads(json.dumps(public_config(config))) and "common_direction_share" in report:
+        have = {k: v for k, v in report.get("config", {}).items() if k != "progress"}
+        if have == _settings(config) and "common_direction_share" in report:
             print(f"   reusing {path}", flush=True)
             return report
     return probe(config)
@@ -138,6 +164,7 @@ def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.rl.plot import plot_runs
     from hsrl.rl.ppo import OnlineConfig
 
+    config.check()  # for callers that did not run it (`hsrl quickstart` has)
     t_start = time.perf_counter()
     out = Path(config.out)
     raw, labelled = out / "data" / "raw", out / "data" / "labelled"
@@ -190,7 +217,7 @@ def quickstart(config: QuickstartConfig) -> Path:
                            awr_save_every=config.experiment_awr_steps, ray="local" if config.ray else None,
                            out=str(out / "experiment"), progress=p)))
     probed = _step(f"9/{n} probe the labelled hidden states", timings, lambda: _probe_once(ProbeConfig(
-        str(labelled), out=str(out / "probe"), seed=config.seed)))
+        str(labelled), out=str(out / "probe"), seed=config.seed, progress=p)))
 
     def figures():
         plot_runs([runs / "awr_hidden", runs / "awr_baseline"], report / "awr", labels=("with hidden", "baseline"))

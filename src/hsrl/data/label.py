@@ -19,11 +19,14 @@ so it appears only complete. Finished outputs are skipped when their spec is the
 backend resolves from 'auto' aside); files of OUT_DIR made with other settings are refused before any work, naming
 the fields, unless --overwrite. An input file whose headers are bad is reported and skipped; the others are
 labelled. Values are checked before anything is written (`hsrl.data.chunks.value_check`: finite observations,
-actions in the env's range): a bad value is one `DataFileError` naming the file, field and row, and nothing runs. Sampling seeds are derived per sample from the spec's seed and the prompt,
-so a resumed run writes the same values as an uninterrupted one.
+actions in the env's range): a bad value is one `DataFileError` naming the file, field and row, and nothing runs.
+Saved batches are reused only for the same input file (its size and the blake2b hash of its bytes), spec, batch
+size and mode. Sampling seeds are derived per sample from the spec's seed and the prompt, so a resumed run writes
+the same values as an uninterrupted one.
 """
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -133,6 +136,12 @@ def _texts(chunk) -> np.ndarray:
     return np.asarray(render_text(chunk["obs"], _variant(chunk.meta)))
 
 
+def file_digest(path: Path) -> str:
+    """The blake2b hex digest of a file's bytes (read in blocks), which identifies an input in saved progress."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
 class Labeller:
     """Labels chunk files with one extractor, batch by batch, saving progress after each batch.
 
@@ -167,6 +176,7 @@ class Labeller:
 
     def label_file(self, src: Path, dst: Path, on_batch=None) -> int:
         """Label one chunk into `dst`; returns the number of rows. Resumes from saved batches."""
+        digest = file_digest(src)  # before reading: a file replaced in between counts as new on the next run
         chunk = read_chunk(src)
         spec = self.extractor.spec
         images = _images(chunk, spec)
@@ -174,7 +184,7 @@ class Labeller:
         generated = self._generated_ids(chunk) if self.mode == "reextract" else None
         n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
-        self._open_partial(partial, src, n)
+        self._open_partial(partial, src, n, digest)
         batch_files = []
         for i, start in enumerate(range(0, n, self.batch_size)):
             path = partial / f"batch_{i:06d}.npz"
@@ -232,10 +242,11 @@ class Labeller:
                 f"the ids"))
         return ids
 
-    def _open_partial(self, partial: Path, src: Path, n: int) -> None:
-        """Keep saved batches only if they were made by the same spec, batch size and input."""
+    def _open_partial(self, partial: Path, src: Path, n: int, digest: str) -> None:
+        """Keep saved batches only if they were made by the same spec, batch size and input (its size and the
+        blake2b hash of its bytes: an input replaced by another of the same size is labelled afresh)."""
         stamp = {"spec": self.spec_json, "batch_size": self.batch_size, "rows": n, "mode": self.mode,
-                 "token_states": self.save_tokens, "input_bytes": src.stat().st_size}
+                 "token_states": self.save_tokens, "input_bytes": src.stat().st_size, "input_blake2b": digest}
         marker = partial / "progress.json"
         with contextlib.suppress(OSError, ValueError):  # an unreadable marker counts as another run's
             if json.loads(marker.read_text()) == stamp:
@@ -459,7 +470,8 @@ class ExtractConfig(CacheFlags, RayFlags):
 
     def check(self) -> None:
         """Every flag, before any work."""
-        from hsrl.llm.models import check_device
+        from hsrl.llm import ExtractionSpec
+        from hsrl.llm.models import check_device, check_layers, check_model_available
         from hsrl.llm.spec import POOLINGS
 
         _check_folders(self)
@@ -470,6 +482,9 @@ class ExtractConfig(CacheFlags, RayFlags):
         if read_meta(first).spec_json is None:  # raw data: one line now, not one failure per file
             raise InputError(f"{self.in_dir} is not labelled ({first.name} has no extraction spec): `hsrl extract` "
                              f"re-extracts labelled data; run `hsrl label {self.in_dir} OUT_DIR` first")
+        model = ExtractionSpec.from_json(read_meta(first).spec_json).model
+        check_model_available(model)
+        check_layers(model, (self.layer,))
 
     def requested_spec(self, meta: ChunkMeta):
         """The spec this re-extraction asks for a file of IN_DIR: its producer's, with this layer and pooling."""

@@ -57,12 +57,16 @@ class SpecFlags(CacheFlags):
             message = f"--{flag} {rest.replace(';', ':', 1)}" if rest and field_name.isidentifier() else str(err)
             raise InputError(message) from None
 
-    def check_llm(self, variant: str = "classic") -> ExtractionSpec:
+    def check_llm(self, variant: str = "classic", layers: bool = True) -> ExtractionSpec:
         """Check the LLM flags before any work: the spec's values, the device (e.g. cuda without CUDA) and the
-        model (registry name, local folder, or a hub id that is cached or downloadable); `InputError`, one line."""
-        from hsrl.llm.models import check_device, check_model_available
+        model (registry name, local folder, or a hub id that is cached or downloadable) and the layer against the
+        model's config (its number of blocks; no weights loaded; `layers=False` leaves the layer to the server that
+        extracts); `InputError`, one line."""
+        from hsrl.llm.models import check_device, check_layers, check_model_available
 
         spec = self.extraction_spec(variant)
         check_device(self.device)
         check_model_available(self.model)
+        if layers:
+            check_layers(self.model, spec.layers)
         return spec

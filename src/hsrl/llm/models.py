@@ -95,7 +95,10 @@ def check_model_available(name: str) -> None:
             raise InputError(f"--model {name}: the folder {path} holds no config.json (not a model folder)")
         return
     registry = ", ".join(MODEL_ALIASES)
-    looked = f"not a registry name ({registry}), no local folder {path.resolve()}"
+    if name in MODEL_ALIASES:  # a registry name that stands for a hub id
+        looked = f"registry name {name} stands for the hub id {target}"
+    else:
+        looked = f"not a registry name ({registry}), no local folder {path.resolve()}"
     if path.exists():
         raise InputError(f"--model {name}: {path} is a file, not a model folder; registry names: {registry}")
     if not _HUB_ID.match(target):
@@ -104,7 +107,8 @@ def check_model_available(name: str) -> None:
         return  # downloaded before
     why = hub_unreachable()
     if why is not None:
-        raise InputError(f"--model {name}: {looked}, hub id {target} not in the local cache ({HF_HUB_CACHE}), and "
+        where = "not" if name in MODEL_ALIASES else f"hub id {target} not"
+        raise InputError(f"--model {name}: {looked}, {where} in the local cache ({HF_HUB_CACHE}), and "
                          f"the hub is not reachable ({why})")
 
 
@@ -173,6 +177,32 @@ def model_hidden_size(name: str) -> int:
     path = resolve_model(name)
     config = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
     return int(config.get_text_config().hidden_size)
+
+
+def model_num_layers(name: str) -> int:
+    """The number of transformer blocks of a model's (text) stack, from its config alone (no weights loaded): its
+    `hidden_states` has that many entries plus one. Reads a local folder or the hub cache; a hub id not cached
+    fetches only its config.json."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name)
+    config = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def check_layers(name: str, layers) -> None:
+    """Refuse at once (`InputError`, one line) a --layer outside the model's `hidden_states` indices, from its
+    config (no weights): 0..L and -(L+1)..-1 for a model of L blocks."""
+    try:
+        num_layers = model_num_layers(name)
+    except (OSError, ValueError, KeyError) as err:  # no config to read: the model cannot be used either
+        raise InputError(f"--model {name}: cannot read the model's config ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    n = num_layers + 1
+    bad = [layer for layer in layers if not -n <= layer < n]
+    if bad:
+        raise InputError(f"--layer {bad[0]} is out of range for {name} ({num_layers} blocks; valid: {-n}..{n - 1}, "
+                         f"0 the embeddings, -1 the last)")
 
 
 def load_model(name: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:

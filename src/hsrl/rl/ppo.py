@@ -124,7 +124,7 @@ class OnlineConfig(SpecFlags):
         if self.hidden:
             from hsrl.env.catalog import env_info
 
-            self.check_llm(env_info(self.env).variant)
+            self.check_llm(env_info(self.env).variant, layers=not self.server)
 
 
 class Norm(NamedTuple):

@@ -23,7 +23,7 @@ def run_serve(config: ServeConfig) -> int:
     """Serve until interrupted; exits 1 if the model fails to load."""
     import uvicorn
 
-    from hsrl.serve.server import create_app
+    from hsrl.serve.server import create_app, uvicorn_config
 
     token = config.token if config.token is not None else os.environ.get(TOKEN_ENV) or None
     settings = config.settings(token)
@@ -46,8 +46,8 @@ def run_serve(config: ServeConfig) -> int:
             server.should_exit = True
 
     app = create_app(config.spec(), settings, device=config.device, on_load_error=on_load_error)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                           access_log=config.access_log, lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, host=config.host, port=config.port,
+                                           log_level=config.log_level, access_log=config.access_log))
     print(f"hsrl serve: {config.model} for {config.env} on http://{config.host}:{config.port} "
           f"(token {'required' if token else 'off'}); the model loads in the background, see /health", flush=True)
     server.run()

@@ -79,6 +79,7 @@ class ServerSettings:
     max_text_chars: int = 20_000  # per text of a `texts` request
     max_queued: int = 4096  # observations waiting at once; more are refused with 503 (retry later)
     body_timeout_s: float = 30.0  # a request body must arrive whole within this; else 408
+    head_timeout_s: float = 10.0  # a request head (request line and headers) must arrive within this; else closed
     token: str | None = None  # bearer token guarding every route but /health; None: open
     cache: str | None = None  # folder of the on-disk state cache (`--cache DIR`); None: in memory only
     no_cache: bool = False  # compute every state (`--no-cache`)
@@ -95,8 +96,9 @@ class ServerSettings:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             raise InputError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
-        if not (self.body_timeout_s > 0 and math.isfinite(self.body_timeout_s)):
-            raise InputError(f"body_timeout_s must be a finite number > 0, got {self.body_timeout_s}")
+        for name in ("body_timeout_s", "head_timeout_s"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise InputError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if self.max_queued < self.max_request:
             raise InputError(f"max_queued ({self.max_queued}) must be at least max_request ({self.max_request})")
         if self.token is not None and not self.token.strip():
@@ -128,6 +130,7 @@ class ServeConfig(SpecFlags):
     max_text_chars: int = field(default=20_000, metadata={"help": "longest text of a `texts` request, in characters"})
     max_queued: int = field(default=4096, metadata={"help": "observations waiting at once; more are answered 503 (retry later)"})
     body_timeout_s: float = field(default=30.0, metadata={"help": "seconds a request body may take to arrive (else 408)"})
+    head_timeout_s: float = field(default=10.0, metadata={"help": "seconds a request head (request line and headers) may take to arrive, from the connection or the previous answer (else 408 and the connection is closed)"})
     token: str | None = field(default=None, metadata={"help": f"bearer token guarding every route but /health (default: ${TOKEN_ENV}; prefer the variable, flags show in process lists)"})
     log_level: str = field(default="info", metadata={"help": "log level: critical, error, warning, info, debug"})
     access_log: bool = field(default=False, metadata={"help": "log every request"})
@@ -153,6 +156,8 @@ class ServeConfig(SpecFlags):
             raise InputError("--replicas and --gpus-per-replica need --ray")
         self.settings(None)
         self.check_llm(env_info(self.env).variant)
+        if self.ray in (None, "local"):  # a remote cluster binds the port on its own head node
+            check_port_free(self.host, self.port)
 
     def spec(self):
         from hsrl.env.catalog import env_info
@@ -160,13 +165,38 @@ class ServeConfig(SpecFlags):
         return self.extraction_spec(env_info(self.env).variant)
 
     def settings(self, token: str | None) -> ServerSettings:
-        if not self.max_body_mb > 0:
-            raise InputError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+        if not (self.max_body_mb > 0 and math.isfinite(self.max_body_mb)):
+            raise InputError(f"--max-body-mb must be a positive finite number of MiB, got {self.max_body_mb}")
+        for name in ("body_timeout_s", "head_timeout_s"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise InputError(f"--{name.replace('_', '-')} must be a positive finite number of seconds, "
+                                 f"got {getattr(self, name)}")
         return ServerSettings(env=self.env, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
                               max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
                               max_text_chars=self.max_text_chars, max_queued=self.max_queued,
-                              body_timeout_s=self.body_timeout_s, token=token, cache=self.cache,
-                              no_cache=self.no_cache)
+                              body_timeout_s=self.body_timeout_s, head_timeout_s=self.head_timeout_s, token=token,
+                              cache=self.cache, no_cache=self.no_cache)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse (InputError) a host that does not resolve or a port another process listens on, before the model
+    loads: binding it later would fail only after the load. Port 0 (any free port) always passes."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise InputError(f"--host {host!r} does not resolve: {err.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no user
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise InputError(f"cannot bind {host}:{port} ({err.strerror}): another process uses the port, or the "
+                             f"address is not this machine's; choose another --port or --host") from None
 
 
 class RequestError(Exception):
@@ -731,7 +761,7 @@ class Endpoint:
             "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
             "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
             "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
-            "body_timeout_s": settings.body_timeout_s, "auth": settings.token is not None,
+            "body_timeout_s": settings.body_timeout_s, "head_timeout_s": settings.head_timeout_s, "auth": settings.token is not None,
         }
 
     def reply(self, model: "ModelState", hidden: np.ndarray, generated: list[str]) -> dict:
@@ -822,11 +852,81 @@ def create_app(spec, settings: ServerSettings, *, extractor=None, device: str | 
     return app
 
 
+_HEAD_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                       b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+def head_deadline_protocol(timeout_s: float, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol class (httptools where installed, else h11) with a deadline on request heads.
+
+    uvicorn bounds only the idle time before a request's first byte (`timeout_keep_alive`, cancelled by any
+    data), so a client that sends its request line and headers a byte at a time holds a connection forever. Here
+    a timer starts when a connection opens and again after each answer on a kept-alive connection; unless the
+    whole head (request line and headers) has arrived when it fires, the client gets 408 and the connection is
+    closed. The head counts as arrived once uvicorn has made the request's cycle (both parsers do so at the end
+    of the head), so the body is left to `body_timeout_s`."""
+    if base is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        except ImportError:  # httptools not installed: uvicorn's pure-Python parser
+            from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class HeadDeadlineProtocol(base):
+        _head_timer = None
+        _head_cycle = None  # the cycle when the timer was armed: a new one means the head arrived
+
+        def _arm_head_deadline(self) -> None:
+            self._disarm_head_deadline()
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(timeout_s, self._head_deadline_passed)
+
+        def _disarm_head_deadline(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_deadline_passed(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.cycle is not self._head_cycle:
+                return
+            log.info("closing a connection whose request head did not arrive within %g s", timeout_s)
+            message = f"the request head did not arrive within {timeout_s:g} s".encode()
+            self.transport.write(_HEAD_TIMEOUT_REPLY % (len(message), message))
+            self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None and self.cycle is not self._head_cycle:
+                self._disarm_head_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request on this connection
+                self._arm_head_deadline()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_head_deadline()
+            super().connection_lost(exc)
+
+    return HeadDeadlineProtocol
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings, **kwargs):
+    """uvicorn's config for `app` with the request-head deadline of `settings` (`head_deadline_protocol`)."""
+    import uvicorn
+
+    return uvicorn.Config(app, http=head_deadline_protocol(settings.head_timeout_s), lifespan="on", **kwargs)
+
+
 def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
     """Run `app` with uvicorn in a daemon thread; returns (server, thread, port). Stop with `server.should_exit = True`."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    config = uvicorn_config(app, app.state.settings, host=host, port=port, log_level=log_level)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="hsrl-serve")
     thread.start()
