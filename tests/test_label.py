@@ -239,23 +239,11 @@ class _Stop(Exception):
 def test_a_corrupt_saved_batch_is_recomputed_with_a_warning(dataset, labelled, tmp_path, damage):
     """A labeller stopped after two saved batches; one of them (or the progress marker) is then damaged. The rerun
     names the broken file, recomputes it and writes what an uninterrupted run writes."""
-    from hsrl.data.label import Labeller
-    from hsrl.llm import make_extractor
-
     src = list_chunks(dataset)[0]
     out = tmp_path / "out"
     out.mkdir()
     config = LabelConfig(str(dataset), str(out), batch_size=5, progress=False)
-    labeller = Labeller(make_extractor(config.extraction_spec("classic")), 5, False)
-    seen = []
-
-    def stop_after_two(n):
-        seen.append(n)
-        if len(seen) == 2:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        labeller.label_file(src, out / src.name, on_batch=stop_after_two)
+    _stop_after_two_batches(config, src, out)
     partial = out / ".partial" / src.stem
     broken = partial / ("progress.json" if damage == "marker" else "batch_000001.npz")
     if damage == "truncate":
@@ -279,6 +267,23 @@ def test_a_corrupt_saved_batch_is_recomputed_with_a_warning(dataset, labelled, t
         np.testing.assert_array_equal(read_chunk(a)["hidden_state"], read_chunk(b)["hidden_state"])
 
 
+def _stop_after_two_batches(config: LabelConfig, src: Path, out: Path) -> None:
+    """Label `src` into `out` as `config` says, stopped (as if killed) after its second saved batch."""
+    from hsrl.data.label import Labeller
+    from hsrl.llm import make_extractor
+
+    labeller = Labeller(make_extractor(config.extraction_spec("classic")), config.batch_size, False)
+    seen = []
+
+    def stop_after_two(n):
+        seen.append(n)
+        if len(seen) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        labeller.label_file(src, out / src.name, on_batch=stop_after_two)
+
+
 def _pad_to(path: Path, size: int) -> None:
     """Make a chunk file `size` bytes long with a zip comment (numpy and hsrl's readers ignore it)."""
     import zipfile
@@ -295,9 +300,6 @@ def test_an_input_replaced_by_another_of_the_same_size_is_labelled_afresh(datase
     chunk of exactly the same byte size gets none of the old chunk's batches."""
     import shutil
 
-    from hsrl.data.label import Labeller
-    from hsrl.llm import make_extractor
-
     chunks = list_chunks(dataset)
     raw, out = tmp_path / "raw", tmp_path / "out"
     raw.mkdir()
@@ -309,16 +311,7 @@ def test_an_input_replaced_by_another_of_the_same_size_is_labelled_afresh(datase
     _pad_to(first, size)
     _pad_to(second, size)
     config = LabelConfig(str(raw), str(out), batch_size=5, progress=False)
-    labeller = Labeller(make_extractor(config.extraction_spec("classic")), 5, False)
-    seen = []
-
-    def stop_after_two(n):
-        seen.append(n)
-        if len(seen) == 2:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        labeller.label_file(first, out / first.name, on_batch=stop_after_two)
+    _stop_after_two_batches(config, first, out)
     assert len(list(out.glob(".partial/*/batch_*.npz"))) == 2
     second.replace(first)
     summary = label_dataset(config)
