@@ -313,7 +313,6 @@ def _achievement_chart(evals: dict, path: Path) -> None:
     ax.set_ylabel("success rate (%)")
     ax.set_title("achievements unlocked per episode\n(hidden-state policies read their real states)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")  # rotated labels and the title are never cut off
     plt.close(fig)
 
