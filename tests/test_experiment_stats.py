@@ -155,3 +155,21 @@ def test_evaluation_noise_share_ignores_a_harder_half():
             shares.append(eval_noise_share((a + b) / 2, np.stack([a, b], 1)))
         assert np.median(shares) == pytest.approx(truth, abs=0.06)
     assert eval_noise_share(np.ones(2), np.ones((2, 2))) is None  # too few seeds to say
+
+
+def test_each_metric_gap_uses_its_own_halves():
+    """With two metrics (as in Craftax evaluation), the evaluation-noise share of each ablation gap comes from
+    that metric's half-scores: here `a` has identical halves (share 0), `b` halves that differ at random."""
+    from hsrl.experiment.report import aggregate
+
+    rng = np.random.default_rng(1)
+    results = []
+    for seed in range(5):
+        ablations = {}
+        for name in ("real", "shuffled"):
+            a, b, e = rng.normal(), rng.normal(), rng.normal()
+            ablations[name] = {"a": a, "b": b, "halves": {"a": [a, a], "b": [b + e, b - e]}}
+        results.append({"arm": "awr-hidden", "algo": "awr", "hidden": True, "seed": seed, "metrics": ["a", "b"],
+                        "ablations": ablations, "train": {}})
+    gap = aggregate(results, reps=200)["gaps"]["awr-hidden"]["real-shuffled"]
+    assert gap["a"]["eval_noise"] == 0.0 and gap["b"]["eval_noise"] > 0.1

@@ -51,10 +51,9 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
     from scipy.special import softmax
 
     from hsrl.data import load_dataset
+    from hsrl.data.projection import ObservationProjection, is_projection_spec
     from hsrl.evaluate import AblatedHidden
     from hsrl.rl.checkpoint import load_policy
-
-    from hsrl.data.projection import ObservationProjection, is_projection_spec
 
     policy = load_policy(checkpoint)
     control = policy.uses_hidden and is_projection_spec(policy.spec_json)

@@ -15,7 +15,6 @@ GAPS = ("shuffled", "zero")  # real - X: shuffled judges use, zero measures sens
 LABELS = {"return_mean": "return", "craftax_score": "Craftax score", "action_match": "action match"}
 CURVES = {"awr": ("actor_loss", "critic_loss", "entropy"),
           "ppo": ("charts/episodic_return", "charts/craftax_score", "losses/entropy")}
-ROLES = ("baseline", "hidden", "control")
 # evaluation noise above this share of the seed-to-seed variance dominates a seed's score
 EVAL_NOISE_DOMINATES = 0.5
 MORE_EVALUATION = "more evaluation episodes (--eval-episodes), or more held-out rows with --eval-data,"
@@ -77,13 +76,13 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
         gaps = {}
         for g in GAPS:
             if all(g in r["ablations"] for r in runs):
-                gaps[f"real-{g}"] = {m: stats.paired_test(_scores(runs, m), _scores(runs, m, g), seed).to_dict()
-                                     for m in metrics}
-                halves = [_halves(runs, m), _halves(runs, m, g)]
+                gaps[f"real-{g}"] = {}
                 for m in metrics:
-                    gaps[f"real-{g}"][m]["eval_noise"] = eval_noise_share(
-                        _scores(runs, m) - _scores(runs, m, g),
-                        None if any(h is None for h in halves) else halves[0] - halves[1])
+                    real, other = _scores(runs, m), _scores(runs, m, g)
+                    halves = [_halves(runs, m), _halves(runs, m, g)]  # this metric's halves, of both ablations
+                    gaps[f"real-{g}"][m] = {**stats.paired_test(real, other, seed).to_dict(), "eval_noise":
+                                            eval_noise_share(real - other, None if any(h is None for h in halves)
+                                                             else halves[0] - halves[1])}
         if gaps:
             out["gaps"][arm] = gaps
         if "achievements" in runs[0]["ablations"]["real"]:
@@ -344,8 +343,8 @@ def markdown(agg: dict, results: list[dict]) -> str:
     shown = [a for a in ("real", "shuffled", "zero", "constant") if any(a in r["ablations"] for r in results)]
     lines += ["", f"Per run, {lab(metrics[0])}:", "", "| run | seed | " + " | ".join(shown) + " |",
               "|---|---|" + "---|" * len(shown)]
+    d = decimals([0, 0, _spread(results, metrics[0])])  # the scores' range to two significant digits
     for r in sorted(results, key=lambda r: (r["arm"], r["seed"])):
-        d = decimals([0, 0, max(1e-12, _spread(results, metrics[0]))])
         cells = [f"{r['ablations'][a][metrics[0]]:.{d}f}" if a in r["ablations"] else "" for a in shown]
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + " |")
     if agg["notes"]:

@@ -170,24 +170,24 @@ class LoadedModel:
     image_processor: object = None  # vision-language models: turns images into the vision tower's patches
 
 
-def model_hidden_size(name: str) -> int:
-    """The width of a model's hidden states, from its config alone (no weights loaded)."""
-    from transformers import AutoConfig
-
-    path = resolve_model(name)
-    config = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
-    return int(config.get_text_config().hidden_size)
-
-
-def model_num_layers(name: str) -> int:
-    """The number of transformer blocks of a model's (text) stack, from its config alone (no weights loaded): its
-    `hidden_states` has that many entries plus one. Reads a local folder or the hub cache; a hub id not cached
+def _text_config(name: str):
+    """A model's (text) config alone, no weights: from a local folder or the hub cache; a hub id not cached
     fetches only its config.json."""
     from transformers import AutoConfig
 
     path = resolve_model(name)
-    config = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
-    return int(config.get_text_config().num_hidden_layers)
+    return AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir()).get_text_config()
+
+
+def model_hidden_size(name: str) -> int:
+    """The width of a model's hidden states, from its config alone (no weights loaded)."""
+    return int(_text_config(name).hidden_size)
+
+
+def model_num_layers(name: str) -> int:
+    """The number of transformer blocks of a model's (text) stack, from its config alone (no weights loaded): its
+    `hidden_states` has that many entries plus one."""
+    return int(_text_config(name).num_hidden_layers)
 
 
 def check_layers(name: str, layers) -> None:
