@@ -236,11 +236,10 @@ def _probe(kind: str, x_train, y_train, x_test, y_test) -> float:
 
 def load_probe_data(config: ProbeConfig):
     """The rows' observations, dones and pooled hidden states (per-token files pooled while reading), and the
-    game variant."""
-    from hsrl.data import list_chunks, load_dataset
+    game variant, of data `config.check()` accepted."""
+    from hsrl.data import load_dataset
     from hsrl.env import env_info
 
-    check_probe_data(list_chunks(config.data_dir)[0], config.all_tokens_valid, config.data_dir)
     ds = load_dataset(config.data_dir, ["obs", "done", "hidden_state"], all_tokens_valid=config.all_tokens_valid,
                       show_progress=config.progress)
     return ds, env_info(ds.meta.env_name).variant
@@ -250,10 +249,9 @@ def probe(config: ProbeConfig) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
     from tqdm.auto import tqdm
 
-    config.check()
+    config.check()  # the data's kind, labels and episode count, before any work
     ds, variant = load_probe_data(config)
     groups = episode_ids(ds["done"], ds.meta.num_envs)
-    check_episodes(groups, config.data_dir)
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(groups))
     if len(rows) > config.max_rows:  # whole episodes, in a random order, up to max_rows

@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hsrl.env import ENV_NAMES
+from hsrl.env.scripted import SCRIPTED_ENV
 from hsrl.rl.metrics import BEHAVIOUR_CLONING_ESS
 from hsrl.redact import public_config, without_secrets
 
@@ -39,7 +39,8 @@ class QuickstartConfig:
     """
 
     out: str = field(default="quickstart", metadata={"help": "output folder (rerun to reuse finished steps)"})
-    env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
+    env: str = field(default=SCRIPTED_ENV, metadata={"help": f"environment: {SCRIPTED_ENV}, the one the scripted "
+                                                              "player that collects the data plays"})
     model: str = field(default="minilm", metadata={"help": "LLM (the embedded MiniLM runs offline on CPU)"})
     envs: int = field(default=8, metadata={"help": "parallel environments for collection, online PPO and evaluation"})
     collect_steps: int = field(default=4096, metadata={"help": "environment steps collected (all envs together)"})
@@ -63,17 +64,15 @@ class QuickstartConfig:
     def check(self) -> None:
         """Every flag before any work or folder: the output (a folder, new or of an earlier quickstart, never a
         file), the env, the counts and the model (available here, from its registry name, folder or hub cache)."""
-        from hsrl.env.catalog import check_env_name
         from hsrl.errors import InputError
         from hsrl.llm.models import check_model_available
 
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {self.out} is a file: give a folder (new, or one of an earlier quickstart)")
-        check_env_name(self.env)
-        if "Symbolic" not in self.env:
-            raise InputError(f"--env {self.env}: the quickstart labels rendered text of symbolic observations and "
-                             f"probes them; choose a Symbolic env")
+        if self.env != SCRIPTED_ENV:  # what step 1 would refuse, before any folder is made
+            raise InputError(f"--env {self.env}: the quickstart's data comes from a scripted player of "
+                             f"{SCRIPTED_ENV} (symbolic observations, which it labels as text and probes)")
         for name in ("envs", "collect_steps", "heldout_steps", "chunk_steps", "awr_steps", "online_steps",
                      "online_num_steps", "eval_episodes", "eval_skip_n", "max_episode_steps", "experiment_seeds",
                      "experiment_awr_steps", "width"):
@@ -100,7 +99,7 @@ def _step(name: str, log: list, fn):
 
 def _settings(config) -> dict:
     """A config as the JSON a run folder stores, without what does not change its results (progress bars, secrets)."""
-    d = json.loads(json.dumps(without_secrets(public_config(config))))
+    d = json.loads(json.dumps(without_secrets(asdict(config))))
     d.pop("progress", None)
     return d
 

@@ -29,6 +29,7 @@ import numpy as np
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.data.chunks import CHUNK_PATTERN, ChunkMeta, DataFileError, chunk_path, inspect_chunk, write_chunk
 from hsrl.env import ENV_NAMES, env_info, make_env
+from hsrl.env.scripted import SCRIPTED_ENV
 from hsrl.errors import InputError
 from hsrl.redact import public_config
 
@@ -74,8 +75,8 @@ class CollectConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.policy not in ("random", "scripted"):
             raise InputError(f"--policy {self.policy!r}: expected 'random' or 'scripted' (or give --checkpoint)")
-        if self.policy == "scripted" and self.env != "Craftax-Classic-Symbolic-v1":
-            raise InputError(f"--policy scripted plays Craftax-Classic-Symbolic-v1, not {self.env}")
+        if self.policy == "scripted" and self.env != SCRIPTED_ENV:
+            raise InputError(f"--policy scripted plays {SCRIPTED_ENV}, not {self.env}")
         if not 0 <= self.epsilon <= 1:
             raise InputError(f"--epsilon must lie in [0, 1], got {self.epsilon}")
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+SCRIPTED_ENV = "Craftax-Classic-Symbolic-v1"  # the env the scripted player reads
+
 
 def scripted_policy(num_actions: int, epsilon: float = 0.25):
     """`(key, obs) -> (action, log_prob)` for Craftax-Classic-Symbolic observations (B, 1345)."""

@@ -47,11 +47,17 @@ def _rly():
     return library, metrics
 
 
-def _column(values) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+def _finite(values, what: str) -> np.ndarray:
+    """Per-seed numbers as a float64 vector; ValueError unless there is at least one and all are finite."""
+    x = np.asarray(values, np.float64).reshape(-1)
     if len(x) == 0 or not np.isfinite(x).all():
-        raise ValueError(f"expected finite scores of at least one run, got {values!r}")
+        raise ValueError(f"{what}: expected finite per-seed numbers, got {values!r}")
     return x
+
+
+def _column(values) -> np.ndarray:
+    """rliable's layout of one arm's scores: a (runs, 1 task) matrix."""
+    return _finite(values, "interval estimate").reshape(-1, 1)
 
 
 def _interval(score_dict, func, reps: int, seed: int):
@@ -158,11 +164,6 @@ class Test(NamedTuple):
         return {**plain, "claim": self.claim(), "assumes_normal": self.assumes_normal}
 
 
-def _finite(values, what: str) -> np.ndarray:
-    x = np.asarray(values, np.float64).reshape(-1)
-    if len(x) == 0 or not np.isfinite(x).all():
-        raise ValueError(f"{what}: expected finite per-seed numbers, got {values!r}")
-    return x
 
 
 def _t_interval(estimate: float, se: float, df: float) -> tuple[float, float, float]:
