@@ -91,16 +91,21 @@ class Extractor(ABC):
         seeds: Sequence[int] | None = None,
         return_token_states: bool = False,
         images=None,
+        history: Sequence[Sequence[tuple[str, int]]] | None = None,
     ) -> ExtractionResult:
         """Hidden states for observations (any number; batched inside), by the spec's mode and pooling.
 
         observations: the text observations (None when spec.input is 'image'); images: (B, H, W, 3) image
         observations, required when spec.input is 'image' or 'image+text'.
+        history: per sample, its previous observations in the episode as (text, action id) pairs, oldest first, at
+        most spec.history (None: none, as at an episode's first step); the prompt program (`self.program`) puts
+        them in the prompt.
         layers overrides spec.layer for this call. seeds (one int per sample) are mixed with spec.seed to seed each
         sample's sampling; by default each sample's seed is derived from spec.seed and its prompt text, so the same
         observation gives the same generation whatever else is in the batch.
         """
         texts, images, _ = self._inputs(observations, images)
+        texts = self._compose(texts, history)
         asked, _ = self._layers(layers)  # refuse layers this extractor cannot give before any work
         rows, observation_ranges = self._encode(texts, images)
         lengths = [len(r) for r in rows]
@@ -168,9 +173,12 @@ class Extractor(ABC):
         generated_ids: Sequence[Sequence[int]] | None = None,
         return_token_states: bool = False,
         images=None,
+        history: Sequence[Sequence[tuple[str, int]]] | None = None,
     ) -> ExtractionResult:
-        """States of already generated text: one prefill over prompt + generated tokens, pooled over the latter."""
+        """States of already generated text: one prefill over prompt + generated tokens, pooled over the latter
+        (`history` as in `extract`: the prompt the generation was made from)."""
         texts, images, count = self._inputs(observations, images)
+        texts = self._compose(texts, history)
         self._check_reextract()
         generated_ids = generated_ids_to_reextract(self.tokenizer, generated_texts, generated_ids, count,
                                                    "images" if texts is None else "observations")
@@ -186,12 +194,31 @@ class Extractor(ABC):
         result.finished = np.array([g[-1] in self._eos_ids for g in generated_ids], dtype=bool)
         return result
 
-    def check_prompt_lengths(self, observations: Sequence[str]) -> None:
+    def check_prompt_lengths(self, observations: Sequence[str], history=None) -> None:
         """Raise ValueError, as `extract` would, if a text observation's prompt does not fit the model; runs the
         tokenizer only, so a server can refuse an oversized request before it reaches the model thread."""
         texts, images, _ = self._inputs(observations, None)
+        texts = self._compose(texts, history)
         rows, _ = self._encode(texts, images)
         self._check_lengths(rows, [len(r) for r in rows], self.spec.tokens if self.spec.generates else 0)
+
+    @property
+    def program(self):
+        """The prompt program of the (resolved) spec (`hsrl.llm.prompt.prompt_program`): what each prompt holds."""
+        from hsrl.llm.prompt import prompt_program
+
+        cached = self.__dict__.get("_program")
+        if cached is None or cached[0] is not self.spec:
+            cached = self.__dict__["_program"] = (self.spec, prompt_program(self.spec))
+        return cached[1]
+
+    def _compose(self, texts, history):
+        """Each sample's slot in the prompt (`PromptProgram.sample_texts`): its history and observation."""
+        if texts is None:
+            if history is not None and any(len(h) for h in history):
+                raise ValueError("history holds text observations, but this spec reads no text")
+            return None
+        return self.program.sample_texts(texts, history)
 
     def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
         """The layers asked (`layers`, default spec.layer) and each one's absolute index (0..num_layers)."""

@@ -3,6 +3,7 @@
 (`--cache DIR`, `--no-cache`), shared with `eval`."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hsrl.errors import InputError
 from hsrl.llm.spec import ExtractionSpec
@@ -35,7 +36,9 @@ class SpecFlags(CacheFlags):
     layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
     tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
     pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
-    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short' or 'auto' (by model kind)"})
+    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short', 'forecast' (asks the model to predict the next steps; pair it with --tokens N to pool its forecast) or 'auto' (by model kind)"})
+    prompt_template: str | None = field(default=None, metadata={"help": "your own prompt: a text file with named placeholders, {observation} (required), {history} (required with --history > 0), {actions}, {achievements}, {rules}; its text and hash go into the spec", "metavar": "FILE"})
+    history: int = field(default=0, metadata={"help": "previous observations of the episode each prompt shows, oldest first, with the action taken after each (0 = the current observation only)", "metavar": "K"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
     llm_seed: int = field(default=0, metadata={"help": "the LLM's sampling seed when generating (mixed per sample with the prompt; the spec's `seed`)"})
@@ -44,13 +47,37 @@ class SpecFlags(CacheFlags):
     backend: str = field(default="transformers", metadata={"help": "'transformers' or 'vllm' (pip install 'hsrl[vllm]')"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)"})
 
+    def template_fields(self) -> dict:
+        """The spec's template fields these flags give: --template, or --prompt-template FILE's text (checked here:
+        a missing file, or an unknown or missing placeholder, is one `InputError` naming the file)."""
+        if self.prompt_template is None:
+            if self.template == "custom":
+                raise InputError("--template custom: give the template's file with --prompt-template FILE")
+            return {"template": self.template}
+        from hsrl.llm.prompt import TemplateError, parse_template
+
+        if self.template not in ("auto", "custom"):
+            raise InputError(f"--template {self.template} and --prompt-template {self.prompt_template}: give one")
+        try:
+            text = Path(self.prompt_template).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"--prompt-template {self.prompt_template}: no such file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--prompt-template {self.prompt_template}: cannot read it as UTF-8 text ({err})") from None
+        try:
+            parse_template(text, max(self.history, 0))
+        except TemplateError as err:
+            raise InputError(f"--prompt-template {self.prompt_template}: {err}") from None
+        return {"template": "custom", "template_text": text}
+
     def extraction_spec(self, variant: str) -> ExtractionSpec:
         """The spec these flags give; a bad flag value is an `InputError` naming it."""
+        template = self.template_fields()
         try:
             return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
-                                  template=self.template, temperature=self.temperature, top_p=self.top_p,
-                                  seed=self.llm_seed, dtype=self.dtype, variant=variant, input=self.input,
-                                  backend=self.backend)
+                                  temperature=self.temperature, top_p=self.top_p, seed=self.llm_seed,
+                                  dtype=self.dtype, variant=variant, input=self.input, backend=self.backend,
+                                  history=self.history, **template)
         except ValueError as err:  # the spec names its field (`tokens=0; expected ...`): name the flag instead
             field_name, _, rest = str(err).partition("=")
             flag = {"seed": "llm-seed"}.get(field_name, field_name.replace("_", "-"))

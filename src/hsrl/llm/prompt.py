@@ -27,15 +27,38 @@ image, then for 'image+text' the text observation, then the question. The tokeni
 as its placeholder (Qwen-VL: `<|vision_start|><|image_pad|><|vision_end|>`), which the backend expands to one token
 per image patch group; `PromptTemplate.image_token` names it.
 
-Any change to the text of a template (here or in `fewshot.py`) must bump its entry in TEMPLATE_VERSIONS.
+Prompt programs (`PromptProgram`, `prompt_program(spec)`): what a sample's prompt holds besides the fixed prefix.
+
+- History (`spec.history` = K > 0): the observation slot holds the K previous observations of the same episode, oldest
+  first, each with the action taken after it (`history_text`), then "Current observation:" and the observation. At
+  an episode's start there are fewer (stated in the prompt); none at its first step. The history is per-sample text,
+  after the prefix, so the shared-prefix cache is kept. With K = 0 the slot is the observation alone, as before.
+- Placeholder templates ('forecast', shipped in `templates/forecast.txt`, and 'custom', a user's
+  `--prompt-template FILE`): text with named placeholders (`PLACEHOLDERS`) laid out as one user message (through
+  the tokenizer's chat template where it has one, else plainly). `{observation}` is required; `{history}` is required
+  with K > 0 (empty with K = 0, else a block ending in a blank line); unknown placeholders are refused
+  (`parse_template`). The text from the first per-sample placeholder (observation, history) to the last is the
+  per-sample slot; what comes before is the shared prefix, what comes after the tail. The template's text and its
+  hash travel in the spec (`template_text`, `template_hash`), so a labelled file or checkpoint says which prompt made
+  it and rebuilds it without the file.
+
+'mean' pooling in prompt-only mode pools the per-sample slot: the observation and, with history, the history.
+
+Any change to the text of a template (here, in `fewshot.py` or `templates/`) must bump its entry in TEMPLATE_VERSIONS.
 """
 
+import hashlib
+import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from importlib import resources
+from typing import Sequence
 
 from hsrl.llm.fewshot import EXAMPLES
 
-TEMPLATE_VERSIONS = {"chat": 1, "short": 1}
+TEMPLATE_VERSIONS = {"chat": 1, "short": 1, "forecast": 1}
+BUILTIN_TEMPLATES = ("chat", "short")  # built in code; 'forecast' and 'custom' are placeholder templates
+PLACEHOLDER_TEMPLATES = ("forecast", "custom")
 
 QUESTION = "What do you see, what should you do next, and which action do you take?"
 SHORT_INSTRUCTION = "What should the player do next in this Craftax game?"
@@ -208,3 +231,197 @@ def build_prompts(observations: list[str], template: str, variant: str, tokenize
     """Full prompt strings (for inspection, logging and backends that take text)."""
     t = build_template(template, variant, tokenizer)
     return [t.render(o) for o in observations]
+
+
+# ---- prompt programs: history and placeholder templates --------------------------------------------------------------
+
+PLACEHOLDERS = {
+    "observation": "the current observation as text (required)",
+    "history": "the K previous observations of the episode with the action taken after each, oldest first "
+               "(--history K; required when K > 0, empty when K = 0)",
+    "actions": "the game's action names, comma-separated",
+    "achievements": "the game's achievement names, comma-separated",
+    "rules": "the game's rules and how observations are written (the coordinate convention)",
+}
+SAMPLE_PLACEHOLDERS = ("observation", "history")  # filled per sample; the others are the same for every sample
+CURRENT_HEADER = "Current observation:\n"
+HISTORY_LIMIT = 64  # most previous observations a prompt may hold
+
+
+class TemplateError(ValueError):
+    """A placeholder template that cannot be used (unknown or missing placeholder, a lone brace): one line."""
+
+
+def template_hash(text: str) -> str:
+    """The short content hash of a template's text, as recorded in the spec: first 12 hex of SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def shipped_template(name: str) -> str:
+    """The text of a template shipped with hsrl (`hsrl/llm/templates/NAME.txt`), e.g. 'forecast'."""
+    return resources.files("hsrl.llm").joinpath("templates", f"{name}.txt").read_text(encoding="utf-8")
+
+
+Segment = tuple[str, str]  # ("text", literal) or ("field", placeholder name)
+
+
+def parse_template(text: str, history: int = 0) -> list[Segment]:
+    """A placeholder template's segments; `TemplateError` (one line, naming the line) for a placeholder that is not
+    one of `PLACEHOLDERS`, one with a format spec or conversion, a lone brace (write `{{` or `}}` for a literal one),
+    no `{observation}` (or more than one), or no `{history}` when `history` > 0."""
+    segments: list[Segment] = []
+    seen = ""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:  # "Single '}' encountered in format string", "unmatched '{' in format spec", ...
+        raise TemplateError(f"{err} (write {{{{ or }}}} for a literal brace)") from None
+    for literal, name, spec, conversion in parsed:
+        if literal:
+            segments.append(("text", literal))
+        seen += literal
+        if name is None:
+            continue
+        line = seen.count("\n") + 1
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in PLACEHOLDERS:
+            raise TemplateError(f"unknown placeholder {shown} (line {line}); known: {', '.join(PLACEHOLDERS)} "
+                                f"(write {{{{ or }}}} for a literal brace)")
+        if spec or conversion:
+            raise TemplateError(f"placeholder {shown} (line {line}): write it as {{{name}}}, without a format")
+        segments.append(("field", name))
+        seen += shown
+    fields = [v for kind, v in segments if kind == "field"]
+    if fields.count("observation") != 1:
+        raise TemplateError(f"the template must hold {{observation}} exactly once (it holds it "
+                            f"{fields.count('observation')} times)")
+    if fields.count("history") > 1:
+        raise TemplateError(f"the template holds {{history}} {fields.count('history')} times; at most once")
+    if history > 0 and "history" not in fields:
+        raise TemplateError(f"the template has no {{history}} placeholder, but the prompt shows {history} previous "
+                            f"observations (--history {history}): add {{history}} or use --history 0")
+    return segments
+
+
+def history_text(entries: Sequence[tuple[str, int]], k: int, action_names: Sequence[str]) -> str:
+    """The history block: the previous observations of the episode (oldest first) with the action taken after
+    each, headed by how many there are of the K asked; '' when K = 0. Ends with a blank line."""
+    if k == 0:
+        if len(entries):
+            raise ValueError(f"{len(entries)} previous observations given, but the prompt shows none (history 0)")
+        return ""
+    n = len(entries)
+    if n > k:
+        raise ValueError(f"{n} previous observations given; the prompt shows at most {k}")
+    if n == 0:
+        return "Earlier observations of this episode: none (the episode starts with the current observation).\n\n"
+    head = f"Earlier observations of this episode, oldest first ({n} of the last {k} step{'s' if k > 1 else ''}"
+    if n < k:
+        head += f"; the episode started {n} step{'s' if n > 1 else ''} before the current observation"
+    parts = [head + "):"]
+    for j, (text, action) in enumerate(entries):
+        action = int(action)
+        if not 0 <= action < len(action_names):
+            raise ValueError(f"action {action} of a previous observation is not one of the game's "
+                             f"{len(action_names)} actions")
+        ago = n - j
+        parts.append(f"{ago} step{'s' if ago > 1 else ''} ago:\n{text}\nAction taken: {action_names[action]}")
+    return "\n\n".join(parts) + "\n\n"
+
+
+@dataclass(frozen=True)
+class PromptProgram:
+    """What a prompt holds: the template (built-in 'chat' / 'short', or a placeholder template's text) and how many
+    previous observations each prompt shows. One program fills every prompt, for label, serve, online and eval alike:
+    `sample_texts` makes each sample's slot (history + observation), `template(tokenizer)` the fixed prefix and tail.
+    """
+
+    name: str  # 'chat', 'short', 'forecast' or 'custom'
+    version: int | None
+    variant: str
+    history: int = 0
+    text: str | None = None  # placeholder templates: the template's text
+
+    def __post_init__(self):
+        if self.variant not in _RULES:
+            raise ValueError(f"unknown game variant {self.variant!r}; expected one of {', '.join(_RULES)}")
+        if (self.text is None) != (self.name in BUILTIN_TEMPLATES):
+            raise ValueError(f"template {self.name!r}: " + ("a placeholder template needs its text"
+                                                            if self.text is None else "a built-in template has no text"))
+        if not 0 <= self.history <= HISTORY_LIMIT:
+            raise ValueError(f"history={self.history}; expected 0..{HISTORY_LIMIT}")
+        if self.text is not None:
+            parse_template(self.text, self.history)
+
+    @cached_property
+    def _segments(self) -> tuple[list[Segment], list[Segment], list[Segment]]:
+        """(prefix, per-sample slot, tail) segments of a placeholder template."""
+        segments = parse_template(self.text, self.history)
+        sample = [i for i, (kind, v) in enumerate(segments) if kind == "field" and v in SAMPLE_PLACEHOLDERS]
+        return segments[: sample[0]], segments[sample[0] : sample[-1] + 1], segments[sample[-1] + 1 :]
+
+    @cached_property
+    def action_names(self) -> tuple[str, ...]:
+        return _actions_and_achievements(self.variant)[0]
+
+    def _fixed(self, name: str) -> str:
+        from hsrl.text import COORDINATE_HELP
+
+        actions, achievements = _actions_and_achievements(self.variant)
+        return {"actions": ", ".join(actions), "achievements": ", ".join(achievements),
+                "rules": f"{_RULES[self.variant]}\n\nObservations are text. {COORDINATE_HELP}"}[name]
+
+    def _fill(self, segments: list[Segment], sample: dict[str, str] | None = None) -> str:
+        return "".join(v if kind == "text" else sample[v] if v in SAMPLE_PLACEHOLDERS else self._fixed(v)
+                       for kind, v in segments)
+
+    def sample_text(self, observation: str, entries: Sequence[tuple[str, int]] = ()) -> str:
+        """One sample's slot: its previous observations and actions (oldest first, at most `history`) and its
+        observation. With history 0 and a built-in template: the observation itself."""
+        block = history_text(entries, self.history, self.action_names if self.history else ())
+        if self.text is None:
+            return f"{block}{CURRENT_HEADER}{observation}" if self.history else observation
+        return self._fill(self._segments[1], {"observation": observation, "history": block})
+
+    def sample_texts(self, observations: Sequence[str], history: Sequence[Sequence[tuple[str, int]]] | None = None
+                     ) -> list[str]:
+        """Every sample's slot; history: per sample its previous (observation text, action id) pairs, oldest first
+        (None: none for any sample, as at an episode's first step)."""
+        observations = list(observations)
+        if history is None:
+            if self.text is None and self.history == 0:
+                return observations
+            history = [()] * len(observations)
+        if len(history) != len(observations):
+            raise ValueError(f"history for {len(history)} samples, but {len(observations)} observations")
+        return [self.sample_text(o, h) for o, h in zip(observations, history)]
+
+    def template(self, tokenizer=None) -> PromptTemplate:
+        """The fixed prefix and tail around the per-sample slot (with `tokenizer`'s chat template where it has one;
+        a placeholder template is one user message)."""
+        if self.text is None:
+            return build_template(self.name, self.variant, tokenizer)
+        before, _, after = self._segments
+        user = self._fill(before) + _PLACEHOLDER + self._fill(after)
+        chat = bool(tokenizer is not None and getattr(tokenizer, "chat_template", None))
+        if chat:
+            user = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                 add_generation_prompt=True)
+        if user.count(_PLACEHOLDER) != 1:
+            raise ValueError("the chat template did not keep the observation placeholder exactly once")
+        prefix, tail = user.split(_PLACEHOLDER)
+        return PromptTemplate(self.name, self.version, prefix, tail, chat)
+
+    def render(self, observation: str, entries: Sequence[tuple[str, int]] = (), tokenizer=None) -> str:
+        """The whole prompt of one sample, as the model reads it."""
+        return self.template(tokenizer).render(self.sample_text(observation, entries))
+
+
+def prompt_program(spec, default: str | None = None) -> PromptProgram:
+    """The program a spec asks for (`spec.template`, `template_text`, `history`, `variant`); 'auto' resolves to
+    `default` (the backend's choice by model kind)."""
+    name = spec.template if spec.template != "auto" else default
+    if name is None:
+        raise ValueError("template 'auto' is resolved by the backend: pass the default template")
+    version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS.get(name)
+    return PromptProgram(name, version, spec.variant, int(getattr(spec, "history", 0)),
+                         getattr(spec, "template_text", None))

@@ -29,12 +29,15 @@ from hsrl.errors import InputError
 from hsrl.strict import dataclass_kwargs
 
 POOLINGS = ("mean", "last")
-TEMPLATES = ("auto", "chat", "short")
+TEMPLATES = ("auto", "chat", "short", "forecast", "custom")  # forecast: shipped placeholder template; custom: a file
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 INPUTS = ("text", "image", "image+text")  # what the model reads: the text rendering, the image, or both
 BACKENDS = ("transformers", "vllm")
 VARIANTS = ("classic", "craftax")
 SAMPLING_FIELDS = ("temperature", "top_p", "seed")  # change hidden states only when the spec generates (tokens > 1)
+# Fields added after specs were first written: left out of the JSON at these defaults, so a spec that does not use
+# them has the JSON and hash it had before they existed (and old files, checkpoints and servers still match).
+LATER_DEFAULTS = {"history": 0, "template_text": None, "template_hash": None}
 
 
 def current_renderer_version() -> str:
@@ -63,8 +66,12 @@ class ExtractionSpec:
     layer: int | tuple[int, ...] = -1  # HF hidden_states index (see module docstring); several -> one vector each
     tokens: int = 1
     pooling: str = "mean"
-    template: str = "auto"  # 'chat' (system + rules + few-shot + observation), 'short', 'auto' (by model kind)
+    template: str = "auto"  # 'chat' (system + rules + few-shot + observation), 'short', 'auto' (by model kind),
+    # 'forecast' (shipped placeholder template: predict the next steps), 'custom' (a user's template_text)
     template_version: int | None = None  # None: the current version of `template` (hsrl.llm.prompt.TEMPLATE_VERSIONS)
+    template_text: str | None = None  # placeholder templates ('forecast', 'custom'): the text, with {placeholders}
+    template_hash: str | None = None  # first 12 hex of the SHA-256 of template_text (derived; checked when given)
+    history: int = 0  # previous observations of the episode each prompt shows (with the actions between them)
     variant: str = "classic"  # game variant the prompt describes: 'classic' or 'craftax'
     renderer_version: str = field(default_factory=current_renderer_version)
     temperature: float = 0.6
@@ -105,6 +112,31 @@ class ExtractionSpec:
             raise ValueError(f"top_p={self.top_p}; expected 0 < top_p <= 1")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length={self.max_prompt_length}; expected >= 1 or None")
+        self._check_prompt()
+
+    def _check_prompt(self) -> None:
+        """The prompt program's fields: history, and a placeholder template's text (its placeholders) and hash."""
+        from hsrl.llm.prompt import HISTORY_LIMIT, PLACEHOLDER_TEMPLATES, parse_template, shipped_template, template_hash
+
+        if not isinstance(self.history, int) or isinstance(self.history, bool) or not 0 <= self.history <= HISTORY_LIMIT:
+            raise ValueError(f"history={self.history!r}; expected an int in 0..{HISTORY_LIMIT}")
+        if (self.history or self.template in PLACEHOLDER_TEMPLATES) and self.input != "text":
+            raise ValueError(f"input={self.input!r}; history and placeholder templates read text observations only "
+                             f"(input 'text')")
+        if self.template == "forecast" and self.template_text is None:
+            object.__setattr__(self, "template_text", shipped_template("forecast"))
+        if self.template not in PLACEHOLDER_TEMPLATES:
+            if self.template_text is not None or self.template_hash is not None:
+                raise ValueError(f"template_text={self.template_text!r:.40}; only placeholder templates "
+                                 f"({', '.join(PLACEHOLDER_TEMPLATES)}) have a text")
+            return
+        if not isinstance(self.template_text, str) or not self.template_text.strip():
+            raise ValueError(f"template_text={self.template_text!r:.40}; template {self.template!r} needs its text")
+        parse_template(self.template_text, self.history)  # TemplateError (a ValueError), one line
+        digest = template_hash(self.template_text)
+        if self.template_hash is not None and self.template_hash != digest:
+            raise ValueError(f"template_hash={self.template_hash!r}; the template's text hashes to {digest!r}")
+        object.__setattr__(self, "template_hash", digest)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -129,10 +161,11 @@ class ExtractionSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a dict; those of `LATER_DEFAULTS` only when set (so older specs keep their JSON and hash)."""
         d = dataclasses.asdict(self)
         if isinstance(d["layer"], tuple):
             d["layer"] = list(d["layer"])
-        return d
+        return {k: v for k, v in d.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON: sorted keys; with indent=None also no spaces, the form the hash is computed on."""

@@ -24,9 +24,12 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def resolve_template_name(spec, default: str) -> tuple[str, int]:
-    """(template, version) of a spec, 'auto' resolved to `default`; raises if the version is not the one built here."""
+def resolve_template_name(spec, default: str) -> tuple[str, int | None]:
+    """(template, version) of a spec, 'auto' resolved to `default`; raises if a built-in template's version is not the
+    one built here (a placeholder template is built from the text in the spec, whatever its version)."""
     template = spec.template if spec.template != "auto" else default
+    if getattr(spec, "template_text", None) is not None:  # a placeholder template: its text travels in the spec
+        return template, spec.template_version
     version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS[template]
     if version != TEMPLATE_VERSIONS[template]:
         raise ValueError(

@@ -40,7 +40,7 @@ import torch
 from hsrl.llm.extractor import ExtractionResult, Extractor
 from hsrl.llm.models import LoadedModel, load_model, model_for_spec
 from hsrl.llm.pooling import pool, resolve_layer
-from hsrl.llm.prompt import build_template
+from hsrl.llm.prompt import prompt_program
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import encode_prompts, eos_ids, prefix_ids, resolve_template_name, sample_uniforms
 
@@ -117,7 +117,7 @@ class TransformersExtractor(Extractor):
         template, version = resolve_template_name(spec, "chat" if model.causal else "short")
         self._bind(spec.replace(template=template, template_version=version, dtype=model.dtype), model,
                    model.model.base_model, batch_size, padding_side)
-        self.template = build_template(template, spec.variant, model.tokenizer)
+        self.template = prompt_program(self.spec).template(model.tokenizer)
         tok = model.tokenizer
         self._prefix_ids = prefix_ids(tok, self.template, model.causal)
         self.prefix_cache = bool(prefix_cache and model.causal and self._prefix_ids)

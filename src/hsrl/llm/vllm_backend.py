@@ -49,7 +49,7 @@ import torch
 from hsrl.llm.extractor import ExtractionResult, Extractor
 from hsrl.llm.models import auto_device_dtype, resolve_model
 from hsrl.llm.pooling import pool, resolve_layer
-from hsrl.llm.prompt import build_template
+from hsrl.llm.prompt import prompt_program
 from hsrl.llm.spec import ExtractionSpec
 from hsrl.llm.tokens import encode_prompts, eos_ids, prefix_ids, resolve_template_name
 
@@ -346,7 +346,7 @@ class VLLMExtractor(Extractor):
         _, dtype = auto_device_dtype(spec.dtype, platform_device)
         template, version = resolve_template_name(spec, "chat")
         self.spec = spec.replace(template=template, template_version=version, dtype=dtype)
-        self.template = build_template(template, spec.variant, self.tokenizer)
+        self.template = prompt_program(self.spec).template(self.tokenizer)
         self._prefix_ids = prefix_ids(self.tokenizer, self.template, True)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
