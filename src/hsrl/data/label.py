@@ -8,6 +8,11 @@ JSON in the metadata; generation also stores the generated token ids (`generated
 character decodes to U+FFFD; a model may emit a non-canonical BPE sequence). Data labelled without the ids is
 re-tokenised only where each row's token count checks out, else refused naming the rows.
 
+With `--history K` each row's prompt also shows the K previous observations of its environment's episode and the
+actions taken after them (`row_history`): rows are time-major (`row = t * num_envs + env`), the history reaches back
+into the chunks before (`steps_before`, across chunk boundaries, as long as the files follow on) and never past an
+episode's start (a step after `done`), so an episode's first rows have fewer (the prompt says how many).
+
 A spec that reads images (`--input image` or `image+text`, vision-language models) takes them from the
 chunk's `obs`, which must be pixels (a Pixels env's data; stored as uint8); with `image+text` the text
 observation comes along as for text models.
@@ -42,8 +47,7 @@ from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
     ChunkMeta, DataFileError, check_chunk_values, decode_text, encode_text, inspect_chunk, list_chunks, read_chunk,
-    read_meta,
-    write_chunk_streamed,
+    read_meta, to_time_env, write_chunk_streamed,
 )
 from hsrl.errors import InputError
 
@@ -136,6 +140,88 @@ def _texts(chunk) -> np.ndarray:
     return np.asarray(render_text(chunk["obs"], _variant(chunk.meta)))
 
 
+# ---- history: each row's previous observations in its episode, from the chunk files ---------------------------------
+
+
+@dataclass
+class StepsBefore:
+    """The steps of one run just before a chunk (time-major, at most K): texts, actions and done flags, each
+    (P, num_envs), and the files they came from (oldest first). P = 0 at a run's first chunk."""
+
+    texts: np.ndarray
+    actions: np.ndarray
+    done: np.ndarray
+    files: list[Path] = field(default_factory=list)
+
+
+def steps_before(src: Path, k: int) -> StepsBefore:
+    """The last `k` steps before chunk `src`, from the chunks of its folder before it (across as many files as it
+    takes), as long as each follows on from the one before (`check_consecutive`: same env and envs, first_steps
+    that follow on). History never reaches past a run's first chunk or a chunk that does not follow its
+    predecessor."""
+    from hsrl.data.chunks import check_consecutive
+
+    files = list_chunks(src.parent)
+    index = next(i for i, f in enumerate(files) if f.name == src.name)
+    cur = inspect_chunk(src)
+    parts: list = []
+    have = 0
+    for prev_path in reversed(files[:index] if k > 0 else []):
+        prev = inspect_chunk(prev_path)
+        try:
+            check_consecutive([prev, cur])
+        except DataFileError:
+            break
+        keys = ["action", "done"] + (["text_obs"] if "text_obs" in prev.fields else ["obs"])
+        chunk = read_chunk(prev_path, keys)
+        take = min(k - have, chunk.num_steps)
+        E = chunk.meta.num_envs
+        texts = to_time_env(_texts(chunk), E)[-take:]
+        parts.insert(0, (texts, chunk.time_major("action")[-take:], chunk.time_major("done")[-take:], prev_path))
+        have += take
+        cur = prev
+        if have == k:
+            break
+    E = cur.meta.num_envs
+    if not parts:
+        return StepsBefore(np.empty((0, E), object), np.empty((0, E), np.int64), np.empty((0, E), bool))
+    return StepsBefore(np.concatenate([p[0] for p in parts]).astype(object), np.concatenate([p[1] for p in parts]),
+                       np.concatenate([p[2] for p in parts]), [p[3] for p in parts])
+
+
+def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_envs: int, k: int,
+                before: StepsBefore | None = None) -> list[list[tuple[str, int]]]:
+    """Each row's history (rows time-major, `row = t * num_envs + env`): the previous observations of its
+    environment's episode, oldest first, with the action taken after each, at most `k`; none before the first step
+    of an episode (a step after `done`). `before`: the steps before the chunk (`steps_before`)."""
+    E = num_envs
+    P = 0 if before is None else len(before.texts)
+    all_texts = to_time_env(np.asarray(texts, dtype=object), E)
+    all_actions = to_time_env(np.asarray(actions), E)
+    all_done = to_time_env(np.asarray(done, dtype=bool), E)
+    if P:
+        all_texts = np.concatenate([before.texts, all_texts])
+        all_actions = np.concatenate([before.actions, all_actions])
+        all_done = np.concatenate([before.done, all_done])
+    S = len(all_texts)
+    age = np.zeros((S, E), np.int64)  # steps since the episode started (as far as the steps here show)
+    for s in range(1, S):
+        age[s] = np.where(all_done[s - 1], 0, age[s - 1] + 1)
+    lengths = np.minimum(age, k)
+    out = []
+    for s in range(P, S):
+        for e in range(E):
+            out.append([(str(all_texts[s - j, e]), int(all_actions[s - j, e])) for j in range(lengths[s, e], 0, -1)])
+    return out
+
+
+def chunk_history(chunk, texts: np.ndarray, k: int) -> tuple[list[list[tuple[str, int]]], list[Path]]:
+    """Every row's history in a chunk read from its folder (`row_history` with `steps_before`), and the earlier
+    files it reads."""
+    before = steps_before(chunk.path, k)
+    return row_history(texts, chunk["action"], chunk["done"], chunk.meta.num_envs, k, before), before.files
+
+
 def file_digest(path: Path) -> str:
     """The blake2b hex digest of a file's bytes (read in blocks), which identifies an input in saved progress."""
     with open(path, "rb") as f:
@@ -156,13 +242,14 @@ class Labeller:
         self.save_tokens = bool(save_token_states)
         self.mode = mode
 
-    def _run_batch(self, texts, generated, images):
+    def _run_batch(self, texts, generated, images, history=None):
         ex = self.extractor
         texts = None if texts is None else list(texts)
         if self.mode == "reextract":  # `generated`: the token ids generation produced (never re-tokenised text)
-            res = ex.reextract(texts, generated_ids=generated, return_token_states=self.save_tokens, images=images)
+            res = ex.reextract(texts, generated_ids=generated, return_token_states=self.save_tokens, images=images,
+                               history=history)
         else:
-            res = ex.extract(texts, return_token_states=self.save_tokens, images=images)
+            res = ex.extract(texts, return_token_states=self.save_tokens, images=images, history=history)
         out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": encode_text(res.generated_text),
                "num_tokens": np.asarray(res.num_tokens, np.int32)}
         if ex.spec.generates:
@@ -182,9 +269,10 @@ class Labeller:
         images = _images(chunk, spec)
         texts = _texts(chunk) if spec.reads_text else None
         generated = self._generated_ids(chunk) if self.mode == "reextract" else None
+        history, earlier = chunk_history(chunk, texts, spec.history) if spec.history else (None, [])
         n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
-        self._open_partial(partial, src, n, digest)
+        self._open_partial(partial, src, n, digest, earlier)
         batch_files = []
         for i, start in enumerate(range(0, n, self.batch_size)):
             path = partial / f"batch_{i:06d}.npz"
@@ -193,7 +281,7 @@ class Labeller:
             if path.exists() and self._saved_batch_ok(path, sl.stop - sl.start):
                 continue
             out = self._run_batch(None if texts is None else texts[sl], None if generated is None else generated[sl],
-                                  None if images is None else images[sl])
+                                  None if images is None else images[sl], None if history is None else history[sl])
             with atomic_path(path) as f:
                 np.savez(f, allow_pickle=False, **out)
             if on_batch is not None:
@@ -242,11 +330,14 @@ class Labeller:
                 f"the ids"))
         return ids
 
-    def _open_partial(self, partial: Path, src: Path, n: int, digest: str) -> None:
+    def _open_partial(self, partial: Path, src: Path, n: int, digest: str, earlier: list[Path] = ()) -> None:
         """Keep saved batches only if they were made by the same spec, batch size and input (its size and the
-        blake2b hash of its bytes: an input replaced by another of the same size is labelled afresh)."""
+        blake2b hash of its bytes: an input replaced by another of the same size is labelled afresh; with history,
+        also the earlier files its rows' histories come from)."""
         stamp = {"spec": self.spec_json, "batch_size": self.batch_size, "rows": n, "mode": self.mode,
                  "token_states": self.save_tokens, "input_bytes": src.stat().st_size, "input_blake2b": digest}
+        if earlier:
+            stamp["history_inputs"] = [[p.name, file_digest(p)] for p in earlier]
         marker = partial / "progress.json"
         with contextlib.suppress(OSError, ValueError):  # an unreadable marker counts as another run's
             if json.loads(marker.read_text()) == stamp:

@@ -1,0 +1,248 @@
+"""Prompt programs (issue #28): history, placeholder templates (the shipped forecast, the user's --prompt-template),
+the `prompt` verb, and the same state from one observation sequence in label, serve, online and eval."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hsrl.data import list_chunks, read_chunk
+from hsrl.data.collect import CollectConfig, collect
+from hsrl.data.label import LabelConfig, chunk_history, label_dataset
+from hsrl.errors import InputError
+from hsrl.llm import ExtractionSpec
+from hsrl.llm.prompt import (
+    PLACEHOLDERS, TEMPLATE_VERSIONS, TemplateError, history_text, parse_template, prompt_program, shipped_template,
+    template_hash,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_helpers import OBS  # noqa: E402
+
+ENV = "Craftax-Classic-Symbolic-v1"
+K = 2
+TEMPLATE = "{rules}\nActions: {actions}\n{history}Now:\n{observation}\nWhat next?\n"
+SMALL_TEMPLATE = "A Craftax game.\n{history}Now:\n{observation}\nWhat next?\n"  # fits MiniLM's 512 tokens with history
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory):
+    """Three chunks of 2 envs x 5 steps with episodes cut at 7 steps: episodes start at steps 0, 7 and 14 and chunks
+    at 0, 5 and 10, so histories cross chunk boundaries and stop at episode starts."""
+    out = tmp_path_factory.mktemp("episodes")
+    collect(CollectConfig(env=ENV, envs=2, steps=30, chunk_steps=5, max_episode_steps=7, out=str(out), seed=4,
+                          progress=False))
+    return out
+
+
+def _by_time(folder):
+    """Every chunk of a folder joined in time: text (S, E), action (S, E), done (S, E)."""
+    chunks = [read_chunk(p) for p in list_chunks(folder)]
+    return tuple(np.concatenate([c.time_major(k) for c in chunks]) for k in ("text_obs", "action", "done"))
+
+
+def _expected_history(texts, actions, done, s, e, k):
+    """Step s of env e: walk back over the steps before it until k are found or an episode ended there."""
+    entries = []
+    for j in range(1, k + 1):
+        if s - j < 0 or done[s - j, e]:
+            break
+        entries.insert(0, (str(texts[s - j, e]), int(actions[s - j, e])))
+    return entries
+
+
+# ---- templates and spec ---------------------------------------------------------------------------------------------
+
+
+def test_old_specs_keep_their_json_and_hash():
+    """A spec that uses none of the new fields writes the JSON (and so the hash) it wrote before they existed."""
+    old = ('{"backend":"transformers","dtype":"auto","input":"text","layer":-1,"max_prompt_length":null,'
+           '"model":"minilm","pooling":"mean","renderer_version":"1","seed":0,"temperature":0.6,"template":"auto",'
+           '"template_version":null,"tokens":1,"top_p":0.95,"variant":"classic"}')
+    spec = ExtractionSpec.from_json(old)
+    assert spec.to_json() == old and spec.history == 0 and spec.template_text is None
+    assert ExtractionSpec().to_json() == old
+    with_history = spec.replace(history=2)
+    assert '"history":2' in with_history.to_json() and with_history.hash != spec.hash
+    from hsrl.llm.spec import spec_differences
+
+    assert spec_differences(old, with_history) == ["history"]
+    assert ExtractionSpec.from_json(with_history.to_json()) == with_history
+
+
+def test_two_templates_give_two_spec_hashes_and_carry_their_text():
+    a = ExtractionSpec(template="custom", template_text=TEMPLATE)
+    b = ExtractionSpec(template="custom", template_text=TEMPLATE.replace("What next?", "What now?"))
+    assert a.hash != b.hash and a.template_hash == template_hash(TEMPLATE) != b.template_hash
+    assert json.loads(a.to_json())["template_text"] == TEMPLATE
+    back = ExtractionSpec.from_json(a.to_json())
+    assert back == a and back.hash == a.hash
+    with pytest.raises(ValueError, match="hashes to"):  # a recorded hash that does not match its text
+        ExtractionSpec.from_dict({**a.to_dict(), "template_hash": "0" * 12})
+    forecast = ExtractionSpec(template="forecast")
+    assert forecast.template_text == shipped_template("forecast") and forecast.template_version == 1
+    assert len({a.hash, b.hash, forecast.hash, ExtractionSpec(template="chat").hash}) == 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{observation} {inventory}", r"unknown placeholder \{inventory\} \(line 1\); known: observation, history"),
+    ("line one\n{observation}\n{Observation}", r"unknown placeholder \{Observation\} \(line 3\)"),
+    ("{observation:>10}", "without a format"),
+    ("{}", r"unknown placeholder \{\}"),
+    ("{rules}\n{actions}", r"\{observation\} exactly once \(it holds it 0 times\)"),
+    ("{observation} {observation}", "exactly once"),
+    ("{observation} }", "literal brace"),
+])
+def test_a_bad_template_is_refused_in_one_line(text, message):
+    with pytest.raises(TemplateError, match=message) as caught:
+        parse_template(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_template_flags_refuse_before_any_work(tmp_path):
+    from hsrl.llm.flags import SpecFlags
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{observation}\n\n{inventory}\n")
+    with pytest.raises(InputError, match=rf"--prompt-template {bad}: unknown placeholder \{{inventory\}} \(line 3\)"):
+        SpecFlags(prompt_template=str(bad)).extraction_spec("classic")
+    no_history = tmp_path / "no_history.txt"
+    no_history.write_text("{observation}")
+    with pytest.raises(InputError, match=r"no \{history\} placeholder.*--history 2"):
+        SpecFlags(prompt_template=str(no_history), history=2).extraction_spec("classic")
+    with pytest.raises(InputError, match="no such file"):
+        SpecFlags(prompt_template=str(tmp_path / "missing.txt")).extraction_spec("classic")
+    with pytest.raises(InputError, match="give one"):
+        SpecFlags(prompt_template=str(no_history), template="chat").extraction_spec("classic")
+    with pytest.raises(InputError, match="--history -1"):
+        SpecFlags(history=-1).extraction_spec("classic")
+    good = tmp_path / "good.txt"
+    good.write_text(TEMPLATE)
+    spec = SpecFlags(prompt_template=str(good), history=1).extraction_spec("classic")
+    assert spec.template == "custom" and spec.template_text == TEMPLATE and spec.history == 1
+
+
+def test_the_cli_refuses_an_unknown_placeholder_in_one_line(episodes, tmp_path, capsys):
+    from hsrl.cli import main
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{observation} {threats}")
+    assert main(["label", str(episodes), str(tmp_path / "out"), "--prompt-template", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and r"unknown placeholder {threats}" in err and not (tmp_path / "out").exists()
+
+
+def test_placeholders_fill_prefix_slot_and_tail():
+    """The fixed placeholders go into the shared prefix; from the first per-sample placeholder to the last is the
+    slot; the history block is empty at history 0."""
+    program = prompt_program(ExtractionSpec(template="custom", template_text=TEMPLATE, history=1))
+    t = program.template()
+    assert t.prefix.startswith("You are playing Craftax-Classic") and "Actions: noop, left, right" in t.prefix
+    assert t.prefix.endswith("\n") and t.tail == "\nWhat next?\n"
+    assert program.sample_text("OBS", [("EARLIER", 3)]) == history_text([("EARLIER", 3)], 1, program.action_names) + \
+        "Now:\nOBS"
+    assert "Action taken: up" in program.sample_text("OBS", [("EARLIER", 3)])
+    assert prompt_program(ExtractionSpec(template="custom", template_text=TEMPLATE)).sample_text("OBS") == "Now:\nOBS"
+    assert set(PLACEHOLDERS) == {"observation", "history", "actions", "achievements", "rules"}
+
+
+def test_history_text_says_how_many_and_refuses_too_many():
+    names = prompt_program(ExtractionSpec(template="short")).action_names
+    assert "none (the episode starts" in history_text([], 3, names)
+    one = history_text([("A", 0)], 3, names)
+    assert "1 of the last 3 steps; the episode started 1 step before" in one and "Action taken: noop" in one
+    full = history_text([("A", 1), ("B", 2)], 2, names)
+    assert full.index("2 steps ago:\nA\nAction taken: left") < full.index("1 step ago:\nB\nAction taken: right")
+    assert "episode started" not in full and full.endswith("\n\n")
+    with pytest.raises(ValueError, match="at most 2"):
+        history_text([("A", 1)] * 3, 2, names)
+    with pytest.raises(ValueError, match="not one of the game's 17 actions"):
+        history_text([("A", 17)], 2, names)
+    assert history_text([], 0, names) == ""
+
+
+@pytest.mark.parametrize("template", ["chat", "short"])
+def test_history_zero_leaves_the_builtin_prompts_unchanged(template):
+    from hsrl.llm.prompt import build_template
+
+    program = prompt_program(ExtractionSpec(template=template))
+    assert program.render(OBS[0]) == build_template(template, "classic").render(OBS[0])
+    assert program.sample_texts(OBS) == OBS
+
+
+def test_forecast_is_pinned_to_its_version():
+    import hashlib
+
+    assert TEMPLATE_VERSIONS["forecast"] == 1
+    assert hashlib.sha256(shipped_template("forecast").encode()).hexdigest()[:16] == "57da65f9e14d7890", (
+        "the forecast template changed: bump TEMPLATE_VERSIONS['forecast'] and pin the new hash")
+
+
+def test_history_keeps_the_shared_prefix_of_a_causal_model(tmp_path):
+    """With a chat model the history lives after the fixed prefix: prefix ids are the same for every history K, and
+    the prefix-cached states equal the uncached ones."""
+    from tiny_qwen import build_tiny_qwen
+
+    from hsrl.llm.transformers_backend import TransformersExtractor
+
+    path = build_tiny_qwen(tmp_path / "qwen")
+    prefixes = []
+    for k in (0, 2):
+        spec = ExtractionSpec(model=str(path), template="chat", history=k)
+        cached = TransformersExtractor(spec, batch_size=4)
+        plain = TransformersExtractor(spec, batch_size=4, prefix_cache=False, model=cached.loaded)
+        history = [[(OBS[1], 3), (OBS[3], 5)][:k], [], [(OBS[0], 1)][:k]]
+        a = cached.extract(OBS[:3], history=history).hidden_state
+        b = plain.extract(OBS[:3], history=history).hidden_state
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        prefixes.append(cached._prefix_ids)
+        assert cached.prefix_cache and cached.prefix_tokens > 500
+    assert prefixes[0] == prefixes[1]
+
+
+# ---- labelling --------------------------------------------------------------------------------------------------------
+
+
+def test_history_for_each_row_comes_from_the_files_across_chunks_never_across_an_episode_start(episodes):
+    texts, actions, done = _by_time(episodes)
+    E = texts.shape[1]
+    assert done[6].all() and done[13].all() and not done[:6].any()  # episodes of 7 steps
+    crossed = starts = 0
+    for i, path in enumerate(list_chunks(episodes)):
+        chunk = read_chunk(path)
+        history, earlier = chunk_history(chunk, chunk["text_obs"], 3)
+        assert [p.name for p in earlier] == [p.name for p in list_chunks(episodes)[max(0, i - 1) : i]]
+        for row, entries in enumerate(history):
+            s, e = i * 5 + row // E, row % E
+            assert entries == _expected_history(texts, actions, done, s, e, 3), (s, e)
+            crossed += any(s - j < i * 5 for j in range(1, len(entries) + 1))
+            starts += s in (0, 7, 14) and entries == []
+    assert crossed > 0 and starts == 3 * E
+
+
+def test_labelled_history_states_and_the_file_records_its_template(episodes, tmp_path):
+    """Labelling with --history and --prompt-template: each row's state is the extractor's for the prompt built from
+    that environment's previous observations in the files; the file's spec holds the template's hash and text."""
+    from hsrl.llm import make_extractor
+
+    template = tmp_path / "mine.txt"
+    template.write_text(SMALL_TEMPLATE)
+    out = tmp_path / "labelled"
+    summary = label_dataset(LabelConfig(str(episodes), str(out), history=K, prompt_template=str(template),
+                                        batch_size=7, progress=False))
+    assert not summary.failed and len(summary.labelled) == 3
+    chunk = read_chunk(list_chunks(out)[2])
+    spec = ExtractionSpec.from_json(chunk.meta.spec_json)
+    assert spec.history == K and spec.template == "custom"
+    assert spec.template_text == SMALL_TEMPLATE and spec.template_hash == template_hash(SMALL_TEMPLATE)
+    texts, actions, done = _by_time(episodes)
+    E = texts.shape[1]
+    rows = range(0, chunk.num_rows)
+    history = [_expected_history(texts, actions, done, 10 + r // E, r % E, K) for r in rows]
+    direct = make_extractor(spec).extract(list(chunk["text_obs"]), history=history).hidden_state
+    np.testing.assert_allclose(chunk["hidden_state"], direct, rtol=1e-6, atol=1e-6)
+    # a rerun asking for another history refuses the folder, naming the field
+    with pytest.raises(InputError, match="history"):
+        label_dataset(LabelConfig(str(episodes), str(out), history=1, prompt_template=str(template), progress=False))
