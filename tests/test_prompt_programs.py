@@ -37,10 +37,10 @@ def episodes(tmp_path_factory):
     return out
 
 
-def _by_time(folder):
-    """Every chunk of a folder joined in time: text (S, E), action (S, E), done (S, E)."""
+def _by_time(folder, keys=("text_obs", "action", "done")):
+    """Every chunk of a folder joined in time: text (S, E), action (S, E), done (S, E) (or other keys)."""
     chunks = [read_chunk(p) for p in list_chunks(folder)]
-    return tuple(np.concatenate([c.time_major(k) for c in chunks]) for k in ("text_obs", "action", "done"))
+    return tuple(np.concatenate([c.time_major(k) for c in chunks]) for k in keys)
 
 
 def _expected_history(texts, actions, done, s, e, k):
@@ -222,17 +222,26 @@ def test_history_for_each_row_comes_from_the_files_across_chunks_never_across_an
     assert crossed > 0 and starts == 3 * E
 
 
-def test_labelled_history_states_and_the_file_records_its_template(episodes, tmp_path):
+@pytest.fixture(scope="module")
+def labelled(episodes, tmp_path_factory):
+    """`episodes` labelled by MiniLM with --history 2 and a template file of our own."""
+    folder = tmp_path_factory.mktemp("labelled_history")
+    template = folder / "mine.txt"
+    template.write_text(SMALL_TEMPLATE)
+    out = folder / "labelled"
+    summary = label_dataset(LabelConfig(str(episodes), str(out), history=K, prompt_template=str(template),
+                                        batch_size=7, progress=False))
+    assert not summary.failed and len(summary.labelled) == 3
+    return out
+
+
+def test_labelled_history_states_and_the_file_records_its_template(episodes, labelled):
     """Labelling with --history and --prompt-template: each row's state is the extractor's for the prompt built from
     that environment's previous observations in the files; the file's spec holds the template's hash and text."""
     from hsrl.llm import make_extractor
 
-    template = tmp_path / "mine.txt"
-    template.write_text(SMALL_TEMPLATE)
-    out = tmp_path / "labelled"
-    summary = label_dataset(LabelConfig(str(episodes), str(out), history=K, prompt_template=str(template),
-                                        batch_size=7, progress=False))
-    assert not summary.failed and len(summary.labelled) == 3
+    out = labelled
+    template = out.parent / "mine.txt"
     chunk = read_chunk(list_chunks(out)[2])
     spec = ExtractionSpec.from_json(chunk.meta.spec_json)
     assert spec.history == K and spec.template == "custom"
@@ -246,3 +255,58 @@ def test_labelled_history_states_and_the_file_records_its_template(episodes, tmp
     # a rerun asking for another history refuses the folder, naming the field
     with pytest.raises(InputError, match="history"):
         label_dataset(LabelConfig(str(episodes), str(out), history=1, prompt_template=str(template), progress=False))
+
+
+# ---- serving ----------------------------------------------------------------------------------------------------------
+
+
+def test_server_history_field_gives_the_labelled_states(episodes, labelled):
+    """POST /v1/hidden-states with `history` (symbolic observations or texts): the labelled file's states; without
+    it, or with more than K previous observations or the other kind, one 422 naming the problem."""
+    import httpx
+
+    from hsrl.llm import make_extractor
+    from hsrl.serve import HiddenStateClient
+    from hsrl.serve.client import ServerError
+    from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
+
+    chunks = [read_chunk(p) for p in list_chunks(labelled)]
+    spec = ExtractionSpec.from_json(chunks[0].meta.spec_json)
+    texts, actions, done, obs = _by_time(episodes, ("text_obs", "action", "done", "obs"))
+    hidden = np.concatenate([c.time_major("hidden_state") for c in chunks])
+    E = texts.shape[1]
+    cells = [(s, e) for s in (0, 5, 6, 7, 8, 10, 14) for e in range(E)]  # starts, chunk boundaries, middles
+    history = [_expected_history(texts, actions, done, s, e, K) for s, e in cells]
+    index = {t: (s, e) for s in range(len(texts)) for e in range(E) for t in [texts[s, e]]}
+    obs_history = [[(obs[index[t]], a) for t, a in h] for h in history]
+    assert any(len(h) == K for h in history) and any(len(h) == 0 for h in history)
+    app = create_app(spec, ServerSettings(env=ENV, max_request=5), extractor=make_extractor(spec))
+    server, thread, port = serve_in_thread(app)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with HiddenStateClient(url) as client:
+            assert client.health()["history"] == K
+            client.check_spec(spec)
+            want = np.stack([hidden[s, e] for s, e in cells])
+            by_obs = client.hidden_states(observations=np.stack([obs[s, e] for s, e in cells]), history=obs_history)
+            by_text = client.hidden_states(texts=[texts[s, e] for s, e in cells], history=history)
+            np.testing.assert_allclose(by_obs, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(by_text, want, rtol=1e-6, atol=1e-6)
+
+            def refused(body, match):
+                r = httpx.post(url + "/v1/hidden-states", json=body)
+                assert r.status_code == 422 and match in r.json()["detail"], r.text
+
+            one = [str(texts[8, 0])]
+            refused({"texts": one}, "history: missing")
+            refused({"texts": one, "history": {"actions": [[1, 2, 3]], "texts": [["a", "b", "c"]]}},
+                    "3 previous steps, more than the 2")
+            refused({"texts": one, "history": {"actions": [[1]], "observations": [[obs[7, 0].tolist()]]}},
+                    "as 'texts'")
+            refused({"texts": one, "history": {"actions": [[99]], "texts": [["a"]]}}, "action 99")
+            refused({"texts": one, "history": {"actions": [[1], []], "texts": [["a"], []]}}, "2 lists for 1")
+            with pytest.raises(ServerError, match="history"):
+                client.hidden_states(texts=one)
+    finally:
+        server.should_exit = True
+        thread.join(10)

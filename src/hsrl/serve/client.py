@@ -7,6 +7,7 @@
         hidden = client.hidden_states(observations=obs)          # (B, H) float32
         hidden = client.hidden_states(images=frames)              # input='image' servers: (B, H, W, 3) frames
         result = client.extract(texts=["..."])                   # .hidden_state, .generated_text, .spec_hash
+        hidden = client.hidden_states(observations=obs, history=[[(earlier_obs, action), ...], ...])  # --history K
 
 `check_reachable()` asks /health once with a short timeout and fails at once when nothing answers (eval calls it
 before any work). Connection errors, timeouts and 5xx answers are retried with exponential backoff (the request is a
@@ -177,10 +178,13 @@ class HiddenStateClient:
         self._expected_hash = served.hash
         return differ
 
-    def extract(self, observations=None, texts=None, images=None) -> ServerResult:
+    def extract(self, observations=None, texts=None, images=None, history=None) -> ServerResult:
         """Hidden states for symbolic observations ((B, D) or (D,) array of the server's env) or text observations,
         and/or images ((B, H, W, 3) or (H, W, 3), float in [0, 1] or uint8; sent as uint8) for servers whose spec
-        reads images (input 'image': images alone; 'image+text': images plus observations or texts)."""
+        reads images (input 'image': images alone; 'image+text': images plus observations or texts).
+        history (servers whose spec has history K > 0): per observation, its previous observations in the episode
+        as (observation, action) pairs, oldest first, at most K ([] at an episode's first step); each observation
+        a (D,) vector with `observations`, a text with `texts`."""
         if (observations is not None and texts is not None) or (observations is texts is images is None):
             raise ValueError("give exactly one of observations and texts, or images (with one of them for image+text)")
         n = None
@@ -215,6 +219,10 @@ class HiddenStateClient:
         n = count
         if n == 0:
             raise ValueError("no observations to extract")
+        if history is not None:
+            history = [list(h) for h in history]
+            if len(history) != n:
+                raise ValueError(f"history for {len(history)} observations, but {n} observations")
         step = self._request_limit()
         parts = []
         for start in range(0, n, step):
@@ -225,6 +233,9 @@ class HiddenStateClient:
                 body["texts"] = texts[start : start + step]
             if images is not None:
                 body["images"] = encode_array(frames[start : start + step], "uint8")
+            if history is not None:
+                body["history"] = _history_body(history[start : start + step], observations is not None,
+                                                None if observations is None else x.shape[1])
             parts.append(self._post(body, min(step, n - start)))
         return ServerResult(
             hidden_state=np.concatenate([p.hidden_state for p in parts]),
@@ -232,9 +243,9 @@ class HiddenStateClient:
             spec_hash=parts[0].spec_hash,
         )
 
-    def hidden_states(self, observations=None, texts=None, images=None) -> np.ndarray:
+    def hidden_states(self, observations=None, texts=None, images=None, history=None) -> np.ndarray:
         """(B, H) float32 hidden states; see `extract` (which also gives the generated texts)."""
-        return self.extract(observations=observations, texts=texts, images=images).hidden_state
+        return self.extract(observations=observations, texts=texts, images=images, history=history).hidden_state
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 
@@ -263,6 +274,26 @@ class HiddenStateClient:
         elif not (isinstance(generated, list) and len(generated) == n and all(isinstance(t, str) for t in generated)):
             raise ServerError(f"{where}: malformed generated_text")
         return ServerResult(hidden_state=hidden.copy(), generated_text=generated, spec_hash=spec_hash)
+
+
+def _history_body(history: list[list[tuple]], symbolic: bool, width: int | None) -> dict:
+    """The request's `history` field: per observation its actions, and its previous observations as a
+    (B, M, D) float32 array (symbolic; rows past each one's count are zeros) or as lists of texts."""
+    actions = [[int(a) for _, a in h] for h in history]
+    if not symbolic:
+        texts = [[t for t, _ in h] for h in history]
+        if not all(isinstance(t, str) for row in texts for t in row):
+            raise ValueError("history: with texts, each previous observation is a text")
+        return {"actions": actions, "texts": texts}
+    m = max((len(h) for h in history), default=0)
+    x = np.zeros((len(history), m, width), np.float32)
+    for b, h in enumerate(history):
+        for j, (obs, _) in enumerate(h):
+            row = np.asarray(obs, np.float32)
+            if row.shape != (width,):
+                raise ValueError(f"history[{b}][{j}]: expected an observation of shape ({width},), got {row.shape}")
+            x[b, j] = row
+    return {"actions": actions, "observations": encode_array(x)}
 
 
 def _detail(response: httpx.Response) -> str:

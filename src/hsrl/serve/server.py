@@ -11,7 +11,12 @@ Routes (wire format in `hsrl.serve.wire`):
   env, ``{"dtype": "float32" | "float64", "shape": [B, D], "data": base64}`` or a list of B lists of D numbers) or
   ``texts`` (B ready text observations). A spec that reads images (input 'image' or 'image+text', a Pixels env)
   takes ``images`` (``{"dtype": "uint8", "shape": [B, H, W, 3], "data": base64}``, the env's frame size): alone
-  for 'image', with ``observations`` or ``texts`` of the same B for 'image+text'. Answers ``{"hidden": {"dtype": "float32", "shape": [B, H], "data": ...},
+  for 'image', with ``observations`` or ``texts`` of the same B for 'image+text'. A spec with history K > 0
+  (`--history K`) takes ``history``: ``{"actions": [[a, ...] per observation], "observations": [B, M, D] array or
+  lists, or "texts": [[...] per observation]}``, each observation's previous observations in its episode, oldest
+  first, with the action taken after each (``actions[b]`` says how many, at most K, none at an episode's first
+  step; ``observations`` with ``observations``, ``texts`` with ``texts``; array rows past ``len(actions[b])``
+  are ignored). The prompt is built exactly as labelling builds it from the chunk files. Answers ``{"hidden": {"dtype": "float32", "shape": [B, H], "data": ...},
   "spec_hash": ...}`` plus ``"generated_text": [B strings]`` when the spec generates (tokens > 1).
 - ``GET /v1/stats``: batches run, requests, observations, largest batch seen and histograms of batch sizes (in
   observations and in requests), answers by status.
@@ -114,7 +119,8 @@ class ServeConfig(SpecFlags):
     or {"texts": [...]} -> {"hidden": {"dtype": "float32", "shape": [B, H], "data": base64}, "spec_hash": ...}
     (+ "generated_text" when --tokens > 1). With --input image (a vision-language model on a Pixels --env) the
     request carries {"images": {"dtype": "uint8", "shape": [B, H, W, 3], "data": base64}} instead (image+text:
-    images plus observations or texts). GET /v1/stats: batching statistics.
+    images plus observations or texts). With --history K each request also carries "history": each observation's
+    previous observations in its episode and the actions taken after them. GET /v1/stats: batching statistics.
     Observations are rendered with hsrl.text and extracted exactly as `hsrl label` does. Requests from concurrent
     clients run together in batches of up to --max-batch observations. Binds to loopback unless --host says
     otherwise; a bearer token (--token or $HSRL_SERVE_TOKEN) then guards every route but /health.
@@ -230,34 +236,55 @@ Observations = Annotated[
 ]
 
 
+HistoryObservations = Annotated[
+    Union[Annotated[ArrayPayload, Tag("array")], Annotated[list[list[list[float]]], Tag("lists")]],
+    Discriminator(_observations_kind),
+]
+
+
+class HistoryPayload(BaseModel):
+    """Each observation's previous observations in its episode (oldest first) and the actions taken after them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    actions: list[list[int]]
+    observations: HistoryObservations | None = None
+    texts: list[list[str]] | None = None
+
+
 class HiddenStatesRequest(BaseModel):
-    """Body of POST /v1/hidden-states: exactly one of `observations` and `texts`, and/or `images` (by the spec)."""
+    """Body of POST /v1/hidden-states: exactly one of `observations` and `texts`, and/or `images` (by the spec),
+    plus `history` for a spec with history."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     observations: Observations | None = None
     texts: list[str] | None = None
     images: ArrayPayload | None = None
+    history: HistoryPayload | None = None
 
 
 @dataclass
 class Inputs:
-    """Observations as the extractor takes them: text observations and/or (B, H, W, 3) uint8 images."""
+    """Observations as the extractor takes them: text observations and/or (B, H, W, 3) uint8 images, and for a
+    spec with history each one's previous (text, action) pairs."""
 
     texts: list[str] | None
     images: np.ndarray | None = None
+    history: list[list[tuple[str, int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.images)
 
     def slice(self, start: int, stop: int) -> "Inputs":
         return Inputs(None if self.texts is None else self.texts[start:stop],
-                      None if self.images is None else self.images[start:stop])
+                      None if self.images is None else self.images[start:stop],
+                      None if self.history is None else self.history[start:stop])
 
     @staticmethod
     def join(parts: list["Inputs"]) -> "Inputs":
         texts = None if parts[0].texts is None else [t for p in parts for t in p.texts]
         images = None if parts[0].images is None else np.concatenate([p.images for p in parts])
-        return Inputs(texts, images)
+        history = None if parts[0].history is None else [h for p in parts for h in p.history]
+        return Inputs(texts, images, history)
 
 
 _UNION_TAGS = {"array", "lists"}
@@ -284,16 +311,19 @@ def _describe(err: ValidationError, limit: int = 3) -> str:
 class Preparer:
     """Body bytes -> validated `Inputs` (symbolic observations rendered with `render_text`; images as uint8).
 
-    input: what the spec reads ('text', 'image', 'image+text'); image_shape: the env's (H, W, 3) frame (Pixels envs).
+    input: what the spec reads ('text', 'image', 'image+text'); image_shape: the env's (H, W, 3) frame (Pixels envs);
+    history: the spec's K (previous observations per prompt); num_actions: the env's action count.
     """
 
     def __init__(self, settings: ServerSettings, variant: str, observation_length: int, input: str = "text",
-                 image_shape: tuple[int, ...] | None = None):
+                 image_shape: tuple[int, ...] | None = None, history: int = 0, num_actions: int | None = None):
         self.settings = settings
         self.variant = variant
         self.length = observation_length
         self.input = input
         self.image_shape = image_shape
+        self.history = history
+        self.num_actions = num_actions
 
     def __call__(self, body: bytes) -> Inputs:
         try:
@@ -320,11 +350,85 @@ class Preparer:
         else:
             texts = self._render(self._observations(request.observations))
         if self.input == "text":
-            return Inputs(texts)
+            return Inputs(texts, history=self._history(request, len(texts)))
         images = self._images(request.images)
         if len(images) != len(texts):
             raise RequestError(422, f"images: {len(images)} images for {len(texts)} text observations")
         return Inputs(texts, images)
+
+    def _history(self, request: HiddenStatesRequest, n: int) -> list[list[tuple[str, int]]] | None:
+        """Each observation's previous (text, action) pairs from the request's `history` (None for a spec without
+        history that got none)."""
+        given = request.history
+        k = self.history
+        if given is None:
+            if k:
+                raise RequestError(422, f"history: missing; this server's prompts show the {k} previous observations "
+                                        f"of the episode: give {{\"actions\": [[...] per observation], "
+                                        f"\"{'texts' if request.texts is not None else 'observations'}\": ...}} "
+                                        f"([] at an episode's first step)")
+            return None
+        actions = given.actions
+        if len(actions) != n:
+            raise RequestError(422, f"history.actions: {len(actions)} lists for {n} observations; give one each")
+        for b, row in enumerate(actions):
+            if len(row) > k:
+                raise RequestError(422, f"history.actions[{b}]: {len(row)} previous steps, more than the {k} this "
+                                        f"server's spec shows (history {k})")
+            bad = [a for a in row if not 0 <= a < self.num_actions]
+            if bad:
+                raise RequestError(422, f"history.actions[{b}]: action {bad[0]} is not one of the env's "
+                                        f"{self.num_actions} actions")
+        counts = [len(row) for row in actions]
+        if not any(counts):
+            if given.observations is not None or given.texts is not None:
+                self._history_kind(request, given)
+            return [[] for _ in range(n)]
+        self._history_kind(request, given)
+        if given.texts is not None:
+            texts = given.texts
+            if len(texts) != n or any(len(t) != c for t, c in zip(texts, counts)):
+                raise RequestError(422, "history.texts: give each observation as many previous texts as "
+                                        "history.actions has actions")
+            flat = self._texts([t for row in texts for t in row], what="history.texts", limit=False)
+        else:
+            flat = self._render(self._history_observations(given.observations, counts), "history.observations")
+        out, start = [], 0
+        for c, row in zip(counts, actions):
+            out.append(list(zip(flat[start : start + c], row)))
+            start += c
+        return out
+
+    def _history_kind(self, request: HiddenStatesRequest, given: HistoryPayload) -> None:
+        want = "texts" if request.texts is not None else "observations"
+        if (given.texts is not None) == (given.observations is not None) or getattr(given, want) is None:
+            raise RequestError(422, f"history: give the previous observations as '{want}', as the request gives "
+                                    f"the current ones")
+
+    def _history_observations(self, obs, counts: list[int]) -> np.ndarray:
+        """The (sum(counts), D) previous symbolic observations: rows [:counts[b]] of each observation's."""
+        D, n = self.length, len(counts)
+        if isinstance(obs, ArrayPayload):
+            shape = obs.shape
+            if len(shape) != 3 or shape[0] != n or shape[1] < max(counts) or shape[2] != D:
+                raise RequestError(422, f"history.observations.shape: expected [{n}, M >= {max(counts)}, {D}] for "
+                                        f"{self.settings.env}, got {shape}")
+            try:
+                x = decode_array(obs.dtype, shape, obs.data, what="history.observations")
+            except ValueError as err:
+                raise RequestError(422, str(err)) from None
+            rows = np.concatenate([x[b, :c] for b, c in enumerate(counts)])
+        else:
+            if len(obs) != n or any(len(o) != c for o, c in zip(obs, counts)):
+                raise RequestError(422, "history.observations: give each observation as many previous observations "
+                                        "as history.actions has actions")
+            flat = [row for rows in obs for row in rows]
+            bad = [i for i, row in enumerate(flat) if len(row) != D]
+            if bad:
+                raise RequestError(422, f"history.observations: a row of length {len(flat[bad[0]])}, expected {D} "
+                                        f"for {self.settings.env}")
+            rows = np.array(flat, dtype=np.float64).reshape(-1, D)
+        return self._finite(rows, "history.observations")
 
     def _images(self, payload: ArrayPayload) -> np.ndarray:
         shape, expected = payload.shape, list(self.image_shape)
@@ -344,13 +448,14 @@ class Preparer:
             raise RequestError(422, f"{what}: {n} in one request, more than the maximum of {self.settings.max_request}; "
                                     f"split the batch")
 
-    def _texts(self, texts: list[str]) -> list[str]:
-        self._count(len(texts), "texts")
+    def _texts(self, texts: list[str], what: str = "texts", limit: bool = True) -> list[str]:
+        if limit:
+            self._count(len(texts), what)
         for i, text in enumerate(texts):
             if not text.strip():
-                raise RequestError(422, f"texts[{i}]: empty text")
+                raise RequestError(422, f"{what}[{i}]: empty text")
             if len(text) > self.settings.max_text_chars:
-                raise RequestError(422, f"texts[{i}]: {len(text)} characters, more than the maximum of "
+                raise RequestError(422, f"{what}[{i}]: {len(text)} characters, more than the maximum of "
                                         f"{self.settings.max_text_chars}")
         return texts
 
@@ -371,6 +476,11 @@ class Preparer:
                 if len(row) != D:
                     raise RequestError(422, f"observations[{b}]: length {len(row)}, expected {D} for {self.settings.env}")
             x = np.array(obs, dtype=np.float64)
+        return self._finite(x, "observations")
+
+    @staticmethod
+    def _finite(x: np.ndarray, what: str) -> np.ndarray:
+        """(N, D) float32, refused (422, naming the first bad value) where a value is not finite in float32."""
         with np.errstate(over="ignore", invalid="ignore"):
             x32 = x.astype(np.float32)
         bad = ~np.isfinite(x32)
@@ -378,17 +488,17 @@ class Preparer:
             b, i = np.argwhere(bad)[0]
             value = float(x[b, i])
             why = "is not finite" if not math.isfinite(value) else "overflows float32"
-            raise RequestError(422, f"observations[{b}][{i}]: value {value:g} {why} "
+            raise RequestError(422, f"{what}[{b}][{i}]: value {value:g} {why} "
                                     f"({int(bad.sum())} such values in the request)")
         return x32
 
-    def _render(self, x: np.ndarray) -> list[str]:
+    def _render(self, x: np.ndarray, what: str = "observations") -> list[str]:
         from hsrl.text import render_text
 
         try:
             return render_text(x, self.variant)
         except ValueError as err:
-            raise RequestError(422, f"observations: not a {self.settings.env} observation: {err}") from None
+            raise RequestError(422, f"{what}: not a {self.settings.env} observation: {err}") from None
 
 
 # ---- dynamic batching ----------------------------------------------------------------------------------------------
@@ -620,10 +730,12 @@ class ModelState:
         self.error: str | None = None
 
     def run(self, inputs: Inputs):
-        if inputs.images is None:
-            result = self.extractor.extract(inputs.texts)
-        else:
+        if inputs.images is not None:
             result = self.extractor.extract(inputs.texts, images=inputs.images)
+        elif inputs.history is not None:
+            result = self.extractor.extract(inputs.texts, history=inputs.history)
+        else:
+            result = self.extractor.extract(inputs.texts)
         hidden = np.asarray(result.hidden_state, dtype=np.float32)
         if not np.isfinite(hidden).all():
             raise RuntimeError("the model returned non-finite hidden states")
@@ -636,7 +748,10 @@ class ModelState:
         if inputs.images is not None:
             return
         try:
-            self.extractor.check_prompt_lengths(inputs.texts)
+            if inputs.history is None:
+                self.extractor.check_prompt_lengths(inputs.texts)
+            else:
+                self.extractor.check_prompt_lengths(inputs.texts, history=inputs.history)
         except ValueError as err:
             raise RequestError(422, f"the model rejected the input: {err}") from None
 
@@ -739,7 +854,8 @@ class Endpoint:
         self.variant = info.variant
         self.observation_length = int(info.symbolic_obs_shape[0])
         self.image_shape = tuple(info.obs_shape) if info.pixels else None
-        self.prepare = Preparer(settings, info.variant, self.observation_length, spec.input, self.image_shape)
+        self.prepare = Preparer(settings, info.variant, self.observation_length, spec.input, self.image_shape,
+                                spec.history, int(info.num_actions))
 
     def check_extractor(self, extractor) -> None:
         """Refuse an extractor made for another spec (fields the backend resolves aside)."""
@@ -758,7 +874,7 @@ class Endpoint:
             "spec_hash": ex.spec.hash if ex else None,
             "env": settings.env, "variant": self.variant, "observation_length": self.observation_length,
             "input": spec.input, "image_shape": list(self.image_shape) if self.image_shape else None,
-            "generates": spec.generates, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+            "generates": spec.generates, "history": spec.history, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
             "max_request": settings.max_request, "max_body_bytes": settings.max_body_bytes,
             "max_text_chars": settings.max_text_chars, "max_queued": settings.max_queued,
             "body_timeout_s": settings.body_timeout_s, "head_timeout_s": settings.head_timeout_s, "auth": settings.token is not None,
