@@ -42,6 +42,7 @@ BAD_FLAGS = {
     "collect": (["--envs", "0", "--out", "{tmp}/out"], "out"),
     "label": (["{raw}", "{tmp}/out", "--tokens", "0"], "out"),
     "extract": (["{raw}", "{tmp}/out", "--pooling", "median"], "out"),
+    "prompt": (["{raw}", "--row", "-1"], None),
     "online": (["--num-minibatches", "3", "--no-hidden", "--out", "{tmp}/out"], "out"),
     "eval": (["{tmp}/run", "--episodes", "0", "--out", "{tmp}/out"], "out"),
     "returns": (["{raw}", "--gamma", "1.5"], None),

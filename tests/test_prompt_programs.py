@@ -310,3 +310,34 @@ def test_server_history_field_gives_the_labelled_states(episodes, labelled):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ---- hsrl prompt ------------------------------------------------------------------------------------------------------
+
+
+def test_prompt_verb_prints_the_exact_prompt_and_its_token_count(episodes, labelled, capsys):
+    """`hsrl prompt DATA --row N` on labelled data: the prompt the labeller built for that row (its spec, its
+    history from the files) and the token count the model read; `--text` with the flags' spec."""
+    from hsrl.cli import main
+    from hsrl.llm import make_extractor
+
+    chunk = read_chunk(list_chunks(labelled)[1])
+    spec = ExtractionSpec.from_json(chunk.meta.spec_json)
+    texts, actions, done = _by_time(episodes)
+    row = 3  # chunk 1 (steps 5..9), step 6 of env 1: its history crosses into chunk 0
+    history = _expected_history(texts, actions, done, 6, 1, K)
+    assert len(history) == K
+    assert main(["prompt", str(labelled), "--row", str(10 + row)]) == 0
+    out = capsys.readouterr().out
+    extractor = make_extractor(spec)
+    prompt = extractor.program.render(str(chunk["text_obs"][row]), history, extractor.tokenizer)
+    tokens = int(extractor.extract([str(chunk["text_obs"][row])], history=[history]).prompt_tokens[0])
+    assert f"\n{prompt}\n---- end of prompt ----" in out and f"(from its labels' metadata)" in out
+    assert f"---- prompt ({tokens} tokens; the tokenizer adds [CLS], [SEP]) ----" in out
+    assert f"chunk_000001.npz row {row} (step 1 of env 1): 2 of up to 2 previous observations" in out
+    assert main(["prompt", "--text", "0, 1: tree", "--template", "short"]) == 0
+    assert "(from the flags)" in (out := capsys.readouterr().out) and "\n0, 1: tree\nWhat should" in out
+    assert main(["prompt", "--text", "0, 1: tree", "--template", "chat"]) == 1  # the few-shot prompt: > 512 tokens
+    assert "does not fit minilm's context of 512 tokens" in capsys.readouterr().out
+    assert main(["prompt", str(labelled), "--row", "30"]) == 2
+    assert "has 30 rows (0..29)" in capsys.readouterr().err

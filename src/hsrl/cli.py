@@ -32,6 +32,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
               "add LLM hidden states to a dataset (resumable)"),
     "extract": ("hsrl.data.label:ExtractConfig", "hsrl.data.label:run_extract",
                 "re-extract hidden states of labelled data (other layer/pooling)"),
+    "prompt": ("hsrl.data.show_prompt:PromptConfig", "hsrl.data.show_prompt:run_prompt",
+               "print the exact prompt the model reads for a dataset row (or a text), with its token count"),
     "online": ("hsrl.rl.ppo:OnlineConfig", "hsrl.rl.ppo:run_online",
                "online PPO with live LLM hidden states (or --no-hidden)"),
     "eval": ("hsrl.evaluate:EvalConfig", "hsrl.evaluate:run_eval", "evaluate a policy with hidden-state ablations"),
@@ -79,6 +81,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         default = None if field.default is dataclasses.MISSING else field.default
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
+        if field.metadata.get("positional") and "nargs" in field.metadata:  # an optional positional (nargs "?")
+            parser.add_argument(field.name, type=tp, nargs=field.metadata["nargs"], default=default, help=help_text)
+            continue
         if "nargs" in field.metadata:  # optional-value flag, e.g. `--ray` or `--ray ADDRESS`
             parser.add_argument("--" + field.name.replace("_", "-"), type=tp, nargs=field.metadata["nargs"],
                                 const=field.metadata.get("const"), default=default, help=help_text,
