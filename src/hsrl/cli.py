@@ -93,7 +93,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(field.name, type=tp, nargs=nargs, help=help_text)
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.metadata.get("flag_only"):  # e.g. `--no-cache`: a switch with no negated form
+        if field.metadata.get("repeat"):  # e.g. `--offline A --offline B`: a tuple of every value given
+            parser.add_argument(flag, type=tp, action="append", default=None, help=_with_default(help_text, default),
+                                metavar=field.metadata.get("metavar"))
+        elif field.metadata.get("flag_only"):  # e.g. `--no-cache`: a switch with no negated form
             parser.add_argument(flag, action="store_true", default=default, help=_with_default(help_text, default))
         elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,

@@ -22,7 +22,10 @@ class ExperimentConfig(OnlineConfig):
     Arms: `--offline DATA` trains AWR on a labelled dataset, `--online` PPO with the flags of `hsrl online`
     (both when both are given), each as three arms: baseline (no hidden input), hidden (the LLM's state) and
     control (the hidden-state network fed a fixed random projection of the observation to the same width and
-    normalisation: more input features, no new information; --no-control leaves it out). Seeds are --seed ..
+    normalisation: more input features, no new information; --no-control leaves it out). Prompt variants:
+    `--offline A --offline B ...` (labellings of the same data with other prompts: --history, --template,
+    --prompt-template) gives each its own hidden arm (awr-hidden-A, awr-hidden-B), with one baseline and one
+    control (on the first), the same verdict for each and a pairwise comparison of the variants. Seeds are --seed ..
     --seed + --seeds - 1. Every trained policy is evaluated on Craftax by `hsrl eval`'s code (--eval-episodes
     episodes, seed --eval-seed, the same for every run), or, with --eval-data, offline on held-out labelled
     data through the same ablation functions.
@@ -37,8 +40,10 @@ class ExperimentConfig(OnlineConfig):
     checkpoints. --ray runs one Ray task per (arm, seed). Every input is checked before the first run trains.
     """
 
-    offline: str | None = field(default=None, metadata={
-        "help": "labelled dataset folder (with return_to_go): run the AWR arms on it"})
+    offline: tuple[str, ...] | str | None = field(default=None, metadata={
+        "repeat": True, "metavar": "DATA",
+        "help": "labelled dataset folder (with return_to_go): run the AWR arms on it; repeat it (--offline A "
+                "--offline B) to compare prompt variants, each its own hidden arm"})
     online: bool = field(default=False, metadata={"help": "run the online PPO arms (with the `hsrl online` flags)"})
     seeds: int = field(default=5, metadata={"help": "seeds per arm (at 5 or fewer, a paired claim rests on the t "
                                                     "interval alone: the exact sign-flip test needs 6 to reach 0.05)"})
@@ -58,9 +63,11 @@ class ExperimentConfig(OnlineConfig):
     eval_seed: int = field(default=1000, metadata={"help": "evaluation seed, the same for every run and ablation"})
     eval_max_episode_steps: int | None = field(default=None, metadata={
         "help": "cut evaluation episodes at this length (default: Craftax's 10000)"})
-    eval_data: str | None = field(default=None, metadata={
+    eval_data: tuple[str, ...] | str | None = field(default=None, metadata={
+        "repeat": True, "metavar": "DATA",
         "help": "evaluate offline on this held-out labelled dataset (mean probability of its actions) instead "
-                "of rollouts in Craftax"})
+                "of rollouts in Craftax; with several --offline, one --eval-data each, in the same order (labelled "
+                "by the same spec)"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
     all_tokens_valid: bool = field(default=False, metadata={
         "help": "per-token hidden states (N, T, H) of --offline / --eval-data stored without hidden_tokens: every one "
@@ -85,15 +92,39 @@ class ExperimentConfig(OnlineConfig):
         """Every flag before any work: the experiment's own, and `hsrl online`'s when the PPO arms run."""
         self.check_experiment()
 
+    def offline_sets(self) -> tuple[str, ...]:
+        """The --offline datasets (one, several, or none)."""
+        return _folders(self.offline)
+
+    def eval_sets(self) -> tuple[str, ...]:
+        """The --eval-data datasets: none, or one per --offline."""
+        return _folders(self.eval_data)
+
+    def variant_names(self) -> list[str]:
+        """The hidden arms' names of several --offline datasets: each folder's name (made unique)."""
+        return variant_names(self.offline_sets())
+
     def check_experiment(self) -> None:
-        if self.offline is None and not self.online:
+        offline, evals = self.offline_sets(), self.eval_sets()
+        if not offline and not self.online:
             raise InputError("nothing to run: give --offline DATA (AWR arms), --online (PPO arms), or both")
         if not self.hidden:
             raise InputError("--no-hidden: the experiment runs the baseline arm (without hidden states) itself")
-        if self.offline is not None and not Path(self.offline).is_dir():
-            raise FileNotFoundError(f"--offline {self.offline}: no such dataset folder")
-        if self.eval_data is not None and not Path(self.eval_data).is_dir():
-            raise FileNotFoundError(f"--eval-data {self.eval_data}: no such dataset folder")
+        for folder in offline:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"--offline {folder}: no such dataset folder")
+        for folder in evals:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"--eval-data {folder}: no such dataset folder")
+        if len(offline) > 1:
+            resolved = [Path(f).resolve() for f in offline]
+            if len(set(resolved)) < len(resolved):
+                raise InputError("--offline: the same dataset twice; give each prompt variant once")
+            if evals and len(evals) != len(offline):
+                raise InputError(f"{len(offline)} --offline datasets, {len(evals)} --eval-data: give one --eval-data "
+                                 f"per --offline (in the same order), or none to evaluate by rollouts in Craftax")
+        elif len(evals) > 1:
+            raise InputError(f"{len(evals)} --eval-data for {len(offline) or 'no'} --offline dataset: give one")
         for name in ("seeds", "awr_steps", "awr_batch_size", "awr_save_every", "eval_episodes", "eval_envs",
                      "bootstrap_reps"):
             if getattr(self, name) < 1:
@@ -103,8 +134,41 @@ class ExperimentConfig(OnlineConfig):
         self.ablations()
         if self.online:  # `hsrl online`'s checks of a hidden-state arm (the control arm is planned by the experiment)
             OnlineConfig.check(dataclasses.replace(self, control=False))
-        if self.offline is not None:
-            check_experiment_data(self.offline, self.eval_data, self.all_tokens_valid)
+        for i, folder in enumerate(offline):
+            check_experiment_data(folder, evals[i] if evals else None, self.all_tokens_valid)
+        if len(offline) > 1:
+            check_same_data(offline)
+
+
+def _folders(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def variant_names(folders) -> list[str]:
+    """A short, unique name per dataset folder for its hidden arm (`awr-hidden-NAME`): the folder's name, with
+    characters other than letters, digits, '.' and '_' as '_', numbered where two are the same."""
+    import re
+
+    names = [re.sub(r"[^A-Za-z0-9._]", "_", Path(f).resolve().name) or "data" for f in folders]
+    return [f"{n}{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def check_same_data(folders) -> None:
+    """Prompt variants are labellings of one dataset: the same env and chunk files with the same rows (headers
+    only); else one `InputError` naming the dataset that differs."""
+    from hsrl.data import inspect_chunk, list_chunks
+
+    def shape(folder):
+        infos = [inspect_chunk(p) for p in list_chunks(folder)]
+        return infos[0].meta.env_name, [(i.path.name, i.num_rows) for i in infos]
+
+    first = shape(folders[0])
+    for folder in folders[1:]:
+        if shape(folder) != first:
+            raise InputError(f"--offline {folder} is not a labelling of the same data as --offline {folders[0]} "
+                             f"(its env, chunk files or rows differ): prompt variants label one dataset")
 
 
 def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid: bool = False) -> None:
@@ -154,10 +218,20 @@ def plan(config: ExperimentConfig):
     ablations = config.ablations()
     online_fields = {f.name for f in dataclasses.fields(OnlineConfig)}
     roles = ("baseline", "hidden") + (("control",) if config.control else ())
-    algos = (("awr",) if config.offline is not None else ()) + (("ppo",) if config.online else ())
-    jobs = []
+    offline, evals = config.offline_sets(), config.eval_sets()
+    algos = (("awr",) if offline else ()) + (("ppo",) if config.online else ())
+    # (arm, algo, role, training data, held-out data): one hidden arm per --offline dataset; the baseline and the
+    # control read no LLM state, so they train on the first
+    arms = []
     for algo, role in [(a, r) for a in algos for r in roles]:
-        arm, hidden, control = f"{algo}-{role}", role != "baseline", role == "control"
+        if algo == "awr" and role == "hidden" and len(offline) > 1:
+            arms += [(f"awr-hidden-{name}", algo, role, data, evals[i] if evals else None)
+                     for i, (name, data) in enumerate(zip(config.variant_names(), offline))]
+        else:
+            arms.append((f"{algo}-{role}", algo, role, offline[0] if offline else None, evals[0] if evals else None))
+    jobs = []
+    for arm, algo, role, data, eval_data in arms:
+        hidden, control = role != "baseline", role == "control"
         # the control arm needs no ablations: the verdict compares its real score with the hidden arm's
         arm_ablations = ("real",) if control else ablations
         for seed in range(config.seed, config.seed + config.seeds):
@@ -165,7 +239,7 @@ def plan(config: ExperimentConfig):
             train_out = str(run_dir / TRAIN_DIR)
             if algo == "awr":
                 train = TrainAWRConfig(
-                    str(Path(config.offline).resolve()), out=train_out, hidden=hidden, control=control,
+                    str(Path(data).resolve()), out=train_out, hidden=hidden, control=control,
                     steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
@@ -176,13 +250,13 @@ def plan(config: ExperimentConfig):
                 train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control,
                                         "server": None if control else config.server, "out": train_out,
                                         "progress": False})
-            evaluation = None if config.eval_data else EvalConfig(
+            evaluation = None if evals else EvalConfig(
                 train_out, episodes=config.eval_episodes, envs=config.eval_envs, ablation=",".join(arm_ablations),
                 max_episode_steps=config.eval_max_episode_steps, seed=config.eval_seed,
                 device=config.device, out=str(run_dir / EVAL_DIR), progress=False)
             jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
-                            eval=evaluation, eval_data=None if config.eval_data is None else
-                            str(Path(config.eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed,
+                            eval=evaluation, eval_data=None if eval_data is None else
+                            str(Path(eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed,
                             all_tokens_valid=config.all_tokens_valid))
     return jobs
 

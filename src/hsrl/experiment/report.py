@@ -28,8 +28,9 @@ def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
 
 
 def role(run: dict) -> str:
-    """'baseline', 'hidden' or 'control': the arm's name after its algorithm ("awr-control")."""
-    return run["arm"].split("-", 1)[1]
+    """'baseline', 'hidden' or 'control': the arm's name after its algorithm ("awr-control"; a prompt variant's
+    hidden arm is "awr-hidden-NAME")."""
+    return run["arm"].split("-")[1]
 
 
 def _scores(runs: list[dict], metric: str, ablation: str = "real") -> np.ndarray:
@@ -87,21 +88,29 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
             out["gaps"][arm] = gaps
         if "achievements" in runs[0]["ablations"]["real"]:
             out["achievements"][arm] = _achievement_rates(runs)
+    out["variants"] = {}
     for algo in sorted({r["algo"] for r in results}):
-        by_role = {a["role"]: name for name, a in out["arms"].items() if a["algo"] == algo}
-        if "hidden" not in by_role:
-            continue
-        hidden = arms[by_role["hidden"]]
-        comp = {"hidden": by_role["hidden"], "baseline": by_role.get("baseline"), "control": by_role.get("control")}
-        for m in metrics:
-            comp[m] = {}
-            for other in ("baseline", "control"):
-                if by_role.get(other) is None:
-                    continue
-                y = _scores(arms[by_role[other]], m)
-                comp[m][f"vs_{other}"] = stats.welch_test(_scores(hidden, m), y, seed).to_dict()
-                comp[m][f"p_improvement_{other}"] = stats.probability_of_improvement(_scores(hidden, m), y, reps, seed)
-        out["comparisons"][algo] = comp
+        of_algo = {name: a for name, a in out["arms"].items() if a["algo"] == algo}
+        hidden_arms = [name for name, a in of_algo.items() if a["role"] == "hidden"]
+        by_role = {a["role"]: name for name, a in of_algo.items() if a["role"] != "hidden"}
+        for name in hidden_arms:
+            # one hidden arm: keyed by its algorithm, as always; prompt variants (several): by their arm's name
+            comp = {"algo": algo, "hidden": name, "baseline": by_role.get("baseline"),
+                    "control": by_role.get("control")}
+            for m in metrics:
+                comp[m] = {}
+                for other in ("baseline", "control"):
+                    if by_role.get(other) is None:
+                        continue
+                    x, y = _scores(arms[name], m), _scores(arms[by_role[other]], m)
+                    comp[m][f"vs_{other}"] = stats.welch_test(x, y, seed).to_dict()
+                    comp[m][f"p_improvement_{other}"] = stats.probability_of_improvement(x, y, reps, seed)
+            out["comparisons"][algo if len(hidden_arms) == 1 else name] = comp
+        if len(hidden_arms) > 1:  # the prompt variants side by side: every pair, the same two-sample test
+            out["variants"][algo] = {
+                f"{a} - {b}": {m: stats.welch_test(_scores(arms[a], m), _scores(arms[b], m), seed).to_dict()
+                               for m in metrics}
+                for i, a in enumerate(hidden_arms) for b in hidden_arms[i + 1:]}
     out["claims"] = claims(out)
     out["notes"] = notes(out)
     out["verdict"] = verdict(out)
@@ -263,14 +272,15 @@ def verdict(agg: dict) -> str:
     m = agg["metrics"][0]
     level = f"{stats.CONFIDENCE:.0%}"
     parts = []
-    for algo, comp in agg["comparisons"].items():
+    for key, comp in agg["comparisons"].items():
         hidden = agg["arms"][comp["hidden"]]
         n = len(hidden["seeds"])
         gaps = agg["gaps"].get(comp["hidden"], {})
         gap = gaps.get("real-shuffled", {}).get(m)
         uses = (_answer("uses", gap, n) if gap is not None else
                 "not judged (the shuffled ablation was not evaluated; real - zero alone is no evidence of use)")
-        text = (f"{algo.upper()} ({n} seeds per arm). Does the policy use its hidden state? {uses}. "
+        name = key.upper() if key == comp.get("algo", key) else f"{comp['algo'].upper()} {comp['hidden']}"
+        text = (f"{name} ({n} seeds per arm). Does the policy use its hidden state? {uses}. "
                 f"Does it beat the baseline? {_answer('beats_baseline', comp[m].get('vs_baseline'), n)}. "
                 f"Does it beat the control? {_answer('beats_control', comp[m].get('vs_control'), n)}.")
         zero = gaps.get("real-zero", {}).get(m)
@@ -278,6 +288,14 @@ def verdict(agg: dict) -> str:
             text += (f" real - zero = {fmt(_iv(zero))} measures sensitivity to the input (zeros are an "
                      "input the network never saw), not use.")
         parts.append(text)
+    for algo, pairs in agg.get("variants", {}).items():
+        said = "; ".join(f"{pair} = {fmt(_iv(t[m]))}, {t[m]['method'].split(' + ')[1]} p = {fmt_p(t[m]['p_exact'])}: "
+                         + {"above": "the first does better", "below": "the second does better",
+                            "none": "no difference shown", "too few seeds": "too few seeds"}[t[m]["claim"]]
+                         for pair, t in pairs.items())
+        caveat = (f" (each of the {len(pairs)} pairs tested on its own at {stats.ALPHA:g}, no correction for "
+                  "their number)") if len(pairs) > 1 else ""
+        parts.append(f"{algo.upper()} prompt variants compared: {said}{caveat}.")
     if not parts:
         return (f"No hidden-state arm was run, so no comparison is made; the {LABELS.get(m, m)} intervals "
                 "above say how precisely each arm was measured.")
@@ -313,6 +331,16 @@ def markdown(agg: dict, results: list[dict]) -> str:
                     lines.append(f"| {comp['hidden']} - {comp[other]} | {lab(m)} | {fmt(_iv(t))} | "
                                  f"{fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | "
                                  f"{fmt_improvement(comp[m][f'p_improvement_{other}'])} | {t['claim']} |")
+    if agg.get("variants"):
+        lines += ["", "Prompt variants side by side (Welch t interval of the difference of means, exact permutation "
+                  "p; each pair on its own):", "", "| variants | metric | difference | t p | exact p | claim |",
+                  "|---|---|---|---|---|---|"]
+        for algo, pairs in agg["variants"].items():
+            for pair, tests in pairs.items():
+                for m in metrics:
+                    t = tests[m]
+                    lines.append(f"| {pair} | {lab(m)} | {fmt(_iv(t))} | {fmt_p(t['p'])} | {fmt_p(t['p_exact'])} | "
+                                 f"{t['claim']} |")
     if agg["gaps"]:
         lines += ["", "Ablation gaps, paired per seed (Student t interval, exact sign-flip p). real - shuffled "
                   "judges use (another sample's state keeps the input's distribution); real - zero measures "

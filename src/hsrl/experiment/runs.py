@@ -65,7 +65,8 @@ class Job:
             "all_tokens_valid": self.all_tokens_valid})
 
 
-LATER_SETTINGS = {"all_tokens_valid": False}  # setting -> default, left out of a run's identity at that default
+# setting -> default, left out of a run's identity at that default
+LATER_SETTINGS = {"all_tokens_valid": False, "history": 0, "prompt_template": None}
 
 
 def _drop_later_defaults(d: dict) -> dict:
