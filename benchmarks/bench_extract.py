@@ -10,6 +10,10 @@ Measures, on this machine's device (CPU float32 unless CUDA is present):
   - where vLLM is installed, the vLLM backend on the same model and prompts (prompt-only, timed interleaved with the
     transformers backend, and generation), and the largest difference between the two backends' prompt-only states.
     Elsewhere the vLLM rows are skipped (said so in the output).
+  - history (prompt programs, `--history K`): the tiny Qwen3 'chat' prompt showing K = 0, 2, 4 previous observations
+    (with their actions) before the current one, prompt-only with the shared-prefix cache: prompt tokens per sample
+    and samples/s for each K, that the cached prefix is the same for every K (a history prompt keeps the cache for the
+    fixed prefix), and for the largest K the speed-up of the cache with the largest difference it makes;
   - image input: a tiny random Qwen3-VL of the same text size (built here, as in the tests) reading 63 x 63 frames
     (a Craftax-Classic-Pixels observation's size; 16 image tokens each), input 'image', prompt-only (with and
     without its prefix cache: everything before the image) and generation, and its time relative to the tiny Qwen3
@@ -126,6 +130,49 @@ def rates(name: str, seconds: float, result, n: int) -> dict:
     return row
 
 
+def history_rows(figures: dict, qwen, spec, observations: list, args) -> None:
+    """Prompt-only extraction of the tiny Qwen3 'chat' prompt with K previous observations per sample (each sample's
+    history: other synthetic observations and random actions), prefix cache on; the cache's speed-up at the largest
+    K. Every K shares one prefix: the history lies after it."""
+    rng = np.random.default_rng(2)
+    earlier = synthetic_observations(args.samples * max(args.histories), args.tiles, seed=3)
+    rows, prefixes, kept = {}, set(), True
+    for k in args.histories:
+        ex = TransformersExtractor(spec.replace(history=k), model=qwen, batch_size=args.batch_size)
+        history = [[(earlier[i * max(args.histories) + j], int(rng.integers(17))) for j in range(k)]
+                   for i in range(args.samples)]
+
+        class WithHistory:  # `timed` calls extract(observations); this one passes the history along
+            def __init__(self, extractor):
+                self.extractor, self.spec, self.batch_size = extractor, extractor.spec, extractor.batch_size
+
+            def extract(self, obs):
+                return self.extractor.extract(obs, history=history[: len(obs)])
+
+        [(seconds, result)] = timed([WithHistory(ex)], [observations], args.repeats)
+        rows[str(k)] = rates(f"tiny qwen history {k} (cache)", seconds, result, args.samples)
+        rows[str(k)]["prefix_tokens"] = ex.prefix_tokens
+        prefixes.add(tuple(ex._prefix_ids))
+        kept = kept and ex.prefix_cache
+        if k == max(args.histories):
+            plain = TransformersExtractor(spec.replace(history=k), model=qwen, batch_size=args.batch_size,
+                                          prefix_cache=False)
+            (t_cached, r_cached), (t_plain, r_plain) = timed([WithHistory(ex), WithHistory(plain)],
+                                                             [observations] * 2, args.repeats)
+            figures[f"history{k}_prefix_cache_speedup"] = t_plain / t_cached
+            figures[f"history{k}_prefix_cache_max_abs_diff"] = float(np.abs(r_cached.hidden_state
+                                                                            - r_plain.hidden_state).max())
+    figures["history"] = rows
+    figures["history_prefix_kept"] = bool(kept and len(prefixes) == 1)
+    k = max(args.histories)
+    tokens = ", ".join(f"K={h} {r['mean_prompt_tokens']:.0f}" for h, r in rows.items())
+    speed = ", ".join(f"K={h} {r['samples_per_s']:.1f}" for h, r in rows.items())
+    print(f"history: prompt tokens per sample {tokens}; samples/s {speed}; one cached prefix "
+          f"for every K: {figures['history_prefix_kept']}; prefix cache at K={k}: "
+          f"{figures[f'history{k}_prefix_cache_speedup']:.2f}x (max |diff| "
+          f"{figures[f'history{k}_prefix_cache_max_abs_diff']:.2e})")
+
+
 def vllm_rows(figures: dict, spec, gen_spec, transformers_prompt, transformers_generation, observations, args):
     """The vLLM backend on the same model and prompts, next to the transformers backend (prefix cache on)."""
     try:
@@ -174,6 +221,9 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=128, help="tiny Qwen3 hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny Qwen3 blocks")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--histories", type=lambda s: [int(k) for k in s.split(",")], default=[0, 2, 4],
+                        help="history K values to measure, comma-separated (default 0,2,4)")
+    parser.add_argument("--only-history", action="store_true", help="measure the history rows only")
     args = parser.parse_args()
     torch.manual_seed(0)
     observations = synthetic_observations(args.samples, args.tiles)
@@ -181,17 +231,23 @@ def main() -> None:
                      "batch_size": args.batch_size, "tokens": args.tokens}
     print(f"{figures['device']}, {figures['torch_threads']} torch threads")
 
-    minilm = load_model("minilm")
-    ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
-    [(seconds, result)] = timed([ex], [observations], args.repeats)
-    figures["minilm_prompt_only"] = rates("minilm prompt-only", seconds, result, args.samples)
+    if not args.only_history:
+        minilm = load_model("minilm")
+        ex = TransformersExtractor(ExtractionSpec(model="minilm"), model=minilm, batch_size=args.batch_size)
+        [(seconds, result)] = timed([ex], [observations], args.repeats)
+        figures["minilm_prompt_only"] = rates("minilm prompt-only", seconds, result, args.samples)
 
     with tempfile.TemporaryDirectory() as folder:
         path = build_tiny_qwen(Path(folder) / "qwen", hidden_size=args.hidden_size, num_layers=args.layers,
-                               num_heads=max(2, args.hidden_size // 64), num_kv_heads=1)
+                               num_heads=max(2, args.hidden_size // 64), num_kv_heads=1,
+                               max_position_embeddings=16384)
         qwen = load_model(str(path))
         figures["tiny_qwen"] = {"hidden_size": qwen.hidden_size, "layers": qwen.num_layers}
         spec = ExtractionSpec(model=str(path), template="chat", temperature=1.0)
+        history_rows(figures, qwen, spec, observations, args)
+        if args.only_history:
+            print(json.dumps(figures, sort_keys=True))
+            return
 
         cached = TransformersExtractor(spec, model=qwen, batch_size=args.batch_size)
         uncached = TransformersExtractor(spec, model=qwen, batch_size=args.batch_size, prefix_cache=False)
