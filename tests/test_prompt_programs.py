@@ -341,3 +341,132 @@ def test_prompt_verb_prints_the_exact_prompt_and_its_token_count(episodes, label
     assert "does not fit minilm's context of 512 tokens" in capsys.readouterr().out
     assert main(["prompt", str(labelled), "--row", "30"]) == 2
     assert "has 30 rows (0..29)" in capsys.readouterr().err
+
+
+# ---- one observation sequence, four paths --------------------------------------------------------------------------
+
+
+def _write_sequence(folder, sym, action, done, chunk_steps):
+    """A (T, E) sequence of symbolic observations, actions and episode ends as chunk files (time-major rows,
+    consecutive first_steps), as `hsrl collect` writes them."""
+    from hsrl.data import ChunkMeta, chunk_path, write_chunk
+
+    T, E = action.shape
+    folder.mkdir(parents=True)
+    next_sym = np.concatenate([sym[1:], sym[-1:]])
+    for i, start in enumerate(range(0, T, chunk_steps)):
+        sl = slice(start, start + chunk_steps)
+        n = len(action[sl]) * E
+        arrays = {"obs": sym[sl].reshape(n, -1), "next_obs": next_sym[sl].reshape(n, -1),
+                  "action": action[sl].reshape(n).astype(np.int32), "reward": np.zeros(n, np.float32),
+                  "done": done[sl].reshape(n)}
+        write_chunk(chunk_path(folder, i), arrays, ChunkMeta(env_name=ENV, num_envs=E, obs_kind="symbolic",
+                                                             first_step=start))
+    return folder
+
+
+def _label_sequence(extractor, folder, out):
+    """`folder` labelled by the labeller with `extractor`: (T, E, H) states."""
+    from hsrl.data.label import Labeller
+
+    labeller = Labeller(extractor, batch_size=4, save_token_states=False)
+    out.mkdir()
+    for path in list_chunks(folder):
+        labeller.label_file(path, out / path.name)
+    return np.concatenate([read_chunk(p).time_major("hidden_state") for p in list_chunks(out)])
+
+
+def test_one_observation_sequence_gives_the_same_state_in_label_serve_online_and_eval(tmp_path):
+    """The state of a step with history K is the same vector whether labelling builds the prompt from the chunk
+    files, the server from a request's `history`, online PPO or evaluation from the runner's ring of previous
+    observations (episodes cut at 4 steps: histories restart at episode starts and cross chunk boundaries).
+    A tiny Qwen3 (prompt-only): three Classic observations can pass MiniLM's 512 tokens."""
+    import jax
+    import jax.numpy as jnp
+    from tiny_qwen import build_tiny_qwen
+
+    from hsrl.env import make_env
+    from hsrl.evaluate import AblatedHidden, initial_carry, make_segment
+    from hsrl.llm import make_extractor
+    from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner
+    from hsrl.rl.networks import NetworkConfig, init_params
+    from hsrl.rl.ppo import Memory, Norm, OnlineConfig, make_rollout
+    from hsrl.serve import HiddenStateClient
+    from hsrl.serve.server import ServerSettings, create_app, serve_in_thread
+
+    model = build_tiny_qwen(tmp_path / "qwen", max_position_embeddings=16384)
+    spec = ExtractionSpec(model=str(model), variant="classic", template="custom", template_text=SMALL_TEMPLATE,
+                          history=K)
+    extractor = make_extractor(spec, batch_size=8)
+    E, T = 2, 10
+    env = make_env(ENV, E, reset_pool=2, with_symbolic=True, max_timesteps=4)
+    live = LiveHidden("classic", None, ExtractorSource(extractor))
+    assert live.history == K
+
+    # online PPO: the rollout's states (a refresh every step), observations, actions and episode ends
+    net = NetworkConfig(kind="mlp", num_actions=env.info.num_actions, obs_shape=env.info.obs_shape,
+                        hidden_size=extractor.hidden_size, width=16)
+    params = init_params(net, jax.random.PRNGKey(0))
+    obs, env_state, info = jax.jit(env.reset)(jax.random.PRNGKey(1))
+    sym = info["symbolic_obs"]
+    hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool)))
+    runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32),
+                    jax.random.PRNGKey(2), History.empty(sym, K))
+    stats = live.stats()
+    rollout = make_rollout(OnlineConfig(env=ENV, envs=E, num_steps=T, skip_n=1, num_minibatches=1), env, net, live)
+    after, _, traj, _ = rollout(params, runner, Memory.initial(net, E), Norm(jnp.asarray(stats.mean),
+                                                                             jnp.asarray(stats.std)))
+    online = {k: np.asarray(getattr(traj, k)) for k in ("obs", "action", "done", "hidden")}
+    assert online["done"][:-1].any() and after.history.sym.shape == (E, K, sym.shape[1])
+    labelled = _label_sequence(extractor, _write_sequence(tmp_path / "online", online["obs"], online["action"],
+                                                          online["done"], 4), tmp_path / "online_labelled")
+    np.testing.assert_allclose(online["hidden"], labelled, rtol=1e-6, atol=1e-6)
+
+    # the server, asked with each step's history from the files
+    texts, actions, done, sym_rows = _by_time(tmp_path / "online_labelled", ("text_obs", "action", "done", "obs"))
+    cells = [(s, e) for s in range(T) for e in range(E)]
+    history = [[(sym_rows[s - len(h) + j, e], a) for j, (_, a) in enumerate(h)]
+               for s, e in cells for h in [_expected_history(texts, actions, done, s, e, K)]]
+    assert {len(h) for h in history} == {0, 1, 2}
+    s, e = next(c for c, h in zip(cells, history) if len(h) == K)  # the history is in the state
+    assert np.abs(labelled[s, e] - extractor.extract([str(texts[s, e])]).hidden_state[0]).max() > 1e-3
+    app = create_app(spec, ServerSettings(env=ENV), extractor=extractor)
+    server, thread, port = serve_in_thread(app)
+    try:
+        with HiddenStateClient(f"http://127.0.0.1:{port}") as client:
+            served = client.hidden_states(observations=np.stack([sym_rows[c] for c in cells]), history=history)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    np.testing.assert_allclose(served, labelled.reshape(T * E, -1), rtol=1e-6, atol=1e-6)
+
+    # evaluation: `hsrl eval`'s segment (greedy, a fixed linear policy), its states recorded at each refresh
+    class Policy:
+        network = net
+        W = jax.random.normal(jax.random.PRNGKey(3), (env.info.obs_shape[0], env.info.num_actions))
+
+        def forward(self, memory, start, obs, hidden):
+            return memory, obs @ self.W, jnp.zeros(len(obs))
+
+        def initial_carry(self, n):
+            return jnp.zeros((n, 1))
+
+    class Recorder(AblatedHidden):
+        calls = []
+
+        def __call__(self, sym, mask, pixels=None, history=None):
+            states = super().__call__(sym, mask, pixels, history=history)
+            self.calls.append((np.array(sym), np.array(mask), states))
+            return states
+
+    recorder = Recorder(live, "real", stats, None, 0)
+    segment = make_segment(env, Policy(), recorder, skip_n=1, length=T, greedy=True, frames=False)
+    _, outs = segment(initial_carry(env, Policy(), True, seed=5, history=K))
+    assert len(recorder.calls) == T and all(mask.all() for _, mask, _ in recorder.calls)
+    eval_sym = np.stack([c[0] for c in recorder.calls])
+    eval_states = np.stack([c[2] for c in recorder.calls])
+    outs = jax.device_get(outs)
+    assert outs["done"][:-1].any()
+    labelled = _label_sequence(extractor, _write_sequence(tmp_path / "eval", eval_sym, outs["action"],
+                                                          outs["done"], 4), tmp_path / "eval_labelled")
+    np.testing.assert_allclose(eval_states, labelled, rtol=1e-6, atol=1e-6)

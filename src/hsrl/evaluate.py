@@ -35,7 +35,7 @@ from hsrl.env import craftax_score, make_env
 from hsrl.errors import InputError
 from hsrl.redact import public_config
 from hsrl.llm.flags import CacheFlags
-from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
+from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
 DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your surroundings."
@@ -109,15 +109,19 @@ class AblatedHidden:
         self.rng = np.random.default_rng(seed)
         self.reads_images, self.hidden_size = live.reads_images, live.hidden_size
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None,
+                 history=None) -> np.ndarray:
         n, h = len(mask), self.hidden_size
+        more = {} if history is None else {"history": history}  # the runner carries history only for such specs
         if self.ablation == "real":
-            return self.live(sym, mask, pixels)
+            return self.live(sym, mask, pixels, **more)
         if self.ablation == "zero":
             return np.broadcast_to(self.stats.mean, (n, h)).astype(np.float32)
         if self.ablation == "constant":
             return np.broadcast_to(self.constant_state, (n, h)).astype(np.float32)
-        states = self.live.states(np.asarray(sym), pixels)  # shuffled: all real states, then a derangement
+        # shuffled: all real states, then a derangement
+        entries = () if history is None else (self.live.entries(history, np.arange(n)),)
+        states = self.live.states(np.asarray(sym), pixels, *entries)
         perm = (np.arange(n) + self.rng.integers(1, n)) % n if n > 1 else np.arange(n)
         return states[perm].astype(np.float32)
 
@@ -135,11 +139,11 @@ def make_segment(env, policy, hidden_fn, skip_n: int, length: int, greedy: bool,
         memory, logits, _ = policy.forward(memory, start, runner.obs, runner.hidden if uses_hidden else None)
         action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_act, logits)
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
-        out = {"done": done, "episode_return": info["episode_return"], "episode_length": info["episode_length"],
-               "achievements": info["achievements"]}
+        out = {"done": done, "action": action, "episode_return": info["episode_return"],
+               "episode_length": info["episode_length"], "achievements": info["achievements"]}
         if render is not None:
             out["frame"] = render(jax.tree.map(lambda x: x[0], env_state.env_state))
-        return (runner.advance(env, env_state, obs, info, done, key), (memory, done)), out
+        return (runner.advance(env, env_state, obs, info, done, key, action), (memory, done)), out
 
     # carry: (Runner, (policy memory, episode-start marks)); the memory is a placeholder for feed-forward policies
     return jax.jit(lambda carry: jax.lax.scan(step, carry, None, length=length))
@@ -160,19 +164,27 @@ def _pixel_renderer(env):
 SEGMENT_STEPS = 64
 
 
-def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfig, ablation: str, out: Path,
-                      on_episodes=lambda n: None) -> dict:
-    """Run until `episodes` episodes finish; summary of the first `episodes` of them (in finishing order)."""
-    segment_len = SEGMENT_STEPS
-    key = jax.random.PRNGKey(config.seed)  # the same seeds for every ablation
+def initial_carry(env, policy, uses_hidden: bool, seed: int, history: int = 0):
+    """The segment's first carry: every environment reset by `seed` (the same for every ablation), fresh (its state
+    is computed before it acts), with no previous observations (`history`: how many the runner carries)."""
+    key = jax.random.PRNGKey(seed)
     k_reset, k_run = jax.random.split(key)
     obs, env_state, info = jax.jit(env.reset)(k_reset)
     sym = info["symbolic_obs"]
     E = env.num_envs
     H = policy.network.hidden_size if uses_hidden else 1
     hidden = jnp.full((E, H), jnp.nan) if uses_hidden else jnp.zeros((E, 1))
-    runner = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run)
-    carry = (runner, (policy.initial_carry(E), jnp.ones(E, bool)))
+    runner = Runner(env_state, obs, sym, hidden, jnp.ones(E, bool), jnp.zeros((), jnp.int32), k_run,
+                    History.empty(sym, history))
+    return runner, (policy.initial_carry(E), jnp.ones(E, bool))
+
+
+def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfig, ablation: str, out: Path,
+                      on_episodes=lambda n: None, history: int = 0) -> dict:
+    """Run until `episodes` episodes finish; summary of the first `episodes` of them (in finishing order).
+    history: previous observations per prompt (the spec's), carried by the runner."""
+    segment_len = SEGMENT_STEPS
+    carry = initial_carry(env, policy, uses_hidden, config.seed, history)
     returns, lengths, achievements, frames = [], [], [], []
     steps = 0
     while len(returns) < config.episodes and steps < config.max_steps:
@@ -302,7 +314,7 @@ def evaluate(config: EvalConfig) -> dict:
             obs0, _, info0 = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(config.seed))[0])
             constant = live.states(np.asarray(info0["symbolic_obs"])[:1], np.asarray(obs0)[:1])[0]
         else:
-            constant = live.source.hidden_states([config.constant_text])[0]
+            constant = live.text_states([config.constant_text])[0]
     out = config.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)
@@ -318,7 +330,8 @@ def evaluate(config: EvalConfig) -> dict:
         t0 = time.perf_counter()
         base = config.episodes * i
         r = evaluate_ablation(env, policy, segment, fn is not None, config, name, out,
-                              on_episodes=lambda n, base=base: bar.update(base + n - bar.n))
+                              on_episodes=lambda n, base=base: bar.update(base + n - bar.n),
+                              history=live.history if live is not None else 0)
         r["seconds"] = time.perf_counter() - t0
         results.append(r)
     bar.close()

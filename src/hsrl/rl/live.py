@@ -9,6 +9,13 @@ Between refreshes the last state of each environment is reused. Given the env's 
 (`refresh(..., pool=env.pool_observations(state))`, online PPO), `LiveHidden.with_pool` computes a new pool's
 first states in one batch and gives a resetting environment its world's state from there, without a call.
 
+History (`--history K`, a spec whose prompts show the K previous observations of the episode): the `Runner` carries
+a `History` per environment, the last K symbolic observations and the actions taken after them with a count of
+valid entries, pushed by `Runner.advance` at every step and cleared where an episode starts, inside the jitted scan
+(`None` when K = 0: nothing carried, nothing copied). `refresh` hands it to the host with the observations, and
+`LiveHidden` renders the valid entries as the prompt's history, exactly as labelling takes them from the chunk files
+(`hsrl.data.label.row_history`), so the same observation sequence gives the same state on every path.
+
 The host side is `LiveHidden`: it renders the asked observations as text with `hsrl.text` (when the spec
 reads text), takes their pixel frames (when it reads images), and hands both to a `HiddenSource`: a small
 interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
@@ -46,9 +53,10 @@ class HiddenSource(Protocol):
     spec_json: str  # the resolved extraction spec the states come from
     hidden_size: int
 
-    def hidden_states(self, texts: list[str] | None, images: np.ndarray | None = None) -> np.ndarray:
+    def hidden_states(self, texts: list[str] | None, images: np.ndarray | None = None, history=None) -> np.ndarray:
         """(B, H) float32 states of B observations: their texts (None when the spec reads no text) and/or
-        their (B, H, W, 3) frames (when the spec reads images). Raises on failure; never returns zeros."""
+        their (B, H, W, 3) frames (when the spec reads images); for a spec with history, each one's previous
+        (text, action) pairs, oldest first (passed only then). Raises on failure; never returns zeros."""
         ...
 
 
@@ -59,9 +67,9 @@ class ExtractorSource:
         self.extractor = extractor
         self.spec_json, self.hidden_size = extractor.spec.to_json(), extractor.hidden_size
 
-    def hidden_states(self, texts, images=None) -> np.ndarray:
+    def hidden_states(self, texts, images=None, history=None) -> np.ndarray:
         if images is None:
-            return self.extractor.extract(texts).hidden_state
+            return self.extractor.extract(texts, history=history).hidden_state
         return self.extractor.extract(texts, images=images).hidden_state
 
 
@@ -73,8 +81,32 @@ class ServerSource:
         health = client.health()
         self.spec_json, self.hidden_size = health["spec_json"], int(health["hidden_size"])
 
-    def hidden_states(self, texts, images=None) -> np.ndarray:
-        return self.client.hidden_states(texts=texts, images=images)
+    def hidden_states(self, texts, images=None, history=None) -> np.ndarray:
+        return self.client.hidden_states(texts=texts, images=images, history=history)
+
+
+class History(NamedTuple):
+    """Each environment's previous observations in its episode, for prompts that show them (`--history K`)."""
+
+    sym: jax.Array  # (E, K, D) the K symbolic observations before the current one, oldest first
+    action: jax.Array  # (E, K) int32: the action taken after each
+    length: jax.Array  # (E,) int32: how many of them (the last `length`) belong to the current episode
+
+    @staticmethod
+    def empty(sym: jax.Array, k: int) -> History | None:
+        """No previous observations for E environments at `sym` (E, D); None when k = 0 (nothing is carried)."""
+        if k == 0:
+            return None
+        E, D = sym.shape
+        return History(jnp.zeros((E, k, D), sym.dtype), jnp.zeros((E, k), jnp.int32), jnp.zeros(E, jnp.int32))
+
+    def push(self, sym: jax.Array, action: jax.Array, done: jax.Array) -> History:
+        """After a step from `sym` with `action`: it joins the history (the oldest leaves); where `done`, the next
+        observation starts an episode and the history is cleared."""
+        k = self.sym.shape[1]
+        return History(jnp.concatenate([self.sym[:, 1:], sym[:, None].astype(self.sym.dtype)], 1),
+                       jnp.concatenate([self.action[:, 1:], action[:, None].astype(jnp.int32)], 1),
+                       jnp.where(done, 0, jnp.minimum(self.length + 1, k)).astype(jnp.int32))
 
 
 class Runner(NamedTuple):
@@ -87,11 +119,26 @@ class Runner(NamedTuple):
     fresh: jax.Array  # (E,) bool: episode just reset, needs a hidden state before acting
     since_refresh: jax.Array  # env steps since the last full refresh
     key: jax.Array
+    history: History | None = None  # previous observations of each episode (specs with history; None: K = 0)
 
-    def advance(self, env, env_state, obs, info, done, key) -> Runner:
-        """The runner after one env step: new observations, the same hidden states, `done` marks the fresh."""
+    def advance(self, env, env_state, obs, info, done, key, action=None) -> Runner:
+        """The runner after one env step taken with `action`: new observations, the same hidden states, `done` marks
+        the fresh; the observation stepped from and `action` join the history (cleared where `done`)."""
         sym = info["symbolic_obs"] if env.with_symbolic else obs
-        return Runner(env_state, obs, sym, self.hidden, done, self.since_refresh + 1, key)
+        history = self.history
+        if history is not None:
+            if action is None:
+                raise ValueError("a runner that carries history needs the action each step took")
+            history = history.push(self.sym, action, done)
+        return Runner(env_state, obs, sym, self.hidden, done, self.since_refresh + 1, key, history)
+
+
+def _with_history(fn):
+    """`fn` called as io_callback passes it the history's arrays after `sym, mask`: `fn(..., history=...)`."""
+    def call(sym, mask, hist_sym, hist_action, hist_length, *rest):
+        return fn(sym, mask, *rest, history=(hist_sym, hist_action, hist_length))
+
+    return call
 
 
 def refresh(runner: Runner, hidden_fn, skip_n: int, pool=None) -> Runner:
@@ -111,12 +158,14 @@ def refresh(runner: Runner, hidden_fn, skip_n: int, pool=None) -> Runner:
 
     def call(_):
         frames = (runner.obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
+        history = () if runner.history is None else tuple(runner.history)
+        wrap = (lambda fn: fn) if runner.history is None else _with_history
         if pool is not None and hasattr(hidden_fn, "with_pool"):
             pool_frames = (pool[1],) if hidden_fn.reads_images else ()
-            new = io_callback(hidden_fn.with_pool, shape, runner.sym, mask, pool[0], *frames, *pool_frames,
-                              ordered=False)
+            new = io_callback(wrap(hidden_fn.with_pool), shape, runner.sym, mask, *history, pool[0], *frames,
+                              *pool_frames, ordered=False)
         else:
-            new = io_callback(hidden_fn, shape, runner.sym, mask, *frames, ordered=False)
+            new = io_callback(wrap(hidden_fn), shape, runner.sym, mask, *history, *frames, ordered=False)
         return jnp.where(mask[:, None], new, runner.hidden)
 
     hidden = jax.lax.cond(mask.any(), call, lambda _: runner.hidden, None)
@@ -140,10 +189,10 @@ class LiveHidden:
         # a control policy's source projects the observation itself (`hsrl.data.projection`): no text, no model
         self.reads_observations = getattr(source, "reads_observations", False)
         if self.reads_observations:
-            self.reads_images, self.reads_text = source.reads_images, False
+            self.reads_images, self.reads_text, self.history = source.reads_images, False, 0
         else:
             spec = ExtractionSpec.from_json(self.spec_json)
-            self.reads_images, self.reads_text = spec.reads_images, spec.reads_text
+            self.reads_images, self.reads_text, self.history = spec.reads_images, spec.reads_text, spec.history
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)
         self.calls = self.samples = 0  # calls to the source and the samples asked in them
@@ -153,9 +202,41 @@ class LiveHidden:
         self._pool_digest: bytes | None = None
         self._pool_states: dict[bytes, np.ndarray] = {}
 
-    def states(self, sym: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+    def entries(self, history, idx: np.ndarray) -> list[list[tuple[str, int]]] | None:
+        """The previous (text, action) pairs, oldest first, of the environments `idx` from a runner's `History`
+        arrays (sym, action, length): the last `length` of each, rendered as labelling renders them. None for a
+        spec without history; no history given (a pool of fresh worlds, an episode's start): none for each."""
+        if not self.history:
+            return None
+        idx = np.asarray(idx, dtype=np.int64)
+        if history is None:
+            return [[] for _ in idx]
+        from hsrl.text import render_text
+
+        hist_sym, hist_action, length = (np.asarray(x) for x in history)
+        k = hist_sym.shape[1]
+        counts = length[idx].astype(np.int64)
+        envs = np.repeat(idx, counts)
+        slots = np.concatenate([np.arange(k - c, k) for c in counts]) if len(idx) else np.zeros(0, np.int64)
+        t0 = time.perf_counter()
+        texts = render_text(hist_sym[envs, slots], self.variant) if len(envs) else []
+        self.text_seconds += time.perf_counter() - t0
+        actions = hist_action[envs, slots].tolist()
+        out, start = [], 0
+        for c in counts:
+            out.append(list(zip(texts[start : start + c], actions[start : start + c])))
+            start += c
+        return out
+
+    def text_states(self, texts: list[str]) -> np.ndarray:
+        """(n, H) states of ready text observations, each at an episode's start (no history)."""
+        kwargs = {"history": [[] for _ in texts]} if self.history else {}
+        return self.source.hidden_states(texts, None, **kwargs)
+
+    def states(self, sym: np.ndarray, pixels: np.ndarray | None = None, history=None) -> np.ndarray:
         """(n, H) raw pooled states of n observations: symbolic vectors (rendered as text when the spec reads
-        text) and, when the spec reads images, their (n, H, W, 3) pixel frames."""
+        text) and, when the spec reads images, their (n, H, W, 3) pixel frames; for a spec with history, each
+        one's previous (text, action) pairs (`entries`; None: none, as at an episode's start)."""
         if self.reads_images and pixels is None:
             raise ValueError("the extraction spec reads images: pass the pixel observations (a Pixels env)")
         from hsrl.text import render_text
@@ -165,6 +246,9 @@ class LiveHidden:
         t1 = time.perf_counter()
         if self.reads_observations:  # the policy's own observation: the frame for pixel envs, else the vector
             states = self.source.observation_states(pixels if self.reads_images else np.asarray(sym))
+        elif self.history:
+            history = [[] for _ in range(len(sym))] if history is None else history
+            states = self.source.hidden_states(texts, None, history=history)
         else:
             states = self.source.hidden_states(texts, pixels if self.reads_images else None)
         self.text_seconds += t1 - t0
@@ -177,10 +261,11 @@ class LiveHidden:
     def _obs_key(sym_row: np.ndarray, pixel_row: np.ndarray | None) -> bytes:
         return sym_row.tobytes() + (b"" if pixel_row is None else pixel_row.tobytes())
 
-    def with_pool(self, sym, mask, pool_sym, pixels=None, pool_pixels=None) -> np.ndarray:
+    def with_pool(self, sym, mask, pool_sym, pixels=None, pool_pixels=None, history=None) -> np.ndarray:
         """As `__call__`, given the env's pool of fresh worlds (`BatchedEnv.pool_observations`): when the pool is
-        new, its states are computed in one batch; environments asked whose observation is one of the pool's (an
-        episode that just reset) get that state without a call of their own."""
+        new, its states are computed in one batch (no history: a fresh world starts an episode); environments
+        asked whose observation is one of the pool's and who have no history (an episode that just reset) get
+        that state without a call of their own."""
         pool_sym = np.asarray(pool_sym)
         pool_pixels = None if pool_pixels is None else np.asarray(pool_pixels)
         digest = hashlib.blake2b(pool_sym.tobytes() + (b"" if pool_pixels is None else pool_pixels.tobytes()),
@@ -191,16 +276,21 @@ class LiveHidden:
             self._pool_states = {self._obs_key(pool_sym[i], None if pool_pixels is None else pool_pixels[i]): states[i]
                                  for i in range(len(pool_sym))}
             self._pool_digest = digest
-        return self(sym, mask, pixels, _pool=self._pool_states)
+        return self(sym, mask, pixels, _pool=self._pool_states, history=history)
 
     def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None,
-                 _pool: dict | None = None) -> np.ndarray:
+                 _pool: dict | None = None, history=None) -> np.ndarray:
+        """(E, H) states for the environments `mask` asks for (NaN elsewhere); `history`: the runner's `History`
+        arrays, for a spec with history."""
         sym = np.asarray(sym)
         pixels = None if pixels is None else np.asarray(pixels)
         idx = np.flatnonzero(mask)
+        length = None if history is None else np.asarray(history[2])
         found = {}
         if _pool:
             for i in idx:
+                if length is not None and length[i]:  # mid-episode: its prompt shows history, a fresh world's none
+                    continue
                 state = _pool.get(self._obs_key(sym[i], None if pixels is None else pixels[i]))
                 if state is not None:
                     found[i] = state
@@ -208,7 +298,7 @@ class LiveHidden:
         ask = np.array([i for i in idx if i not in found], dtype=np.int64)
         states = np.empty((len(idx), self.hidden_size), np.float32)
         if len(ask):
-            new = self.states(sym[ask], None if pixels is None else pixels[ask])
+            new = self.states(sym[ask], None if pixels is None else pixels[ask], self.entries(history, ask))
             self.moments.update(new)
             states[np.searchsorted(idx, ask)] = new
         for i, state in found.items():

@@ -39,7 +39,7 @@ from hsrl.errors import InputError
 from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
-from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
+from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
 from hsrl.rl.networks import (POLICIES, NetworkConfig, init_params, initial_carry, policy_sequence,
                               policy_step)
 
@@ -197,7 +197,7 @@ def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: Liv
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
         t = Transition(runner.obs, memory.start, runner.hidden, action, log_prob, value, reward, done,
                        info["episode_return"], info["episode_length"], info["achievements"])
-        runner = runner.advance(env, env_state, obs, info, done, key)
+        runner = runner.advance(env, env_state, obs, info, done, key, action)
         return (params, runner, Memory(new_carry, done), norm), t
 
     def rollout(params, runner, memory, norm):
@@ -477,7 +477,8 @@ def train_online(config: OnlineConfig) -> dict:
         hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool), np.asarray(obs) if live.reads_images else None))
     else:
         hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
-    runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key)
+    runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key,
+                    History.empty(sym, live.history if live is not None else 0))
     memory = Memory.initial(net_config, E)
 
     out.mkdir(parents=True, exist_ok=True)
