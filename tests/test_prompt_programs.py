@@ -202,6 +202,28 @@ def test_history_keeps_the_shared_prefix_of_a_causal_model(tmp_path):
     assert prefixes[0] == prefixes[1]
 
 
+def test_forecast_pools_its_generated_tokens_or_the_prompt(tmp_path):
+    """--template forecast asks for the next steps; with --tokens N the state pools the generated tokens (what
+    re-extraction of those tokens gives), with --tokens 1 the prompt's observation slot."""
+    from tiny_qwen import build_tiny_qwen
+
+    from hsrl.llm import make_extractor
+
+    path = build_tiny_qwen(tmp_path / "qwen", max_position_embeddings=16384)
+    spec = ExtractionSpec(model=str(path), template="forecast", history=1, tokens=5, temperature=0)
+    gen = make_extractor(spec, batch_size=2)
+    history = [[(OBS[1], 2)], []]
+    prompt = gen.program.render(OBS[0], history[0], gen.tokenizer)
+    assert "Forecast the next 5 steps" in prompt and "Action taken: right" in prompt and prompt.startswith("<|im_")
+    result = gen.extract(OBS[:2], history=history)
+    assert list(result.num_tokens) == [len(g) for g in result.generated_ids] and max(result.num_tokens) > 1
+    again = gen.reextract(OBS[:2], generated_ids=result.generated_ids, history=history)
+    np.testing.assert_allclose(again.hidden_state, result.hidden_state, rtol=1e-4, atol=1e-5)
+    prompt_only = make_extractor(spec.replace(tokens=1), batch_size=2)
+    rows, ranges = prompt_only.encode(prompt_only.program.sample_texts(OBS[:1], history[:1]))
+    assert prompt_only.extract(OBS[:1], history=history[:1]).num_tokens[0] == ranges[0, 1] - ranges[0, 0] > 100
+
+
 # ---- labelling --------------------------------------------------------------------------------------------------------
 
 

@@ -60,6 +60,8 @@ class ExtractionSpec:
     observation's tokens); tokens = N > 1 generates up to N tokens and pools the generated tokens' own states
     ('mean' over the tokens actually generated, end-of-sequence included; 'last' = the last generated token).
     Sampling (temperature, top_p, seed) matters only when tokens > 1; temperature 0 is greedy.
+    What the model is asked (`hsrl.llm.prompt.PromptProgram`): the template, for placeholder templates ('forecast',
+    'custom') with its text and hash, and `history`, how many previous observations of the episode each prompt shows.
     """
 
     model: str = "minilm"  # registry name (hsrl.llm.models.MODEL_ALIASES), HuggingFace id or local path
@@ -222,6 +224,12 @@ def spec_differences(a: SpecLike, b: SpecLike, ignore: Collection[str] = ()) -> 
     return sorted(k for k in set(da) | set(db) if k not in skip and da.get(k, absent) != db.get(k, absent))
 
 
+def _shown(value, limit: int = 60) -> str:
+    """A field's value in a message: its repr, cut to `limit` characters (a template's text is long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_spec(producer: SpecLike, consumer: SpecLike, allow: bool = False, what: str = "extraction spec mismatch"
                ) -> list[str]:
     """Raise ValueError naming the fields (and values) in which the specs differ (`spec_differences`); with
@@ -230,7 +238,7 @@ def check_spec(producer: SpecLike, consumer: SpecLike, allow: bool = False, what
     fields = spec_differences(producer, consumer)
     if fields:
         da, db = _spec_dict(producer) or {}, _spec_dict(consumer) or {}
-        detail = "; ".join(f"{n}: {da.get(n, '<absent>')!r} != {db.get(n, '<absent>')!r}" for n in fields)
+        detail = "; ".join(f"{n}: {_shown(da.get(n, '<absent>'))} != {_shown(db.get(n, '<absent>'))}" for n in fields)
         hashes = (f"producer {spec_hash(json.dumps(da, sort_keys=True, separators=(',', ':')))} vs consumer "
                   f"{spec_hash(json.dumps(db, sort_keys=True, separators=(',', ':')))}") if da and db else ""
         message = f"{what}{f' ({hashes})' if hashes else ''}; fields that differ: {', '.join(fields)} ({detail})"

@@ -402,6 +402,8 @@ def _server_source(config: OnlineConfig, spec) -> ServerSource:
     client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
     served = client.spec()
     auto = [k for k, v in spec.to_dict().items() if v in ("auto", None)]
+    if "template" in auto:  # the server's template, whichever it is, with its text
+        auto += ["template_text", "template_hash"]
     differ = spec_differences(served, spec, ignore=auto)
     if differ and not config.allow_spec_mismatch:
         raise InputError(f"the server {config.server} extracts by another spec than the flags ask; fields that "
