@@ -6,7 +6,7 @@ imported only when used, so `hsrl --help` stays fast. A flag without a default i
 A config's `check()` method, where it has one, validates every flag before the run function starts (no work
 done, no folder made on a bad flag). A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
 any other exception is a bug and keeps its traceback. Ctrl-C (KeyboardInterrupt) prints one line, exit code 130:
-the verbs that resume (label, extract, collect, train-awr, experiment, quickstart) pick up where they stopped when
+the verbs that resume (label, extract, collect, import, train-awr, experiment, quickstart) pick up where they stopped when
 the same command is run again. `hsrl --version` prints the installed version.
 """
 
@@ -35,6 +35,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "online": ("hsrl.rl.ppo:OnlineConfig", "hsrl.rl.ppo:run_online",
                "online PPO with live LLM hidden states (or --no-hidden)"),
     "eval": ("hsrl.evaluate:EvalConfig", "hsrl.evaluate:run_eval", "evaluate a policy with hidden-state ablations"),
+    "import": ("hsrl.data.importer:ImportConfig", "hsrl.data.cli:run_import",
+               "convert trajectory folders written by other tools (trajectories_batch_NNNNNN.npz) into chunks"),
     "returns": ("hsrl.data.returns:ReturnsConfig", "hsrl.data.cli:run_returns",
                 "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.stats:StatsConfig", "hsrl.data.cli:run_stats",
@@ -139,7 +141,7 @@ def version() -> str:
 
 
 # Verbs whose rerun picks up finished work (saved batches, chunks, checkpoints, finished runs).
-RESUMING = ("collect", "label", "extract", "train-awr", "experiment", "quickstart")
+RESUMING = ("collect", "import", "label", "extract", "train-awr", "experiment", "quickstart")
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

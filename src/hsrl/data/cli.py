@@ -1,11 +1,12 @@
-"""Run functions of `hsrl returns` and `hsrl stats` (configs: `hsrl.data.returns.ReturnsConfig`,
-`hsrl.data.stats.StatsConfig`)."""
+"""Run functions of `hsrl returns`, `hsrl stats` and `hsrl import` (configs: `hsrl.data.returns.ReturnsConfig`,
+`hsrl.data.stats.StatsConfig`, `hsrl.data.importer.ImportConfig`)."""
 
 import json
 from pathlib import Path
 
 from hsrl.atomic import write_text_atomic
 from hsrl.data.returns import ReturnsConfig, add_returns
+from hsrl.data.importer import ImportConfig, format_summary, import_trajectories
 from hsrl.data.stats import STATS_FILE, StatsConfig, dataset_stats, format_stats
 
 
@@ -26,4 +27,9 @@ def run_stats(config: StatsConfig) -> int:
     write_text_atomic(out, json.dumps(stats, indent=1))
     print(format_stats(stats))
     print(f"saved {out}")
+    return 0
+
+
+def run_import(config: ImportConfig) -> int:
+    print(format_summary(import_trajectories(config)))
     return 0
