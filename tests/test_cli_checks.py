@@ -44,6 +44,7 @@ BAD_FLAGS = {
     "extract": (["{raw}", "{tmp}/out", "--pooling", "median"], "out"),
     "online": (["--num-minibatches", "3", "--no-hidden", "--out", "{tmp}/out"], "out"),
     "eval": (["{tmp}/run", "--episodes", "0", "--out", "{tmp}/out"], "out"),
+    "import": (["{tmp}/src", "{tmp}/out", "--num-envs", "0"], "out"),
     "returns": (["{raw}", "--gamma", "1.5"], None),
     "stats": (["{raw}", "--std-floor", "0", "--out", "{tmp}/out/stats.json"], "out"),
     "train-awr": (["{raw}", "--steps", "0", "--out", "{tmp}/out"], "out"),

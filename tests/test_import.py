@@ -196,12 +196,34 @@ def test_train_awr_probe_and_experiment_accept_the_import(imported, tmp_path):
     assert result["step"] == 10
     policy = load_policy(tmp_path / "awr")
     assert policy.network.hidden_size == 16 and policy.spec_json is None
+    _eval_needs_the_spec_named(tmp_path / "awr", tmp_path)
     report = probe(ProbeConfig(str(dst), out=str(tmp_path / "probe"), max_rows=300, min_rows=5, progress=False))
     assert report["spec_json"] is None and report["features"]
     exp = run_experiment(ExperimentConfig(offline=str(dst), eval_data=str(dst), out=str(tmp_path / "exp"), seeds=1,
                                           awr_steps=5, awr_batch_size=32, awr_save_every=5, width=16, control=False,
                                           progress=False))
     assert {r["arm"] for r in exp["runs"]} == {"awr-baseline", "awr-hidden"}
+
+
+def _eval_needs_the_spec_named(run, tmp_path):
+    """A policy trained on foreign states: `hsrl eval` with live states refuses before any work until --spec names
+    the spec (JSON or a file), and then computes them by it."""
+    from hsrl.evaluate import EvalConfig
+    from hsrl.llm import ExtractionSpec
+
+    with pytest.raises(InputError, match="without an extraction spec.*--spec"):
+        EvalConfig(str(run)).check()
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 2 and not (tmp_path / "eval").exists()
+    spec = ExtractionSpec(model="minilm", variant="classic")
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    for named in (spec.to_json(), str(tmp_path / "spec.json")):
+        config = EvalConfig(str(run), spec=named)
+        config.check()
+        assert config.live_spec_json(None, run) == spec.to_json()
+    with pytest.raises(InputError, match="--spec: not an extraction spec"):
+        EvalConfig(str(run), spec='{"model": "minilm", "colour": 1}').check()
+    with pytest.raises(InputError, match="differs from the spec .* in layer"):
+        EvalConfig(str(run), spec=spec.to_json()).live_spec_json(spec.replace(layer=2).to_json(), run)
 
 
 def test_pickled_arrays_are_refused_without_the_flag(tmp_path, capsys):

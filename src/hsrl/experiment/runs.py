@@ -65,7 +65,7 @@ class Job:
             "all_tokens_valid": self.all_tokens_valid})
 
 
-LATER_SETTINGS = {"all_tokens_valid": False}  # setting -> default, left out of a run's identity at that default
+LATER_SETTINGS = {"all_tokens_valid": False, "spec": None}  # setting -> default, left out of a run's identity at that default
 
 
 def _drop_later_defaults(d: dict) -> dict:
