@@ -343,6 +343,8 @@ def evaluate(config: EvalConfig) -> dict:
             spec = ExtractionSpec.from_json(spec_json)
             check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
             source = ExtractorSource(make_extractor(spec, cache=config.state_cache(), device=config.device))
+            if config.spec is not None:  # a spec the user named: its model and layer must give the trained width
+                policy.check_compatible(hidden_size=source.hidden_size, what=f"--spec ({spec.model})")
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate

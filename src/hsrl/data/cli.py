@@ -13,7 +13,8 @@ from hsrl.data.stats import STATS_FILE, StatsConfig, dataset_stats, format_stats
 def run_returns(config: ReturnsConfig) -> int:
     summary = add_returns(config.directory, config.gamma, show_progress=config.progress)
     print(f"{summary['directory']}: return_to_go (gamma {summary['gamma']}) written to {summary['files']} files, "
-          f"{summary['rows']} rows, {summary['truncated_rows']} in episodes still running at the end of the data")
+          f"{summary['rows']} rows, {summary['truncated_rows']} in episodes still running at the end of the data"
+          + (" or of a segment (a gap in the recording)" if summary.get("segments", 1) > 1 else ""))
     if summary["replaced_gammas"]:  # say so: runs trained before read the old returns
         print(f"  replaced the returns of gamma {', '.join(map(str, summary['replaced_gammas']))} (AWR runs trained "
               f"on this folder before read those)")

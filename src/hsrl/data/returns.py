@@ -113,4 +113,4 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
         os.replace(stage, path)
     replaced = sorted({i.meta.return_gamma for i in infos if i.meta.return_gamma not in (None, float(gamma))})
     return {"directory": str(Path(directory)), "files": len(files), "rows": rows, "gamma": float(gamma),
-            "truncated_rows": truncated, "replaced_gammas": replaced}
+            "truncated_rows": truncated, "replaced_gammas": replaced, "segments": sum(starts)}
