@@ -5,6 +5,7 @@ accept, with the same rows and values; pickles are refused without --trust-pickl
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,29 @@ def test_cli_imports_and_says_what_it_did(tmp_path, capsys):
     assert "2 chunks (2 written" in out and "2 segments" in out and "foreign" in out and "hsrl returns" in out
     meta = json.loads(str(np.load(list_chunks(tmp_path / "dst")[1])["meta"]))
     assert meta["segment"] == 1 and meta["first_step"] is None
+
+
+def test_segments_in_the_chunk_format():
+    """`segment` is stored only where a recording has gaps, validated, and never goes back; within a segment
+    first_steps must still follow on."""
+    from hsrl.data import ChunkInfo, ChunkMeta
+    from hsrl.data.chunks import check_consecutive, starts_segment
+
+    plain = ChunkMeta(env_name=CLASSIC, num_envs=2, obs_kind="symbolic", first_step=0)
+    assert "segment" not in json.loads(plain.to_json())  # data without gaps is stored as before
+    later = ChunkMeta(env_name=CLASSIC, num_envs=2, obs_kind="symbolic", segment=2)
+    assert ChunkMeta.from_json(later.to_json()) == later and json.loads(later.to_json())["segment"] == 2
+    with pytest.raises(ValueError, match="segment must be a non-negative int"):
+        ChunkMeta(env_name=CLASSIC, num_envs=2, obs_kind="symbolic", segment=-1)
+
+    def info(name, segment, first_step):
+        meta = ChunkMeta(env_name=CLASSIC, num_envs=2, obs_kind="symbolic", first_step=first_step, segment=segment)
+        return ChunkInfo(Path(name), meta, {}, 8)
+
+    ok = [info("a", 0, 0), info("b", 0, 4), info("c", 1, 40), info("d", 1, 44)]
+    check_consecutive(ok)
+    assert starts_segment(ok) == [True, False, True, False]
+    with pytest.raises(DataFileError, match="d: meta: first_step 50 does not follow"):
+        check_consecutive(ok[:3] + [info("d", 1, 50)])
+    with pytest.raises(DataFileError, match="c: meta: segment 0 comes after segment 1"):
+        check_consecutive([info("b", 1, 0), info("c", 0, 4)])

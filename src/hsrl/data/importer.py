@@ -629,7 +629,9 @@ def _hidden(sf: SourceFile, per_token: bool):
 # ------------------------------------------------------------------------------------------------- the import
 
 
-def _identity(plan: ImportPlan, item: Planned, E: int, src: Path) -> dict:
+def _identity(item: Planned, src: Path) -> dict:
+    """What makes a chunk this import's: the source file (name, size, mtime), what follows it, the import version
+    (with the env, num_envs and segment of the chunk's meta: `_existing`)."""
     stat = item.path.stat()
     return {"version": IMPORT_VERSION, "source": str(src.resolve()), "file": item.path.name, "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns, "batch_index": item.index,
@@ -782,7 +784,7 @@ def import_trajectories(config: ImportConfig) -> ImportSummary:
         if item.rows % E:
             raise DataFileError(item.path, "action", f"{item.rows} rows is not a multiple of {E} environments")
     src, dst = Path(config.source), Path(config.out)
-    identities = {item.index: _identity(plan, item, E, src) for item in plan.files}
+    identities = {item.index: _identity(item, src) for item in plan.files}
     done = _existing(dst, plan, E, identities)
     dst.mkdir(parents=True, exist_ok=True)
     remove_temporaries(dst, "chunk_*.npz")  # what a killed import left
