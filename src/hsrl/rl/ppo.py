@@ -349,21 +349,23 @@ def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarr
 
 
 class UpdateTimes:
-    """Where each update's wall time went (env + policy, LLM, text rendering, update, other) and the totals
-    over the updates after the first, which also compiles (kept apart as `compile_seconds`)."""
+    """Where each update's wall time went (env + policy, LLM, text rendering, update, saving, other) and the totals
+    over the updates after the first, which also compiles (kept apart as `compile_seconds`). Saving is the checkpoint
+    written after the previous update (after its metrics line, so a line is never lost to a kill)."""
 
-    PARTS = ("env_policy", "llm", "text", "update", "other")
+    PARTS = ("env_policy", "llm", "text", "update", "save", "other")
 
     def __init__(self):
         self.totals = dict.fromkeys(self.PARTS, 0.0)
         self.timed_steps, self.compile_seconds, self.compile_steps = 0, 0.0, 0
 
     def add(self, *, rollout: float, update: float, whole: float, llm: float, text: float, steps: int,
-            compiling: bool) -> dict:
+            compiling: bool, save: float = 0.0) -> dict:
         """Record one update's seconds; its `time/*_share` metrics (the LLM's share is `time/llm_share`, the text
         rendering's `time/text_share`: one name per fact)."""
         parts = {"env_policy": rollout - llm - text, "llm": llm, "text": text, "update": update}
         parts["other"] = max(0.0, whole - sum(parts.values()))
+        parts["save"] = save
         wall = sum(parts.values())
         if compiling:
             self.compile_seconds, self.compile_steps = wall, steps
@@ -640,6 +642,7 @@ def train_online(config: OnlineConfig) -> dict:
                desc="online", disable=not config.progress, dynamic_ncols=True)
     start = time.perf_counter()
     hidden_stats = live.stats() if live is not None else None
+    save_seconds = 0.0  # the last checkpoint's, counted in the next update's times
 
     def save(step: int, final: bool):
         if writer is not None:
@@ -691,12 +694,15 @@ def train_online(config: OnlineConfig) -> dict:
                     metrics.update(counts.update())
                 metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
                                          llm=llm_s, text=text_s, steps=steps_per_update,
-                                         compiling=u == start_update and num_updates - start_update > 1))
+                                         compiling=u == start_update and num_updates - start_update > 1,
+                                         save=save_seconds))
                 metrics["charts/SPS"] = step / (elapsed_before + time.perf_counter() - start)
                 logger.log(step, metrics)
                 last = u + 1 == num_updates
+                t_save = time.perf_counter()
                 if (u + 1) % config.save_every == 0 or last or preemption.requested:
                     save(step, final=last)
+                save_seconds = time.perf_counter() - t_save
                 bar.update(steps_per_update)
                 recent = np.mean(totals.recent) if totals.recent else 0.0
                 bar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}", ret=f"{recent:.2f}")
