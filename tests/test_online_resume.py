@@ -220,7 +220,7 @@ def test_trajectories_every_n_are_segments_with_returns_cut_at_the_gaps(tmp_path
     assert summary["trajectories"]["chunks_written"] == 2
     files = list_chunks(out / "traj")
     metas = [read_chunk(p).meta for p in files]
-    assert [m.first_step for m in metas] == [0, 16] and [m.segment_start for m in metas] == [False, True]
+    assert [m.first_step for m in metas] == [0, 16] and [m.segment for m in metas] == [0, 1]
     assert "hidden_state" not in read_chunk(files[0])
     add_returns(out / "traj", 0.99, show_progress=False)
     first = read_chunk(files[0])

@@ -113,8 +113,6 @@ class ChunkMeta:
     are consecutive; `spec_json` is the extraction spec of `hidden_state` once labelled (the stored JSON
     also carries its `spec_hash`, derived, for people reading files);
     `return_gamma` is the discount of `return_to_go`; `extra` is free JSON (seed, policy, ...).
-    `segment_start`: the chunk does not continue the one before it (the data has a gap there: `first_step` jumps);
-    returns end at the gap, as at the end of the data (`segment_starts` says where segments begin).
     """
 
     env_name: str
@@ -125,7 +123,6 @@ class ChunkMeta:
     spec_json: str | None = None
     return_gamma: float | None = None
     extra: Mapping = field(default_factory=dict)
-    segment_start: bool = False
     schema_version: int = SCHEMA_VERSION
     row_layout: str = ROW_LAYOUT
 
@@ -150,8 +147,6 @@ class ChunkMeta:
                 problems.append(f"spec_json is not valid JSON ({err})")
         if self.return_gamma is not None and not (0.0 <= float(self.return_gamma) <= 1.0):
             problems.append(f"return_gamma must lie in [0, 1], got {self.return_gamma!r}")
-        if not isinstance(self.segment_start, bool):
-            problems.append(f"segment_start must be true or false, got {self.segment_start!r}")
         if self.schema_version != SCHEMA_VERSION:
             problems.append(f"schema_version {self.schema_version!r} is not supported (this hsrl reads {SCHEMA_VERSION})")
         if self.row_layout != ROW_LAYOUT:
@@ -772,27 +767,16 @@ def check_same_row_shape(infos: Sequence[ChunkInfo], key: str) -> None:
 
 
 def check_consecutive(infos: Sequence[ChunkInfo]) -> None:
-    """Chunks of one run in time order: same env, num_envs and obs kind, and `first_step`s that follow on, except
-    after a gap that the later chunk declares (`segment_start`: its `first_step` only has to be later)."""
+    """Chunks of one run in time order: same env, num_envs and obs kind, and `first_step`s that follow on."""
     for prev, cur in zip(infos, infos[1:]):
         for name in ("env_name", "num_envs", "obs_kind"):
             if getattr(prev.meta, name) != getattr(cur.meta, name):
                 raise DataFileError(cur.path, META_KEY, f"{name} {getattr(cur.meta, name)!r} differs from "
                                                         f"{getattr(prev.meta, name)!r} in {prev.path.name}")
         a, b = prev.meta.first_step, cur.meta.first_step
-        if cur.meta.segment_start:
-            if a is not None and b is not None and b < a + prev.num_steps:
-                raise DataFileError(cur.path, META_KEY, f"first_step {b} starts a segment before the end of "
-                                                        f"{prev.path.name} (first_step {a} + {prev.num_steps} steps)")
-        elif a is not None and b is not None and b != a + prev.num_steps:
+        if a is not None and b is not None and b != a + prev.num_steps:
             raise DataFileError(cur.path, META_KEY, f"first_step {b} does not follow {prev.path.name} "
                                                     f"(first_step {a} + {prev.num_steps} steps): chunks are not consecutive")
-
-
-def segment_starts(infos: Sequence[ChunkInfo]) -> np.ndarray:
-    """(len(infos),) bool: the chunks that begin a segment (the first, and each declaring `segment_start`). No
-    episode, return or history spans two segments."""
-    return np.array([i == 0 or info.meta.segment_start for i, info in enumerate(infos)], bool)
 
 
 def progress(items, desc: str, enabled: bool = True, unit: str = "file"):

@@ -4,8 +4,7 @@ One backward pass over the files (last chunk first) carries each environment's r
 episode that spans files gets its full return. Within a file the recursion
 `G[t] = r[t] + gamma * (1 - done[t]) * G[t+1]` runs over the `(T, num_envs)` view, vectorised over
 environments, in float64; `return_to_go` is stored as float32. Rows whose episode has not ended by the
-end of the data get `return_truncated = True` (their return counts only the rewards that were seen). A chunk that
-starts a segment (`ChunkMeta.segment_start`: a gap in the data before it) ends the segment before it the same way.
+end of the data get `return_truncated = True` (their return counts only the rewards that were seen).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 
 from hsrl.atomic import remove_temporaries
 from hsrl.data.chunks import (
-    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, segment_starts, write_chunk,
+    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk,
 )
 from hsrl.errors import InputError
 
@@ -87,12 +86,8 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
     rows = truncated = 0
     staged: list[tuple[Path, Path]] = []
     try:
-        starts = segment_starts(infos)
-        for i in progress(range(len(files) - 1, -1, -1), "returns", show_progress):
-            path = files[i]
+        for path in progress(files[::-1], "returns", show_progress):
             chunk = read_chunk(path)
-            if i + 1 < len(files) and starts[i + 1]:  # a gap after this chunk: its running episodes are cut off
-                g, trunc = np.zeros(num_envs, np.float64), np.ones(num_envs, bool)
             ret, ret_trunc, g, trunc = discounted_returns(
                 chunk.time_major("reward"), chunk.time_major("done"), gamma, g, trunc)
             arrays = dict(chunk.arrays)

@@ -6,7 +6,7 @@ action, reward, done, achievements, `log_prob` of the acting policy, and `hidden
 policy read at that step (as `LiveHidden` gave it, before normalisation), with the run's extraction spec in the
 metadata. A control run (its input is a projection, not the LLM's) and a run without hidden states write no
 `hidden_state`. Saving every update gives consecutive chunks; `--save-trajectories-every N` keeps one update in N,
-and each chunk after the first then starts a segment (`ChunkMeta.segment_start`): returns end at the gaps.
+and each chunk is then a segment of its own (`ChunkMeta.segment`): returns end at the gaps.
 `hsrl returns`, `train-awr` and `experiment --offline` read the folder as it is.
 
 Writes run on one background thread (compression releases the GIL), one chunk at a time, atomically; the loop waits
@@ -92,7 +92,7 @@ class TrajectoryWriter:
                          obs_kind="pixels" if self.info.pixels else "symbolic",
                          first_step=update * self.num_steps, achievement_names=self.info.achievement_names,
                          spec_json=self.spec_json if "hidden_state" in rows else None,
-                         segment_start=self.every > 1 and update > 0,
+                         segment=update // self.every if self.every > 1 else 0,
                          extra={"source": SOURCE, "run": self.run, "update": update, "seed": self.seed})
         path = chunk_path(self.directory, update // self.every)
         self._pending = self._pool.submit(write_chunk, path, rows, meta)
