@@ -1,7 +1,13 @@
 """Online PPO with the LLM in the loop: steps/s against the LLM-only ceiling, and LLM calls per update with reset
-refreshes one by one (--no-pool-states, the old way) and from the reset pool's states (default), in one run.
+refreshes one by one (--no-pool-states, the old way) and from the reset pool's states (default), in one run; and
+the cost of saving the whole training state (resume): SPS with --save-every at its default against never saving.
 
-    python benchmarks/bench_online.py [--env Craftax-Classic-Symbolic-v1] [--envs 32] [--updates 4]
+    python benchmarks/bench_online.py [--env Craftax-Classic-Symbolic-v1] [--envs 32] [--updates 4] [--save-updates 20]
+
+Saving: two runs of --save-updates updates with the LLM (pool states), --save-every 10 (the default) and never
+(only the final checkpoint, which both write); `save_ratio` = SPS(default) / SPS(never), target >= 0.97. Each run
+also times its saves (`time_share["save"]`); `save_ratio_from_share` = 1 - that share is the same figure measured
+inside one run, free of the noise between two runs.
 
 Three runs of the same PPO (skip-n 25, tokens 1, model minilm, in-memory state cache): with the LLM and
 --no-pool-states, with the LLM and pool states, and --no-hidden. The LLM-only ceiling is the rate at which the
@@ -19,9 +25,12 @@ import tempfile
 from hsrl.rl.ppo import OnlineConfig, train_online
 
 
-def run(args, folder: str, **kw) -> dict:
-    config = OnlineConfig(env=args.env, envs=args.envs, steps=args.envs * 64 * args.updates, skip_n=25, tokens=1,
-                          out=folder, progress=False, save_every=10**9, **kw)
+NEVER = 10**9  # --save-every that never comes: only the final checkpoint
+
+
+def run(args, folder: str, updates: int | None = None, save_every: int = NEVER, **kw) -> dict:
+    config = OnlineConfig(env=args.env, envs=args.envs, steps=args.envs * 64 * (updates or args.updates), skip_n=25,
+                          tokens=1, out=folder, progress=False, save_every=save_every, **kw)
     return train_online(config)
 
 
@@ -30,11 +39,15 @@ def main() -> None:
     p.add_argument("--env", default="Craftax-Classic-Symbolic-v1")
     p.add_argument("--envs", type=int, default=32)
     p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--save-updates", type=int, default=20, help="updates of the two saving runs")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_online_")
     before = run(args, f"{tmp}/before", pool_states=False)
     after = run(args, f"{tmp}/after")
     without = run(args, f"{tmp}/nollm", hidden=False)
+    default_every = OnlineConfig.__dataclass_fields__["save_every"].default
+    saving = run(args, f"{tmp}/saving", updates=args.save_updates, save_every=default_every)
+    never = run(args, f"{tmp}/never", updates=args.save_updates)
     ratio = {k: r["time_share"]["llm"] for k, r in (("before", before), ("after", after))}
     load = os.getloadavg()[0]
     print(f"{args.env}, {args.envs} envs, {args.updates} updates of 64 steps, skip-n 25, tokens 1, model minilm; "
@@ -44,6 +57,9 @@ def main() -> None:
               f"(mean batch {r['llm_mean_call_batch']:.1f}), cache hit rate {r.get('cache_hit_rate', 0):.1%}, "
               f"SPS / LLM-only ceiling {r['time_share']['llm']:.3f}")
     print(f"--no-hidden:               {without['sps']:8.1f} SPS")
+    print(f"saving the training state every {default_every} updates: {saving['sps']:.1f} SPS, never: {never['sps']:.1f} "
+          f"SPS over {args.save_updates} updates; ratio {saving['sps'] / never['sps']:.3f} (target >= 0.97), "
+          f"saves' share of the wall time {saving['time_share']['save']:.4f}")
     print(f"calls per update after / before: {after['llm_calls_per_update'] / before['llm_calls_per_update']:.3f}; "
           f"SPS after / before: {after['sps'] / before['sps']:.3f}")
     print(json.dumps({"sps_before": round(before["sps"], 1), "sps_after": round(after["sps"], 1),
@@ -54,7 +70,11 @@ def main() -> None:
                       "mean_call_batch_after": round(after["llm_mean_call_batch"], 2),
                       "ceiling_ratio_before": round(ratio["before"], 4), "ratio": round(ratio["after"], 4),
                       "sps_ratio_after_before": round(after["sps"] / before["sps"], 4),
-                      "cache_hit_rate": round(after.get("cache_hit_rate", 0.0), 4), "load_average": round(load, 2)}))
+                      "cache_hit_rate": round(after.get("cache_hit_rate", 0.0), 4),
+                      "sps_save_default": round(saving["sps"], 1), "sps_save_never": round(never["sps"], 1),
+                      "save_ratio": round(saving["sps"] / never["sps"], 4),
+                      "save_ratio_from_share": round(1 - saving["time_share"]["save"], 4),
+                      "load_average": round(load, 2)}))
 
 
 if __name__ == "__main__":

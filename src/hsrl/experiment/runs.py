@@ -3,8 +3,8 @@ loops that run them, one after another or as Ray tasks.
 
 A run is a plain `Job` (picklable, so a Ray task can carry it). `run_job` is idempotent: a run folder
 with a `result.json` of the same job is returned as it is; AWR resumes from its newest checkpoint
-(`train_awr` does that by itself); online PPO, which has no resume, trains again unless its final
-`summary.json` is there. Each run writes `worker.txt` ("host pid") while it works, so an operator (or a
+(`train_awr` does that by itself), and so does online PPO (`train_online`); a run stopped on SIGTERM
+(`Preempted`) stops the experiment, and rerunning it goes on from there. Each run writes `worker.txt` ("host pid") while it works, so an operator (or a
 test) can see where it runs.
 
 On Ray, each job is one task with `num_cpus` / `num_gpus` of its own and `max_retries`: when its worker
@@ -102,13 +102,10 @@ def _train(job: Job) -> dict:
         ess = [line["weight_ess"] for line in read_metrics(job.train.out) if "weight_ess" in line]
         return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"]),
                 "weight_ess": float(ess[-1]) if ess else None}
-    summary_path = Path(job.train.out) / "summary.json"
-    if summary_path.exists():  # a finished PPO run; an unfinished one starts again (PPO has no resume)
-        return {"resumed": True, "step": int(json.loads(summary_path.read_text())["steps"])}
     from hsrl.rl.ppo import train_online
 
-    summary = train_online(job.train)
-    return {"resumed": False, "step": int(summary["steps"])}
+    summary = train_online(job.train)  # resumes from the arm's newest checkpoint; a finished run returns its summary
+    return {"resumed": bool(summary.get("resumed_from")), "step": int(summary["steps"])}
 
 
 def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
