@@ -7,8 +7,7 @@ A config's `check()` method, where it has one, validates every flag before the r
 done, no folder made on a bad flag). A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
 any other exception is a bug and keeps its traceback. Ctrl-C (KeyboardInterrupt) prints one line, exit code 130:
 the verbs that resume (label, extract, collect, import, train-awr, online, experiment, quickstart) pick up where they
-stopped when
-the same command is run again. `hsrl --version` prints the installed version.
+stopped when the same command is run again; `online` stopped by SIGTERM/SIGINT saves first and exits 75. `hsrl --version` prints the installed version.
 """
 
 import argparse
