@@ -69,6 +69,7 @@ ARCHS = ("shared", "separate")  # hsrl's shared encoder + heads, or the publishe
 PUBLISHED_ACTIVATION = {"mlp": "tanh", "conv": "relu"}  # Craftax_Baselines' PPO networks' dense-layer activation
 GATE_LOGIT_INIT = -6.0  # sigmoid(-6) = 0.0025: the gate starts closed
 GATE_PARAM = "gate_logit"
+RMS_EPS = 1e-6  # of the gated projection's RMS scaling (an all-zero hidden input projects to zeros)
 
 
 @dataclass(frozen=True)
@@ -230,10 +231,12 @@ def _gate(module: nn.Module) -> jax.Array:
     return jax.nn.sigmoid(module.param(GATE_PARAM, nn.initializers.constant(GATE_LOGIT_INIT), ()))
 
 
-def _projection(features: int) -> nn.Dense:
-    """W of the gated fusion: the hidden state to `features`, no bias (with a bias the gate could open for a
-    constant feature that does not depend on the state)."""
-    return nn.Dense(features, use_bias=False, kernel_init=nn.initializers.orthogonal(1.0), name="fusion")
+def _projection(features: int, hidden):
+    """W h of the gated fusion, scaled to unit RMS over its `features` (so the gate alone sets how much of it the
+    network reads: a W grown by training cannot make a closed gate read the state); no bias (with a bias the gate
+    could open for a constant that does not depend on the state)."""
+    y = nn.Dense(features, use_bias=False, kernel_init=nn.initializers.orthogonal(1.0), name="fusion")(hidden)
+    return y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + RMS_EPS)
 
 
 def _fuse(module: nn.Module, features, hidden, fusion: str):
@@ -243,7 +246,7 @@ def _fuse(module: nn.Module, features, hidden, fusion: str):
         return features
     if fusion == "concat":
         return jnp.concatenate([features, hidden], axis=-1)
-    return features + _gate(module) * _projection(features.shape[-1])(hidden)
+    return features + _gate(module) * _projection(features.shape[-1], hidden)
 
 
 class _ActorCritic(nn.Module):
@@ -319,7 +322,7 @@ class Tower(nn.Module):
         for i, (features, scale, activated) in enumerate(self.layers):
             y = _dense(features, scale)(x)
             if i == 0 and gate is not None:
-                y = y + gate * _projection(features)(hidden)
+                y = y + gate * _projection(features, hidden)
             x = act(y) if activated else y
         return x
 
