@@ -65,7 +65,9 @@ class TrainAWRConfig:
     back-propagated); critic loss 0.5 * mean(A^2); Adam. With hidden states (the default) the network
     concatenates the z-scored hidden state with the observation features (ActorCriticConvAug for pixels,
     ActorCriticMLPAug for symbolic observations); --no-hidden trains the baseline (ActorCriticConv /
-    ActorCriticMLP). Writes OUT/metrics.jsonl, OUT/tensorboard/, and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json}
+    ActorCriticMLP). --fusion gated adds a gated projection of the hidden state to the features instead (its gate
+    starts closed and is logged as hidden/gate); --hidden-skip-n N gives each row its environment's state of the last
+    refresh, every N steps and at episode starts, as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/, and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json}
     (network config, params, optimiser state, step, rng, hidden statistics, extraction spec). Rerunning the
     same command resumes from the newest checkpoint; a larger --steps continues a finished run.
     """
@@ -106,8 +108,8 @@ class TrainAWRConfig:
     activation: str = dataclasses.field(default="relu", metadata={"help": f"dense-layer activation: {', '.join(ACTIVATIONS)}"})
     fusion: str = dataclasses.field(default="concat", metadata={
         "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
-                "the gate g learned from closed, logged as hidden/gate: a gate that stays closed says the policy does "
-                "not need the state)"})
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
+                "that stays closed says the policy does not need the state)"})
     hidden_skip_n: int = dataclasses.field(default=1, metadata={
         "help": "each row reads its environment's hidden state of the last refresh, every N steps and at each "
                 "episode start, as `hsrl online --skip-n N` refreshes them (1: every row its own state)"})

@@ -31,10 +31,12 @@ carry (B, 1) through untouched), so rollouts, updates and evaluation have one co
 
 Fusion (`fusion`, `--fusion`): how the normalised hidden state h joins the observation features f. "concat" (the
 default) is the above, [f, h]. "gated" keeps the width of f and adds a gated projection of h to it,
-`f + sigmoid(g) * W h` (W: dense, no bias), with one learned scalar gate logit g (the parameter `gate_logit`)
-initialised at GATE_LOGIT_INIT = -6 (sigmoid 0.0025): training starts as the baseline, and the gate opens only as
-far as reading h pays. `gate_value(params)` reads sigmoid(g), the metric `hidden/gate`; a gate that stays closed is
-the policy saying it does not need the state.
+`f + sigmoid(g) * W h` (W: dense, no bias; W h scaled to unit RMS over its features, so that training cannot grow W
+to read the state through a closed gate: the gate alone sets how much of it the network reads), with one learned
+scalar gate logit g (the parameter `gate_logit`) initialised at GATE_LOGIT_INIT = -6 (sigmoid 0.0025): training starts
+as the baseline, and the gate opens only as far as reading h pays. `gate_value(params)` reads sigmoid(g), the metric
+`hidden/gate`; a gate that stays closed is the policy saying it does not need the state (under Adam the logit moves
+at most about one learning rate per step: a gate needs some 6 / lr steps to open).
 
 Architecture (`arch`, online PPO's `--arch`): "shared" is hsrl's network above (one encoder, two one-layer heads).
 "separate" is the network the published Craftax PPO numbers come from (Craftax_Baselines' `ActorCritic` and

@@ -91,8 +91,8 @@ class OnlineConfig(SpecFlags):
                 "3 x --width tanh on symbolic envs, the published conv stack and ReLU towers on pixels)"})
     fusion: str = field(default="concat", metadata={
         "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
-                "the gate g learned from closed, logged as hidden/gate: a gate that stays closed says the policy does "
-                "not need the state)"})
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
+                "that stays closed says the policy does not need the state)"})
     seed: int = field(default=0, metadata={"help": "random seed of the run: environments, initialisation, minibatches (recorded; the LLM's sampling seed is --llm-seed)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N updates (and at the end)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
