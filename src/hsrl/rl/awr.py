@@ -67,8 +67,9 @@ class TrainAWRConfig:
     ActorCriticMLPAug for symbolic observations); --no-hidden trains the baseline (ActorCriticConv /
     ActorCriticMLP). --fusion gated adds a gated projection of the hidden state to the features instead (its gate
     starts closed and is logged as hidden/gate); --hidden-skip-n N gives each row its environment's state of the last
-    refresh, every N steps and at episode starts, as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/, and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json}
-    (network config, params, optimiser state, step, rng, hidden statistics, extraction spec). Rerunning the
+    refresh, every N steps and at episode starts, as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/,
+    and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json} (network config, params, optimiser state, step, rng, hidden
+    statistics, extraction spec). Rerunning the
     same command resumes from the newest checkpoint; a larger --steps continues a finished run.
     """
 
