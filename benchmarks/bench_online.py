@@ -64,7 +64,8 @@ def main() -> None:
                       "ceiling_ratio_before": round(ratio["before"], 4), "ratio": round(ratio["after"], 4),
                       "sps_ratio_after_before": round(after["sps"] / before["sps"], 4),
                       "cache_hit_rate": round(after.get("cache_hit_rate", 0.0), 4),
-                      "sps_separate": round(separate["sps"], 1), "sps_separate_no_llm": round(separate_without["sps"], 1),
+                      "sps_separate": round(separate["sps"], 1),
+                      "sps_separate_no_llm": round(separate_without["sps"], 1),
                       "sps_ratio_separate_shared": round(sep_ratio, 4),
                       "sps_ratio_separate_shared_no_llm": round(sep_ratio_no_llm, 4), "load_average": round(load, 2)}))
 

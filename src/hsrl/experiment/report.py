@@ -356,9 +356,9 @@ def markdown(agg: dict, results: list[dict]) -> str:
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + " |")
     gated = {arm: a["gate"] for arm, a in agg["arms"].items() if a.get("gate") is not None}
     if gated:
-        lines += ["", "Learned gates (`--fusion gated`: sigmoid of the gate on the hidden state's projection, per seed; "
-                  "it starts closed at 0.0025, and a gate that stays near 0 is the policy saying it does not need the "
-                  "state): " + "; ".join(f"{arm} " + ", ".join(f"{g:.3g}" for g in gates)
+        lines += ["", "Learned gates (`--fusion gated`: sigmoid of the gate on the hidden state's projection, per "
+                  "seed; it starts closed at 0.0025, and a gate that stays near 0 is the policy saying it does not "
+                  "need the state): " + "; ".join(f"{arm} " + ", ".join(f"{g:.3g}" for g in gates)
                                          for arm, gates in gated.items()) + "."]
     if agg["notes"]:
         lines += ["", "**Notes.**", ""] + [f"- {n}" for n in agg["notes"]]

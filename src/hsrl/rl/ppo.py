@@ -86,9 +86,10 @@ class OnlineConfig(SpecFlags):
     num_minibatches: int = field(default=8, metadata={"help": "minibatches per epoch"})
     width: int = field(default=512, metadata={"help": "layer width of the network"})
     arch: str = field(default="shared", metadata={
-        "help": "'shared': hsrl's network (a 2-layer ReLU encoder, then one-layer actor and critic heads); 'separate': "
-                "the network of the published Craftax PPO numbers (Craftax_Baselines: separate actor and critic towers, "
-                "3 x --width tanh on symbolic envs, the published conv stack and ReLU towers on pixels)"})
+        "help": "'shared': hsrl's network (a 2-layer ReLU encoder, then one-layer actor and critic heads); "
+                "'separate': the network of the published Craftax PPO numbers (Craftax_Baselines: separate actor and "
+                "critic towers, 3 x --width tanh on symbolic envs, the published conv stack and ReLU towers on "
+                "pixels)"})
     fusion: str = field(default="concat", metadata={
         "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
                 "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
