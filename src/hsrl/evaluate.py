@@ -20,7 +20,9 @@ states are foreign) names no spec to compute live states by: `--spec` must name 
 `hsrl.llm.ExtractionSpec`, or a file holding it), else eval refuses before any work. A `--spec` beside a
 checkpoint's own spec must agree with it (or `--allow-spec-mismatch`).
 A recurrent policy (`--policy gru`) carries its GRU state through each segment and from one segment to the
-next, zeroed where an episode starts, as in training.
+next, zeroed where an episode starts, as in training. A gated policy's (`--fusion gated`) learned gate is reported
+beside the ablations (`gate` in eval.json, a sentence in eval.md): one that stayed near 0 says the policy does not
+need its hidden state.
 """
 
 from __future__ import annotations
@@ -265,7 +267,15 @@ def _save_gif(frames, path: Path) -> None:
     imageio.mimsave(path, [np.asarray(f) for f in frames], duration=0.1)
 
 
-def _markdown(results: list[dict], names) -> str:
+def gate_sentence(gate: float | None) -> str | None:
+    """What a gated policy's learned gate says (None for a policy without one)."""
+    if gate is None:
+        return None
+    return (f"Gate (--fusion gated): {gate:.4f}, sigmoid of the learned gate that scales the hidden state's projection "
+            f"(it starts closed at 0.0025); a gate that stays near 0 is the policy saying it does not need the state.")
+
+
+def _markdown(results: list[dict], names, gate: float | None = None) -> str:
     lines = ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['ablation']} | {r['episodes']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} | "
@@ -276,6 +286,8 @@ def _markdown(results: list[dict], names) -> str:
     for name in names:
         if any(r["achievements"][name] > 0 for r in results):
             lines.append(f"| {name} | " + " | ".join(f"{r['achievements'][name]:.0f}" for r in results) + " |")
+    if gate is not None:
+        lines += ["", gate_sentence(gate)]
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +325,7 @@ def evaluate(config: EvalConfig) -> dict:
     ablations = config.ablations()
     policy = load_policy(config.checkpoint)
     train = (policy.meta or {}).get("train_config") or {}
-    skip_n = config.skip_n or int(train.get("skip_n", 1))
+    skip_n = config.skip_n or int(train.get("skip_n", train.get("hidden_skip_n", 1)))  # online's, or AWR's
     env = make_env(policy.env_name, config.envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
     if tuple(env.info.obs_shape) != tuple(policy.network.obs_shape):
         raise InputError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
@@ -375,16 +387,16 @@ def evaluate(config: EvalConfig) -> dict:
         results.append(r)
     bar.close()
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
-              "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n,
+              "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n, "gate": policy.gate,
               "config": public_config(config), "results": results}
     write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
-    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names))
+    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names, policy.gate))
     _chart(results, out / "ablations.png")
     return report
 
 
 def run_eval(config: EvalConfig) -> int:
     report = evaluate(config)
-    print(_markdown(report["results"], [])[: -1])
+    print(_markdown(report["results"], [], report.get("gate"))[: -1])
     print(f"wrote {config.out_dir()}/eval.json, eval.md, ablations.png")
     return 0

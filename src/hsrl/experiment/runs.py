@@ -65,7 +65,9 @@ class Job:
             "all_tokens_valid": self.all_tokens_valid})
 
 
-LATER_SETTINGS = {"all_tokens_valid": False, "spec": None}  # setting -> default, left out of a run's identity at that default
+# setting -> default, left out of a run's identity at that default
+LATER_SETTINGS = {"all_tokens_valid": False, "spec": None, "fusion": "concat", "arch": "shared", "hidden_skip_n": 1,
+                  "keep": 3, "save_trajectories": None, "save_trajectories_every": 1, "save_trajectories_max_gb": 50.0}
 
 
 def _drop_later_defaults(d: dict) -> dict:
@@ -122,6 +124,15 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
     return {r["ablation"]: {k: r[k] for k in keep if k in r} for r in report["results"]}, CRAFTAX_METRICS
 
 
+def _gate(job: Job) -> float | None:
+    """The trained policy's learned gate (`--fusion gated`), None for concat fusion."""
+    if getattr(job.train, "fusion", "concat") != "gated":
+        return None
+    from hsrl.rl.checkpoint import load_policy
+
+    return load_policy(job.train.out).gate
+
+
 def run_job(job: Job) -> dict:
     """Train and evaluate one (arm, seed), or return its finished result."""
     done = finished(job)
@@ -131,6 +142,7 @@ def run_job(job: Job) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WORKER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     train = _train(job)
+    train["gate"] = _gate(job)
     ablations, metrics = _evaluate(job)
     result = {"arm": job.arm, "algo": job.algo, "hidden": job.hidden, "seed": job.seed, "run_dir": str(run_dir),
               "metrics": list(metrics), "ablations": ablations, "train": train, "identity": job.identity()}

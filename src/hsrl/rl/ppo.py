@@ -50,8 +50,8 @@ from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.rl.live import ExtractorSource, LiveHidden, Runner, ServerSource, refresh
-from hsrl.rl.networks import (POLICIES, NetworkConfig, init_params, initial_carry, policy_sequence,
-                              policy_step)
+from hsrl.rl.networks import (ARCHS, FUSIONS, POLICIES, PUBLISHED_ACTIVATION, NetworkConfig, gate_value,
+                              init_params, initial_carry, policy_sequence, policy_step)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,15 @@ class OnlineConfig(SpecFlags):
     update_epochs: int = field(default=4, metadata={"help": "epochs per update"})
     num_minibatches: int = field(default=8, metadata={"help": "minibatches per epoch"})
     width: int = field(default=512, metadata={"help": "layer width of the network"})
+    arch: str = field(default="shared", metadata={
+        "help": "'shared': hsrl's network (a 2-layer ReLU encoder, then one-layer actor and critic heads); "
+                "'separate': the network of the published Craftax PPO numbers (Craftax_Baselines: separate actor and "
+                "critic towers, 3 x --width tanh on symbolic envs, the published conv stack and ReLU towers on "
+                "pixels)"})
+    fusion: str = field(default="concat", metadata={
+        "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
+                "that stays closed says the policy does not need the state)"})
     seed: int = field(default=0, metadata={"help": "random seed of the run: environments, initialisation, minibatches (recorded; the LLM's sampling seed is --llm-seed)"})
     save_every: int = field(default=10, metadata={"help": "save the whole training state every N updates (and at "
                                                           "the end, and on SIGTERM/SIGINT); a rerun of the same "
@@ -134,6 +143,14 @@ class OnlineConfig(SpecFlags):
             raise InputError("--max-episode-steps must be at least 1")
         if self.policy not in POLICIES:
             raise InputError(f"--policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.arch not in ARCHS:
+            raise InputError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.arch == "separate" and self.policy == "gru":
+            raise InputError("--arch separate is the published feed-forward network; --policy gru builds its own")
+        if self.fusion not in FUSIONS:
+            raise InputError(f"--fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.fusion == "gated" and not self.hidden:
+            raise InputError("--fusion gated gates the hidden state; --no-hidden reads none: drop one of them")
         if self.policy == "gru" and self.envs % self.num_minibatches:
             raise InputError(f"--policy gru splits minibatches by environment: --envs ({self.envs}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
@@ -574,7 +591,9 @@ def train_online(config: OnlineConfig) -> dict:
         spec_json, hidden_size = source.spec_json, source.hidden_size
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
-                               hidden_size=hidden_size, width=config.width, policy=config.policy)
+                               hidden_size=hidden_size, width=config.width, policy=config.policy, fusion=config.fusion,
+                               arch=config.arch,  # separate: the published towers with their activation
+                               activation=PUBLISHED_ACTIVATION[kind] if config.arch == "separate" else "relu")
     key = jax.random.PRNGKey(config.seed)
     key, k_init, k_reset = jax.random.split(key, 3)
     params, fixed_stats = init_params(net_config, k_init), None
@@ -692,6 +711,8 @@ def train_online(config: OnlineConfig) -> dict:
                 if live is not None:
                     metrics.update(hidden_summary(live.last_batch))
                     metrics.update(counts.update())
+                if net_config.gated:
+                    metrics["hidden/gate"] = gate_value(params)
                 metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
                                          llm=llm_s, text=text_s, steps=steps_per_update,
                                          compiling=u == start_update and num_updates - start_update > 1,
