@@ -205,7 +205,7 @@ def _readme_commands() -> list[str]:
         if not joined.endswith("\\"):
             text = joined.replace("\\\n", " ")
             block.clear()
-            text = text.split(" #", 1)[0].strip()
+            text = text.split(" #", 1)[0].strip().removesuffix("&").strip()  # a job script runs it in the background
             if text.startswith("hsrl "):
                 commands.append(text)
     return commands
