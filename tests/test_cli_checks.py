@@ -45,6 +45,7 @@ BAD_FLAGS = {
     "prompt": (["{raw}", "--row", "-1"], None),
     "online": (["--num-minibatches", "3", "--no-hidden", "--out", "{tmp}/out"], "out"),
     "eval": (["{tmp}/run", "--episodes", "0", "--out", "{tmp}/out"], "out"),
+    "import": (["{tmp}/src", "{tmp}/out", "--num-envs", "0"], "out"),
     "returns": (["{raw}", "--gamma", "1.5"], None),
     "stats": (["{raw}", "--std-floor", "0", "--out", "{tmp}/out/stats.json"], "out"),
     "train-awr": (["{raw}", "--steps", "0", "--out", "{tmp}/out"], "out"),
@@ -205,7 +206,7 @@ def _readme_commands() -> list[str]:
         if not joined.endswith("\\"):
             text = joined.replace("\\\n", " ")
             block.clear()
-            text = text.split(" #", 1)[0].strip()
+            text = text.split(" #", 1)[0].strip().removesuffix("&").strip()  # a job script runs it in the background
             if text.startswith("hsrl "):
                 commands.append(text)
     return commands

@@ -257,6 +257,24 @@ def labelled(episodes, tmp_path_factory):
     return out
 
 
+def test_history_never_crosses_a_gap_in_the_recording(episodes, tmp_path):
+    """A chunk that starts a new segment (imported data with a gap before it) starts every history afresh."""
+    from dataclasses import replace
+
+    from hsrl.data import write_chunk
+
+    gapped = tmp_path / "gapped"
+    gapped.mkdir()
+    for i, path in enumerate(list_chunks(episodes)):
+        chunk = read_chunk(path)
+        write_chunk(gapped / path.name, chunk.arrays, replace(chunk.meta, segment=int(i == 2)))
+    chunk = read_chunk(list_chunks(gapped)[2])
+    history, earlier = chunk_history(chunk, chunk["text_obs"], K)
+    assert earlier == [] and history[0] == history[1] == []
+    chunk = read_chunk(list_chunks(gapped)[1])  # the same segment as chunk 0: its history crosses into it
+    assert [len(h) for h in chunk_history(chunk, chunk["text_obs"], K)[0][:2]] == [K, K]
+
+
 def test_labelled_history_states_and_the_file_records_its_template(episodes, labelled):
     """Labelling with --history and --prompt-template: each row's state is the extractor's for the prompt built from
     that environment's previous observations in the files; the file's spec holds the template's hash and text."""

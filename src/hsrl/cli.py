@@ -6,8 +6,8 @@ imported only when used, so `hsrl --help` stays fast. A flag without a default i
 A config's `check()` method, where it has one, validates every flag before the run function starts (no work
 done, no folder made on a bad flag). A user's mistake (`hsrl.errors.UserError`, a missing or existing path) is printed as one line, exit code 2;
 any other exception is a bug and keeps its traceback. Ctrl-C (KeyboardInterrupt) prints one line, exit code 130:
-the verbs that resume (label, extract, collect, train-awr, experiment, quickstart) pick up where they stopped when
-the same command is run again. `hsrl --version` prints the installed version.
+the verbs that resume (label, extract, collect, import, train-awr, online, experiment, quickstart) pick up where they
+stopped when the same command is run again; `online` stopped by SIGTERM/SIGINT saves first and exits 75. `hsrl --version` prints the installed version.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 import types
 import typing
 
-from hsrl.errors import UserError
+from hsrl.errors import Preempted, UserError
 
 # verb -> ("module:ConfigClass", "module:run_function", "one-line summary"). The config lives with the code
 # that runs the verb; a run function only reads it (and prints).
@@ -37,6 +37,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "online": ("hsrl.rl.ppo:OnlineConfig", "hsrl.rl.ppo:run_online",
                "online PPO with live LLM hidden states (or --no-hidden)"),
     "eval": ("hsrl.evaluate:EvalConfig", "hsrl.evaluate:run_eval", "evaluate a policy with hidden-state ablations"),
+    "import": ("hsrl.data.importer:ImportConfig", "hsrl.data.cli:run_import",
+               "convert trajectory folders written by other tools (trajectories_batch_NNNNNN.npz) into chunks"),
     "returns": ("hsrl.data.returns:ReturnsConfig", "hsrl.data.cli:run_returns",
                 "add discounted returns-to-go to a dataset folder's chunks"),
     "stats": ("hsrl.data.stats:StatsConfig", "hsrl.data.cli:run_stats",
@@ -147,7 +149,7 @@ def version() -> str:
 
 
 # Verbs whose rerun picks up finished work (saved batches, chunks, checkpoints, finished runs).
-RESUMING = ("collect", "label", "extract", "train-awr", "experiment", "quickstart")
+RESUMING = ("collect", "import", "label", "extract", "train-awr", "online", "experiment", "quickstart")
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -171,11 +173,15 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `hsrl VERB ...`; returns the exit code (2: a user's mistake, 130: interrupted with Ctrl-C)."""
+    """Run `hsrl VERB ...`; returns the exit code (2: a user's mistake, 130: interrupted with Ctrl-C, 75
+    (`PREEMPTED_EXIT_CODE`): a run that saved its state on SIGTERM/SIGINT and resumes when rerun)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     try:
         return _main(argv, verb)
+    except Preempted as stop:  # a run that saved its state on a signal: a job script requeues on this code
+        print(f"hsrl {verb}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:  # one line, not a traceback: what was saved and how to go on
         name = f"hsrl {verb}" if verb in VERBS else "hsrl"
         again = ("rerun the same command to resume where it stopped" if verb in RESUMING

@@ -12,3 +12,15 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
     """A bad value in a flag, a file or a combination of them; the message names the problem."""
+
+
+# `hsrl` exits with this code when a run stopped on a signal after saving its state (EX_TEMPFAIL, "try again
+# later"): a job script requeues on it
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(Exception):
+    """A run stopped on SIGTERM/SIGINT after saving its state; rerunning the same command resumes it. Not a
+    `UserError`: `hsrl` exits with `PREEMPTED_EXIT_CODE`, not 2."""
+
+    exit_code = PREEMPTED_EXIT_CODE

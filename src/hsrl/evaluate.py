@@ -15,8 +15,14 @@ Ablations act on what the network reads (its normalised hidden input):
 A control policy (`hsrl experiment`'s control arm) reads a fixed random projection of its observation
 (`hsrl.data.projection`) in place of an LLM's state, refreshed on the same schedule.
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
+A policy trained on hidden states without an extraction spec (imported from another tool by `hsrl import`: the
+states are foreign) names no spec to compute live states by: `--spec` must name it (the JSON of
+`hsrl.llm.ExtractionSpec`, or a file holding it), else eval refuses before any work. A `--spec` beside a
+checkpoint's own spec must agree with it (or `--allow-spec-mismatch`).
 A recurrent policy (`--policy gru`) carries its GRU state through each segment and from one segment to the
-next, zeroed where an episode starts, as in training.
+next, zeroed where an episode starts, as in training. A gated policy's (`--fusion gated`) learned gate is reported
+beside the ablations (`gate` in eval.json, a sentence in eval.md): one that stayed near 0 says the policy does not
+need its hidden state.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class EvalConfig(CacheFlags):
     greedy: bool = field(default=False, metadata={"help": "take the most likely action instead of sampling"})
     video: bool = field(default=False, metadata={"help": "save environment 0's first episode per ablation as a GIF"})
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if the server's spec differs"})
+    spec: str | None = field(default=None, metadata={
+        "help": "the extraction spec of the policy's hidden states, as JSON or a JSON file (hsrl.llm.ExtractionSpec; "
+                "default: the checkpoint's): needed for a policy trained on imported hidden states, which carry none"})
     device: str | None = field(default=None, metadata={"help": "LLM device for in-process extraction"})
     seed: int = field(default=0, metadata={"help": "environment and sampling seed"})
     out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/eval inside the evaluated "
@@ -82,6 +91,48 @@ class EvalConfig(CacheFlags):
 
             with HiddenStateClient(self.server, token=self.token) as client:
                 client.check_reachable()
+        from hsrl.rl.checkpoint import read_checkpoint_meta
+        from hsrl.rl.networks import NetworkConfig
+
+        meta = read_checkpoint_meta(self.checkpoint)
+        if NetworkConfig.from_dict(meta["network"]).uses_hidden:
+            self.live_spec_json(meta.get("spec_json"), meta["path"])
+
+    def live_spec_json(self, checkpoint_spec: str | None, where) -> str | None:
+        """The spec live hidden states are computed by: the checkpoint's, or `--spec`. A checkpoint without one
+        (trained on imported, foreign states) needs `--spec`; a `--spec` that differs from the checkpoint's is
+        refused naming the fields unless --allow-spec-mismatch. Control policies keep their projection."""
+        from hsrl.data.projection import is_projection_spec
+        from hsrl.llm.spec import ExtractionSpec, spec_differences
+
+        if is_projection_spec(checkpoint_spec):
+            return checkpoint_spec
+        named = None
+        if self.spec is not None:
+            text = self.spec
+            if not text.lstrip().startswith("{"):
+                path = Path(text)
+                if not path.is_file():
+                    raise InputError(f"--spec {text!r}: neither JSON nor a file")
+                text = path.read_text()
+            try:
+                named = ExtractionSpec.from_json(text).to_json()
+            except (ValueError, TypeError) as err:
+                raise InputError(f"--spec: not an extraction spec ({err})") from None
+        if checkpoint_spec is None:
+            if named is None:
+                raise InputError(f"{where} was trained on hidden states without an extraction spec (foreign states, "
+                                 f"imported by `hsrl import` from another tool), so nothing says how to compute them "
+                                 f"live: name the spec that made them with --spec (JSON or a file of "
+                                 f"hsrl.llm.ExtractionSpec: model, layer, tokens, pooling, ...)")
+            return named
+        if named is not None:
+            differ = spec_differences(checkpoint_spec, named)
+            if differ and not self.allow_spec_mismatch:
+                raise InputError(f"--spec differs from the spec {where} was trained on in {', '.join(differ)} "
+                                 f"(override: --allow-spec-mismatch)")
+            return named
+        return checkpoint_spec
 
     def out_dir(self) -> Path:
         """--out, or RUN/eval of the evaluated run (the run folder of the checkpoint)."""
@@ -228,7 +279,15 @@ def _save_gif(frames, path: Path) -> None:
     imageio.mimsave(path, [np.asarray(f) for f in frames], duration=0.1)
 
 
-def _markdown(results: list[dict], names) -> str:
+def gate_sentence(gate: float | None) -> str | None:
+    """What a gated policy's learned gate says (None for a policy without one)."""
+    if gate is None:
+        return None
+    return (f"Gate (--fusion gated): {gate:.4f}, sigmoid of the learned gate that scales the hidden state's projection "
+            f"(it starts closed at 0.0025); a gate that stays near 0 is the policy saying it does not need the state.")
+
+
+def _markdown(results: list[dict], names, gate: float | None = None) -> str:
     lines = ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['ablation']} | {r['episodes']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} | "
@@ -239,6 +298,8 @@ def _markdown(results: list[dict], names) -> str:
     for name in names:
         if any(r["achievements"][name] > 0 for r in results):
             lines.append(f"| {name} | " + " | ".join(f"{r['achievements'][name]:.0f}" for r in results) + " |")
+    if gate is not None:
+        lines += ["", gate_sentence(gate)]
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +337,7 @@ def evaluate(config: EvalConfig) -> dict:
     ablations = config.ablations()
     policy = load_policy(config.checkpoint)
     train = (policy.meta or {}).get("train_config") or {}
-    skip_n = config.skip_n or int(train.get("skip_n", 1))
+    skip_n = config.skip_n or int(train.get("skip_n", train.get("hidden_skip_n", 1)))  # online's, or AWR's
     env = make_env(policy.env_name, config.envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
     if tuple(env.info.obs_shape) != tuple(policy.network.obs_shape):
         raise InputError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
@@ -285,6 +346,7 @@ def evaluate(config: EvalConfig) -> dict:
     if policy.uses_hidden:
         from hsrl.data.projection import ObservationProjection, ProjectionSource, is_projection_spec
 
+        spec_json = config.live_spec_json(policy.spec_json, config.checkpoint)  # checked by config.check() too
         if is_projection_spec(policy.spec_json):  # a control policy: its input is computed from the observation
             if config.server:
                 raise InputError(f"{config.checkpoint} is a control policy (it reads a random projection of the "
@@ -294,7 +356,7 @@ def evaluate(config: EvalConfig) -> dict:
             from hsrl.serve.client import HiddenStateClient
 
             client = HiddenStateClient(config.server, token=config.token or os.environ.get("HSRL_SERVE_TOKEN"))
-            client.check_spec(policy.spec_json, allow=config.allow_spec_mismatch)  # before anything runs
+            client.check_spec(spec_json, allow=config.allow_spec_mismatch)  # before anything runs
             source = ServerSource(client)
             policy.check_compatible(hidden_size=source.hidden_size, what=f"the server {config.server}")
         else:
@@ -302,9 +364,11 @@ def evaluate(config: EvalConfig) -> dict:
 
             from hsrl.llm.models import check_model_available
 
-            spec = ExtractionSpec.from_json(policy.spec_json)
+            spec = ExtractionSpec.from_json(spec_json)
             check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
             source = ExtractorSource(make_extractor(spec, cache=config.state_cache(), device=config.device))
+            if config.spec is not None:  # a spec the user named: its model and layer must give the trained width
+                policy.check_compatible(hidden_size=source.hidden_size, what=f"--spec ({spec.model})")
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
@@ -336,16 +400,16 @@ def evaluate(config: EvalConfig) -> dict:
         results.append(r)
     bar.close()
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
-              "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n,
+              "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n, "gate": policy.gate,
               "config": public_config(config), "results": results}
     write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
-    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names))
+    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names, policy.gate))
     _chart(results, out / "ablations.png")
     return report
 
 
 def run_eval(config: EvalConfig) -> int:
     report = evaluate(config)
-    print(_markdown(report["results"], [])[: -1])
+    print(_markdown(report["results"], [], report.get("gate"))[: -1])
     print(f"wrote {config.out_dir()}/eval.json, eval.md, ablations.png")
     return 0

@@ -10,9 +10,8 @@ scale each step up).
 Runs offline on CPU in minutes. A rerun reuses what the first run collected, labelled, trained and
 evaluated: collection, labelling and AWR skip or resume finished work by themselves; a finished online run
 (its `summary.json`, same settings) and a finished evaluation (its `eval.json`, same settings, newer than the
-checkpoint) are reused here, and an online run that did not finish is removed and trained again in an empty
-folder (PPO has no resume), so one folder never holds two runs. Another setting in a folder that holds a run
-is refused. Compiled programs come from JAX's persistent cache.
+checkpoint) are reused here, and an online run that did not finish resumes from its newest checkpoint.
+Another setting in a folder that holds a run is refused. Compiled programs come from JAX's persistent cache.
 """
 
 from __future__ import annotations
@@ -105,20 +104,10 @@ def _settings(config) -> dict:
 
 
 def _online_once(config) -> dict:
-    """The summary of online run `config.out`: reused when it finished with these settings, trained otherwise."""
+    """The summary of online run `config.out`: a finished run's as it is, an unfinished one resumed from its newest
+    checkpoint (`train_online`; a folder of a run with other settings is refused, naming them)."""
     from hsrl.rl.ppo import train_online
 
-    out = Path(config.out)
-    if (out / "run_config.json").exists():
-        have = without_secrets(json.loads((out / "run_config.json").read_text()))
-        have.pop("progress", None)
-        if have != _settings(config):
-            diff = sorted(k for k in set(have) | set(_settings(config)) if have.get(k) != _settings(config).get(k))
-            raise ValueError(f"{out} holds an online run with other settings ({', '.join(diff)}); use another --out")
-        if (out / "summary.json").exists():
-            print(f"   reusing the finished run in {out}", flush=True)
-            return json.loads((out / "summary.json").read_text())
-        shutil.rmtree(out)  # an unfinished run: PPO has no resume, so it starts again in an empty folder
     return train_online(config)
 
 

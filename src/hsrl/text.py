@@ -506,6 +506,14 @@ def _decode_tiles(x: np.ndarray, lay: _Layout):
     return tile_map, scalars, block, item, mob_sum, mob_count, lit
 
 
+def symbolic_map_size(variant: str) -> int:
+    """How many of the variant's symbolic floats are the map (view rows x cols x channels, all 0 or 1); the rest
+    are its scalars (inventory, intrinsics, direction, ...)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return _layout(variant).map_size
+
+
 def render_text(symbolic_obs_batch, variant: str, view: str = "interesting") -> list[str]:
     """Render symbolic Craftax observations as text (the format is in the module docstring).
 

@@ -5,11 +5,14 @@ Atomic writes are `hsrl.atomic`; loading a whole dataset (and its cache) is `hsr
 A chunk is one compressed `.npz` file (`np.savez_compressed`) holding `num_steps * num_envs` rows in
 time-major order, `row = t * num_envs + env`, so `x.reshape(num_steps, num_envs, ...)` gives the
 `(T, num_envs)` view. A dataset is a folder of chunks named `chunk_000000.npz`, `chunk_000001.npz`, ...;
-the index order is time order (chunk i+1 continues every environment of chunk i).
+the index order is time order (chunk i+1 continues every environment of chunk i), within a segment (below).
 
 Keys (`KEYS` says the same, and is what the reader accepts):
 
     obs, next_obs     (N, H, W, 3) uint8 pixels, or (N, D) float32 symbolic vectors
+    next_obs_known    (N,) bool, optional: False where next_obs could not be known (imported data, see
+                      `hsrl.data.importer`: the terminal observation of an auto-reset env, or the last step before
+                      a gap or the end); those rows of next_obs hold zeros. Absent: every row is known.
     action            (N,) integer (written as int32)
     reward            (N,) float32
     done              (N,) bool: the episode ended with this transition
@@ -34,6 +37,11 @@ executes code. Writes go to a temporary file in the same folder, are fsynced and
 a crash never leaves a half-written file under a final name. Reads validate keys, shapes and dtypes from
 the array headers before decompressing any data, read each requested member to its end (so the zip
 CRC is checked) and raise `DataFileError` naming the file and the field.
+
+Segments. A recording may have gaps (imported data whose saved batches skip indices). `ChunkMeta.segment`
+numbers the contiguous runs: chunks of one segment follow on; a chunk whose segment is higher than the previous
+file's starts after a gap, and no episode continues across it: `hsrl returns` marks the episodes still running at
+a segment's end as truncated (`return_truncated`), as at the end of the data, and `hsrl stats` ends them there.
 
 Values are checked where they enter, block by block as they are read (`value_check`): `action` must be an
 integer in [0, num_actions) of the file's env, and the float keys (`FINITE_KEYS`: observations, reward,
@@ -70,6 +78,7 @@ OBS_KINDS = ("pixels", "symbolic")
 KEYS: dict[str, str] = {
     "obs": "(N, H, W, 3) uint8 pixels or (N, D) float32 symbolic observation before the action",
     "next_obs": "same shape and dtype as obs: the observation after the action",
+    "next_obs_known": "(N,) bool: False where next_obs could not be known (imported data; those rows hold zeros)",
     "action": "(N,) integer action",
     "reward": "(N,) float32 reward",
     "done": "(N,) bool: the episode ended with this transition",
@@ -113,6 +122,7 @@ class ChunkMeta:
     are consecutive; `spec_json` is the extraction spec of `hidden_state` once labelled (the stored JSON
     also carries its `spec_hash`, derived, for people reading files);
     `return_gamma` is the discount of `return_to_go`; `extra` is free JSON (seed, policy, ...).
+    `segment` numbers the contiguous runs of a recording with gaps (module docstring): 0 for data without gaps.
     """
 
     env_name: str
@@ -123,6 +133,7 @@ class ChunkMeta:
     spec_json: str | None = None
     return_gamma: float | None = None
     extra: Mapping = field(default_factory=dict)
+    segment: int = 0
     schema_version: int = SCHEMA_VERSION
     row_layout: str = ROW_LAYOUT
 
@@ -145,6 +156,8 @@ class ChunkMeta:
                     problems.append("spec_json must be a JSON object")
             except (TypeError, json.JSONDecodeError) as err:
                 problems.append(f"spec_json is not valid JSON ({err})")
+        if not isinstance(self.segment, int) or isinstance(self.segment, bool) or self.segment < 0:
+            problems.append(f"segment must be a non-negative int, got {self.segment!r}")
         if self.return_gamma is not None and not (0.0 <= float(self.return_gamma) <= 1.0):
             problems.append(f"return_gamma must lie in [0, 1], got {self.return_gamma!r}")
         if self.schema_version != SCHEMA_VERSION:
@@ -163,6 +176,8 @@ class ChunkMeta:
         d["achievement_names"] = list(self.achievement_names)
         d["extra"] = dict(self.extra)
         d["spec_hash"] = self.spec_hash
+        if not self.segment:  # data without gaps is stored as before segments existed
+            del d["segment"]
         return json.dumps(d, sort_keys=True)
 
     @property
@@ -302,7 +317,7 @@ def validate_fields(fields: Mapping[str, Field], meta: ChunkMeta, path=None) -> 
     expect("hidden_tokens", (1,), ("i",), "(N,) integer token counts")
     for key in ("reward", "log_prob", "return_to_go"):
         expect(key, (1,), (f32,), "(N,) float32")
-    for key in ("done", "return_truncated"):
+    for key in ("done", "return_truncated", "next_obs_known"):
         expect(key, (1,), (b,), "(N,) bool")
     for key in TEXT_KEYS:
         if key in CODE_POINT_KEYS and key in fields and len(fields[key][0]) == 2:
@@ -767,16 +782,28 @@ def check_same_row_shape(infos: Sequence[ChunkInfo], key: str) -> None:
 
 
 def check_consecutive(infos: Sequence[ChunkInfo]) -> None:
-    """Chunks of one run in time order: same env, num_envs and obs kind, and `first_step`s that follow on."""
+    """Chunks of one run in time order: same env, num_envs and obs kind, `first_step`s that follow on within a
+    segment, and segments that never go back (a higher segment starts after a gap: see the module docstring)."""
     for prev, cur in zip(infos, infos[1:]):
         for name in ("env_name", "num_envs", "obs_kind"):
             if getattr(prev.meta, name) != getattr(cur.meta, name):
                 raise DataFileError(cur.path, META_KEY, f"{name} {getattr(cur.meta, name)!r} differs from "
                                                         f"{getattr(prev.meta, name)!r} in {prev.path.name}")
+        if cur.meta.segment < prev.meta.segment:
+            raise DataFileError(cur.path, META_KEY, f"segment {cur.meta.segment} comes after segment "
+                                                    f"{prev.meta.segment} of {prev.path.name}: chunks out of order")
+        if cur.meta.segment != prev.meta.segment:
+            continue  # a gap: nothing follows on
         a, b = prev.meta.first_step, cur.meta.first_step
         if a is not None and b is not None and b != a + prev.num_steps:
             raise DataFileError(cur.path, META_KEY, f"first_step {b} does not follow {prev.path.name} "
                                                     f"(first_step {a} + {prev.num_steps} steps): chunks are not consecutive")
+
+
+def starts_segment(infos: Sequence[ChunkInfo]) -> list[bool]:
+    """Per file in time order: whether it starts a segment (the first file, or a segment number that differs from
+    the previous file's), i.e. no episode of the previous file continues into it."""
+    return [i == 0 or info.meta.segment != infos[i - 1].meta.segment for i, info in enumerate(infos)]
 
 
 def progress(items, desc: str, enabled: bool = True, unit: str = "file"):

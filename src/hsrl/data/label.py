@@ -157,8 +157,8 @@ class StepsBefore:
 def steps_before(src: Path, k: int) -> StepsBefore:
     """The last `k` steps before chunk `src`, from the chunks of its folder before it (across as many files as it
     takes), as long as each follows on from the one before (`check_consecutive`: same env and envs, first_steps
-    that follow on). History never reaches past a run's first chunk or a chunk that does not follow its
-    predecessor."""
+    that follow on, the same segment). History never reaches past a run's first chunk, a gap in the recording
+    (`ChunkMeta.segment`) or a chunk that does not follow its predecessor."""
     from hsrl.data.chunks import check_consecutive
 
     files = list_chunks(src.parent)
@@ -168,6 +168,8 @@ def steps_before(src: Path, k: int) -> StepsBefore:
     have = 0
     for prev_path in reversed(files[:index] if k > 0 else []):
         prev = inspect_chunk(prev_path)
+        if prev.meta.segment != cur.meta.segment:  # a gap in the recording: no episode continues across it
+            break
         try:
             check_consecutive([prev, cur])
         except DataFileError:

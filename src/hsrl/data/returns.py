@@ -4,7 +4,9 @@ One backward pass over the files (last chunk first) carries each environment's r
 episode that spans files gets its full return. Within a file the recursion
 `G[t] = r[t] + gamma * (1 - done[t]) * G[t+1]` runs over the `(T, num_envs)` view, vectorised over
 environments, in float64; `return_to_go` is stored as float32. Rows whose episode has not ended by the
-end of the data get `return_truncated = True` (their return counts only the rewards that were seen).
+end of the data get `return_truncated = True` (their return counts only the rewards that were seen); so do rows
+of episodes still running where a segment ends (`ChunkMeta.segment`: a gap in the recording), and no return
+spans a gap.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from hsrl.atomic import remove_temporaries
 from hsrl.data.chunks import (
-    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, write_chunk,
+    check_consecutive, inspect_chunk, list_chunks, progress, read_chunk, starts_segment, write_chunk,
 )
 from hsrl.errors import InputError
 
@@ -67,7 +69,8 @@ def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float,
 def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progress: bool = True) -> dict:
     """Add `return_to_go` and `return_truncated` to every chunk in `directory`, all or nothing.
 
-    Chunks must be consecutive (same env and num_envs; `first_step`s that follow on). Meta records
+    Chunks must be consecutive (same env and num_envs; `first_step`s that follow on within a segment); the carry
+    is cut where a segment starts, so episodes running into a gap are truncated there. Meta records
     `return_gamma`. Every new chunk is written to a temporary file first and renamed into place only once all of
     them are written, so a corrupt chunk (or a crash) leaves every file as it was, never a mix of gammas; this
     needs room for a second copy of the data meanwhile. Safe to rerun (e.g. with another gamma, or after more
@@ -78,6 +81,7 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
     files = list_chunks(directory)
     infos = [inspect_chunk(p) for p in files]
     check_consecutive(infos)
+    starts = starts_segment(infos)
     num_envs = infos[0].meta.num_envs
     g = np.zeros(num_envs, np.float64)
     trunc = np.ones(num_envs, bool)  # after the data every running episode is cut off
@@ -86,7 +90,10 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
     rows = truncated = 0
     staged: list[tuple[Path, Path]] = []
     try:
-        for path in progress(files[::-1], "returns", show_progress):
+        for i in progress(range(len(files) - 1, -1, -1), "returns", show_progress):
+            path = files[i]
+            if i + 1 < len(files) and starts[i + 1]:  # a gap after this file: its running episodes are cut off
+                g, trunc = np.zeros(num_envs, np.float64), np.ones(num_envs, bool)
             chunk = read_chunk(path)
             ret, ret_trunc, g, trunc = discounted_returns(
                 chunk.time_major("reward"), chunk.time_major("done"), gamma, g, trunc)
@@ -106,4 +113,4 @@ def add_returns(directory: str | os.PathLike, gamma: float = 0.99, *, show_progr
         os.replace(stage, path)
     replaced = sorted({i.meta.return_gamma for i in infos if i.meta.return_gamma not in (None, float(gamma))})
     return {"directory": str(Path(directory)), "files": len(files), "rows": rows, "gamma": float(gamma),
-            "truncated_rows": truncated, "replaced_gammas": replaced}
+            "truncated_rows": truncated, "replaced_gammas": replaced, "segments": sum(starts)}

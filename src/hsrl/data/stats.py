@@ -20,7 +20,7 @@ import numpy as np
 from hsrl.atomic import write_text_atomic
 from hsrl.data.chunks import (
     DataFileError, META_KEY, ChunkReader, check_consecutive, check_same_row_shape, inspect_chunk, list_chunks, progress,
-    to_time_env,
+    starts_segment, to_time_env,
 )
 from hsrl.data.dataset import check_token_counts, read_pooled_hidden
 from hsrl.llm.spec import check_spec, spec_differences, spec_hash
@@ -197,7 +197,9 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
 
     Episodes are counted at `done` rows; an episode's return is the undiscounted sum of its rewards,
     carried per environment across files (the collector starts every environment from a reset, so the
-    first episode of each environment is whole). `achievements` (per-row bool at done rows, if the files
+    first episode of each environment is whole). Episodes still running where a segment ends (a gap in the
+    recording, `ChunkMeta.segment`) are cut there and counted in `cut_at_gaps`, never joined to the rows after
+    the gap. `achievements` (per-row bool at done rows, if the files
     carry it) gives, per achievement, the number of finished episodes that unlocked it.
 
     Hidden statistics (if `hidden` and the files carry `hidden_state`) are over pooled states, one row per
@@ -239,7 +241,13 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
     moments = None
     samples = 0
     keys = ["reward", "done"] + (["achievements"] if with_achievements else [])
-    for info in progress(infos, "stats", show_progress):
+    starts = starts_segment(infos)
+    cut = 0
+    for index, info in enumerate(progress(infos, "stats", show_progress)):
+        if starts[index]:  # after a gap: the episodes still running before it are cut, not continued
+            cut += int(np.count_nonzero(length))
+            running[:] = 0.0
+            length[:] = 0
         with ChunkReader(info.path) as reader:
             chunk = {k: reader.read(k) for k in keys}
             h = read_pooled_hidden(reader, all_tokens_valid=all_tokens_valid) if with_hidden else None
@@ -271,6 +279,7 @@ def dataset_stats(directory: str | os.PathLike, *, std_floor: float = DEFAULT_ST
         "steps_per_env": samples // num_envs,
         "episodes": int(len(ep_returns)),
         "running_at_end": int(np.count_nonzero(length)),
+        "cut_at_gaps": cut,
         "episode_return": _summary(ep_returns),
         "episode_length": _summary(ep_lengths),
         "achievements": dict(zip(first.meta.achievement_names, ach_counts.tolist())) if with_achievements else None,
@@ -285,7 +294,8 @@ def format_stats(stats: Mapping) -> str:
     lines = [f"{stats['directory']}: {stats['env_name']} ({stats['obs_kind']}), {stats['files']} files, "
              f"{stats['samples']} samples = {stats['steps_per_env']} steps x {stats['num_envs']} envs"]
     ret, length = stats["episode_return"], stats["episode_length"]
-    lines.append(f"episodes finished: {stats['episodes']} (still running at the end: {stats['running_at_end']})")
+    gaps = f", cut at gaps in the recording: {stats['cut_at_gaps']}" if stats.get("cut_at_gaps") else ""
+    lines.append(f"episodes finished: {stats['episodes']} (still running at the end: {stats['running_at_end']}{gaps})")
     if ret:
         lines.append(f"episode return: mean {ret['mean']:.4g} std {ret['std']:.4g} min {ret['min']:.4g} max {ret['max']:.4g}")
         lines.append(f"episode length: mean {length['mean']:.4g} std {length['std']:.4g} "

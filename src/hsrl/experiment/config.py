@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hsrl.errors import InputError
 from hsrl.evaluate import ABLATIONS
+from hsrl.rl.networks import FUSIONS
 from hsrl.rl.ppo import OnlineConfig
 
 RUNS_DIR = "runs"
@@ -132,6 +133,8 @@ class ExperimentConfig(OnlineConfig):
         if self.retries < 0 or self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise InputError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
         self.ablations()
+        if self.fusion not in FUSIONS:
+            raise InputError(f"--fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if self.online:  # `hsrl online`'s checks of a hidden-state arm (the control arm is planned by the experiment)
             OnlineConfig.check(dataclasses.replace(self, control=False))
         for i, folder in enumerate(offline):
@@ -232,6 +235,7 @@ def plan(config: ExperimentConfig):
     jobs = []
     for arm, algo, role, data, eval_data in arms:
         hidden, control = role != "baseline", role == "control"
+        fusion = config.fusion if hidden else "concat"  # the baseline has no hidden state to fuse
         # the control arm needs no ablations: the verdict compares its real score with the hidden arm's
         arm_ablations = ("real",) if control else ablations
         for seed in range(config.seed, config.seed + config.seeds):
@@ -243,11 +247,11 @@ def plan(config: ExperimentConfig):
                     steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
-                    save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, progress=False,
-                    tensorboard=False)
+                    save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, fusion=fusion,
+                    progress=False, tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
-                train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control,
+                train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control, "fusion": fusion,
                                         "server": None if control else config.server, "out": train_out,
                                         "progress": False})
             evaluation = None if evals else EvalConfig(

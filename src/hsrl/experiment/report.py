@@ -67,7 +67,7 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
            "comparisons": {}, "gaps": {}, "eval_noise": {}, "achievements": {}}
     for arm, runs in arms.items():
         entry = {"algo": runs[0]["algo"], "role": role(runs[0]), "hidden": runs[0]["hidden"],
-                 "seeds": [r["seed"] for r in runs], "weight_ess": _weight_ess(runs)}
+                 "seeds": [r["seed"] for r in runs], "weight_ess": _weight_ess(runs), "gate": _gates(runs)}
         for m in metrics:
             x = _scores(runs, m)
             iqm = stats.mean_iqm(x, reps, seed)["iqm"]
@@ -123,6 +123,13 @@ def _weight_ess(runs: list[dict]) -> float | None:
     values = [r.get("train", {}).get("weight_ess") for r in runs]
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+def _gates(runs: list[dict]) -> list[float] | None:
+    """Each run's learned gate (`--fusion gated`; sigmoid, starts at 0.0025), in seed order; None for arms
+    without one."""
+    values = [r.get("train", {}).get("gate") for r in runs]
+    return None if any(v is None for v in values) else [float(v) for v in values]
 
 
 def _achievement_rates(runs: list[dict]) -> dict[str, list[float]]:
@@ -375,6 +382,12 @@ def markdown(agg: dict, results: list[dict]) -> str:
     for r in sorted(results, key=lambda r: (r["arm"], r["seed"])):
         cells = [f"{r['ablations'][a][metrics[0]]:.{d}f}" if a in r["ablations"] else "" for a in shown]
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + " |")
+    gated = {arm: a["gate"] for arm, a in agg["arms"].items() if a.get("gate") is not None}
+    if gated:
+        lines += ["", "Learned gates (`--fusion gated`: sigmoid of the gate on the hidden state's projection, per "
+                  "seed; it starts closed at 0.0025, and a gate that stays near 0 is the policy saying it does not "
+                  "need the state): " + "; ".join(f"{arm} " + ", ".join(f"{g:.3g}" for g in gates)
+                                         for arm, gates in gated.items()) + "."]
     if agg["notes"]:
         lines += ["", "**Notes.**", ""] + [f"- {n}" for n in agg["notes"]]
     lines += ["", "**Verdict.** " + agg["verdict"], ""]

@@ -3,8 +3,8 @@ loops that run them, one after another or as Ray tasks.
 
 A run is a plain `Job` (picklable, so a Ray task can carry it). `run_job` is idempotent: a run folder
 with a `result.json` of the same job is returned as it is; AWR resumes from its newest checkpoint
-(`train_awr` does that by itself); online PPO, which has no resume, trains again unless its final
-`summary.json` is there. Each run writes `worker.txt` ("host pid") while it works, so an operator (or a
+(`train_awr` does that by itself), and so does online PPO (`train_online`); a run stopped on SIGTERM
+(`Preempted`) stops the experiment, and rerunning it goes on from there. Each run writes `worker.txt` ("host pid") while it works, so an operator (or a
 test) can see where it runs.
 
 On Ray, each job is one task with `num_cpus` / `num_gpus` of its own and `max_retries`: when its worker
@@ -66,7 +66,9 @@ class Job:
 
 
 # setting -> default, left out of a run's identity at that default
-LATER_SETTINGS = {"all_tokens_valid": False, "history": 0, "prompt_template": None}
+LATER_SETTINGS = {"all_tokens_valid": False, "spec": None, "fusion": "concat", "arch": "shared", "hidden_skip_n": 1,
+                  "keep": 3, "save_trajectories": None, "save_trajectories_every": 1, "save_trajectories_max_gb": 50.0,
+                  "history": 0, "prompt_template": None}
 
 
 def _drop_later_defaults(d: dict) -> dict:
@@ -103,13 +105,10 @@ def _train(job: Job) -> dict:
         ess = [line["weight_ess"] for line in read_metrics(job.train.out) if "weight_ess" in line]
         return {"resumed": bool(summary.get("resumed")), "step": int(summary["step"]),
                 "weight_ess": float(ess[-1]) if ess else None}
-    summary_path = Path(job.train.out) / "summary.json"
-    if summary_path.exists():  # a finished PPO run; an unfinished one starts again (PPO has no resume)
-        return {"resumed": True, "step": int(json.loads(summary_path.read_text())["steps"])}
     from hsrl.rl.ppo import train_online
 
-    summary = train_online(job.train)
-    return {"resumed": False, "step": int(summary["steps"])}
+    summary = train_online(job.train)  # resumes from the arm's newest checkpoint; a finished run returns its summary
+    return {"resumed": bool(summary.get("resumed_from")), "step": int(summary["steps"])}
 
 
 def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
@@ -126,6 +125,15 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
     return {r["ablation"]: {k: r[k] for k in keep if k in r} for r in report["results"]}, CRAFTAX_METRICS
 
 
+def _gate(job: Job) -> float | None:
+    """The trained policy's learned gate (`--fusion gated`), None for concat fusion."""
+    if getattr(job.train, "fusion", "concat") != "gated":
+        return None
+    from hsrl.rl.checkpoint import load_policy
+
+    return load_policy(job.train.out).gate
+
+
 def run_job(job: Job) -> dict:
     """Train and evaluate one (arm, seed), or return its finished result."""
     done = finished(job)
@@ -135,6 +143,7 @@ def run_job(job: Job) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WORKER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     train = _train(job)
+    train["gate"] = _gate(job)
     ablations, metrics = _evaluate(job)
     result = {"arm": job.arm, "algo": job.algo, "hidden": job.hidden, "seed": job.seed, "run_dir": str(run_dir),
               "metrics": list(metrics), "ablations": ablations, "train": train, "identity": job.identity()}

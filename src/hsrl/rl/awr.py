@@ -48,7 +48,7 @@ from hsrl.rl.checkpoint import (
     save_checkpoint,
 )
 from hsrl.rl.metrics import MetricsLogger
-from hsrl.rl.networks import ACTIVATIONS, NetworkConfig, init_params, make_network
+from hsrl.rl.networks import ACTIVATIONS, FUSIONS, NetworkConfig, gate, init_params, make_network
 
 RUN_CONFIG_FILE = "run_config.json"
 HOST_BLOCK_BYTES = 64 << 20  # host loader: at most this many bytes of batches per jitted call
@@ -65,8 +65,11 @@ class TrainAWRConfig:
     back-propagated); critic loss 0.5 * mean(A^2); Adam. With hidden states (the default) the network
     concatenates the z-scored hidden state with the observation features (ActorCriticConvAug for pixels,
     ActorCriticMLPAug for symbolic observations); --no-hidden trains the baseline (ActorCriticConv /
-    ActorCriticMLP). Writes OUT/metrics.jsonl, OUT/tensorboard/, and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json}
-    (network config, params, optimiser state, step, rng, hidden statistics, extraction spec). Rerunning the
+    ActorCriticMLP). --fusion gated adds a gated projection of the hidden state to the features instead (its gate
+    starts closed and is logged as hidden/gate); --hidden-skip-n N gives each row its environment's state of the last
+    refresh, every N steps and at episode starts, as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/,
+    and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json} (network config, params, optimiser state, step, rng, hidden
+    statistics, extraction spec). Rerunning the
     same command resumes from the newest checkpoint; a larger --steps continues a finished run.
     """
 
@@ -104,6 +107,13 @@ class TrainAWRConfig:
                 "real token, so pool over all of them (without this flag such files are refused)"})
     width: int = dataclasses.field(default=512, metadata={"help": "features of the encoder and the head layers"})
     activation: str = dataclasses.field(default="relu", metadata={"help": f"dense-layer activation: {', '.join(ACTIVATIONS)}"})
+    fusion: str = dataclasses.field(default="concat", metadata={
+        "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
+                "that stays closed says the policy does not need the state)"})
+    hidden_skip_n: int = dataclasses.field(default=1, metadata={
+        "help": "each row reads its environment's hidden state of the last refresh, every N steps and at each "
+                "episode start, as `hsrl online --skip-n N` refreshes them (1: every row its own state)"})
     allow_spec_mismatch: bool = dataclasses.field(default=False, metadata={
         "help": "resume even if the data's extraction spec differs from the checkpoint's (hidden sizes must match)"})
     tensorboard: bool = dataclasses.field(default=True, metadata={"help": "write TensorBoard event files (metrics.jsonl always)"})
@@ -114,7 +124,7 @@ class TrainAWRConfig:
             raise FileNotFoundError(f"{self.data_dir}: no such dataset folder")
         if self.keep < 1 or not self.device_data_max_gb > 0:
             raise InputError("--keep must be at least 1 and --device-data-max-gb positive")
-        for name in ("steps", "batch_size", "log_every", "save_every", "steps_per_call", "width"):
+        for name in ("steps", "batch_size", "log_every", "save_every", "steps_per_call", "width", "hidden_skip_n"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "beta", "max_weight"):
@@ -125,6 +135,10 @@ class TrainAWRConfig:
                              "hidden-state network (leave out --no-hidden)")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.fusion not in FUSIONS:
+            raise InputError(f"--fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if not self.hidden and (self.fusion != "concat" or self.hidden_skip_n != 1):
+            raise InputError("--fusion gated and --hidden-skip-n act on the hidden state; --no-hidden reads none")
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -192,6 +206,8 @@ def make_update(network_config: NetworkConfig, hyper: AWRHyper, hidden_stats: Hi
     def update(state: AWRState, batch: Batch):
         grads, metrics = jax.grad(awr_loss, has_aux=True)(
             state.params, apply_fn, batch, hyper.beta, hyper.max_weight, hidden_stats)
+        if network_config.gated:
+            metrics["hidden/gate"] = gate(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return AWRState(params, opt_state, state.step + 1, state.rng), metrics
@@ -451,13 +467,19 @@ def check_data_keys(data_dir: str | Path, hidden: bool, all_tokens_valid: bool =
 
 def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True,
                   cache_dir: str | Path | None = None, all_tokens_valid: bool = False,
-                  control: bool = False) -> AWRData:
+                  control: bool = False, hidden_skip_n: int = 1) -> AWRData:
     """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`; per-token hidden
     states pooled while reading). Rows whose episode was still running at the end of the data have a cut-off
     return_to_go and are left out unless `truncated`. With `control`, `hidden_state` is the fixed random projection
-    of each row's observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's."""
+    of each row's observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's.
+    With `hidden_skip_n` N > 1, each row's hidden state is its environment's at the last refresh (every N steps and
+    at each episode start: `hsrl.data.refresh`, the schedule of online PPO's --skip-n); held in memory even when the
+    rest is memory-mapped."""
     check_data_keys(data_dir, hidden, all_tokens_valid)
     keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden and not control else [])
+    hold = hidden and hidden_skip_n > 1
+    if hold:
+        keys.append("done")
     ds = load_dataset(data_dir, keys, all_tokens_valid=all_tokens_valid, cache_dir=cache_dir,
                       show_progress=show_progress)
     arrays = {k: ds[k] for k in keys if k != "return_truncated"}
@@ -469,6 +491,15 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
         width = inspect_chunk(list_chunks(data_dir)[0]).fields["hidden_state"][0][-1]
         projection = ObservationProjection(arrays["obs"].shape[1:], width)
         arrays["hidden_state"], spec_json = projection(arrays["obs"]), projection.spec_json
+    if hold:
+        from hsrl.data.chunks import check_consecutive
+        from hsrl.data.refresh import hold_hidden, refresh_rows
+
+        infos = [inspect_chunk(p) for p in ds.files]
+        check_consecutive(infos)  # one collection, in time order, with one num_envs: rows are (t, env) across files
+        source = refresh_rows(ds["done"], ds.meta.num_envs, hidden_skip_n, ds.meta.first_step or 0)
+        arrays["hidden_state"] = hold_hidden(arrays["hidden_state"], source)
+        arrays.pop("done")
     trunc = ds["return_truncated"]
     rows = np.arange(len(ds), dtype=np.int32) if truncated else np.flatnonzero(~trunc).astype(np.int32)
     if len(rows) == 0:
@@ -496,7 +527,7 @@ def device_memory_limit(device) -> int | None:
 
 # Flags that define a run; rerunning into the same --out with other values is refused.
 IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", "max_weight", "seed", "truncated",
-                   "width", "activation", "all_tokens_valid")
+                   "width", "activation", "all_tokens_valid", "fusion", "hidden_skip_n")
 
 
 def _run_config(config: TrainAWRConfig) -> dict:
@@ -530,10 +561,10 @@ def train_awr(config: TrainAWRConfig) -> dict:
     # --- data
     data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
                          cache_dir=config.cache_dir, all_tokens_valid=config.all_tokens_valid,
-                         control=config.control)
+                         control=config.control, hidden_skip_n=config.hidden_skip_n)
     info = env_info(data.env_name)
     network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
-                                    width=config.width, activation=config.activation)
+                                    width=config.width, activation=config.activation, fusion=config.fusion)
     hyper = AWRHyper(beta=config.beta, max_weight=config.max_weight, lr=config.lr)
 
     # --- resume or start

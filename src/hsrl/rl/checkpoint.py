@@ -42,7 +42,7 @@ from hsrl.atomic import atomic_path, remove_temporaries, write_text_atomic
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.data.stats import HiddenStats, normalize_hidden
 from hsrl.errors import InputError
-from hsrl.rl.networks import NetworkConfig, initial_carry, make_network, param_shapes, policy_step
+from hsrl.rl.networks import NetworkConfig, gate_value, initial_carry, make_network, param_shapes, policy_step
 
 FORMAT = "hsrl-checkpoint"
 VERSION = 1
@@ -263,6 +263,12 @@ class Policy:
     @property
     def module(self):
         return make_network(self.network)
+
+    @property
+    def gate(self) -> float | None:
+        """A gated network's learned gate, sigmoid(g) in (0, 1) (`--fusion gated`; None otherwise): near 0 (it starts
+        at 0.0025) the policy does not read its hidden state."""
+        return gate_value(self.params)
 
     def initial_carry(self, batch: int) -> jax.Array:
         """The memory `forward` starts from (zeros; a (B, 1) placeholder for a feed-forward policy)."""

@@ -316,6 +316,33 @@ class LiveHidden:
             return self.fixed_stats
         return running_stats(self.moments, self.spec_json)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on exactly as this one (`hsrl.rl.resume`): the running moments, the counts,
+        the reset pool's states and the last full batch, as arrays."""
+        keys = list(self._pool_states)
+        width = len(keys[0]) if keys else 0
+        return {"moments": {"count": np.int64(self.moments.count), "mean": self.moments.mean, "m2": self.moments.m2},
+                "counts": np.array([self.calls, self.samples, self.pool_hits], np.int64),
+                "pool_digest": np.frombuffer(self._pool_digest or b"", np.uint8),
+                "pool_keys": np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), width),
+                "pool_states": np.stack(list(self._pool_states.values())) if keys else np.zeros((0, self.hidden_size), np.float32),
+                "last_batch": self.last_batch if self.last_batch is not None else np.zeros((0, self.hidden_size), np.float32)}
+
+    def load_state_dict(self, state: dict) -> None:
+        m = state["moments"]
+        if np.asarray(m["mean"]).shape != (self.hidden_size,):
+            raise ValueError(f"saved hidden-state moments have shape {np.asarray(m['mean']).shape}, this run's states "
+                             f"have {self.hidden_size} dimensions")
+        self.moments.count = int(m["count"])
+        self.moments.mean, self.moments.m2 = np.array(m["mean"], np.float64), np.array(m["m2"], np.float64)
+        self.calls, self.samples, self.pool_hits = (int(x) for x in state["counts"])
+        digest = np.asarray(state["pool_digest"], np.uint8).tobytes()
+        self._pool_digest = digest or None
+        keys, states = np.asarray(state["pool_keys"], np.uint8), np.asarray(state["pool_states"], np.float32)
+        self._pool_states = {keys[i].tobytes(): states[i].copy() for i in range(len(keys))}
+        last = np.array(state["last_batch"], np.float32)
+        self.last_batch = last if len(last) else None
+
     def timing_reset(self) -> tuple[float, float]:
         llm, text = self.llm_seconds, self.text_seconds
         self.llm_seconds = self.text_seconds = 0.0

@@ -44,6 +44,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "explained_variance": ("values", "1 - var(return_to_go - V) / var(return_to_go), per batch"),
     "value_mean": ("values", "mean V(s)"),
     "return_mean": ("values", "mean return_to_go of the batch"),
+    # --fusion gated (hsrl.rl.networks); online PPO logs the same name
+    "hidden/gate": ("hidden", "sigmoid of the learned gate on the hidden state's projection (starts at 0.0025); "
+                              "a gate that stays near 0: the policy does not need the state"),
     # throughput
     "SPS": ("charts", "gradient steps per second since the previous log line"),
     "samples_per_second": ("charts", "training samples (rows) per second since the previous log line"),

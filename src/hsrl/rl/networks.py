@@ -28,6 +28,25 @@ reads sequences:
 
 `policy_step` and `policy_sequence` call either kind the same way (the feed-forward networks pass a placeholder
 carry (B, 1) through untouched), so rollouts, updates and evaluation have one code path for both.
+
+Fusion (`fusion`, `--fusion`): how the normalised hidden state h joins the observation features f. "concat" (the
+default) is the above, [f, h]. "gated" keeps the width of f and adds a gated projection of h to it,
+`f + sigmoid(g) * W h` (W: dense, no bias; W h scaled to unit RMS over its features, so that training cannot grow W
+to read the state through a closed gate: the gate alone sets how much of it the network reads), with one learned
+scalar gate logit g (the parameter `gate_logit`) initialised at GATE_LOGIT_INIT = -6 (sigmoid 0.0025): training starts
+as the baseline, and the gate opens only as far as reading h pays. `gate_value(params)` reads sigmoid(g), the metric
+`hidden/gate`; a gate that stays closed is the policy saying it does not need the state (under Adam the logit moves
+at most about one learning rate per step: a gate needs some 6 / lr steps to open).
+
+Architecture (`arch`, online PPO's `--arch`): "shared" is hsrl's network above (one encoder, two one-layer heads).
+"separate" is the network the published Craftax PPO numbers come from (Craftax_Baselines' `ActorCritic` and
+`ActorCriticConv`, `ActorCriticSeparate` here): no shared encoder; for symbolic vectors an actor tower and a critic
+tower of three dense layers of `width` each (orthogonal sqrt(2), tanh as published) and the output layer (orthogonal
+0.01 for the logits, 1 for the value); for pixels the published conv stack (3 x [conv 32 5x5, ReLU, max-pool 3x3
+stride 3, VALID]) whose embedding both towers read (actor: dense `width` (orthogonal 2), dense `num_actions`
+(0.01) with the activation, dense `num_actions` (0.01); critic: dense `width` (orthogonal 2), dense 1). The hidden
+state is concatenated to both towers' input, or, gated, `sigmoid(g) * W_tower h` is added to the first layer of
+each tower (one gate for both).
 """
 
 from __future__ import annotations
@@ -47,6 +66,12 @@ from hsrl.strict import dataclass_kwargs
 KINDS = ("conv", "mlp")
 POLICIES = ("mlp", "gru")  # feed-forward (the encoder of `kind`), or a GRU over time after it
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+FUSIONS = ("concat", "gated")  # how the hidden state joins the observation features (module docstring)
+ARCHS = ("shared", "separate")  # hsrl's shared encoder + heads, or the published separate actor and critic towers
+PUBLISHED_ACTIVATION = {"mlp": "tanh", "conv": "relu"}  # Craftax_Baselines' PPO networks' dense-layer activation
+GATE_LOGIT_INIT = -6.0  # sigmoid(-6) = 0.0025: the gate starts closed
+GATE_PARAM = "gate_logit"
+RMS_EPS = 1e-6  # of the gated projection's RMS scaling (an all-zero hidden input projects to zeros)
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,8 @@ class NetworkConfig:
     width: int = 512  # encoder features and head layers
     activation: str = "relu"  # of the dense layers ("relu" or "tanh"); the conv blocks always use ReLU
     policy: str = "mlp"  # "mlp": feed-forward; "gru": a GRU between the features and the heads
+    fusion: str = "concat"  # "concat": [features, h]; "gated": features + sigmoid(g) * W h (module docstring)
+    arch: str = "shared"  # "shared": encoder + heads; "separate": the published actor and critic towers
 
     def __post_init__(self):
         object.__setattr__(self, "obs_shape", tuple(int(d) for d in self.obs_shape))
@@ -80,6 +107,14 @@ class NetworkConfig:
             problems.append(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
         if self.policy not in POLICIES:
             problems.append(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.fusion not in FUSIONS:
+            problems.append(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        elif self.fusion == "gated" and self.hidden_size is None:
+            problems.append("gated fusion needs a hidden state (hidden_size); the baseline has none")
+        if self.arch not in ARCHS:
+            problems.append(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        elif self.arch == "separate" and self.policy == "gru":
+            problems.append("the separate (published) towers are a feed-forward network; policy 'gru' has its own")
         if problems:
             raise ValueError("NetworkConfig: " + "; ".join(problems))
 
@@ -92,10 +127,18 @@ class NetworkConfig:
         return self.policy == "gru"
 
     @property
+    def gated(self) -> bool:
+        return self.fusion == "gated"
+
+    @property
     def class_name(self) -> str:
+        gated = ", gated" if self.gated else ""
         if self.recurrent:
-            return f"{ActorCriticGRU.__name__}({self.kind}{', hidden' if self.uses_hidden else ''})"
-        return NETWORK_CLASSES[(self.kind, self.uses_hidden)].__name__
+            return f"{ActorCriticGRU.__name__}({self.kind}{', hidden' if self.uses_hidden else ''}{gated})"
+        if self.arch == "separate":
+            return f"{ActorCriticSeparate.__name__}({self.kind}{', hidden' if self.uses_hidden else ''}{gated})"
+        name = NETWORK_CLASSES[(self.kind, self.uses_hidden)].__name__
+        return f"{name}(gated)" if self.gated else name
 
     @classmethod
     def for_env(cls, obs_shape, num_actions: int, hidden_size: int | None = None, **kw) -> NetworkConfig:
@@ -185,19 +228,42 @@ def _check_hidden(name: str, hidden, hidden_size: int | None):
     return hidden.astype(jnp.float32)
 
 
+def _gate(module: nn.Module) -> jax.Array:
+    """sigmoid of the module's learned gate logit (a scalar parameter `gate_logit`, initialised closed)."""
+    return jax.nn.sigmoid(module.param(GATE_PARAM, nn.initializers.constant(GATE_LOGIT_INIT), ()))
+
+
+def _projection(features: int, hidden):
+    """W h of the gated fusion, scaled to unit RMS over its `features` (so the gate alone sets how much of it the
+    network reads: a W grown by training cannot make a closed gate read the state); no bias (with a bias the gate
+    could open for a constant that does not depend on the state)."""
+    y = nn.Dense(features, use_bias=False, kernel_init=nn.initializers.orthogonal(1.0), name="fusion")(hidden)
+    return y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + RMS_EPS)
+
+
+def _fuse(module: nn.Module, features, hidden, fusion: str):
+    """Observation features joined with the normalised hidden state: [f, h] (concat) or f + sigmoid(g) W h (gated);
+    `features` unchanged when there is no hidden state."""
+    if hidden is None:
+        return features
+    if fusion == "concat":
+        return jnp.concatenate([features, hidden], axis=-1)
+    return features + _gate(module) * _projection(features.shape[-1], hidden)
+
+
 class _ActorCritic(nn.Module):
     num_actions: int
     hidden_size: int | None = None
     width: int = 512
     activation: str = "relu"
+    fusion: str = "concat"
     encoder_cls = None  # set by subclasses
 
     @nn.compact
     def __call__(self, obs, hidden=None):
         hidden = _check_hidden(type(self).__name__, hidden, self.hidden_size)
         features = self.encoder_cls(self.width, self.activation, name="encoder")(obs)
-        if hidden is not None:
-            features = jnp.concatenate([features, hidden], axis=-1)
+        features = _fuse(self, features, hidden, self.fusion)
         return Heads(self.num_actions, self.width, self.activation, name="heads")(features)
 
 
@@ -233,6 +299,70 @@ NETWORK_CLASSES = {
 }
 
 
+class PublishedConvEncoder(nn.Module):
+    """(B, H, W, C) pixels -> (B, D) flat embedding: Craftax_Baselines' `ActorCriticConv` stack, 3 x [conv 32 5x5
+    (flax's default init), ReLU, max-pool 3x3 stride 3 (VALID)], flattened (no dense layer)."""
+
+    @nn.compact
+    def __call__(self, obs):
+        x = uint8_to_pixels(obs) if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
+        for _ in range(3):
+            x = nn.max_pool(nn.relu(nn.Conv(32, (5, 5))(x)), (3, 3), strides=(3, 3))
+        return x.reshape((x.shape[0], -1))
+
+
+class Tower(nn.Module):
+    """Dense layers (features, orthogonal scale, activated?) in order. With `gate`, the first layer also adds
+    `gate * W h` (the gated fusion) before its activation."""
+
+    layers: tuple[tuple[int, float, bool], ...]
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x, hidden=None, gate=None):
+        act = ACTIVATIONS[self.activation]
+        for i, (features, scale, activated) in enumerate(self.layers):
+            y = _dense(features, scale)(x)
+            if i == 0 and gate is not None:
+                y = y + gate * _projection(features, hidden)
+            x = act(y) if activated else y
+        return x
+
+
+class ActorCriticSeparate(nn.Module):
+    """The published Craftax PPO network (`arch="separate"`, module docstring): separate actor and critic towers,
+    reading the observation (symbolic) or the published conv embedding (pixels), plus the hidden state
+    (concatenated to both towers' input, or gated into their first layer)."""
+
+    kind: str
+    num_actions: int
+    hidden_size: int | None = None
+    width: int = 512
+    activation: str = "tanh"
+    fusion: str = "concat"
+
+    @nn.compact
+    def __call__(self, obs, hidden=None):
+        hidden = _check_hidden(type(self).__name__, hidden, self.hidden_size)
+        w, a = self.width, self.num_actions
+        if self.kind == "conv":
+            x = PublishedConvEncoder(name="encoder")(obs)
+            actor = ((w, 2.0, True), (a, 0.01, True), (a, 0.01, False))
+            critic = ((w, 2.0, True), (1, 1.0, False))
+        else:
+            x = obs.astype(jnp.float32)
+            actor = ((w, np.sqrt(2), True),) * 3 + ((a, 0.01, False),)
+            critic = ((w, np.sqrt(2), True),) * 3 + ((1, 1.0, False),)
+        gate = None
+        if hidden is not None and self.fusion == "gated":
+            gate = _gate(self)
+        else:
+            x = _fuse(self, x, hidden, "concat")
+        logits = Tower(actor, self.activation, name="actor")(x, hidden, gate)
+        value = Tower(critic, self.activation, name="critic")(x, hidden, gate)
+        return logits, jnp.squeeze(value, -1)
+
+
 class _ResetGRU(nn.Module):
     """One GRU step that first zeroes the carry of the rows whose episode starts at this observation."""
 
@@ -258,6 +388,7 @@ class ActorCriticGRU(nn.Module):
     hidden_size: int | None = None
     width: int = 512
     activation: str = "relu"
+    fusion: str = "concat"
 
     @nn.compact
     def __call__(self, carry, obs, hidden, start):
@@ -265,8 +396,7 @@ class ActorCriticGRU(nn.Module):
         T, B = obs.shape[:2]
         encoder = (ConvEncoder if self.kind == "conv" else MLPEncoder)(self.width, self.activation, name="encoder")
         features = encoder(obs.reshape((T * B,) + obs.shape[2:])).reshape(T, B, -1)
-        if hidden is not None:
-            features = jnp.concatenate([features, hidden], axis=-1)
+        features = _fuse(self, features, hidden, self.fusion)
         carry, y = _ScannedGRU(self.width, name="gru")(carry, (features, start.astype(bool)))
         logits, value = Heads(self.num_actions, self.width, self.activation, name="heads")(y)
         return carry, logits, value
@@ -277,10 +407,27 @@ def make_network(config: NetworkConfig) -> nn.Module:
     a recurrent config `module.apply(params, carry, obs, hidden, start) -> (carry, logits, value)` over (T, B)."""
     if config.recurrent:
         return ActorCriticGRU(kind=config.kind, num_actions=config.num_actions, hidden_size=config.hidden_size,
-                              width=config.width, activation=config.activation)
+                              width=config.width, activation=config.activation, fusion=config.fusion)
+    if config.arch == "separate":
+        return ActorCriticSeparate(kind=config.kind, num_actions=config.num_actions, hidden_size=config.hidden_size,
+                                   width=config.width, activation=config.activation, fusion=config.fusion)
     cls = NETWORK_CLASSES[(config.kind, config.uses_hidden)]
     return cls(num_actions=config.num_actions, hidden_size=config.hidden_size, width=config.width,
-               activation=config.activation)
+               activation=config.activation, fusion=config.fusion)
+
+
+def gate(params) -> jax.Array | None:
+    """sigmoid of a gated network's learned gate logit, as an array (usable inside jit); None for a network without
+    a gate (concat fusion, the baseline)."""
+    logit = params["params"].get(GATE_PARAM)
+    return None if logit is None else jax.nn.sigmoid(jnp.asarray(logit, jnp.float32))
+
+
+def gate_value(params) -> float | None:
+    """The gate of a gated network as a number (the metric `hidden/gate`; near 0: the policy does not read its
+    hidden state, see the module docstring); None for a network without a gate."""
+    g = gate(params)
+    return None if g is None else float(g)
 
 
 def initial_carry(config: NetworkConfig, batch: int) -> jax.Array:

@@ -18,6 +18,16 @@ and whether its next observation starts an episode (the GRU zeroes its state bef
 The update replays each environment's whole sequence from the rollout's first memory, so its minibatches are
 split by environment, not by time. The feed-forward policy (`mlp`) goes through the same functions with a
 placeholder carry and keeps its minibatches of single (step, environment) samples.
+
+Resume and preemption. Every `save_every` updates (and at the end) a checkpoint holds the whole training state:
+params, optimiser, the loop's and the runner's PRNG keys, the env states with their reset pool, the hidden states
+in use and the refresh counter, the GRU carry, and on the host `LiveHidden`'s running moments, counts and reset-pool
+states, the episode totals and the metric offsets (`hsrl.rl.resume` packs them). A rerun of the same command resumes
+from the newest checkpoint and continues the same trajectory: with deterministic states (prompt-only) its
+parameters equal an uninterrupted run's bit for bit (tests/test_online_resume.py). Flags that change the run are
+refused on resume, naming them. SIGTERM or SIGINT finishes the current update, saves, and raises `Preempted`
+(`hsrl` exits 75); a second signal ends the process at once. `--save-trajectories DIR` writes the rollouts as
+chunk files while training (`hsrl.rl.trajectories`).
 """
 
 from __future__ import annotations
@@ -35,13 +45,13 @@ import optax
 
 from hsrl.data.stats import normalize_hidden
 from hsrl.env import ENV_NAMES, craftax_score, make_env
-from hsrl.errors import InputError
+from hsrl.errors import InputError, Preempted
 from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
-from hsrl.rl.networks import (POLICIES, NetworkConfig, init_params, initial_carry, policy_sequence,
-                              policy_step)
+from hsrl.rl.networks import (ARCHS, FUSIONS, POLICIES, PUBLISHED_ACTIVATION, NetworkConfig, gate_value,
+                              init_params, initial_carry, policy_sequence, policy_step)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,9 @@ class OnlineConfig(SpecFlags):
     The LLM refreshes every environment's hidden state every --skip-n steps (one batched call), and
     refreshes an environment at once when its episode resets. Writes TensorBoard and metrics.jsonl to
     --out, checkpoints that `hsrl eval` and `--checkpoint` accept, and a final summary.
+
+    Rerun the same command to resume from the newest checkpoint (flags that change the run are refused). On
+    SIGTERM/SIGINT the run finishes its update, saves, and exits with code 75; a second signal exits at once.
     """
 
     env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
@@ -85,8 +98,28 @@ class OnlineConfig(SpecFlags):
     update_epochs: int = field(default=4, metadata={"help": "epochs per update"})
     num_minibatches: int = field(default=8, metadata={"help": "minibatches per epoch"})
     width: int = field(default=512, metadata={"help": "layer width of the network"})
+    arch: str = field(default="shared", metadata={
+        "help": "'shared': hsrl's network (a 2-layer ReLU encoder, then one-layer actor and critic heads); "
+                "'separate': the network of the published Craftax PPO numbers (Craftax_Baselines: separate actor and "
+                "critic towers, 3 x --width tanh on symbolic envs, the published conv stack and ReLU towers on "
+                "pixels)"})
+    fusion: str = field(default="concat", metadata={
+        "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
+                "that stays closed says the policy does not need the state)"})
     seed: int = field(default=0, metadata={"help": "random seed of the run: environments, initialisation, minibatches (recorded; the LLM's sampling seed is --llm-seed)"})
-    save_every: int = field(default=10, metadata={"help": "checkpoint every N updates (and at the end)"})
+    save_every: int = field(default=10, metadata={"help": "save the whole training state every N updates (and at "
+                                                          "the end, and on SIGTERM/SIGINT); a rerun of the same "
+                                                          "command resumes from the newest"})
+    keep: int = field(default=3, metadata={"help": "checkpoints kept (the newest; the final one is never deleted)"})
+    save_trajectories: str | None = field(default=None, metadata={
+        "help": "also write the rollouts as hsrl chunk files in this folder (obs, next_obs, action, reward, done, "
+                "log_prob of the acting policy, and the hidden_state it read, with the run's spec): `hsrl returns`, "
+                "`train-awr` and `experiment --offline` read them without relabelling", "metavar": "DIR"})
+    save_trajectories_every: int = field(default=1, metadata={
+        "help": "save one update's rollout in N (N > 1: each saved chunk is its own segment; returns end at the gaps)"})
+    save_trajectories_max_gb: float = field(default=50.0, metadata={
+        "help": "stop saving trajectories (with a warning; training goes on) before the folder passes this size"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     @property
@@ -110,13 +143,22 @@ class OnlineConfig(SpecFlags):
             raise InputError("--max-episode-steps must be at least 1")
         if self.policy not in POLICIES:
             raise InputError(f"--policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.arch not in ARCHS:
+            raise InputError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.arch == "separate" and self.policy == "gru":
+            raise InputError("--arch separate is the published feed-forward network; --policy gru builds its own")
+        if self.fusion not in FUSIONS:
+            raise InputError(f"--fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.fusion == "gated" and not self.hidden:
+            raise InputError("--fusion gated gates the hidden state; --no-hidden reads none: drop one of them")
         if self.policy == "gru" and self.envs % self.num_minibatches:
             raise InputError(f"--policy gru splits minibatches by environment: --envs ({self.envs}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise InputError(f"--envs x --num-steps ({self.envs * self.num_steps}) must divide into "
                              f"--num-minibatches ({self.num_minibatches})")
-        for name in ("lr", "clip_eps", "max_grad_norm", "width", "save_every"):
+        for name in ("lr", "clip_eps", "max_grad_norm", "width", "save_every", "keep", "save_trajectories_every",
+                     "save_trajectories_max_gb"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
@@ -160,6 +202,7 @@ class Transition(NamedTuple):
     episode_return: jax.Array
     episode_length: jax.Array
     achievements: jax.Array
+    next_obs: jax.Array | None = None  # the true next observation (before a reset), kept to save trajectories
 
 
 def hidden_summary(states: np.ndarray | None) -> dict:
@@ -174,9 +217,11 @@ def hidden_summary(states: np.ndarray | None) -> dict:
     return {"hidden/norm": float(norms.mean()), "hidden/mean_pairwise_cosine": float((cos.sum() - n) / (n * (n - 1)))}
 
 
-def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: LiveHidden | None):
+def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: LiveHidden | None,
+                 keep_next_obs: bool = False):
     """Jitted `(params, runner, memory, norm) -> (runner, memory, transitions, last_value)` over `num_steps`
-    steps; `memory` is the policy's `Memory` (the GRU state; a placeholder for feed-forward policies)."""
+    steps; `memory` is the policy's `Memory` (the GRU state; a placeholder for feed-forward policies).
+    `keep_next_obs`: the transitions also hold each step's true next observation (to save trajectories)."""
     E = config.envs
     apply_step = policy_step(net_config)
 
@@ -196,7 +241,8 @@ def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: Liv
         log_prob = jax.nn.log_softmax(logits)[jnp.arange(E), action]
         obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
         t = Transition(runner.obs, memory.start, runner.hidden, action, log_prob, value, reward, done,
-                       info["episode_return"], info["episode_length"], info["achievements"])
+                       info["episode_return"], info["episode_length"], info["achievements"],
+                       info["terminal_obs"] if keep_next_obs else None)
         runner = runner.advance(env, env_state, obs, info, done, key, action)
         return (params, runner, Memory(new_carry, done), norm), t
 
@@ -320,21 +366,23 @@ def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarr
 
 
 class UpdateTimes:
-    """Where each update's wall time went (env + policy, LLM, text rendering, update, other) and the totals
-    over the updates after the first, which also compiles (kept apart as `compile_seconds`)."""
+    """Where each update's wall time went (env + policy, LLM, text rendering, update, saving, other) and the totals
+    over the updates after the first, which also compiles (kept apart as `compile_seconds`). Saving is the checkpoint
+    written after the previous update (after its metrics line, so a line is never lost to a kill)."""
 
-    PARTS = ("env_policy", "llm", "text", "update", "other")
+    PARTS = ("env_policy", "llm", "text", "update", "save", "other")
 
     def __init__(self):
         self.totals = dict.fromkeys(self.PARTS, 0.0)
         self.timed_steps, self.compile_seconds, self.compile_steps = 0, 0.0, 0
 
     def add(self, *, rollout: float, update: float, whole: float, llm: float, text: float, steps: int,
-            compiling: bool) -> dict:
+            compiling: bool, save: float = 0.0) -> dict:
         """Record one update's seconds; its `time/*_share` metrics (the LLM's share is `time/llm_share`, the text
         rendering's `time/text_share`: one name per fact)."""
         parts = {"env_policy": rollout - llm - text, "llm": llm, "text": text, "update": update}
         parts["other"] = max(0.0, whole - sum(parts.values()))
+        parts["save"] = save
         wall = sum(parts.values())
         if compiling:
             self.compile_seconds, self.compile_steps = wall, steps
@@ -344,8 +392,17 @@ class UpdateTimes:
             self.timed_steps += steps
         return {f"time/{k}_share": v / wall for k, v in parts.items()}
 
+    def state_dict(self) -> dict:
+        return {"totals": np.array([self.totals[k] for k in self.PARTS], np.float64),
+                "counts": np.array([self.timed_steps, self.compile_seconds, self.compile_steps], np.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals = dict(zip(self.PARTS, (float(x) for x in state["totals"])))
+        steps, self.compile_seconds, compile_steps = (float(x) for x in state["counts"])
+        self.timed_steps, self.compile_steps = int(steps), int(compile_steps)
+
     def summary(self) -> dict:
-        wall = sum(self.totals.values())
+        wall = sum(self.totals.values()) or float("nan")
         return {"sps": self.timed_steps / wall, "first_update_seconds": self.compile_seconds,
                 "sps_with_first_update": (self.timed_steps + self.compile_steps) / (wall + self.compile_seconds),
                 "time_share": {k: v / wall for k, v in self.totals.items()}}
@@ -373,6 +430,15 @@ class LLMCounts:
         if self.cache is not None:
             out["llm/cache_hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
         return out
+
+    def state_dict(self) -> dict:
+        return {"per_update": np.array(self.per_update, np.float64).reshape(-1, 2)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """After `LiveHidden.load_state_dict`: the counts go on from the saved run's (the cache's start afresh)."""
+        self.per_update = [(int(c), float(b)) for c, b in np.asarray(state["per_update"])]
+        if self.live is not None:
+            self.last = self._now()
 
     def summary(self) -> dict:
         if self.live is None:
@@ -425,14 +491,86 @@ def _load_warm_start(config: OnlineConfig, net_config: NetworkConfig, spec_json:
     return policy.params, policy.hidden_stats
 
 
+class EpisodeTotals:
+    """Every finished episode of the run, as running totals (what the summary reports; a long run keeps no list),
+    and the last 50 returns for the progress bar."""
+
+    def __init__(self, num_achievements: int):
+        self.episodes, self.return_sum = 0, 0.0
+        self.achievement_counts = np.zeros(num_achievements, np.int64)
+        self.recent: list[float] = []
+
+    def add(self, traj: Transition) -> np.ndarray:
+        """Add this rollout's finished episodes; returns their achievements (n, A)."""
+        done = np.asarray(traj.done)
+        returns = np.asarray(traj.episode_return)[done]
+        achievements = np.asarray(traj.achievements)[done]
+        self.episodes += len(returns)
+        self.return_sum += float(returns.sum(dtype=np.float64))
+        self.achievement_counts += achievements.sum(0)
+        self.recent = (self.recent + [float(r) for r in returns])[-50:]
+        return achievements
+
+    def summary(self) -> dict:
+        rates = self.achievement_counts / self.episodes * 100 if self.episodes else np.zeros(len(self.achievement_counts))
+        return {"episodes": self.episodes, "return_mean": self.return_sum / self.episodes if self.episodes else None,
+                "craftax_score": craftax_score(rates)}
+
+    def state_dict(self) -> dict:
+        return {"episodes": np.int64(self.episodes), "return_sum": np.float64(self.return_sum),
+                "achievement_counts": self.achievement_counts, "recent": np.asarray(self.recent, np.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episodes, self.return_sum = int(state["episodes"]), float(state["return_sum"])
+        self.achievement_counts = np.array(state["achievement_counts"], np.int64)  # a writable copy
+        self.recent = [float(r) for r in np.asarray(state["recent"])]
+
+
+def _trajectory_arrays(traj: Transition, live: LiveHidden | None) -> dict[str, np.ndarray]:
+    """One rollout as the (T, E, ...) arrays of a chunk (`hsrl.rl.trajectories`): the raw states the policy read,
+    where they are the LLM's (not a control's projection)."""
+    arrays = {"obs": traj.obs, "next_obs": traj.next_obs, "action": traj.action, "reward": traj.reward,
+              "done": traj.done, "log_prob": traj.log_prob, "achievements": traj.achievements}
+    if live is not None and not live.reads_observations:
+        arrays["hidden_state"] = traj.hidden
+    return {k: np.asarray(v) for k, v in jax.device_get(arrays).items()}
+
+
+def _resume_meta(out: Path) -> dict | None:
+    """The sidecar of the newest checkpoint of the online run in `out` that a rerun goes on from, or None."""
+    from hsrl.rl.checkpoint import list_checkpoints, read_checkpoint_meta
+
+    found = list_checkpoints(out / "checkpoints")
+    if not found:
+        return None
+    meta = read_checkpoint_meta(found[-1])
+    if meta.get("algorithm") != "ppo" or not meta.get("resumable"):
+        raise InputError(f"{out} holds {Path(meta['path']).name}, which is not a resumable online PPO checkpoint "
+                         f"(another algorithm, or written by an hsrl without resume): use another --out")
+    return meta
+
+
 def train_online(config: OnlineConfig) -> dict:
+    """Train (or resume: see the module doc) an online run; returns its summary."""
+    import flax.serialization
     from tqdm.auto import tqdm
 
-    from hsrl.rl.checkpoint import remove_checkpoint_temporaries, save_checkpoint
+    from hsrl.atomic import write_text_atomic
+    from hsrl.rl.checkpoint import (check_params, prune_checkpoints, read_state_bytes, remove_checkpoint_temporaries,
+                                    save_checkpoint)
     from hsrl.rl.metrics import MetricsLogger
+    from hsrl.rl.resume import RUN_CONFIG_FILE, Preemption, check_same_run, pack_tree, unpack_tree
+    from hsrl.rl.trajectories import TrajectoryWriter
 
     config.check()
     out = Path(config.out)
+    check_same_run(out, config)  # before any work: a resume with flags that change the run is refused
+    remove_checkpoint_temporaries(out / "checkpoints")
+    meta = _resume_meta(out)
+    if meta is not None and meta.get("final") and (out / "summary.json").exists():
+        print(f"{out}: already trained ({meta['step']} steps); nothing to do")
+        return json.loads((out / "summary.json").read_text())
+
     reset_pool = config.reset_pool or (config.envs if config.hidden and config.pool_states else None)
     env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True,
                    max_timesteps=config.max_episode_steps)
@@ -455,7 +593,9 @@ def train_online(config: OnlineConfig) -> dict:
         spec_json, hidden_size = source.spec_json, source.hidden_size
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
-                               hidden_size=hidden_size, width=config.width, policy=config.policy)
+                               hidden_size=hidden_size, width=config.width, policy=config.policy, fusion=config.fusion,
+                               arch=config.arch,  # separate: the published towers with their activation
+                               activation=PUBLISHED_ACTIVATION[kind] if config.arch == "separate" else "relu")
     key = jax.random.PRNGKey(config.seed)
     key, k_init, k_reset = jax.random.split(key, 3)
     params, fixed_stats = init_params(net_config, k_init), None
@@ -469,87 +609,145 @@ def train_online(config: OnlineConfig) -> dict:
                 if config.anneal_lr else config.lr)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(schedule, eps=1e-5))
     opt_state = optimizer.init(params)
-    rollout = make_rollout(config, env, net_config, live)
+    writer = None
+    if config.save_trajectories:
+        writer = TrajectoryWriter(config.save_trajectories, run_dir=out, env_info=info, num_envs=config.envs,
+                                  num_steps=config.num_steps, every=config.save_trajectories_every,
+                                  max_gb=config.save_trajectories_max_gb, spec_json=spec_json, seed=config.seed)
+    rollout = make_rollout(config, env, net_config, live, keep_next_obs=writer is not None)
     update = make_update(config, net_config, optimizer, live is not None)
 
-    obs, env_state, reset_info = jax.jit(env.reset)(k_reset)
-    sym = reset_info["symbolic_obs"]
     E = config.envs
-    if live is not None:  # every environment starts with its state
-        hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool), np.asarray(obs) if live.reads_images else None))
-    else:
-        hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
-    runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key,
-                    History.empty(sym, live.history if live is not None else 0))
-    memory = Memory.initial(net_config, E)
+    steps_per_update = E * config.num_steps
+    totals, times, counts = EpisodeTotals(info.num_achievements), UpdateTimes(), LLMCounts(live, cache)
+    elapsed_before = 0.0  # seconds the run trained before this process (a resumed run)
+    if meta is None:  # a fresh start: every environment begins with its state
+        obs, env_state, reset_info = jax.jit(env.reset)(k_reset)
+        sym = reset_info["symbolic_obs"]
+        if live is not None:
+            hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool), np.asarray(obs) if live.reads_images else None))
+        else:
+            hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
+        runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key,
+                        History.empty(sym, live.history if live is not None else 0))
+        memory = Memory.initial(net_config, E)
+        start_update = 0
+    else:  # the saved state, into the structures this run builds (a mismatch is refused, naming the part)
+        obs, env_state, reset_info = jax.eval_shape(env.reset, k_reset)
+        hidden = jax.ShapeDtypeStruct((E, hidden_size if live is not None else 1), jnp.float32)
+        target = Runner(env_state, obs, reset_info["symbolic_obs"], hidden, jnp.zeros(E, bool),
+                        jnp.zeros((), jnp.int32), key,
+                        History.empty(reset_info["symbolic_obs"], live.history if live is not None else 0))
+        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
+        raw = flax.serialization.msgpack_restore(read_state_bytes(meta))
+        check_params(raw["params"], net_config, meta["path"])
+        params = flax.serialization.from_state_dict(params, raw["params"])
+        opt_state = flax.serialization.from_state_dict(opt_state, raw["opt_state"])
+        saved = raw["resume"]
+        runner = unpack_tree(saved["runner"], target, "runner (environments and hidden states)")
+        memory = unpack_tree(saved["memory"], Memory.initial(net_config, E), "policy memory")
+        key = jnp.asarray(saved["key"], key.dtype)
+        if live is not None:
+            live.load_state_dict(saved["live"])
+        totals.load_state_dict(saved["totals"])
+        counts.load_state_dict(saved["llm"])
+        times.load_state_dict(saved["times"])
+        elapsed_before = float(saved["elapsed"])
+        start_update = int(meta["step"]) // steps_per_update
+        print(f"resuming {out} at update {start_update} of {num_updates} (step {meta['step']})")
 
     out.mkdir(parents=True, exist_ok=True)
-    remove_checkpoint_temporaries(out / "checkpoints")
-    (out / "run_config.json").write_text(json.dumps(public_config(config), indent=1, sort_keys=True))
-    logger = MetricsLogger(out)
-    all_achievements, returns = [], []
-    steps_per_update = E * config.num_steps
-    bar = tqdm(total=num_updates * steps_per_update, unit="step", desc="online", disable=not config.progress,
-               dynamic_ncols=True)
-    times = UpdateTimes()
+    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(public_config(config), indent=1, sort_keys=True))
+    if writer is not None:
+        writer.prepare(start_update)
+    logger = MetricsLogger(out, resume_step=start_update * steps_per_update)  # drops what the checkpoint lacks
+    bar = tqdm(total=num_updates * steps_per_update, initial=start_update * steps_per_update, unit="step",
+               desc="online", disable=not config.progress, dynamic_ncols=True)
     start = time.perf_counter()
-    hidden_stats = None
-    counts = LLMCounts(live, cache)
+    hidden_stats = live.stats() if live is not None else None
+    save_seconds = 0.0  # the last checkpoint's, counted in the next update's times
 
     def save(step: int, final: bool):
+        if writer is not None:
+            writer.wait()  # a checkpoint never names trajectories that are not on disk
+        resume = {"key": np.asarray(key), "runner": pack_tree(runner), "memory": pack_tree(memory),
+                  "totals": totals.state_dict(), "llm": counts.state_dict(), "times": times.state_dict(),
+                  "elapsed": np.float64(elapsed_before + time.perf_counter() - start)}
+        if live is not None:
+            resume["live"] = live.state_dict()
         meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
                 "hidden_stats": None if hidden_stats is None else hidden_stats.to_dict(), "seed": config.seed,
-                "train_config": public_config(config), "final": final}
-        save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step}, meta)
+                "train_config": public_config(config), "final": final, "resumable": True,
+                "update": step // steps_per_update}
+        save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step,
+                                                    "resume": resume}, meta)
+        prune_checkpoints(out / "checkpoints", config.keep)
 
-    for u in range(num_updates):
-        t_iter = time.perf_counter()
-        if live is not None:
-            hidden_stats = live.stats()
-            norm = Norm(jnp.asarray(hidden_stats.mean), jnp.asarray(hidden_stats.std))
-        else:
-            norm = Norm(jnp.zeros(1), jnp.ones(1))
-        t0 = time.perf_counter()
-        runner, next_memory, traj, last_value = rollout(params, runner, memory, norm)
-        jax.block_until_ready(last_value)
-        t1 = time.perf_counter()
-        key, k_update = jax.random.split(key)
-        params, opt_state, losses = update(params, opt_state, traj, memory, last_value, norm, k_update)
-        memory = next_memory
-        losses = jax.device_get(losses)
-        t2 = time.perf_counter()
-        llm_s, text_s = live.timing_reset() if live is not None else (0.0, 0.0)
-        step = (u + 1) * steps_per_update
-        ep, achievements = episode_metrics(traj, info.achievement_names)
-        all_achievements.append(achievements)
-        returns += list(np.asarray(traj.episode_return)[np.asarray(traj.done)])
-        metrics = {**{k: float(v) for k, v in losses.items()}, **ep}
-        if len(achievements):
-            rates = achievements.mean(0) * 100
-            metrics.update({f"achievements/{n}": float(r) for n, r in zip(info.achievement_names, rates)})
-            metrics["charts/craftax_score"] = craftax_score(rates)
-        if live is not None:
-            metrics.update(hidden_summary(live.last_batch))
-            metrics.update(counts.update())
-        metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter, llm=llm_s,
-                                 text=text_s, steps=steps_per_update, compiling=u == 0 and num_updates > 1))
-        metrics["charts/SPS"] = step / (time.perf_counter() - start)
-        logger.log(step, metrics)
-        if (u + 1) % config.save_every == 0 or u + 1 == num_updates:
-            save(step, final=u + 1 == num_updates)
-        bar.update(steps_per_update)
-        bar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}", ret=f"{np.mean(returns[-50:]) if returns else 0:.2f}")
-    bar.close()
-    logger.close()
-    achievements = np.concatenate(all_achievements)
-    rates = achievements.mean(0) * 100 if len(achievements) else np.zeros(info.num_achievements)
+    try:
+        with Preemption() as preemption:
+            for u in range(start_update, num_updates):
+                t_iter = time.perf_counter()
+                if live is not None:
+                    hidden_stats = live.stats()
+                    norm = Norm(jnp.asarray(hidden_stats.mean), jnp.asarray(hidden_stats.std))
+                else:
+                    norm = Norm(jnp.zeros(1), jnp.ones(1))
+                t0 = time.perf_counter()
+                runner, next_memory, traj, last_value = rollout(params, runner, memory, norm)
+                jax.block_until_ready(last_value)
+                if writer is not None and writer.saves(u):
+                    writer.write(u, _trajectory_arrays(traj, live))
+                t1 = time.perf_counter()
+                key, k_update = jax.random.split(key)
+                params, opt_state, losses = update(params, opt_state, traj, memory, last_value, norm, k_update)
+                memory = next_memory
+                losses = jax.device_get(losses)
+                t2 = time.perf_counter()
+                llm_s, text_s = live.timing_reset() if live is not None else (0.0, 0.0)
+                step = (u + 1) * steps_per_update
+                ep, _ = episode_metrics(traj, info.achievement_names)
+                achievements = totals.add(traj)
+                metrics = {**{k: float(v) for k, v in losses.items()}, **ep}
+                if len(achievements):
+                    rates = achievements.mean(0) * 100
+                    metrics.update({f"achievements/{n}": float(r) for n, r in zip(info.achievement_names, rates)})
+                    metrics["charts/craftax_score"] = craftax_score(rates)
+                if live is not None:
+                    metrics.update(hidden_summary(live.last_batch))
+                    metrics.update(counts.update())
+                if net_config.gated:
+                    metrics["hidden/gate"] = gate_value(params)
+                metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
+                                         llm=llm_s, text=text_s, steps=steps_per_update,
+                                         compiling=u == start_update and num_updates - start_update > 1,
+                                         save=save_seconds))
+                metrics["charts/SPS"] = step / (elapsed_before + time.perf_counter() - start)
+                logger.log(step, metrics)
+                last = u + 1 == num_updates
+                t_save = time.perf_counter()
+                if (u + 1) % config.save_every == 0 or last or preemption.requested:
+                    save(step, final=last)
+                save_seconds = time.perf_counter() - t_save
+                bar.update(steps_per_update)
+                recent = np.mean(totals.recent) if totals.recent else 0.0
+                bar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}", ret=f"{recent:.2f}")
+                if preemption.requested and not last:
+                    raise Preempted(f"stopped on {preemption.requested} after update {u + 1} of {num_updates} "
+                                    f"(step {step}) and saved; rerun the same command to resume")
+    finally:
+        bar.close()
+        logger.close()
+        if writer is not None:
+            writer.close()
     summary = {"env": config.env, "steps": num_updates * steps_per_update, "updates": num_updates,
-               "episodes": int(len(returns)), "return_mean": float(np.mean(returns)) if returns else None,
-               "craftax_score": craftax_score(rates), **times.summary(), "llm": config.hidden,
+               **totals.summary(), **times.summary(), "llm": config.hidden,
                "llm_calls": live.calls if live else 0, "spec_hash": spec_hash(spec_json) if live else None,
-               **counts.summary(),
+               **counts.summary(), "resumed_from": start_update * steps_per_update if meta is not None else None,
+               "trajectories": None if writer is None else {"directory": str(writer.directory),
+                                                            "chunks_written": writer.written,
+                                                            "stopped": writer.stopped},
                "run_dir": str(out)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

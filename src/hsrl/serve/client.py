@@ -94,6 +94,8 @@ class HiddenStateClient:
             except httpx.TransportError as err:
                 last = ServerError(f"{where}: {type(err).__name__}: {err}")
                 continue
+            if response.status_code == 503 and path == HEALTH_PATH and _is_health(response):
+                return response.json()  # `hsrl serve --legacy-routes` while the model loads: not ready yet
             if response.status_code >= 400:
                 error = ServerError(f"{where} answered {response.status_code}: {_detail(response)}",
                                     response.status_code)
@@ -117,7 +119,7 @@ class HiddenStateClient:
         except httpx.TransportError as err:
             raise ServerError(f"no hidden-state server answers at {self.url} (GET {HEALTH_PATH}, {timeout:.0f} s: "
                               f"{type(err).__name__}: {err}); start one with `hsrl serve` or check --server") from None
-        if response.status_code != 200:
+        if response.status_code != 200 and not (response.status_code == 503 and _is_health(response)):
             raise ServerError(f"{self.url}{HEALTH_PATH} answered {response.status_code}: {_detail(response)} (is "
                               f"this an `hsrl serve` server?)", response.status_code)
         try:
@@ -126,7 +128,8 @@ class HiddenStateClient:
             raise ServerError(f"{self.url}{HEALTH_PATH} did not answer JSON: not an `hsrl serve` server") from None
 
     def health(self) -> dict:
-        """The server's /health: ready, model, hidden_size, spec_json, spec_hash, env, limits."""
+        """The server's /health: ready, model, hidden_size, spec_json, spec_hash, env, limits (also while a server with
+        --legacy-routes answers it 503, loading: `ready` is false then)."""
         return self._call("GET", HEALTH_PATH)
 
     def stats(self) -> dict:
@@ -294,6 +297,15 @@ def _history_body(history: list[list[tuple]], symbolic: bool, width: int | None)
                 raise ValueError(f"history[{b}][{j}]: expected an observation of shape ({width},), got {row.shape}")
             x[b, j] = row
     return {"actions": actions, "observations": encode_array(x)}
+
+
+def _is_health(response: httpx.Response) -> bool:
+    """Whether an answer is an hsrl /health body (a 503 one comes from `hsrl serve --legacy-routes` while loading)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "ready" in body and "status" in body
 
 
 def _detail(response: httpx.Response) -> str:

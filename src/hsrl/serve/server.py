@@ -21,6 +21,18 @@ Routes (wire format in `hsrl.serve.wire`):
 - ``GET /v1/stats``: batches run, requests, observations, largest batch seen and histograms of batch sizes (in
   observations and in requests), answers by status.
 
+With ``legacy_routes`` (``hsrl serve --legacy-routes``) the server also speaks the protocol of the servers the
+Craftax_Baselines family of scripts ran, so their evaluation clients work unchanged:
+
+- ``POST /get_hidden_state`` with ``{"obs": [[[r, g, b], ...], ...]}``: one pixel frame of the env as nested lists of
+  floats in [0, 1] (as Craftax renders it; `hsrl.pixels.pixels_to_uint8` converts it, as for every frame), answered
+  ``{"hidden_state": [H floats], "shape": [H], "generated_text": "..."}`` ('' for prompt-only specs). Those servers
+  read the frame with a vision-language model, so the route serves image specs (input 'image'); for any other spec
+  it answers 422 saying so. It runs through the same batcher, extractor and checks as ``/v1/hidden-states``, so the
+  vector equals `HiddenStateClient`'s for the same frame.
+- ``GET /health`` answers 503 (same body, ``ready`` false) until the model is loaded (or when it failed), 200 once
+  it is: those clients poll it for a 200. `HiddenStateClient` reads a 503 health as "not ready yet".
+
 Observations go through exactly the labelling path: `hsrl.text.render_text(obs, variant)` then the extractor's
 `extract(texts, images=...)`. The extractor is not thread-safe, so one model thread runs it; requests wait in a queue and a
 batcher task hands the model thread requests together, up to ``max_batch`` observations, waiting at most
@@ -63,7 +75,8 @@ from starlette.requests import ClientDisconnect
 from hsrl.errors import InputError
 from hsrl.llm.flags import SpecFlags
 from hsrl.serve.wire import (
-    HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, STATS_PATH, TOKEN_ENV, decode_array, encode_array,
+    HEALTH_PATH, HIDDEN_STATES_PATH, IMAGE_DTYPES, LEGACY_HIDDEN_STATE_PATH, STATS_PATH, TOKEN_ENV, decode_array,
+    encode_array,
 )
 from hsrl.llm.spec import spec_differences
 
@@ -88,6 +101,7 @@ class ServerSettings:
     token: str | None = None  # bearer token guarding every route but /health; None: open
     cache: str | None = None  # folder of the on-disk state cache (`--cache DIR`); None: in memory only
     no_cache: bool = False  # compute every state (`--no-cache`)
+    legacy_routes: bool = False  # also POST /get_hidden_state, and /health 503 until ready (module docstring)
 
     def state_cache(self):
         """The state cache each model (replica) uses (`hsrl.llm.flags.CacheFlags.state_cache`)."""
@@ -143,6 +157,7 @@ class ServeConfig(SpecFlags):
     ray: str | None = field(default=None, metadata={"help": "deploy with Ray Serve instead of one process: --ray ADDRESS of a cluster, or --ray alone to start a local Ray instance", "nargs": "?", "const": "local", "metavar": "ADDRESS"})
     replicas: int = field(default=1, metadata={"help": "Ray: model replicas (each loads the model once; Ray places them on any node)"})
     gpus_per_replica: float = field(default=0.0, metadata={"help": "Ray: GPUs per replica (0 = CPU replicas)"})
+    legacy_routes: bool = field(default=False, metadata={"help": "also answer the routes of the servers other tools ran, so their evaluation clients work unchanged: POST /get_hidden_state with {\"obs\": one pixel frame as nested lists} -> {\"hidden_state\", \"shape\", \"generated_text\"} (image specs: --input image), and GET /health answers 503 until the model is loaded"})
 
     def check(self) -> None:
         """Every flag, before the model loads or the port is bound."""
@@ -181,7 +196,7 @@ class ServeConfig(SpecFlags):
                               max_request=self.max_request, max_body_bytes=int(self.max_body_mb * 2**20),
                               max_text_chars=self.max_text_chars, max_queued=self.max_queued,
                               body_timeout_s=self.body_timeout_s, head_timeout_s=self.head_timeout_s, token=token,
-                              cache=self.cache, no_cache=self.no_cache)
+                              cache=self.cache, no_cache=self.no_cache, legacy_routes=self.legacy_routes)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -429,6 +444,43 @@ class Preparer:
                                         f"for {self.settings.env}")
             rows = np.array(flat, dtype=np.float64).reshape(-1, D)
         return self._finite(rows, "history.observations")
+
+    def check_legacy(self) -> None:
+        """422 when the spec does not read images alone: POST /get_hidden_state carries one frame and nothing else."""
+        if self.input != "image":
+            raise RequestError(422, f"this server's spec has input={self.input!r}: {LEGACY_HIDDEN_STATE_PATH} carries "
+                                    f"one pixel frame and nothing else, which only a spec that reads images alone can "
+                                    f"serve (hsrl serve --input image, a vision-language model on a Pixels env); send "
+                                    f"observations or texts to POST {HIDDEN_STATES_PATH}")
+
+    def legacy(self, body: bytes) -> Inputs:
+        """The body of POST /get_hidden_state, ``{"obs": one (H, W, 3) frame as nested lists of floats in [0, 1]}``,
+        as one uint8 image (`check_legacy` first)."""
+        import json
+
+        from hsrl.pixels import pixels_to_uint8
+
+        self.check_legacy()
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestError(400, f"malformed JSON: {err}") from None
+        if not isinstance(request, dict) or set(request) != {"obs"}:
+            got = sorted(request) if isinstance(request, dict) else type(request).__name__
+            raise RequestError(422, f"expected a JSON object with exactly the field 'obs' (one frame), got {got}")
+        expected = list(self.image_shape)
+        try:
+            frame = np.asarray(request["obs"], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise RequestError(422, f"obs: expected one frame as nested lists of numbers, shape {expected}") from None
+        if list(frame.shape) != expected:
+            raise RequestError(422, f"obs: shape {list(frame.shape)}; expected one {self.settings.env} frame of shape "
+                                    f"{expected} (height, width, RGB) as nested lists")
+        try:
+            image = pixels_to_uint8(frame)
+        except ValueError as err:
+            raise RequestError(422, f"obs: {err}") from None
+        return Inputs(None, image[None])
 
     def _images(self, payload: ArrayPayload) -> np.ndarray:
         shape, expected = payload.shape, list(self.image_shape)
@@ -880,6 +932,13 @@ class Endpoint:
             "body_timeout_s": settings.body_timeout_s, "head_timeout_s": settings.head_timeout_s, "auth": settings.token is not None,
         }
 
+    def legacy_reply(self, hidden: np.ndarray, generated: list[str]) -> dict:
+        """The answer of POST /get_hidden_state: one vector as a list, its shape, the generated text ('' when the
+        spec does not generate)."""
+        vector = np.asarray(hidden[0], dtype=np.float32)
+        return {"hidden_state": vector.tolist(), "shape": list(vector.shape),
+                "generated_text": generated[0] if self.spec.generates else ""}
+
     def reply(self, model: "ModelState", hidden: np.ndarray, generated: list[str]) -> dict:
         reply = {"hidden": encode_array(hidden), "spec_hash": model.extractor.spec.hash}
         if self.spec.generates:
@@ -904,8 +963,10 @@ def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: 
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
     @app.get(HEALTH_PATH)
-    async def health() -> dict:
-        return endpoint.health(model)
+    async def health() -> JSONResponse:
+        body = endpoint.health(model)
+        status = 503 if settings.legacy_routes and not body["ready"] else 200  # legacy clients poll for a 200
+        return JSONResponse(body, status_code=status)
 
     @app.get(STATS_PATH)
     async def stats_route() -> dict:
@@ -924,6 +985,17 @@ def build_app(endpoint: Endpoint, model: "ModelState", submit: Callable, stats: 
         await run_in_threadpool(model.check, inputs)
         hidden, generated = await submit(inputs)
         return JSONResponse(endpoint.reply(model, hidden, generated))
+
+    if settings.legacy_routes:
+        @app.post(LEGACY_HIDDEN_STATE_PATH)
+        async def legacy_hidden_state(request: Request) -> JSONResponse:
+            endpoint.prepare.check_legacy()  # a fact of the server, whatever the body or the loading
+            model.require_ready()
+            _check_content_type(request)
+            body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            inputs = await run_in_threadpool(endpoint.prepare.legacy, body)
+            hidden, generated = await submit(inputs)
+            return JSONResponse(endpoint.legacy_reply(hidden, generated))
 
     return app
 

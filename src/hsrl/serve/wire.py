@@ -15,6 +15,7 @@ import numpy as np
 HEALTH_PATH = "/health"
 HIDDEN_STATES_PATH = "/v1/hidden-states"
 STATS_PATH = "/v1/stats"
+LEGACY_HIDDEN_STATE_PATH = "/get_hidden_state"  # `hsrl serve --legacy-routes`: the route of the servers other tools ran
 TOKEN_ENV = "HSRL_SERVE_TOKEN"  # the bearer token, for `hsrl serve` and the client, when not given explicitly
 
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "uint8": np.dtype("u1")}

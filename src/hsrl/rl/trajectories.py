@@ -1,0 +1,121 @@
+"""`hsrl online --save-trajectories DIR`: the rollouts an online run acts on, written as hsrl chunk files.
+
+Each saved update's rollout is one chunk, `chunk_NNNNNN.npz` with N = update // every, in the format `hsrl collect`
+writes (rows time-major, `row = t * num_envs + env`): obs, next_obs (the true next observation, before any reset),
+action, reward, done, achievements, `log_prob` of the acting policy, and `hidden_state`, the raw pooled state the
+policy read at that step (as `LiveHidden` gave it, before normalisation), with the run's extraction spec in the
+metadata. A control run (its input is a projection, not the LLM's) and a run without hidden states write no
+`hidden_state`. Saving every update gives consecutive chunks; `--save-trajectories-every N` keeps one update in N,
+and each chunk is then a segment of its own (`ChunkMeta.segment`): returns end at the gaps.
+`hsrl returns`, `train-awr` and `experiment --offline` read the folder as it is.
+
+Writes run on one background thread (compression releases the GIL), one chunk at a time, atomically; the loop waits
+for the last one before it saves a checkpoint, so a checkpoint never names data that is not on disk. On resume the
+chunks of updates after the checkpoint are deleted (the resumed run writes them again). A disk budget
+(`--save-trajectories-max-gb`, and free space for two more chunks) stops saving with one warning instead of filling
+the disk; so does a write that fails for lack of space. The training goes on either way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from hsrl.atomic import remove_temporaries
+from hsrl.data.chunks import CHUNK_PATTERN, ChunkMeta, DataFileError, chunk_path, read_meta, write_chunk
+from hsrl.errors import InputError
+
+SOURCE = "hsrl online"
+
+
+class TrajectoryWriter:
+    """Writes an online run's rollouts into `directory` (see the module doc)."""
+
+    def __init__(self, directory: str | Path, *, run_dir: Path, env_info, num_envs: int, num_steps: int,
+                 every: int, max_gb: float, spec_json: str | None, seed: int):
+        self.directory = Path(directory)
+        self.run = str(Path(run_dir).resolve())
+        self.info, self.num_envs, self.num_steps, self.every = env_info, num_envs, num_steps, every
+        self.budget = max_gb * 1e9
+        self.spec_json, self.seed = spec_json, seed
+        self.used = 0  # bytes of this run's chunks in the folder
+        self.last_size: int | None = None
+        self.stopped: str | None = None  # why saving stopped, once it has
+        self.written = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsrl-trajectories")
+        self._pending: Future | None = None
+
+    def prepare(self, resume_update: int) -> None:
+        """Before the first update: refuse a folder holding chunks of another run, delete this run's chunks of
+        updates from `resume_update` on (they are written again), count the bytes of those kept."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.directory, "chunk_*.npz")
+        for path in sorted(self.directory.iterdir()):
+            m = CHUNK_PATTERN.match(path.name)
+            if not m:
+                continue
+            try:
+                meta = read_meta(path)
+            except DataFileError:
+                meta = None
+            extra = dict(meta.extra) if meta is not None else {}
+            if extra.get("source") != SOURCE or extra.get("run") != self.run:
+                raise InputError(f"--save-trajectories {self.directory} holds {path.name}, which this run did not "
+                                 f"write: give an empty or new folder")
+            if int(extra.get("update", -1)) >= resume_update:
+                path.unlink()
+            else:
+                self.used += path.stat().st_size
+
+    def saves(self, update: int) -> bool:
+        return self.stopped is None and update % self.every == 0
+
+    def write(self, update: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write one update's rollout (host arrays, (T, E, ...) each) in the background, unless the budget or the
+        disk says stop."""
+        self.wait()
+        if self.stopped is not None:
+            return
+        estimate = self.last_size or sum(a.nbytes for a in arrays.values())
+        free = shutil.disk_usage(self.directory).free
+        if self.used + estimate > self.budget:
+            return self._stop(f"the next chunk would take the folder past --save-trajectories-max-gb "
+                              f"{self.budget / 1e9:g} ({self.used / 1e9:.2f} GB written)")
+        if free < 2 * estimate:
+            return self._stop(f"{free / 1e9:.2f} GB free on its disk, under two chunks' worth")
+        rows = {k: v.reshape((-1,) + v.shape[2:]) for k, v in arrays.items()}  # (T, E, ...) -> time-major rows
+        meta = ChunkMeta(env_name=self.info.name, num_envs=self.num_envs,
+                         obs_kind="pixels" if self.info.pixels else "symbolic",
+                         first_step=update * self.num_steps, achievement_names=self.info.achievement_names,
+                         spec_json=self.spec_json if "hidden_state" in rows else None,
+                         segment=update // self.every if self.every > 1 else 0,
+                         extra={"source": SOURCE, "run": self.run, "update": update, "seed": self.seed})
+        path = chunk_path(self.directory, update // self.every)
+        self._pending = self._pool.submit(write_chunk, path, rows, meta)
+
+    def wait(self) -> None:
+        """Let the chunk being written finish (a failure for lack of space stops saving; any other raises)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            path = pending.result()
+        except OSError as err:  # DiskFullError included: the run goes on, saving stops
+            self._stop(f"writing a chunk failed ({err})")
+            return
+        self.last_size = path.stat().st_size
+        self.used += self.last_size
+        self.written += 1
+
+    def _stop(self, why: str) -> None:
+        self.stopped = why
+        warnings.warn(f"--save-trajectories {self.directory}: stopped saving: {why}; training goes on",
+                      stacklevel=3)
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()

@@ -1,0 +1,237 @@
+"""Long online runs: resume after SIGKILL equals an uninterrupted run, SIGTERM saves and exits 75, a resume with a
+changed flag is refused, and the trajectories a run saves while training are what its policy read and train AWR."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import flax.serialization
+import numpy as np
+import pytest
+
+from hsrl.errors import PREEMPTED_EXIT_CODE, InputError, Preempted
+from hsrl.rl.ppo import OnlineConfig, train_online
+
+ENV = "Craftax-Classic-Symbolic-v1"
+# small and quick: 4 environments, episodes cut at 20 steps (resets and the reset pool are exercised), a checkpoint
+# after every one of 8 updates
+FLAGS = dict(env=ENV, envs=4, steps=256, num_steps=8, skip_n=4, num_minibatches=2, width=32, save_every=1,
+             max_episode_steps=20)
+TIME_KEYS = ("wall_time", "charts/SPS", "llm/cache_hit_rate")  # wall-clock figures, and a cache that starts afresh
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FLAGS.items()]
+    return [sys.executable, "-m", "hsrl.cli", "online", *flags, f"--out={out}", "--no-progress", *extra]
+
+
+def _final_state(out: Path) -> dict:
+    final = sorted((out / "checkpoints").glob("step_*.msgpack"))[-1]
+    return flax.serialization.msgpack_restore(final.read_bytes())
+
+
+def _metrics(out: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in TIME_KEYS and not k.startswith("time/")} for line in lines]
+
+
+def _checkpoints(out: Path) -> int:
+    return max([int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("step_*.json")], default=0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (in this process) that also saves its trajectories."""
+    out = tmp_path_factory.mktemp("online") / "reference"
+    summary = train_online(OnlineConfig(**FLAGS, out=str(out), progress=False,
+                                        save_trajectories=str(out / "trajectories")))
+    return out, summary
+
+
+def _same_tree(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same_tree(a[k], b[k], f"{where}/{k}")
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=where)
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(reference, tmp_path):
+    ref, ref_summary = reference
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(2):  # killed twice, at random moments after it has saved something new
+        before = _checkpoints(out) if out.exists() else 0
+        proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and (not (out / "checkpoints").exists()
+                                                                  or _checkpoints(out) <= before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1 and 0 < _checkpoints(out) < FLAGS["steps"], "the run was cut before its end"
+    summary = train_online(OnlineConfig(**FLAGS, out=str(out), progress=False))
+    assert summary["resumed_from"] and summary["resumed_from"] > 0
+    # the same parameters, optimiser state, env states and keys as the run that was never stopped
+    _same_tree(_final_state(out)["params"], _final_state(ref)["params"], "params")
+    _same_tree(_final_state(out)["opt_state"], _final_state(ref)["opt_state"], "opt_state")
+    _same_tree(_final_state(out)["resume"]["runner"], _final_state(ref)["resume"]["runner"], "runner")
+    # the same metrics, one line per update, none twice
+    assert _metrics(out) == _metrics(ref)
+    assert [line["step"] for line in _metrics(out)] == list(range(32, 257, 32))
+    for k in ("episodes", "return_mean", "craftax_score", "llm_calls", "llm_samples"):
+        assert summary[k] == ref_summary[k], k
+    assert not list(out.glob("**/.*.tmp")), "no temporary file is left behind"
+
+
+def test_sigterm_saves_and_exits_with_the_documented_code(tmp_path):
+    out = tmp_path / "preempted"
+    proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (out / "checkpoints").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # while it trains (it has saved its first update)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT_CODE == 75, err
+    assert "SIGTERM" in err and "rerun the same command to resume" in err
+    step = _checkpoints(out)
+    assert 0 < step < FLAGS["steps"]
+    assert max(json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()) == step, \
+        "the update that was running when the signal came finished and was saved"
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    """After the first signal the default actions are back: the second one ends the process without waiting."""
+    from hsrl.rl.resume import Preemption
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with Preemption() as p:
+        assert p.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert p.requested == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before, "handlers restored"
+
+
+def test_resume_with_a_changed_flag_is_refused_naming_it(reference, tmp_path):
+    ref, _ = reference
+    flags = {**FLAGS, "lr": 1e-3}
+    with pytest.raises(InputError, match=r"--lr 0\.0002 \(now 0\.001\)"):
+        train_online(OnlineConfig(**flags, out=str(ref), progress=False))
+    # flags that change where or how fast, never what, are free
+    again = train_online(OnlineConfig(**{**FLAGS, "save_every": 3}, out=str(ref), progress=False, llm_batch_size=7))
+    assert again["steps"] == FLAGS["steps"]
+
+
+def test_preempted_in_an_experiment_keeps_its_finished_updates(tmp_path):
+    """An experiment's PPO arm stopped mid-run (the signal an operator or SLURM sends) goes on from its checkpoint
+    when the experiment runs again: the updates it had finished are not trained again."""
+    from hsrl.experiment.runs import Job, run_job
+
+    train = OnlineConfig(**{**FLAGS, "steps": 128}, hidden=False, out=str(tmp_path / "arm" / "train"), progress=False)
+    job = Job(arm="ppo-baseline", algo="ppo", hidden=False, seed=0, run_dir=str(tmp_path / "arm"), train=train,
+              eval=None, eval_data=None)
+    ckpts = Path(train.out) / "checkpoints"
+
+    def stop_after_first_checkpoint():
+        deadline = time.time() + 300
+        while not list(ckpts.glob("step_*.json")) and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(Preempted):
+        run_job(job)
+    kept = [json.loads(x) for x in (Path(train.out) / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < len(kept) < 4
+    from hsrl.experiment.runs import _train
+
+    summary = _train(job)
+    assert summary["resumed"] and summary["step"] == 128
+    lines = [json.loads(x) for x in (Path(train.out) / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [32, 64, 96, 128]
+    assert lines[:len(kept)] == kept, "the finished updates' lines are the first attempt's, not trained again"
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from hsrl.llm import ExtractionSpec, make_extractor
+
+    return make_extractor(ExtractionSpec(model="minilm", variant="classic"), batch_size=16)
+
+
+def test_trajectories_hold_what_the_policy_read_and_train_awr(reference, tmp_path, extractor):
+    from hsrl.data.chunks import list_chunks, read_chunk
+    from hsrl.data.returns import add_returns
+    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.text import render_text
+
+    ref, summary = reference
+    folder = ref / "trajectories"
+    files = list_chunks(folder)
+    assert len(files) == summary["updates"] == 8 and summary["trajectories"]["chunks_written"] == 8
+    E, T = FLAGS["envs"], FLAGS["num_steps"]
+    chunks = [read_chunk(p) for p in files]  # read_chunk loads with allow_pickle=False
+    for c in chunks:
+        assert c.meta.spec_json is not None and c.meta.extra["source"] == "hsrl online"
+    hidden = np.concatenate([c.time_major("hidden_state") for c in chunks])  # (steps, E, H)
+    obs = np.concatenate([c.time_major("obs") for c in chunks])
+    done = np.concatenate([c.time_major("done") for c in chunks])
+    log_prob = np.concatenate([c.time_major("log_prob") for c in chunks])
+    assert np.all(log_prob < 0) and np.all(np.isfinite(log_prob))
+    # the policy reads a state refreshed every skip_n steps (all environments) and at each episode start, the same
+    # state in between (brute force over every step of every environment)
+    refreshed = np.zeros(done.shape, bool)
+    for t in range(len(done)):
+        for e in range(E):
+            refreshed[t, e] = t % FLAGS["skip_n"] == 0 or (t > 0 and done[t - 1, e])
+    assert done.any(), "episodes ended (and reset) during the run"
+    for e in range(E):
+        for t in range(1, len(done)):
+            if not refreshed[t, e]:
+                np.testing.assert_array_equal(hidden[t, e], hidden[t - 1, e])
+    want = extractor.extract(list(render_text(obs[refreshed], "classic"))).hidden_state
+    np.testing.assert_allclose(hidden[refreshed], want, atol=1e-5)
+    # and AWR trains on them after `hsrl returns`, with nothing relabelled
+    add_returns(folder, 0.99, show_progress=False)
+    result = train_awr(TrainAWRConfig(data_dir=str(folder), out=str(tmp_path / "awr"), steps=4, batch_size=16,
+                                      log_every=2, save_every=4, width=32, progress=False))
+    assert result["step"] == 4 and np.isfinite(result["metrics"]["critic_loss"])
+
+
+def test_trajectories_every_n_are_segments_with_returns_cut_at_the_gaps(tmp_path):
+    from hsrl.data.chunks import list_chunks, read_chunk
+    from hsrl.data.returns import add_returns
+
+    out = tmp_path / "sparse"
+    summary = train_online(OnlineConfig(**{**FLAGS, "steps": 128}, hidden=False, out=str(out), progress=False,
+                                        save_trajectories=str(out / "traj"), save_trajectories_every=2))
+    assert summary["trajectories"]["chunks_written"] == 2
+    files = list_chunks(out / "traj")
+    metas = [read_chunk(p).meta for p in files]
+    assert [m.first_step for m in metas] == [0, 16] and [m.segment for m in metas] == [0, 1]
+    assert "hidden_state" not in read_chunk(files[0])
+    add_returns(out / "traj", 0.99, show_progress=False)
+    first = read_chunk(files[0])
+    last_step = first.time_major("return_truncated")[-1]
+    assert np.array_equal(last_step, ~first.time_major("done")[-1]), "episodes running at a gap are cut off there"
+
+
+def test_trajectory_budget_stops_saving_not_training(tmp_path):
+    out = tmp_path / "budget"
+    with pytest.warns(UserWarning, match="stopped saving"):
+        summary = train_online(OnlineConfig(**{**FLAGS, "steps": 96}, hidden=False, out=str(out), progress=False,
+                                            save_trajectories=str(out / "traj"), save_trajectories_max_gb=1e-9))
+    assert summary["steps"] == 96 and summary["trajectories"]["chunks_written"] == 0
+    assert "max-gb" in summary["trajectories"]["stopped"]
