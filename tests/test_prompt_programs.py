@@ -510,3 +510,32 @@ def test_one_observation_sequence_gives_the_same_state_in_label_serve_online_and
     labelled = _label_sequence(extractor, _write_sequence(tmp_path / "eval", eval_sym, outs["action"],
                                                           outs["done"], 4), tmp_path / "eval_labelled")
     np.testing.assert_allclose(eval_states, labelled, rtol=1e-6, atol=1e-6)
+
+
+def test_an_online_run_with_history_resumes_with_its_history(tmp_path, monkeypatch):
+    """The runner's history is part of the checkpointed training state: a run stopped after its first update resumes
+    from it (the saved history fits the resumed run's runner) and finishes."""
+    import hsrl.rl.ppo as ppo
+    import hsrl.rl.resume as resume
+    from hsrl.errors import Preempted
+
+    class StopAtOnce:  # a preemption asked before the first update: the loop saves after it and stops
+        requested = "SIGTERM"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    flags = dict(env=ENV, envs=2, steps=48, num_steps=8, skip_n=2, num_minibatches=1, width=16, history=1,
+                 template="short", max_episode_steps=6, out=str(tmp_path / "run"), progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(resume, "Preemption", StopAtOnce)
+        with pytest.raises(Preempted):
+            ppo.train_online(ppo.OnlineConfig(**flags))
+    summary = ppo.train_online(ppo.OnlineConfig(**flags))
+    assert summary["resumed_from"] == 16 and summary["steps"] == 48
+    spec = ExtractionSpec.from_json(json.loads(next((tmp_path / "run" / "checkpoints").glob("*.json")).read_text())
+                                    ["spec_json"])
+    assert spec.history == 1
