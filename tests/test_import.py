@@ -204,6 +204,11 @@ def test_train_awr_probe_and_experiment_accept_the_import(imported, tmp_path):
                                           awr_steps=5, awr_batch_size=32, awr_save_every=5, width=16, control=False,
                                           progress=False))
     assert {r["arm"] for r in exp["runs"]} == {"awr-baseline", "awr-hidden"}
+    # without --eval-data the arms would need live states of a spec nobody knows: refused before any arm trains
+    with pytest.raises(InputError, match="without an extraction spec.*--eval-data"):
+        run_experiment(ExperimentConfig(offline=str(dst), out=str(tmp_path / "exp2"), seeds=1, awr_steps=5,
+                                        control=False, progress=False))
+    assert not (tmp_path / "exp2" / "runs").exists()
 
 
 def _eval_needs_the_spec_named(run, tmp_path):

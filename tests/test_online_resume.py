@@ -129,6 +129,19 @@ def test_resume_with_a_changed_flag_is_refused_naming_it(reference, tmp_path):
     flags = {**FLAGS, "lr": 1e-3}
     with pytest.raises(InputError, match=r"--lr 0\.0002 \(now 0\.001\)"):
         train_online(OnlineConfig(**flags, out=str(ref), progress=False))
+    # the same flags with another spec (a --prompt-template file edited in place changes its text's hash, not the
+    # flag): the run began with other states, refused too
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ref, copy)
+    (copy / "summary.json").unlink()
+    for sidecar in (copy / "checkpoints").glob("step_*.json"):
+        meta = json.loads(sidecar.read_text())
+        meta["spec_json"] = json.dumps({**json.loads(meta["spec_json"]), "pooling": "last"})
+        sidecar.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="another extraction spec; fields that differ: pooling"):
+        train_online(OnlineConfig(**FLAGS, out=str(copy), progress=False))
     # flags that change where or how fast, never what, are free
     again = train_online(OnlineConfig(**{**FLAGS, "save_every": 3}, out=str(ref), progress=False, llm_batch_size=7))
     assert again["steps"] == FLAGS["steps"]

@@ -186,6 +186,11 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
     check_data_keys(offline, hidden=True, all_tokens_valid=all_tokens_valid)
     first = inspect_chunk(list_chunks(offline)[0])
     width = first.fields["hidden_state"][0][-1]
+    if eval_data is None and first.meta.spec_json is None:
+        raise DataFileError(first.path, "meta", "hidden states without an extraction spec (imported from another tool: "
+                                                "foreign), so the arms cannot be evaluated in Craftax with live states "
+                                                "of the same spec; give --eval-data (held-out rows of the same data) "
+                                                "to evaluate them offline")
     if eval_data is not None:
         other = inspect_chunk(list_chunks(eval_data)[0])
         for key in ("obs", "action", "hidden_state"):

@@ -591,6 +591,11 @@ def train_online(config: OnlineConfig) -> dict:
             source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
         cache = getattr(getattr(source, "extractor", None), "cache", None)
         spec_json, hidden_size = source.spec_json, source.hidden_size
+    if meta is not None and config.hidden:  # a resume reads states of the spec it began with (a template's text)
+        differ = spec_differences(meta.get("spec_json"), spec_json)
+        if differ:
+            raise InputError(f"{out} holds a run whose hidden states came from another extraction spec; fields that "
+                             f"differ: {', '.join(differ)}; use another --out, or the same settings to resume")
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
                                hidden_size=hidden_size, width=config.width, policy=config.policy, fusion=config.fusion,
