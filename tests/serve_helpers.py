@@ -18,3 +18,13 @@ def serve_command(env: str, port: int, *flags: str) -> list[str]:
 
 def start_serve(env: str, port: int, *flags: str, environ=None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen(serve_command(env, port, *flags), stdout=stdout, stderr=subprocess.STDOUT, env=environ)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server process, and kill it if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

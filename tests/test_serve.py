@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import free_port, serve_command
+from serve_helpers import free_port, serve_command, stop_process
 
 from hsrl.data import list_chunks, read_chunk
 from hsrl.data.collect import CollectConfig, collect
@@ -45,12 +45,7 @@ def server(tmp_path_factory):
     try:
         yield url, log_path, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import free_port, serve_command
+from serve_helpers import free_port, serve_command, stop_process
 
 from hsrl.serve import HiddenStateClient
 from hsrl.serve.wire import HIDDEN_STATES_PATH, LEGACY_HIDDEN_STATE_PATH
@@ -70,12 +70,7 @@ def legacy_server(tiny_vlm_path, tmp_path_factory):
             raise AssertionError(f"server not ready:\n{log_path.read_text()[-3000:]}")
         yield url, seen, proc, log_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_health_is_503_until_the_model_is_loaded(legacy_server):

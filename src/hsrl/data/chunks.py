@@ -490,14 +490,24 @@ def _corrupt(path, member, err) -> DataFileError:
     return DataFileError(path, member, f"corrupt or truncated file ({type(err).__name__}: {err})")
 
 
-def _read_header(f, path, key) -> Field:
+def npy_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran order) from an .npy member's header; the header is a literal, so nothing is
+    unpickled. ValueError for a format version numpy's reader does not know."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
     elif version == (2, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     else:
-        raise DataFileError(path, key, f"unsupported .npy format version {version}")
+        raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
+
+
+def _read_header(f, path, key) -> Field:
+    try:
+        shape, dtype, fortran = npy_header(f)
+    except ValueError as err:
+        raise DataFileError(path, key, str(err)) from None
     if fortran and len(shape) > 1:
         raise DataFileError(path, key, "stored in Fortran order; hsrl writes and reads C order only")
     if dtype.hasobject:

@@ -75,7 +75,7 @@ import numpy as np
 from hsrl.atomic import remove_temporaries
 from hsrl.data.chunks import (
     CHUNK_PATTERN, ChunkMeta, ChunkReader, DataFileError, check_consecutive, chunk_path, inspect_chunk,
-    progress, write_chunk, write_chunk_streamed,
+    npy_header, progress, write_chunk, write_chunk_streamed,
 )
 from hsrl.env.catalog import ENV_NAMES
 from hsrl.errors import InputError
@@ -145,7 +145,7 @@ class SourceFile:
                 if not name.endswith(".npy"):
                     raise InputError(f"{path}: {name}: unexpected member (not an .npy array)")
                 with self.zip.open(name) as f:
-                    self.fields[name[:-4]] = _header(f)
+                    self.fields[name[:-4]] = npy_header(f)
         except InputError:
             self.zip.close()
             raise
@@ -193,7 +193,7 @@ class SourceFile:
         step = max(1, block_bytes // row_bytes)
         try:
             with self.zip.open(key + ".npy") as f:
-                _header(f)
+                npy_header(f)
                 for start in range(0, rows, step):
                     n = min(step, rows - start)
                     data = f.read(n * row_bytes)
@@ -206,18 +206,6 @@ class SourceFile:
     def rows(self, key: str, stop: int) -> np.ndarray:
         """The first `stop` rows of a plain array (the next file's first step: nothing more is decompressed)."""
         return np.concatenate(list(self.blocks(key, stop)))
-
-
-def _header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """(shape, dtype, fortran order) from an .npy header; the header is a literal, so nothing is unpickled."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(f"unsupported .npy format version {version}")
-    return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
 
 
 def source_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
