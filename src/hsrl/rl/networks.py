@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsrl.pixels import uint8_to_pixels
+from hsrl.rl import cpu_ops
 from hsrl.strict import dataclass_kwargs
 
 KINDS = ("conv", "mlp")
@@ -177,10 +178,13 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, obs):
         x = uint8_to_pixels(obs) if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
+        # on CPU, the same ops with gradients XLA's CPU backend runs fast inside lax.scan (hsrl.rl.cpu_ops)
+        cpu = jax.default_backend() == "cpu"
         for _ in range(3):
-            x = nn.Conv(32, (5, 5), kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x)
+            x = nn.Conv(32, (5, 5), kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
+                        conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None)(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (3, 3), strides=(3, 3), padding="SAME")
+            x = cpu_ops.max_pool(x, 3) if cpu else nn.max_pool(x, (3, 3), strides=(3, 3), padding="SAME")
         x = x.reshape((x.shape[0], -1))
         return ACTIVATIONS[self.activation](_dense(self.width, np.sqrt(2))(x))
 
