@@ -74,6 +74,7 @@ class Suite:
         self.peak = None
         self.start = time.perf_counter()
         self.reference = None  # the float32 CPU process (drift)
+        self.drift_done = False
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
 
@@ -98,6 +99,9 @@ class Suite:
             traceback.print_exc(file=sys.stderr)
         self.figures[f"{name}_wall_s"] = round(time.perf_counter() - t, 1)
         self.save()
+        ref = self.reference
+        if ref is not None and not self.drift_done and hasattr(self, "drift_states") and ref.poll() is not None:
+            self.part("drift_compare", self.drift_compare, always=True)  # as soon as both sides are done
 
     def save(self) -> None:
         if self.args.json_out:
@@ -260,6 +264,7 @@ class Suite:
         """Wait for the float32 process (until the budget ends), then compare the samples it finished."""
         f = self.figures
         proc = self.reference
+        self.drift_done = True
         if proc is None:
             raise RuntimeError("the float32 reference process did not start (see drift_start_error)")
         if not hasattr(self, "drift_states"):
@@ -282,7 +287,7 @@ class Suite:
             raise RuntimeError(f"vllm not importable ({self.figures.get('vllm')}): vLLM rows skipped")
         from hsrl.llm.vllm_backend import VLLMExtractor
 
-        f, tokens, gen_batch = self.figures, self.args.gen_tokens, self.args.gen_batch
+        f, tokens, gen_batch = self.figures, self.args.gen_tokens, self.args.gen_batches[0]
         # the generation extractor starts both engines (0.45 of the GPU each); prompt-only shares the extraction one
         gen = VLLMExtractor(self._spec(backend="vllm", tokens=tokens, temperature=0.6), device=self.device,
                             batch_size=gen_batch)
@@ -351,6 +356,7 @@ class Suite:
                 f[f"{key}_error"] = "skipped: the budget was spent"
                 continue
             try:
+                self.free()  # the last run's model and buffers, so that each peak is the run's own
                 self.reset_memory()
                 config = OnlineConfig(env=self.args.env, envs=envs, steps=envs * self.args.online_num_steps * 3,
                                       num_steps=self.args.online_num_steps, skip_n=self.args.skip_n, tokens=1,
@@ -488,7 +494,8 @@ def main(argv=None) -> int:
                 suite.part(name, fn)
         if suite.reference is not None:
             try:
-                suite.part("drift_compare", suite.drift_compare, always=True)
+                if not suite.drift_done:
+                    suite.part("drift_compare", suite.drift_compare, always=True)
             finally:
                 if suite.reference.poll() is None:
                     suite.reference.kill()
