@@ -1,18 +1,20 @@
-"""The conv encoder's convolution and max-pool with hand-written gradients that XLA's CPU backend runs fast.
+"""The conv encoder's convolution and ReLU + max-pool with hand-written gradients that XLA's CPU backend runs fast.
 
-Why: XLA's CPU compiler hands a convolution to its fast (Eigen, multi-threaded) kernels only in one layout, input
-NHWC and kernel HWIO, and its pass that rewrites the other layouts into that one (ConvCanonicalization) visits the
-entry computation alone. The gradients JAX derives for a convolution are convolutions in other layouts (kernel
-flipped with its channels swapped, or the batch used as the feature axis), so inside a `lax.scan` body (every AWR
-and PPO update runs in one) they fall to XLA's naive, single-threaded loop: measured 5-20x slower per step than the
-same update jitted alone, on full-Craftax pixels (`benchmarks/bench_awr.py --pixels`). The gradient of
-`nn.max_pool` (a variadic reduce-window with argmax indices, then a scatter) is slow on CPU anywhere.
+Why: XLA's CPU compiler hands a convolution to its fast kernels only in one layout, input NHWC and kernel HWIO, and
+its pass that rewrites the other layouts into that one (ConvCanonicalization) visits the entry computation alone. The
+gradients JAX derives for a convolution are convolutions in other layouts (kernel flipped with its channels swapped,
+or the batch used as the feature axis), so inside a `lax.scan` body (every AWR and PPO update runs in one) they fall
+to XLA's naive, single-threaded loop: a full-Craftax pixel AWR step took 64 s instead of 3 (issue 27). The gradient
+of `nn.max_pool` (a variadic reduce-window with argmax indices, then a scatter) is slow on CPU anywhere.
 
 `conv_general_dilated` computes the same convolution and writes its two gradients as NHWC x HWIO convolutions with
-the transposes spelled out, which is what the rewrite pass would have made of them; `max_pool` is `lax.reduce_window`
-with a gradient that sends each window's cotangent to its first maximum, as the reduce-window gradient does, built
-from strided slices and comparisons. Both give bit-identical values and gradients (tests/test_rl_networks.py), so
-the network, its parameters and checkpoints are unchanged; `ConvEncoder` uses them on the CPU backend only.
+the transposes spelled out, which is what the rewrite pass would have made of them. `relu_max_pool` is ReLU then
+`nn.max_pool` for windows that do not overlap; its gradient goes, as reduce-window's does, to each window's first
+maximum, found in the forward pass by a second pool and kept as one int8 per output. Gradients are bit-identical to
+lax's and flax's, values too, except the forward convolution of 3-channel frames, which `_conv_forward` pads to 4
+channels (2.3x faster on CPU; the same sums in another order, so ~1e-7 relative rounding). Parameters and checkpoints
+are unchanged; `ConvEncoder` uses these on the CPU backend only (tests/test_rl_cpu_ops.py; the speed:
+`benchmarks/bench_awr.py --pixels`).
 """
 
 from __future__ import annotations
@@ -32,14 +34,24 @@ def _conv(x, kernel, pads: Pads):
     return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x, kernel, pads: Pads):
-    """(B, H, W, C) x (kh, kw, C, O) -> (B, H', W', O), stride 1, explicit ((lo, hi), (lo, hi)) padding."""
+def _conv_forward(x, kernel, pads: Pads):
+    """The forward convolution. Three input channels (RGB frames) are padded to four with zeros (and the kernel
+    with zero rows): the same sums, which XLA's CPU kernel computes 2.3x faster (measured on full-Craftax frames) but
+    in another order, so they round differently (~1e-7 relative)."""
+    if x.shape[-1] == 3:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 1)))
+        kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 1), (0, 0)))
     return _conv(x, kernel, pads)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x, kernel, pads: Pads):
+    """(B, H, W, C) x (kh, kw, C, O) -> (B, H', W', O), stride 1, explicit ((lo, hi), (lo, hi)) padding."""
+    return _conv_forward(x, kernel, pads)
+
+
 def _conv2d_fwd(x, kernel, pads):
-    return _conv(x, kernel, pads), (x, kernel)
+    return _conv_forward(x, kernel, pads), (x, kernel)
 
 
 def _conv2d_bwd(pads, res, g):
@@ -78,39 +90,47 @@ def _pool(x, k: int, pads: Pads):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x, k: int, pads: Pads):
-    return _pool(x, k, pads)
+def _relu_max_pool(z, k: int, pads: Pads):
+    return jnp.maximum(_pool(z, k, pads), 0)
 
 
-def _max_pool_fwd(x, k, pads):
-    y = _pool(x, k, pads)
-    return y, (x, y)
-
-
-def _max_pool_bwd(k, pads, res, g):
-    x, y = res
+def _relu_max_pool_fwd(z, k, pads):
+    m = _pool(z, k, pads)
+    # Each window's first maximum, found by a second max-pool: every element equal to its window's maximum gets
+    # the key 2 ** (k * k - 1 - position) (exact in float32), the rest 0, and the window's largest key names the first
+    # one. A pool is a kernel XLA computes once; an element-wise search over the k * k strided views would be fused
+    # into each consumer of the gradient and recomputed there for every element.
+    b, h, w, c = z.shape
     (ylo, yhi), (xlo, xhi) = pads
-    xp = jnp.pad(x, ((0, 0), (ylo, yhi), (xlo, xhi), (0, 0)), constant_values=-jnp.inf)
-    b, h, w, c = xp.shape
-    # each window's cotangent goes to its first maximum in row-major order, as reduce-window's gradient does
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for dy in range(k):
-        cols = []
-        for dx in range(k):
-            hit = (xp[:, dy::k, dx::k, :] == y) & ~taken
-            taken = taken | hit
-            cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
-        rows.append(jnp.stack(cols, axis=3))  # (B, Ho, Wo, k, C)
-    dx_ = jnp.stack(rows, axis=2).reshape(b, h, w, c)  # (B, Ho, k, Wo, k, C) -> the padded frame
-    return (dx_[:, ylo:h - yhi, xlo:w - xhi, :],)
+    up = jnp.broadcast_to(m[:, :, None, :, None, :], (b, m.shape[1], k, m.shape[2], k, c))
+    up = up.reshape(b, m.shape[1] * k, m.shape[2] * k, c)[:, ylo:ylo + h, xlo:xlo + w, :]
+    pos = (jnp.arange(h)[:, None] + ylo) % k * k + (jnp.arange(w)[None, :] + xlo) % k  # (H, W) position in its window
+    weight = jnp.exp2((k * k - 1 - pos).astype(z.dtype))[None, :, :, None]
+    key = lax.reduce_window(jnp.where(z == up, weight, jnp.zeros((), z.dtype)), jnp.zeros((), z.dtype), lax.max,
+                            (1, k, k, 1), (1, k, k, 1), ((0, 0),) + pads + ((0, 0),))
+    first = jnp.full(m.shape, k * k, jnp.int8)
+    for p in range(k * k):
+        first = jnp.where(key == 2.0 ** (k * k - 1 - p), jnp.int8(p), first)
+    first = jnp.where(m > 0, first, jnp.int8(k * k))  # a window whose maximum is not positive passes no gradient
+    return jnp.maximum(m, 0), first
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+def _relu_max_pool_bwd(k, pads, first, g):
+    b, ho, wo, c = g.shape
+    (ylo, yhi), (xlo, xhi) = pads
+    pos = (jnp.arange(k, dtype=jnp.int8)[:, None] * k + jnp.arange(k, dtype=jnp.int8)[None, :]).reshape(1, 1, k, 1, k, 1)
+    dz = jnp.where(first[:, :, None, :, None, :] == pos, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+    dz = dz.reshape(b, ho * k, wo * k, c)
+    return (dz[:, ylo:ho * k - yhi, xlo:wo * k - xhi, :],)
 
 
-def max_pool(x, window: int):
-    """`nn.max_pool(x, (window, window), strides=(window, window), padding="SAME")` on (B, H, W, C): the same values,
-    and the same gradient through strided slices (windows that do not overlap, so each input is in one window)."""
-    pads = lax.padtype_to_pads(x.shape[1:3], (window, window), (window, window), "SAME")
-    return _max_pool(x, window, tuple((int(lo), int(hi)) for lo, hi in pads))
+_relu_max_pool.defvjp(_relu_max_pool_fwd, _relu_max_pool_bwd)
+
+
+def relu_max_pool(z, window: int):
+    """`nn.max_pool(nn.relu(z), (window, window), strides=(window, window), padding="SAME")` on (B, H, W, C): the same
+    values, and the same gradient, which goes to each window's first maximum where that maximum is positive (the
+    windows do not overlap, so each input is in one). The backward pass keeps one int8 per output (which position)
+    instead of the ReLU'd frame, and writes the frame's gradient in one pass."""
+    pads = lax.padtype_to_pads(z.shape[1:3], (window, window), (window, window), "SAME")
+    return _relu_max_pool(z, window, tuple((int(lo), int(hi)) for lo, hi in pads))

@@ -183,8 +183,10 @@ class ConvEncoder(nn.Module):
         for _ in range(3):
             x = nn.Conv(32, (5, 5), kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
                         conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None)(x)
-            x = nn.relu(x)
-            x = cpu_ops.max_pool(x, 3) if cpu else nn.max_pool(x, (3, 3), strides=(3, 3), padding="SAME")
+            if cpu:
+                x = cpu_ops.relu_max_pool(x, 3)
+            else:
+                x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3), padding="SAME")
         x = x.reshape((x.shape[0], -1))
         return ACTIVATIONS[self.activation](_dense(self.width, np.sqrt(2))(x))
 
