@@ -55,7 +55,10 @@ def test_conv_general_dilated_takes_flax_arguments_and_passes_others_to_lax():
 @pytest.mark.parametrize("shape", [(2, 130, 110, 4), (3, 44, 37, 5), (2, 15, 13, 3), (1, 10, 8, 1), (1, 9, 9, 2),
                                    (1, 4, 5, 1), (2, 1, 2, 1), (1, 2, 7, 2)])
 @pytest.mark.parametrize("values", ["normal", "ties", "negative"])
-def test_relu_max_pool_equals_flax_with_ties_and_padding(shape, values):
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_relu_max_pool_equals_flax_with_ties_and_padding(shape, values, padding):
+    if padding == "VALID" and min(shape[1:3]) < 3:
+        pytest.skip("no whole window")
     rng = np.random.default_rng(2)
     z = rng.standard_normal(shape).astype(np.float32)
     if values == "ties":  # whole numbers: many windows hold their maximum twice, some at 0
@@ -63,23 +66,24 @@ def test_relu_max_pool_equals_flax_with_ties_and_padding(shape, values):
     elif values == "negative":  # most windows pass nothing through the ReLU
         z = -np.abs(z) + (rng.random(shape) < 0.05)
     z = jnp.asarray(z)
-    ref = lambda z: nn.max_pool(nn.relu(z), (3, 3), strides=(3, 3), padding="SAME")  # noqa: E731
-    np.testing.assert_array_equal(cpu_ops.relu_max_pool(z, 3), ref(z))
+    ref = lambda z: nn.max_pool(nn.relu(z), (3, 3), strides=(3, 3), padding=padding)  # noqa: E731
+    np.testing.assert_array_equal(cpu_ops.relu_max_pool(z, 3, padding), ref(z))
     g = jnp.asarray(rng.standard_normal(ref(z).shape), jnp.float32)
-    mine = jax.grad(lambda z: jnp.sum(cpu_ops.relu_max_pool(z, 3) * g))(z)
+    mine = jax.grad(lambda z: jnp.sum(cpu_ops.relu_max_pool(z, 3, padding) * g))(z)
     np.testing.assert_array_equal(mine, jax.grad(lambda z: jnp.sum(ref(z) * g))(z))
 
 
-def _pixel_case(hidden=None, frame=(20, 17, 3)):
-    config = NetworkConfig("conv", 7, frame, hidden_size=hidden, width=32)
+def _pixel_case(hidden=None, frame=(20, 17, 3), **kw):
+    config = NetworkConfig("conv", 7, frame, hidden_size=hidden, width=32, **kw)
     rng = np.random.default_rng(3)
     obs = jnp.asarray(rng.integers(0, 256, (6, *frame)), jnp.uint8)
     h = None if hidden is None else jnp.asarray(rng.standard_normal((6, hidden)), jnp.float32)
     return config, obs, h
 
 
-def test_encoder_on_cpu_keeps_the_parameters_and_values_and_gradients_of_the_plain_ops(monkeypatch):
-    config, obs, hidden = _pixel_case(hidden=4)
+@pytest.mark.parametrize("arch", ["shared", "separate"])  # ConvEncoder (SAME pools), PublishedConvEncoder (VALID)
+def test_encoder_on_cpu_keeps_the_parameters_and_values_and_gradients_of_the_plain_ops(monkeypatch, arch):
+    config, obs, hidden = _pixel_case(hidden=4, frame=(31, 29, 3), arch=arch)
     net = make_network(config)
     params = init_params(config, jax.random.PRNGKey(0))
 

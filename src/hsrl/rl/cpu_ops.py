@@ -89,25 +89,36 @@ def _pool(x, k: int, pads: Pads):
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, k, k, 1), ((0, 0),) + pads + ((0, 0),))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _relu_max_pool(z, k: int, pads: Pads):
+def _covered(k: int, pads: Pads, hw: tuple[int, int]):
+    """Output size (Ho, Wo) of a pool with window = stride = k, and the rows and columns of the frame its windows
+    cover (all of them with SAME padding; VALID leaves the last H % k rows and W % k columns out)."""
+    (ylo, yhi), (xlo, xhi) = pads
+    h, w = hw
+    ho, wo = (h + ylo + yhi - k) // k + 1, (w + xlo + xhi - k) // k + 1
+    return ho, wo, min(h, ho * k - ylo), min(w, wo * k - xlo)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _relu_max_pool(z, k: int, pads: Pads, hw: tuple[int, int]):
     return jnp.maximum(_pool(z, k, pads), 0)
 
 
-def _relu_max_pool_fwd(z, k, pads):
+def _relu_max_pool_fwd(z, k, pads, hw):
     m = _pool(z, k, pads)
     # Each window's first maximum, found by a second max-pool: every element equal to its window's maximum gets
     # the key 2 ** (k * k - 1 - position) (exact in float32), the rest 0, and the window's largest key names the first
     # one. A pool is a kernel XLA computes once; an element-wise search over the k * k strided views would be fused
     # into each consumer of the gradient and recomputed there for every element.
-    b, h, w, c = z.shape
-    (ylo, yhi), (xlo, xhi) = pads
-    up = jnp.broadcast_to(m[:, :, None, :, None, :], (b, m.shape[1], k, m.shape[2], k, c))
-    up = up.reshape(b, m.shape[1] * k, m.shape[2] * k, c)[:, ylo:ylo + h, xlo:xlo + w, :]
-    pos = (jnp.arange(h)[:, None] + ylo) % k * k + (jnp.arange(w)[None, :] + xlo) % k  # (H, W) position in its window
+    b, _, _, c = z.shape
+    (ylo, _), (xlo, _) = pads
+    ho, wo, hc, wc = _covered(k, pads, hw)
+    up = jnp.broadcast_to(m[:, :, None, :, None, :], (b, ho, k, wo, k, c))
+    up = up.reshape(b, ho * k, wo * k, c)[:, ylo:ylo + hc, xlo:xlo + wc, :]
+    pos = (jnp.arange(hc)[:, None] + ylo) % k * k + (jnp.arange(wc)[None, :] + xlo) % k  # position in its window
     weight = jnp.exp2((k * k - 1 - pos).astype(z.dtype))[None, :, :, None]
-    key = lax.reduce_window(jnp.where(z == up, weight, jnp.zeros((), z.dtype)), jnp.zeros((), z.dtype), lax.max,
-                            (1, k, k, 1), (1, k, k, 1), ((0, 0),) + pads + ((0, 0),))
+    hits = jnp.where(z[:, :hc, :wc, :] == up, weight, jnp.zeros((), z.dtype))
+    key = lax.reduce_window(hits, jnp.zeros((), z.dtype), lax.max, (1, k, k, 1), (1, k, k, 1),
+                            ((0, 0), (ylo, ho * k - ylo - hc), (xlo, wo * k - xlo - wc), (0, 0)))
     first = jnp.full(m.shape, k * k, jnp.int8)
     for p in range(k * k):
         first = jnp.where(key == 2.0 ** (k * k - 1 - p), jnp.int8(p), first)
@@ -115,22 +126,24 @@ def _relu_max_pool_fwd(z, k, pads):
     return jnp.maximum(m, 0), first
 
 
-def _relu_max_pool_bwd(k, pads, first, g):
+def _relu_max_pool_bwd(k, pads, hw, first, g):
     b, ho, wo, c = g.shape
-    (ylo, yhi), (xlo, xhi) = pads
+    (ylo, _), (xlo, _) = pads
+    _, _, hc, wc = _covered(k, pads, hw)
     pos = (jnp.arange(k, dtype=jnp.int8)[:, None] * k + jnp.arange(k, dtype=jnp.int8)[None, :]).reshape(1, 1, k, 1, k, 1)
     dz = jnp.where(first[:, :, None, :, None, :] == pos, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
-    dz = dz.reshape(b, ho * k, wo * k, c)
-    return (dz[:, ylo:ho * k - yhi, xlo:wo * k - xhi, :],)
+    dz = dz.reshape(b, ho * k, wo * k, c)[:, ylo:ylo + hc, xlo:xlo + wc, :]
+    return (jnp.pad(dz, ((0, 0), (0, hw[0] - hc), (0, hw[1] - wc), (0, 0))),)  # rows no window covers: 0
 
 
 _relu_max_pool.defvjp(_relu_max_pool_fwd, _relu_max_pool_bwd)
 
 
-def relu_max_pool(z, window: int):
-    """`nn.max_pool(nn.relu(z), (window, window), strides=(window, window), padding="SAME")` on (B, H, W, C): the same
-    values, and the same gradient, which goes to each window's first maximum where that maximum is positive (the
-    windows do not overlap, so each input is in one). The backward pass keeps one int8 per output (which position)
-    instead of the ReLU'd frame, and writes the frame's gradient in one pass."""
-    pads = lax.padtype_to_pads(z.shape[1:3], (window, window), (window, window), "SAME")
-    return _relu_max_pool(z, window, tuple((int(lo), int(hi)) for lo, hi in pads))
+def relu_max_pool(z, window: int, padding: str = "SAME"):
+    """`nn.max_pool(nn.relu(z), (window, window), strides=(window, window), padding=padding)` on (B, H, W, C), padding
+    "SAME" or "VALID": the same values, and the same gradient, which goes to each window's first maximum where that
+    maximum is positive (the windows do not overlap, so each input is in one at most). The backward pass keeps one
+    int8 per output (which position) instead of the ReLU'd frame, and writes the frame's gradient in one pass."""
+    hw = (int(z.shape[1]), int(z.shape[2]))
+    pads = lax.padtype_to_pads(hw, (window, window), (window, window), padding)
+    return _relu_max_pool(z, window, tuple((int(lo), int(hi)) for lo, hi in pads), hw)

@@ -169,6 +169,17 @@ def _dense(features: int, scale: float) -> nn.Dense:
     return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
 
 
+def _conv_block(x, pool_padding: str, **conv):
+    """conv 32 5x5 (SAME; `conv`: nn.Conv's initialisers), ReLU, max-pool 3x3 stride 3 (`pool_padding`). On the CPU
+    backend through hsrl.rl.cpu_ops: the same layers and parameters, with gradients XLA's CPU backend runs fast inside
+    lax.scan (where lax's and flax's own fall to naive loops)."""
+    cpu = jax.default_backend() == "cpu"
+    x = nn.Conv(32, (5, 5), conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None, **conv)(x)
+    if cpu:
+        return cpu_ops.relu_max_pool(x, 3, pool_padding)
+    return nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3), padding=pool_padding)
+
+
 class ConvEncoder(nn.Module):
     """(B, H, W, C) pixels -> (B, width): 3 x [conv 32 5x5, ReLU, max-pool 3x3 stride 3] -> dense."""
 
@@ -178,15 +189,8 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, obs):
         x = uint8_to_pixels(obs) if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
-        # on CPU, the same ops with gradients XLA's CPU backend runs fast inside lax.scan (hsrl.rl.cpu_ops)
-        cpu = jax.default_backend() == "cpu"
         for _ in range(3):
-            x = nn.Conv(32, (5, 5), kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
-                        conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None)(x)
-            if cpu:
-                x = cpu_ops.relu_max_pool(x, 3)
-            else:
-                x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3), padding="SAME")
+            x = _conv_block(x, "SAME", kernel_init=nn.initializers.orthogonal(np.sqrt(2)))
         x = x.reshape((x.shape[0], -1))
         return ACTIVATIONS[self.activation](_dense(self.width, np.sqrt(2))(x))
 
@@ -313,7 +317,7 @@ class PublishedConvEncoder(nn.Module):
     def __call__(self, obs):
         x = uint8_to_pixels(obs) if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
         for _ in range(3):
-            x = nn.max_pool(nn.relu(nn.Conv(32, (5, 5))(x)), (3, 3), strides=(3, 3))
+            x = _conv_block(x, "VALID")
         return x.reshape((x.shape[0], -1))
 
 
