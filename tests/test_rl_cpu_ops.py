@@ -113,3 +113,20 @@ def test_scanned_pixel_update_compiles_every_convolution_to_the_fast_layout():
     labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo)
     assert len(labels) >= 8  # 3 forward, 3 kernel gradients, 2 input gradients (the first layer's is not needed)
     assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_conv_update_compile_options_change_speed_not_results():
+    """On CPU with jaxlib 0.10 a conv network's update compiles with oneDNN's convolutions (CONV_COMPILE_OPTIONS):
+    the same update to float32 rounding. Other networks, backends and jaxlibs compile as jax does by default."""
+    config, obs, _ = _pixel_case(frame=(63, 63, 3))
+    update = make_update(config, AWRHyper(), None)
+    assert update.compiler_options == cpu_ops.compile_options("conv")
+    assert make_update(NetworkConfig("mlp", 7, (10,)), AWRHyper(), None).compiler_options is None
+    batches = Batch(jnp.stack([obs] * 3), jnp.arange(18, dtype=jnp.int32).reshape(3, 6) % 7,
+                    jnp.linspace(-1, 1, 18, dtype=jnp.float32).reshape(3, 6), None)
+    tuned, tuned_metrics = make_batches_block(update)(init_state(config, AWRHyper(), 0), batches)
+    update.compiler_options = None
+    plain, plain_metrics = make_batches_block(update)(init_state(config, AWRHyper(), 0), batches)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, tuned.params, plain.params)
+    jax.tree.map(close, tuned_metrics, plain_metrics)

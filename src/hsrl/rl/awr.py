@@ -42,6 +42,7 @@ from hsrl.data.dataset import check_token_counts, load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.redact import public_config
+from hsrl.rl import cpu_ops
 from hsrl.rl.checkpoint import (
     CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
     remove_checkpoint_temporaries, restore_state,
@@ -199,7 +200,8 @@ def awr_loss(params, apply_fn: Callable, batch: Batch, beta: float, max_weight: 
 
 
 def make_update(network_config: NetworkConfig, hyper: AWRHyper, hidden_stats: HiddenStats | None):
-    """`update(state, batch) -> (state, metrics)`: one Adam step on the AWR loss. Pure; jit or scan it."""
+    """`update(state, batch) -> (state, metrics)`: one Adam step on the AWR loss. Pure; jit or scan it.
+    `update.compiler_options`: the XLA options the jitted blocks below compile it with (hsrl.rl.cpu_ops)."""
     apply_fn = make_network(network_config).apply
     optimizer = make_optimizer(hyper)
 
@@ -212,6 +214,7 @@ def make_update(network_config: NetworkConfig, hyper: AWRHyper, hidden_stats: Hi
         params = optax.apply_updates(state.params, updates)
         return AWRState(params, opt_state, state.step + 1, state.rng), metrics
 
+    update.compiler_options = cpu_ops.compile_options(network_config.kind)
     return update
 
 
@@ -257,6 +260,10 @@ def _donate() -> tuple[int, ...]:
     return () if jax.default_backend() == "cpu" else (0,)
 
 
+def _options(update) -> dict | None:
+    return getattr(update, "compiler_options", None)  # set by make_update
+
+
 def make_device_block(update, batch_size: int):
     """`block(state, data, length) -> (state, metrics)`: `length` updates, batches gathered on device.
 
@@ -272,7 +279,7 @@ def make_device_block(update, batch_size: int):
         state, metrics = jax.lax.scan(body, state, pos)
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return jax.jit(block, static_argnums=2, donate_argnums=_donate())
+    return jax.jit(block, static_argnums=2, donate_argnums=_donate(), compiler_options=_options(update))
 
 
 def make_batches_block(update):
@@ -282,7 +289,7 @@ def make_batches_block(update):
         state, metrics = jax.lax.scan(update, state, batches)
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return jax.jit(block, donate_argnums=_donate())
+    return jax.jit(block, donate_argnums=_donate(), compiler_options=_options(update))
 
 
 class Prefetcher:
