@@ -22,7 +22,8 @@ the whole dataset on the device and `--steps` updates per jitted call (`DeviceBa
 convolutions on torch's CPU threads, batches indexed from a uint8 tensor of the same frames. Frames are random uint8
 of the env's observation shape (a convolution's speed does not depend on what the pixels show). The two alternate
 in each round (order rotated), each figure is the median over the rounds, after one warm-up call each (JAX's compile,
-timed on its own: `hsrl_first_call_s` minus a steady call). "pixel_ratio" = hsrl / torch samples per second.
+timed on its own: `hsrl_first_call_s` minus a steady call; the XLA options the update compiled with, if any, in
+`hsrl_compiler_options`). "pixel_ratio" = hsrl / torch samples per second.
 """
 
 import argparse
@@ -136,7 +137,8 @@ def pixel_row(args) -> dict:
     hyper = AWRHyper()
     device = jax.devices()[0]
     k, batch = args.steps, args.batch_size
-    jax_batches = DeviceBatches(make_update(net, hyper, None), arrays, rows, batch, device)
+    update = make_update(net, hyper, None)
+    jax_batches = DeviceBatches(update, arrays, rows, batch, device)
     torch_step = torch_awr(info.obs_shape, info.num_actions, args.width, hyper.lr, hyper.beta, hyper.max_weight)
     t_obs, t_action, t_ret = (torch.from_numpy(arrays[key]) for key in ("obs", "action", "return_to_go"))
     t_action = t_action.long()
@@ -167,6 +169,7 @@ def pixel_row(args) -> dict:
         "network": net.class_name, "width": args.width, "batch_size": batch, "steps_per_call": k,
         "repeats": args.repeats, "device": str(device), "platform": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+        "jax": jax.__version__, "hsrl_compiler_options": update.compiler_options,
         "hsrl_first_call_s": round(first_call, 2), "hsrl_compile_s": round(first_call - steady, 2),
         "rounds_sps": {m: [round(x, 2) for x in v] for m, v in rounds.items()},
         "hsrl_sps": round(sps["hsrl"], 2), "torch_sps": round(sps["torch"], 2),
