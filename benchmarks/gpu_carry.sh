@@ -46,7 +46,8 @@ install() {  # install PYTHON TARGET
 }
 RUN="export PYTHONPATH=/tmp/site:\$PWD/src HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1; set -o pipefail; python3 benchmarks/gpu_suite.py --json-out \$OUT/gpu_suite.json 2>&1 | tee \$OUT/gpu_suite.log"
 echo
-echo "device call: carry [\"$DEST\"], timeout_s 600, command:"
+echo "device call: carry [\"$DEST\"], timeout_s 600, kind nvidia-h200 (generation at batch 256 may need more than"
+echo "an H100's 80 GB: ~70 GB of keys and values beside the 8 GB model, by estimate), command:"
 echo "$(install python3 /tmp/site) || exit; $RUN"
 
 if [[ "${1:-}" == "--check" ]]; then

@@ -222,15 +222,23 @@ class Suite:
             if self.left_s() <= 0:
                 self.figures[f"hf_gen{tokens}_b{batch}_error"] = "skipped: the budget was spent"
                 continue
-            ex = TransformersExtractor(self._spec(tokens=tokens, temperature=0.6), model=self.loaded, batch_size=batch)
-            ex.extract(self._texts(2))  # warm-up
-            self.reset_memory()
-            texts = self._texts(batch)
-            t = time.perf_counter()
-            res = ex.extract(texts)
-            seconds = time.perf_counter() - t
-            computed = int(res.prompt_tokens.sum()) - ex.prefix_tokens * len(texts) + int(res.num_tokens.sum())
             f, name = self.figures, f"hf_gen{tokens}_b{batch}"
+            ex = TransformersExtractor(self._spec(tokens=tokens, temperature=0.6), model=self.loaded, batch_size=batch)
+            try:
+                ex.extract(self._texts(2))  # warm-up
+                self.reset_memory()
+                texts = self._texts(batch)
+                t = time.perf_counter()
+                res = ex.extract(texts)
+                seconds = time.perf_counter() - t
+            except Exception as err:  # noqa: BLE001  (batch 256 holds ~70 GB of keys and values: may not fit)
+                f[f"{name}_error"] = _one_line(err)
+                f[f"{name}_peak_gb"] = self.peak_gb()
+                traceback.print_exc(file=sys.stderr)
+                del ex
+                self.empty_cache()
+                continue
+            computed = int(res.prompt_tokens.sum()) - ex.prefix_tokens * len(texts) + int(res.num_tokens.sum())
             f[f"{name}_sps"] = round(len(texts) / seconds, 3)
             f[f"{name}_mfu"] = self.mfu(computed / seconds)
             f[f"{name}_peak_gb"] = self.peak_gb()
@@ -312,12 +320,15 @@ class Suite:
 
     def free(self) -> None:
         """Release the transformers model: vLLM's engines and the online runs load their own."""
+        if hasattr(self, "loaded"):
+            del self.loaded
+        self.empty_cache()
+
+    def empty_cache(self) -> None:
         import gc
 
         import torch
 
-        if hasattr(self, "loaded"):
-            del self.loaded
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
