@@ -350,7 +350,10 @@ def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses
         losses["losses/explained_variance"] = jnp.where(var > 0, 1 - jnp.var(ret - traj.value) / var, jnp.nan)
         return params, opt_state, losses
 
-    return jax.jit(update)
+    from hsrl.rl import cpu_ops
+
+    # a conv network's update on CPU: the XLA options its convolutions run fast with (as AWR's; None elsewhere)
+    return jax.jit(update, compiler_options=cpu_ops.compile_options(net_config.kind))
 
 
 def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarray]:
