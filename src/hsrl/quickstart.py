@@ -103,14 +103,6 @@ def _settings(config) -> dict:
     return d
 
 
-def _online_once(config) -> dict:
-    """The summary of online run `config.out`: a finished run's as it is, an unfinished one resumed from its newest
-    checkpoint (`train_online`; a folder of a run with other settings is refused, naming them)."""
-    from hsrl.rl.ppo import train_online
-
-    return train_online(config)
-
-
 def _evaluate_once(config) -> dict:
     """The evaluation in `config.out`: reused when it has these settings and is newer than the checkpoint."""
     from hsrl.evaluate import evaluate
@@ -150,7 +142,7 @@ def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.probe import ProbeConfig
     from hsrl.rl.awr import TrainAWRConfig, train_awr
     from hsrl.rl.plot import plot_runs
-    from hsrl.rl.ppo import OnlineConfig
+    from hsrl.rl.ppo import OnlineConfig, train_online
 
     config.check()  # for callers that did not run it (`hsrl quickstart` has)
     t_start = time.perf_counter()
@@ -187,7 +179,7 @@ def quickstart(config: QuickstartConfig) -> Path:
                                                    save_every=config.awr_steps, width=config.width, seed=config.seed,
                                                    steps_per_call=max(1, min(100, config.awr_steps // 10)),
                                                    progress=p)))
-    online = _step(f"6/{n} online PPO with live hidden states", timings, lambda: _online_once(OnlineConfig(
+    online = _step(f"6/{n} online PPO with live hidden states", timings, lambda: train_online(OnlineConfig(
         env=config.env, envs=config.envs, steps=config.online_steps, num_steps=config.online_num_steps,
         max_episode_steps=config.max_episode_steps, skip_n=25, model=config.model, width=config.width,
         num_minibatches=4, out=str(runs / "online"), seed=config.seed, progress=p)))

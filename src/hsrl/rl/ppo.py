@@ -356,16 +356,17 @@ def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses
     return jax.jit(update, compiler_options=cpu_ops.compile_options(net_config.kind))
 
 
-def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarray]:
-    """Means over the episodes that finished in this rollout, and their achievements (n, A)."""
+def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Means over the episodes that finished in this rollout, and their returns (n,) and achievements (n, A)."""
     done = np.asarray(traj.done)
+    returns = np.asarray(traj.episode_return)[done]
     if not done.any():
-        return {}, np.zeros((0, len(achievement_names)), bool)
+        return {}, returns, np.zeros((0, len(achievement_names)), bool)
     achievements = np.asarray(traj.achievements)[done]
-    metrics = {"charts/episodic_return": float(np.asarray(traj.episode_return)[done].mean()),
+    metrics = {"charts/episodic_return": float(returns.mean()),
                "charts/episodic_length": float(np.asarray(traj.episode_length)[done].mean()),
                "charts/episodes": int(done.sum())}
-    return metrics, achievements
+    return metrics, returns, achievements
 
 
 class UpdateTimes:
@@ -503,16 +504,12 @@ class EpisodeTotals:
         self.achievement_counts = np.zeros(num_achievements, np.int64)
         self.recent: list[float] = []
 
-    def add(self, traj: Transition) -> np.ndarray:
-        """Add this rollout's finished episodes; returns their achievements (n, A)."""
-        done = np.asarray(traj.done)
-        returns = np.asarray(traj.episode_return)[done]
-        achievements = np.asarray(traj.achievements)[done]
+    def add(self, returns: np.ndarray, achievements: np.ndarray) -> None:
+        """Add a rollout's finished episodes: their returns (n,) and achievements (n, A) (`episode_metrics`)."""
         self.episodes += len(returns)
         self.return_sum += float(returns.sum(dtype=np.float64))
         self.achievement_counts += achievements.sum(0)
         self.recent = (self.recent + [float(r) for r in returns])[-50:]
-        return achievements
 
     def summary(self) -> dict:
         rates = self.achievement_counts / self.episodes * 100 if self.episodes else np.zeros(len(self.achievement_counts))
@@ -646,7 +643,6 @@ def train_online(config: OnlineConfig) -> dict:
         target = Runner(env_state, obs, reset_info["symbolic_obs"], hidden, jnp.zeros(E, bool),
                         jnp.zeros((), jnp.int32), key,
                         History.empty(reset_info["symbolic_obs"], live.history if live is not None else 0))
-        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
         raw = flax.serialization.msgpack_restore(read_state_bytes(meta))
         check_params(raw["params"], net_config, meta["path"])
         params = flax.serialization.from_state_dict(params, raw["params"])
@@ -713,8 +709,8 @@ def train_online(config: OnlineConfig) -> dict:
                 t2 = time.perf_counter()
                 llm_s, text_s = live.timing_reset() if live is not None else (0.0, 0.0)
                 step = (u + 1) * steps_per_update
-                ep, _ = episode_metrics(traj, info.achievement_names)
-                achievements = totals.add(traj)
+                ep, returns, achievements = episode_metrics(traj, info.achievement_names)
+                totals.add(returns, achievements)
                 metrics = {**{k: float(v) for k, v in losses.items()}, **ep}
                 if len(achievements):
                     rates = achievements.mean(0) * 100

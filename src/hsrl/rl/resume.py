@@ -39,7 +39,8 @@ def pack_tree(tree) -> dict[str, np.ndarray]:
 
 
 def unpack_tree(packed: dict, target, what: str):
-    """`target`'s structure filled with the packed leaves; CheckpointError-style InputError if they do not fit."""
+    """`target`'s structure (arrays or `jax.ShapeDtypeStruct`s) filled with the packed leaves; an InputError naming
+    the part if they do not fit."""
     leaves, treedef = jax.tree.flatten(target)
     if len(packed) != len(leaves):
         raise InputError(f"the saved {what} has {len(packed)} arrays, this run's has {len(leaves)}: it was saved by "
@@ -47,10 +48,10 @@ def unpack_tree(packed: dict, target, what: str):
     out = []
     for i, leaf in enumerate(leaves):
         saved = np.asarray(packed[f"{i:05d}"])
-        want = np.asarray(leaf)
-        if saved.shape != want.shape or saved.dtype != want.dtype:
+        shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)  # an array or a ShapeDtypeStruct: only these count
+        if saved.shape != shape or saved.dtype != dtype:
             raise InputError(f"the saved {what} holds an array of {saved.dtype}{list(saved.shape)} where this run "
-                             f"has {want.dtype}{list(want.shape)}: it was saved by another setup; use another --out")
+                             f"has {dtype}{list(shape)}: it was saved by another setup; use another --out")
         out.append(jax.numpy.asarray(saved))
     return jax.tree.unflatten(treedef, out)
 
