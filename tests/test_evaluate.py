@@ -35,6 +35,26 @@ def test_eval_reports_every_ablation(run_dir, tmp_path):
     assert (out / "ablations.png").stat().st_size > 1000
 
 
+def test_eval_records_its_episode_selection(run_dir, tmp_path):
+    """A real Craftax evaluation with fewer episodes than environments: only as many environments run (a quota of 0
+    would add nothing), each plays its quota of one episode to its end; eval.json names the rule and the quotas,
+    eval.md says it in one line, and the halves split the 3 episodes 2 + 1 (env 0 and 2 against env 1)."""
+    from hsrl.evaluate import EPISODE_RULE
+
+    out = tmp_path / "eval"
+    report = evaluate(EvalConfig(str(run_dir), episodes=3, envs=5, max_episode_steps=12, ablation="real",
+                                 out=str(out), progress=False))
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["episode_selection"]["rule"] == EPISODE_RULE
+    assert saved["episode_selection"]["environments"] == 3 and saved["episode_selection"]["quota_per_env"] == [1, 1, 1]
+    (r,) = report["results"]
+    assert r["episodes"] == 3 and r["length_mean"] == 12
+    assert len(r["halves"]["return_mean"]) == 2
+    assert r["halves"]["return_mean"][0] * 2 + r["halves"]["return_mean"][1] == pytest.approx(
+        3 * r["return_mean"], abs=1e-5)  # half 0: two episodes, half 1: one, together the kept three
+    assert "fixed quota per environment (1 in each of 3" in (out / "eval.md").read_text()
+
+
 def test_same_seed_same_result(run_dir, tmp_path):
     """The whole report repeats under one seed (wall times aside); another seed gives another report, so the
     comparison can tell."""

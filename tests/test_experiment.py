@@ -13,7 +13,7 @@ from hsrl.experiment import stats
 from hsrl.experiment.config import ExperimentConfig, plan, run_experiment
 from hsrl.experiment.runs import RESULT_FILE
 
-FAST = dict(seeds=4, awr_steps=300, awr_batch_size=128, awr_lr=1e-3, awr_beta=1.0, awr_save_every=100, width=32, progress=False,
+FAST = dict(seeds=5, awr_steps=300, awr_batch_size=128, awr_lr=1e-3, awr_beta=1.0, awr_save_every=100, width=32, progress=False,
             bootstrap_reps=2000)
 
 
@@ -40,7 +40,11 @@ def test_hidden_state_that_decides_the_action_is_found(informative):
     print(agg["verdict"])
     assert _answers(agg) == {"uses": "above", "beats_baseline": "above", "beats_control": "above"}
     comp = agg["comparisons"]["awr"]["action_match"]
-    assert comp["vs_baseline"]["low"] > 0 and comp["vs_control"]["low"] > 0
+    # every seed of the hidden arm above every seed of the others: P = 1, the smallest permutation p at 5 seeds
+    assert comp["vs_baseline"]["estimate"] == 1 and comp["vs_control"]["estimate"] == 1
+    assert comp["vs_baseline"]["p_exact"] == pytest.approx(2 / 252)
+    assert comp["vs_baseline"]["mean_difference"]["low"] > 0 and comp["vs_control"]["mean_difference"]["low"] > 0
+    assert agg["family"] == {"size": 3, "method": "Holm", "alpha": pytest.approx(0.05), "metric": "action_match"}
     assert agg["gaps"]["awr-hidden"]["real-shuffled"]["action_match"]["low"] > 0
     hidden = agg["arms"]["awr-hidden"]["action_match"]["mean"]
     base = agg["arms"]["awr-baseline"]["action_match"]["mean"]
@@ -50,7 +54,7 @@ def test_hidden_state_that_decides_the_action_is_found(informative):
     assert "yes: the policy uses its hidden state" in md and "yes: the hidden-state policy beats the baseline" in md
     assert "yes: it beats the same-width control" in md
     saved = json.loads((out / "experiment.json").read_text())
-    assert len(saved["runs"]) == 12 and saved["aggregates"] == json.loads(json.dumps(agg))
+    assert len(saved["runs"]) == 15 and saved["aggregates"] == json.loads(json.dumps(agg))
     # every run's evaluation halves, and the evaluation-noise shares computed from them
     assert all(len(r["ablations"]["real"]["halves"]["action_match"]) == 2 for r in saved["runs"])
     assert 0 <= agg["eval_noise"]["awr-hidden"]["action_match"] <= 1
@@ -104,7 +108,7 @@ def test_rerun_skips_finished_runs_and_refuses_other_settings(informative, tmp_p
     train, held, out, report = informative
     stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{RESULT_FILE}")}
     again = run_experiment(experiment(train, held, out))
-    assert again["config"]["runs_skipped"] == 12 and again["config"]["runs_done"] == 0
+    assert again["config"]["runs_skipped"] == 15 and again["config"]["runs_done"] == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{RESULT_FILE}")} == stamps
     assert json.dumps(again["aggregates"], sort_keys=True) == json.dumps(report["aggregates"], sort_keys=True)
     with pytest.raises(ValueError, match="other settings"):
@@ -123,9 +127,9 @@ def test_bad_input_is_refused(tmp_path):
 def test_descriptive_intervals_follow_the_definitions():
     rng = np.random.default_rng(0)
     x, y = rng.normal(1, 1, 10), rng.normal(0, 1, 10)
-    p = stats.probability_of_improvement(x, y)
-    assert p[0] == pytest.approx(np.mean(x[:, None] > y[None, :]))  # Mann-Whitney U / (n m), no ties
-    assert p[1] <= p[0] <= p[2]
+    p = stats.rank_test(x, y)
+    assert p.estimate == pytest.approx(np.mean(x[:, None] > y[None, :]))  # Mann-Whitney U / (n m), no ties
+    assert p.low <= p.estimate <= p.high
     mi = stats.mean_iqm(x)
     srt = np.sort(x)
     assert mi["mean"][0] == pytest.approx(x.mean()) and mi["iqm"][0] == pytest.approx(srt[2:8].mean())  # 25% trimmed
@@ -160,8 +164,8 @@ def test_plan_runs_every_arm_and_seed_with_the_same_evaluation_seed(tmp_path):
 
 
 def test_all_tokens_valid_reaches_the_awr_runs_and_the_offline_evaluation(tmp_path):
-    config = ExperimentConfig(offline=str(tmp_path), eval_data=str(tmp_path), seeds=2, out=str(tmp_path / "e"),
-                              all_tokens_valid=True)
+    config = ExperimentConfig(offline=str(tmp_path / "train"), eval_data=str(tmp_path / "held"), seeds=2,
+                              out=str(tmp_path / "e"), all_tokens_valid=True)
     jobs = plan(config)
     assert len(jobs) == 6 and all(j.train.all_tokens_valid and j.all_tokens_valid for j in jobs)
     assert all(j.identity()["all_tokens_valid"] and j.identity()["train"]["all_tokens_valid"] for j in jobs)
@@ -229,3 +233,86 @@ def test_cli_trains_and_evaluates_ppo_arms_on_craftax(tmp_path):
     assert "ppo-hidden" in report["aggregates"]["achievements"]
     assert (out / "curves.png").exists() and "**Verdict.**" in (out / "experiment.md").read_text()
     assert main(["experiment", "--out", str(out)]) == 2  # nothing to run: one line, exit code 2
+
+
+def test_control_runs_name_their_control_and_the_map_reaches_the_control_arm_only(tmp_path):
+    """Each control run's result.json says which control it read (`describe_control` of its checkpoint), for the
+    verdict; --control-map relu goes to the control arm alone, and needs the control arm."""
+    from hsrl.errors import InputError
+    from hsrl.experiment.runs import run_job
+
+    train, held = task_pair(tmp_path, 0, rows_per_file=256, files=1)
+    small = dict(seeds=1, awr_steps=10, awr_save_every=10, awr_batch_size=32)
+    jobs = plan(experiment(train, held, tmp_path / "relu", control_map="relu", **small))
+    assert {j.arm: j.train.control_map for j in jobs} == {"awr-baseline": "linear", "awr-hidden": "linear",
+                                                          "awr-control": "relu"}
+    result = run_job(jobs[-1])
+    assert result["train"]["control"] == ("24 fixed random ReLU features (relu of a random linear map plus a random "
+                                          "bias) of the observation")
+    assert json.loads((tmp_path / "relu" / "runs" / "awr-control" / "seed0" / RESULT_FILE).read_text())[
+        "train"]["control"] == result["train"]["control"]
+    linear = plan(experiment(train, held, tmp_path / "lin", **small))
+    assert run_job(linear[-1])["train"]["control"] == "a fixed random linear projection of the observation to 24 features"
+    assert "control" not in run_job(linear[0])["train"]  # the baseline reads no control
+    # at its default the map stays out of a run's identity: runs finished before it existed still match
+    assert "control_map" not in linear[-1].identity()["train"]
+    with pytest.raises(InputError, match="needs --control"):
+        experiment(train, held, tmp_path / "x", control_map="relu", control=False).check_experiment()
+
+
+def _chunk_copy(src, dst, index=0):
+    import shutil
+
+    from hsrl.data import chunk_path, list_chunks
+
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(list_chunks(src)[0], chunk_path(dst, index))
+    return dst
+
+
+def test_eval_data_that_is_the_training_data_is_refused_before_training(tmp_path, capsys):
+    """--eval-data equal to --offline, or holding a chunk with the same bytes as one of its files: one line naming
+    the file, exit 2, before any arm trains (no run folder)."""
+    from hsrl.cli import main
+
+    train, held = task_pair(tmp_path, 0, rows_per_file=256, files=2)
+    out = tmp_path / "exp"
+    argv = ["experiment", "--offline", str(train), "--seeds", "1", "--awr-steps", "5", "--out", str(out),
+            "--no-progress"]
+    assert main(argv + ["--eval-data", str(train)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--eval-data {train}/chunk_000000.npz is also in --offline {train} (same bytes as chunk_000000.npz): " \
+           "evaluation data must be held out" in err
+    assert not (out / "runs").exists()
+    # a held-out folder with one training file among its own (renamed): refused, naming that file
+    mixed = _chunk_copy(held, tmp_path / "mixed")
+    _chunk_copy(train, mixed, index=1)
+    assert main(argv + ["--eval-data", str(mixed)]) == 2
+    assert f"--eval-data {mixed}/chunk_000001.npz is also in --offline" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
+def test_eval_data_from_the_same_collection_is_refused(tmp_path):
+    """Other bytes, the same collection (`hsrl collect`'s env, envs, seed and policy, kept through labelling): the
+    same episodes, so not held out; another seed is."""
+    from hsrl.data import list_chunks, read_chunk, write_chunk
+    from hsrl.errors import InputError
+    from hsrl.experiment.config import check_held_out
+
+    train, held = task_pair(tmp_path, 0, rows_per_file=256, files=2)
+    check_held_out(str(train), str(held))  # hand-made files record no collection: their bytes differ, accepted
+
+    def mark(folder, seed):
+        for path in list_chunks(folder):
+            chunk = read_chunk(path)
+            extra = {"seed": seed, "policy": "random", "max_episode_steps": None}
+            write_chunk(path, chunk.arrays, dataclasses.replace(chunk.meta, extra=extra))
+
+    mark(train, 0)
+    mark(held, 1)
+    check_held_out(str(train), str(held))
+    mark(held, 0)
+    with pytest.raises(InputError, match="chunk_000000.npz comes from the same collection as --offline .*seed 0, "
+                                         "policy random.*evaluation data must be held out"):
+        check_held_out(str(train), str(held))

@@ -281,31 +281,236 @@ def test_flags_are_checked_and_hidden_skip_n_belongs_to_the_run(tmp_path):
 # ------------------------------------------------------------------------------------------- the gate
 
 
-def _train_gated(data, out, **kw):
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+def test_gate_has_its_own_rate_sized_to_travel_the_same_distance_in_any_run():
+    """The gate logit's Adam rate is GATE_TRAVEL / optimiser steps (at most GATE_MAX_LR): 12 logit units at the
+    defaults of `online` (384 steps: 12 updates x 4 epochs x 8 minibatches), `train-awr` (100,000) and the
+    experiment's AWR arms (20,000); the gate moves at that rate and every other parameter at the run's own."""
+    import optax
+
+    from hsrl.experiment.config import ExperimentConfig
+    from hsrl.rl.awr import AWRHyper, TrainAWRConfig, make_optimizer
+    from hsrl.rl.networks import GATE_MAX_LR, GATE_TRAVEL, gate_could_open, gate_learning_rate
+    from hsrl.rl.ppo import OnlineConfig, gate_travel
+    from hsrl.rl.ppo import make_optimizer as ppo_optimizer
+
+    online = OnlineConfig()
+    assert online.optimizer_steps == 12 * 4 * 8 == 384
+    assert gate_travel(online, online.num_updates) == pytest.approx(GATE_TRAVEL) and GATE_TRAVEL >= 2 * 6
+    exp = ExperimentConfig()
+    for steps in (TrainAWRConfig("x").steps, exp.awr_steps):
+        hyper = AWRHyper.of(TrainAWRConfig("x", steps=steps, lr=exp.awr_lr, fusion="gated"))
+        assert hyper.gate_lr * steps == pytest.approx(GATE_TRAVEL) and hyper.lr == 3e-4
+    assert AWRHyper.of(TrainAWRConfig("x")).gate_lr is None  # concat: one Adam, the optimiser state as before
+    assert gate_learning_rate(20) == GATE_MAX_LR and not gate_could_open(20 * GATE_MAX_LR)  # a tiny run moves less
+    assert gate_could_open(6.0) and not gate_could_open(5.9) and not gate_could_open(None)
+    # one Adam step on a gradient of ones moves each parameter by its learning rate: the gate by its own
+    config = NetworkConfig("mlp", 7, (20,), 6, 16, fusion="gated")
+    params = init_params(config, jax.random.PRNGKey(0))
+    ones = jax.tree.map(jnp.ones_like, params)
+    for opt, main_lr, gate_lr in ((make_optimizer(AWRHyper(gate_lr=0.01)), 3e-4, 0.01),
+                                  (ppo_optimizer(OnlineConfig(max_grad_norm=1e9), config), 2e-4, 12 / 384)):
+        step = opt.update(ones, opt.init(params), params)[0]
+        moved = optax.apply_updates(params, step)
+        assert float(moved["params"][GATE_PARAM] - params["params"][GATE_PARAM]) == pytest.approx(-gate_lr, rel=1e-3)
+        kernel = moved["params"]["fusion"]["kernel"] - params["params"]["fusion"]["kernel"]
+        np.testing.assert_allclose(kernel, -main_lr, rtol=1e-3)
+
+
+def _awr_gate(hidden_kind: str, steps: int, lr: float, batch_size: int, rows: int = 1 << 18, width: int = 32):
+    """The gate after AWR (the real update, Adam and batch sampling of `hsrl.rl.awr`) at the given defaults on
+    synthetic rows: noise observations, uniform actions; the hidden state is the action (one-hot + noise) and the
+    return noise ("action"), or pure noise with the rewarded action in the observation ("noise"). Its curve, ten
+    points."""
+    from hsrl.rl.awr import AWRHyper, TrainAWRConfig, hidden_stats_of, init_state, make_device_block, make_update
+
+    A, D, H = 17, 8, 32
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((rows, D)).astype(np.float32)
+    action = rng.integers(0, A, rows).astype(np.int32)
+    if hidden_kind == "action":
+        hidden = 0.1 * rng.standard_normal((rows, H)).astype(np.float32)
+        hidden[np.arange(rows), action] += 1.0
+        ret = rng.standard_normal(rows).astype(np.float32)
+    else:
+        best = rng.integers(0, A, rows)
+        obs[:, 0] = best
+        hidden = rng.standard_normal((rows, H)).astype(np.float32)
+        ret = np.where(action == best, 10.0, 0.0).astype(np.float32)
+    hyper = AWRHyper.of(TrainAWRConfig("x", steps=steps, lr=lr, batch_size=batch_size, fusion="gated", width=width))
+    net = NetworkConfig("mlp", A, (D,), H, width, fusion="gated")
+    block = make_device_block(make_update(net, hyper, hidden_stats_of(hidden, None)), batch_size)
+    data = {"obs": jnp.asarray(obs), "action": jnp.asarray(action), "return_to_go": jnp.asarray(ret),
+            "hidden_state": jnp.asarray(hidden), "rows": jnp.arange(rows, dtype=jnp.int32)}
+    state, curve = init_state(net, hyper, 0), []
+    for _ in range(10):
+        for _ in range(steps // 10 // 1000):
+            state, _ = block(state, data, 1000)
+        curve.append(gate_value(state.params))
+    return curve
+
+
+def _check_opens(name, informative, noise, opened, near):
+    start = 1 / (1 + np.exp(-GATE_LOGIT_INIT))
+    print(name, "state = action:", [f"{g:.4f}" for g in informative], "noise:", [f"{g:.4f}" for g in noise])
+    assert informative[-1] > opened > 20 * start  # well above its start (0.0025)
+    assert noise[-1] < near and max(noise) < near  # near its start
+    assert informative[-1] > 5 * noise[-1]
+
+
+def test_gate_opens_at_the_experiment_awr_defaults():
+    """The experiment's AWR arms (--awr-steps 20,000 at --awr-lr 3e-4, batch 256): a state equal to the action opens
+    the gate (with the network's rate its logit could have moved 6 in all; the gate's own rate gives 12), a noise
+    state leaves it near its start (on 262,144 rows seen 20 times it drifts a little: memorising rows)."""
+    from hsrl.experiment.config import ExperimentConfig
+
+    exp = ExperimentConfig()
+    kw = dict(steps=exp.awr_steps, lr=exp.awr_lr, batch_size=exp.awr_batch_size)
+    _check_opens("experiment awr", _awr_gate("action", **kw), _awr_gate("noise", **kw), opened=0.15, near=0.03)
+
+
+@pytest.mark.slow
+def test_gate_opens_at_the_train_awr_defaults():
+    """`hsrl train-awr`'s defaults (100,000 steps at 3e-4, batch 256): the same as at the experiment's."""
+    from hsrl.rl.awr import TrainAWRConfig
+
+    d = TrainAWRConfig("x")
+    kw = dict(steps=d.steps, lr=d.lr, batch_size=d.batch_size)
+    _check_opens("train-awr", _awr_gate("action", **kw), _awr_gate("noise", **kw), opened=0.06, near=0.03)
+
+
+def _ppo_gate(informative: bool, width: int = 128, H: int = 64, seed: int = 0):
+    """The gate after `hsrl online`'s default run (OnlineConfig(): 12 updates of 128 environments x 64 steps, 4 epochs
+    x 8 minibatches, lr 2e-4 annealed to 0, clipping, its update and optimiser) on a synthetic bandit: each step a
+    fresh target action, reward 1 for playing it. Informative: the hidden state names the target (one-hot + noise),
+    the observation is noise; noise: the hidden state is noise, the observation names the target. Its curve."""
+    from hsrl.data.stats import normalize_hidden
+    from hsrl.rl.networks import policy_sequence
+    from hsrl.rl.ppo import Memory, Norm, OnlineConfig, Transition, make_optimizer, make_update
+
+    A, D = 17, 24
+    config = OnlineConfig(width=width)
+    net = NetworkConfig("mlp", A, (D,), H, width, fusion="gated")
+    params = init_params(net, jax.random.PRNGKey(seed))
+    optimizer = make_optimizer(config, net)
+    opt_state, sequence = optimizer.init(params), policy_sequence(net)
+    update = make_update(config, net, optimizer, True)
+    T, E = config.num_steps, config.envs
+    norm = Norm(jnp.zeros(H), jnp.ones(H))
+
+    @jax.jit
+    def rollout(params, key):
+        k_target, k_obs, k_hidden, k_act = jax.random.split(key, 4)
+        target = jax.random.randint(k_target, (T, E), 0, A)
+        obs = jax.random.normal(k_obs, (T, E, D))
+        hidden = 0.1 * jax.random.normal(k_hidden, (T, E, H))
+        if informative:
+            hidden = hidden.at[..., :A].add(3 * jax.nn.one_hot(target, A))
+        else:
+            hidden = 10 * hidden
+            obs = obs.at[..., :A].set(3 * jax.nn.one_hot(target, A))
+        start = jnp.ones((T, E), bool)
+        logits, value = sequence(params, jnp.zeros((E, 1)), start, obs, normalize_hidden(hidden, norm))
+        action = jax.random.categorical(k_act, logits)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
+        zero = jnp.zeros((T, E))
+        return Transition(obs, start, hidden, action, log_prob, value, (action == target).astype(jnp.float32), start,
+                          zero, zero, jnp.zeros((T, E, 1), bool))
+
+    key, curve = jax.random.PRNGKey(seed + 1), []
+    for _ in range(config.num_updates):
+        key, k_roll, k_update = jax.random.split(key, 3)
+        memory = Memory(jnp.zeros((E, 1)), jnp.ones(E, bool))
+        params, opt_state, _ = update(params, opt_state, rollout(params, k_roll), memory, jnp.zeros(E), norm, k_update)
+        curve.append(gate_value(params))
+    return curve
+
+
+def test_gate_opens_at_the_online_defaults():
+    """`hsrl online`'s defaults (100,000 steps: 384 optimiser steps at 2e-4 annealed to 0, whose summed rate, 0.04,
+    could not move the logit off -6): a state that names the rewarded action opens the gate, a noise state leaves it
+    near its start. (Width 128: at 16 to 64 the network itself learns too little in 384 steps at 2e-4 for any state
+    to pay, so no gate opens; hsrl's default is 512.)"""
+    _check_opens("online", _ppo_gate(True), _ppo_gate(False), opened=0.1, near=0.01)
+
+
+def test_gate_travel_is_recorded_and_a_continued_run_adds_to_it(tmp_path):
+    """train-awr records how far the gate could have moved: hidden/gate_travel per log line, gate_travel in each
+    checkpoint and the summary; a run continued with a larger --steps adds its own rate's travel to the saved one.
+    The gated optimiser state (two Adams) round-trips through a checkpoint."""
+    import flax.serialization
+
+    from hsrl.rl.awr import AWRHyper, TrainAWRConfig, make_optimizer, train_awr
     from hsrl.rl.checkpoint import load_policy
     from hsrl.rl.metrics import read_metrics
 
-    train_awr(TrainAWRConfig(str(data), out=str(out), fusion="gated", steps=300, lr=1e-2, beta=1.0, batch_size=128,
-                             width=32, log_every=100, save_every=300, progress=False, tensorboard=False, **kw))
-    gates = [line["hidden/gate"] for line in read_metrics(out)]
-    return gates, load_policy(out).gate
+    data = write_hidden_task(tmp_path / "data", np.random.default_rng(0), files=1, rows_per_file=512)
+    kw = dict(out=str(tmp_path / "run"), fusion="gated", batch_size=32, width=16, log_every=10, save_every=10,
+              progress=False, tensorboard=False)
+    first = train_awr(TrainAWRConfig(str(data), steps=20, **kw))
+    assert first["gate_travel"] == pytest.approx(20 * 0.05) and load_policy(tmp_path / "run").gate_travel == 1.0
+    more = train_awr(TrainAWRConfig(str(data), steps=300, **kw))  # 280 more steps at 12 / 300
+    assert more["resumed"] and more["gate_travel"] == pytest.approx(1.0 + 280 * 12 / 300)
+    travel = [line["hidden/gate_travel"] for line in read_metrics(tmp_path / "run")]
+    assert travel[:2] == pytest.approx([0.5, 1.0]) and travel[-1] == pytest.approx(more["gate_travel"])
+    assert load_policy(tmp_path / "run").gate_travel == pytest.approx(more["gate_travel"])
+    config = NetworkConfig("mlp", 7, (20,), 6, 16, fusion="gated")
+    params = init_params(config, jax.random.PRNGKey(0))
+    opt = make_optimizer(AWRHyper(gate_lr=0.01))
+    state = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)[1]
+    raw = flax.serialization.msgpack_restore(flax.serialization.msgpack_serialize(
+        flax.serialization.to_state_dict(state)))
+    back = flax.serialization.from_state_dict(opt.init(params), raw)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_gate_opens_for_a_state_that_carries_the_action_and_stays_closed_on_noise(tmp_path):
-    """AWR on 16384 rows where the best action is written only in the hidden state: the gate opens (from 0.0025
-    past 0.04); the same rows with a hidden state of pure noise: it stays near closed (under 0.03; it can open a
-    little to memorise rows it sees again). The gate is logged as hidden/gate and read from the checkpoint."""
-    from experiment_helpers import noise_hidden
+def test_gate_travel_of_checkpoints_written_before_the_gate_had_its_own_rate():
+    """Older checkpoints have no gate_travel: the gate then shared the network's rate, so its travel is that rate
+    summed: 30 for train-awr's defaults (readable), 0.0385 for online's (2e-4 annealed over 384 steps: not)."""
+    from hsrl.rl.checkpoint import gate_travel_of
+    from hsrl.rl.ppo import OnlineConfig
+    from hsrl.redact import public_config
 
-    informative = write_hidden_task(tmp_path / "info", np.random.default_rng(0), files=4, rows_per_file=4096)
-    rng = np.random.default_rng(0)
-    noise = noise_hidden(write_hidden_task(tmp_path / "noise", rng, files=4, rows_per_file=4096), rng)
-    open_curve, open_gate = _train_gated(informative, tmp_path / "run_info")
-    closed_curve, closed_gate = _train_gated(noise, tmp_path / "run_noise")
-    print("informative", open_curve, open_gate, "noise", closed_curve, closed_gate)
-    assert len(open_curve) == 3 and open_curve[-1] > open_curve[0]
-    assert open_gate > 0.04 and closed_gate < 0.03 and open_gate > 4 * closed_gate
+    net = NetworkConfig("mlp", 17, (20,), 8, 16, fusion="gated").to_dict()
+    awr = {"algorithm": "awr", "network": net, "step": 100_000, "train_config": {"lr": 3e-4}}
+    assert gate_travel_of(awr) == pytest.approx(30.0)
+    online = {"algorithm": "ppo", "network": net, "step": 12 * 128 * 64, "train_config": public_config(OnlineConfig())}
+    assert gate_travel_of(online) == pytest.approx(2e-4 * sum(1 - k / 384 for k in range(384)))
+    assert gate_travel_of(online) == pytest.approx(0.0385)
+    assert gate_travel_of({**awr, "gate_travel": 12.0}) == 12.0
+    assert gate_travel_of({**awr, "network": {**net, "fusion": "concat"}}) is None
+    assert gate_travel_of({"algorithm": "imported", "network": net, "step": 1}) is None  # unknown
+
+
+def test_a_gate_is_read_only_where_its_run_could_have_moved_it():
+    """eval.md's sentence and experiment.md's gates: a gate whose run could not move it (travel under 6, or unknown)
+    is said to be unread, never "not needed"; one whose run could is read."""
+    from hsrl.evaluate import gate_sentence
+    from hsrl.experiment.report import _gates, _gates_text
+
+    closed = gate_sentence(0.0026, 0.0385)
+    assert "could not have moved at these settings" in closed and "does not need the state" not in closed
+    assert "0.0385" in closed and "not read" in closed
+    unknown = gate_sentence(0.0026, None)
+    assert "not read" in unknown and "unknown" in unknown and "does not need the state" not in unknown
+    read = gate_sentence(0.0026, 12.0)
+    assert "not read" not in read and "does not need the state" in read and "could move up to 12" in read
+    assert gate_sentence(None, 12.0) is None
+
+    def run(seed, gate, travel="absent"):
+        train = {"gate": gate} if travel == "absent" else {"gate": gate, "gate_travel": travel}
+        return {"seed": seed, "train": train}
+
+    gates = _gates([run(0, 0.0026, 12.0), run(1, 0.0031, 0.0385), run(2, 0.0028)])
+    assert [g["could_open"] for g in gates] == [True, False, False] and gates[2]["travel"] is None
+    text = _gates_text("ppo-hidden", gates)
+    assert text.startswith("ppo-hidden 0.0026; not read at seeds 1, 2")
+    assert "could move at most 0.0385 of the 6" in text and "could not have moved at these settings" in text
+    only_old = _gates_text("awr-hidden", _gates([run(0, 0.002)]))
+    assert only_old.startswith("awr-hidden not read at seed 0") and "does not record" in only_old
+    assert _gates_text("awr-hidden", _gates([run(0, 0.5, 12.0), run(1, 0.002, 30.0)])) == "awr-hidden 0.5, 0.002"
+    assert _gates([run(0, None, None)]) is None
 
 
 # ------------------------------------------------------------------------------------- eval, experiment
@@ -324,11 +529,15 @@ def test_eval_reports_the_gate_and_follows_the_runs_hidden_skip_n(tmp_path):
                              batch_size=64, width=32, log_every=10, save_every=20, progress=False, tensorboard=False))
     policy = load_policy(run)
     assert policy.network.fusion == "gated" and 0 < policy.gate < 0.01
+    assert policy.gate_travel == pytest.approx(20 * 0.05)  # 20 steps at the gate's largest rate: it could not open
     report = evaluate(EvalConfig(str(run), episodes=2, envs=2, max_episode_steps=8, ablation="real,shuffled",
                                  out=str(tmp_path / "eval"), progress=False))
     assert report["skip_n"] == 4 and report["gate"] == pytest.approx(policy.gate)
-    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["gate"] == pytest.approx(policy.gate)
-    assert f"Gate (--fusion gated): {policy.gate:.4f}" in (tmp_path / "eval" / "eval.md").read_text()
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["gate"] == pytest.approx(policy.gate) and saved["gate_travel"] == pytest.approx(1.0)
+    md = (tmp_path / "eval" / "eval.md").read_text()
+    assert f"Gate (--fusion gated): {policy.gate:.4f}" in md and "could not have moved at these settings" in md
+    assert "does not need the state" not in md
 
 
 def test_experiment_trains_gated_arms_and_reports_their_gates(tmp_path):
@@ -353,9 +562,13 @@ def test_experiment_trains_gated_arms_and_reports_their_gates(tmp_path):
     report = run_experiment(config)
     arms = report["aggregates"]["arms"]
     assert arms["awr-baseline"]["gate"] is None
-    assert len(arms["awr-hidden"]["gate"]) == 1 and 0 < arms["awr-hidden"]["gate"][0] < 1
+    (hidden,) = arms["awr-hidden"]["gate"]  # 20 steps: the logit could move 1 (20 x 0.05), not the 6 it needs
+    assert 0 < hidden["gate"] < 1 and hidden["travel"] == pytest.approx(1.0) and hidden["could_open"] is False
+    result = json.loads(next((tmp_path / "exp" / "runs" / "awr-hidden").rglob("result.json")).read_text())
+    assert result["train"]["gate"] == pytest.approx(hidden["gate"]) and result["train"]["gate_travel"] == 1.0
     md = (tmp_path / "exp" / "experiment.md").read_text()
-    assert "Learned gates" in md and f"awr-hidden {arms['awr-hidden']['gate'][0]:.3g}" in md
+    assert "Learned gates" in md and "awr-hidden not read at seed 0" in md
+    assert f"could not have moved at these settings; values {hidden['gate']:.3g})" in md
 
 
 # ------------------------------------------------------------------------------------------- online
@@ -376,7 +589,44 @@ def test_online_builds_the_published_network_with_a_gate_and_logs_it(tmp_path):
     net = policy.network
     assert (net.arch, net.fusion, net.activation, net.class_name) == (
         "separate", "gated", "tanh", "ActorCriticSeparate(mlp, hidden, gated)")
-    gates = [line["hidden/gate"] for line in read_metrics(tmp_path / "run")]
+    lines = read_metrics(tmp_path / "run")
+    gates = [line["hidden/gate"] for line in lines]
     assert len(gates) == 2 and gates[-1] == pytest.approx(policy.gate) and 0 < policy.gate < 0.01
+    # 2 updates x 4 epochs x 2 minibatches = 16 steps at the gate's largest rate, 0.05
+    assert [line["hidden/gate_travel"] for line in lines] == pytest.approx([0.4, 0.8])
+    assert policy.gate_travel == pytest.approx(0.8)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["gate_travel"] == pytest.approx(0.8)
     with pytest.raises(InputError, match="differs"):
         train_online(OnlineConfig(out=str(tmp_path / "warm"), arch="separate", checkpoint=str(tmp_path / "run"), **kw))
+
+
+def test_a_gated_online_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """The gate's own Adam is part of the optimiser state PPO saves: a run resumed from its first update's checkpoint
+    ends with the parameters and optimiser state of the run that was never stopped, and the same gate travel."""
+    import shutil
+
+    import flax.serialization
+
+    from hsrl.rl.ppo import OnlineConfig, train_online
+
+    kw = dict(env=ENV, envs=4, steps=64, num_steps=8, skip_n=4, num_minibatches=2, width=32, control=True,
+              fusion="gated", save_every=1, progress=False)
+    ref = tmp_path / "ref"
+    train_online(OnlineConfig(out=str(ref), **kw))
+    cut = tmp_path / "cut"
+    shutil.copytree(ref, cut)
+    (cut / "summary.json").unlink()
+    for path in (cut / "checkpoints").glob("step_000000064.*"):  # back to the first update's checkpoint
+        path.unlink()
+    summary = train_online(OnlineConfig(out=str(cut), **kw))
+    assert summary["resumed_from"] == 32 and summary["gate_travel"] == pytest.approx(0.8)
+
+    def final(out):
+        return flax.serialization.msgpack_restore((out / "checkpoints" / "step_000000064.msgpack").read_bytes())
+
+    a, b = final(ref), final(cut)
+    for part in ("params", "opt_state"):
+        flat_a, flat_b = flax.traverse_util.flatten_dict(a[part]), flax.traverse_util.flatten_dict(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for k in flat_a:
+            np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=f"{part}/{k}")

@@ -200,9 +200,17 @@ def test_train_awr_probe_and_experiment_accept_the_import(imported, tmp_path):
     _eval_needs_the_spec_named(tmp_path / "awr", tmp_path)
     report = probe(ProbeConfig(str(dst), out=str(tmp_path / "probe"), max_rows=300, min_rows=5, progress=False))
     assert report["spec_json"] is None and report["features"]
-    exp = run_experiment(ExperimentConfig(offline=str(dst), eval_data=str(dst), out=str(tmp_path / "exp"), seeds=1,
-                                          awr_steps=5, awr_batch_size=32, awr_save_every=5, width=16, control=False,
-                                          progress=False))
+    # held out: the last chunk (after the gap) scores the arms trained on the others
+    import shutil
+
+    files = list_chunks(dst)
+    for folder, part in ((tmp_path / "train", files[:-1]), (tmp_path / "held", files[-1:])):
+        folder.mkdir()
+        for path in part:
+            shutil.copy(path, folder / path.name)
+    exp = run_experiment(ExperimentConfig(offline=str(tmp_path / "train"), eval_data=str(tmp_path / "held"),
+                                          out=str(tmp_path / "exp"), seeds=1, awr_steps=5, awr_batch_size=32,
+                                          awr_save_every=5, width=16, control=False, progress=False))
     assert {r["arm"] for r in exp["runs"]} == {"awr-baseline", "awr-hidden"}
     # without --eval-data the arms would need live states of a spec nobody knows: refused before any arm trains
     with pytest.raises(InputError, match="without an extraction spec.*--eval-data"):

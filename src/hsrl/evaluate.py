@@ -15,14 +15,19 @@ Ablations act on what the network reads (its normalised hidden input):
 A control policy (`hsrl experiment`'s control arm) reads a fixed random projection of its observation
 (`hsrl.data.projection`) in place of an LLM's state, refreshed on the same schedule.
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
+Episodes: every environment plays a fixed quota of `--episodes` (split as evenly as possible, as Stable-Baselines3's
+`evaluate_policy`), each to its end, and the scores are over exactly those (`QuotaEpisodes`); keeping the first N
+episodes to finish would over-sample short episodes, which in Craftax have low returns. eval.json's
+`episode_selection` records the rule and the quotas.
 A policy trained on hidden states without an extraction spec (imported from another tool by `hsrl import`: the
 states are foreign) names no spec to compute live states by: `--spec` must name it (the JSON of
 `hsrl.llm.ExtractionSpec`, or a file holding it), else eval refuses before any work. A `--spec` beside a
 checkpoint's own spec must agree with it (or `--allow-spec-mismatch`).
 A recurrent policy (`--policy gru`) carries its GRU state through each segment and from one segment to the
 next, zeroed where an episode starts, as in training. A gated policy's (`--fusion gated`) learned gate is reported
-beside the ablations (`gate` in eval.json, a sentence in eval.md): one that stayed near 0 says the policy does not
-need its hidden state.
+beside the ablations (`gate` and `gate_travel` in eval.json, a sentence in eval.md): one that stayed near 0 says the
+policy does not need its hidden state only where its run could have moved it (`gate_travel`, the summed learning rate
+of its logit, at least 6); otherwise the sentence says it could not have moved and does not read it.
 """
 
 from __future__ import annotations
@@ -52,15 +57,20 @@ class EvalConfig(CacheFlags):
     """Evaluate a checkpoint with hidden-state ablations; writes JSON, a markdown table and a PNG chart."""
 
     checkpoint: str = field(metadata={"positional": True, "help": "run folder, checkpoints folder or checkpoint file"})
-    episodes: int = field(default=10, metadata={"help": "finished episodes per ablation"})
-    envs: int = field(default=8, metadata={"help": "parallel environments"})
+    episodes: int = field(default=10, metadata={
+        "help": "episodes per ablation: a fixed quota per environment, split as evenly as possible (environment i "
+                "plays (episodes + i) // envs, as SB3's evaluate_policy), each played to its end; the summary is over "
+                "exactly these (not the first to finish, which would over-sample short episodes)"})
+    envs: int = field(default=8, metadata={
+        "help": "parallel environments (at most --episodes are run: one with a quota of 0 would add nothing)"})
     server: str | None = field(default=None, metadata={"help": "hidden-state server URL (default: compute in-process)"})
     token: str | None = field(default=None, metadata={"help": "bearer token of the server (or env HSRL_SERVE_TOKEN)"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated: real,zero,shuffled,constant"})
     constant_text: str = field(default=DEFAULT_CONSTANT_TEXT, metadata={"help": "text whose state the constant ablation uses (specs that read images use environment 0's first frame)"})
     skip_n: int | None = field(default=None, metadata={"help": "LLM refresh period (default: the checkpoint's, else 1)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "cut episodes at this length (default: Craftax's 10000)"})
-    max_steps: int = field(default=20_000, metadata={"help": "give up after this many steps per environment"})
+    max_steps: int = field(default=20_000, metadata={
+        "help": "give up after this many steps per environment (each plays its quota of episodes one after another)"})
     greedy: bool = field(default=False, metadata={"help": "take the most likely action instead of sampling"})
     video: bool = field(default=False, metadata={"help": "save environment 0's first episode per ablation as a GIF"})
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if the server's spec differs"})
@@ -213,6 +223,82 @@ def _pixel_renderer(env):
 
 
 SEGMENT_STEPS = 64
+EPISODE_RULE = "fixed quota per environment (as SB3's evaluate_policy), each episode played to its end"
+HALVES_RULE = "episode j of environment i in half (i + j) % 2 (j counted from 0 within the environment's quota)"
+
+
+def episode_quotas(episodes: int, envs: int) -> np.ndarray:
+    """How many episodes each of `envs` environments plays so that they add up to `episodes`, split as evenly as
+    possible as Stable-Baselines3's `evaluate_policy` does: environment i plays (episodes + i) // envs (the last
+    episodes % envs environments one more; 0 for the first envs - episodes when there are more environments than
+    episodes)."""
+    if episodes < 0 or envs < 1:
+        raise ValueError(f"episode_quotas: episodes must be >= 0 and envs >= 1, got {episodes} and {envs}")
+    return (episodes + np.arange(envs)) // envs
+
+
+class QuotaEpisodes:
+    """Per environment, its first `quota[i]` finished episodes, gathered segment by segment from (T, E) outputs.
+
+    Why a quota: keeping the first N episodes to finish over all environments (time-major finishing order) keeps
+    more episodes of the environments whose episodes end early and drops the long episodes still running when the
+    N-th one ends, so it over-samples short episodes (in Craftax: the agents that die early, with low returns).
+    With a fixed quota per environment, fixed before anything runs, each environment's j-th episode is in the
+    sample whatever its length, and every episode is played to its end: the mean over the kept episodes is an
+    unbiased estimate of the mean over episodes. Episodes an environment finishes beyond its quota are ignored.
+
+    Halves (`episodes()["half"]`): episode j of environment i goes to half (i + j) % 2. The split depends only on
+    (environment, index within its quota), never on when an episode finished or how long it lasted, so each half is
+    itself a fixed-quota sample (unbiased, episodes independent of the other half's); within an environment its
+    episodes alternate between the halves (1st, 3rd... in one, 2nd, 4th... in the other), and environments with one
+    episode alternate, so the halves' sizes differ by at most one.
+    """
+
+    def __init__(self, quota):
+        self.quota = np.asarray(quota, np.int64)
+        if self.quota.ndim != 1 or (self.quota < 0).any():
+            raise ValueError(f"QuotaEpisodes: quota must be one non-negative count per environment, got {quota}")
+        self.finished = np.zeros_like(self.quota)  # episodes finished per environment, kept or not
+        self._env: list[np.ndarray] = []
+        self._index: list[np.ndarray] = []
+        self._values: dict[str, list[np.ndarray]] = {}
+
+    def add(self, done, outputs: dict) -> None:
+        """One segment: `done` (T, E), True where an episode ends at that step; `outputs` name -> (T, E, ...) arrays
+        of per-step values (read where done: the finished episode's return, length, achievements)."""
+        done = np.asarray(done, bool)
+        if done.ndim != 2 or done.shape[1] != len(self.quota):
+            raise ValueError(f"QuotaEpisodes.add: done must be (T, {len(self.quota)}), got {done.shape}")
+        index = self.finished + np.cumsum(done, 0) - 1  # where done: the episode's index within its environment
+        t, e = np.nonzero(done & (index < self.quota))
+        self._env.append(e)
+        self._index.append(index[t, e])
+        for name, value in outputs.items():
+            value = np.asarray(value)
+            if value.shape[:2] != done.shape:
+                raise ValueError(f"QuotaEpisodes.add: {name} is {value.shape}, expected (T, E) = {done.shape} first")
+            self._values.setdefault(name, []).append(value[t, e])
+        self.finished += done.sum(0)
+
+    @property
+    def kept(self) -> int:
+        """Episodes kept so far (at most sum(quota))."""
+        return int(np.minimum(self.finished, self.quota).sum())
+
+    @property
+    def complete(self) -> bool:
+        """Every environment has finished its quota."""
+        return bool((self.finished >= self.quota).all())
+
+    def episodes(self) -> dict[str, np.ndarray]:
+        """The kept episodes, ordered by (environment, index within it): each output named in `add`, plus `env`,
+        `index` and `half` (0 or 1, see the class)."""
+        env = np.concatenate(self._env) if self._env else np.zeros(0, np.int64)
+        index = np.concatenate(self._index) if self._index else np.zeros(0, np.int64)
+        order = np.lexsort((index, env))
+        out = {name: np.concatenate(parts)[order] for name, parts in self._values.items()}
+        out.update(env=env[order], index=index[order], half=(env[order] + index[order]) % 2)
+        return out
 
 
 def initial_carry(env, policy, uses_hidden: bool, seed: int, history: int = 0):
@@ -231,44 +317,50 @@ def initial_carry(env, policy, uses_hidden: bool, seed: int, history: int = 0):
 
 
 def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfig, ablation: str, out: Path,
-                      on_episodes=lambda n: None, history: int = 0) -> dict:
-    """Run until `episodes` episodes finish; summary of the first `episodes` of them (in finishing order).
-    history: previous observations per prompt (the spec's), carried by the runner."""
-    segment_len = SEGMENT_STEPS
-    carry = initial_carry(env, policy, uses_hidden, config.seed, history)
-    returns, lengths, achievements, frames = [], [], [], []
+                      on_episodes=lambda n: None, history: int = 0, carry=None) -> dict:
+    """Every environment plays its quota of `config.episodes` (`episode_quotas`: split as evenly as possible over
+    env.num_envs) to its end; the summary is over exactly those episodes (`QuotaEpisodes`: not the first ones to
+    finish, which would over-sample short episodes), with scores on two disjoint halves of them. RuntimeError when
+    --max-steps steps per environment pass before every quota is met.
+    history: previous observations per prompt (the spec's), carried by the runner; carry: the segment's first
+    carry (default: `initial_carry` by config.seed)."""
+    if carry is None:
+        carry = initial_carry(env, policy, uses_hidden, config.seed, history)
+    quota = episode_quotas(config.episodes, env.num_envs)
+    chosen = QuotaEpisodes(quota)
+    frames = []
     steps = 0
-    while len(returns) < config.episodes and steps < config.max_steps:
+    while not chosen.complete and steps < config.max_steps:
         carry, outs = segment(carry)
         outs = jax.device_get(outs)
-        done = outs["done"]
-        t_idx, e_idx = np.nonzero(done)  # time-major: finishing order
-        returns += list(outs["episode_return"][t_idx, e_idx])
-        lengths += list(outs["episode_length"][t_idx, e_idx])
-        achievements += list(outs["achievements"][t_idx, e_idx])
-        if config.video and "frame" in outs and not (frames and frames[-1] is None):
+        done = np.asarray(outs["done"], bool)
+        chosen.add(done, {k: outs[k] for k in ("episode_return", "episode_length", "achievements")})
+        if config.video and "frame" in outs and not (frames and frames[-1] is None):  # environment 0's first episode
             first_done = np.flatnonzero(done[:, 0])
-            stop = first_done[0] + 1 if len(first_done) else segment_len
+            stop = first_done[0] + 1 if len(first_done) else len(done)
             frames += list(outs["frame"][:stop])
             if len(first_done):
                 frames.append(None)  # episode over
-        steps += segment_len
-        on_episodes(min(len(returns), config.episodes))
-    if len(returns) < config.episodes:
-        raise RuntimeError(f"{ablation}: only {len(returns)} of {config.episodes} episodes finished in "
-                           f"{config.max_steps} steps per environment; raise --max-steps or set --max-episode-steps")
-    n = config.episodes
-    ach = np.asarray(achievements[:n], bool)
+        steps += len(done)
+        on_episodes(chosen.kept)
+    if not chosen.complete:
+        each = f"{quota.min()}" if quota.min() == quota.max() else f"{quota.min()}-{quota.max()}"
+        raise RuntimeError(f"{ablation}: only {chosen.kept} of {config.episodes} episodes finished in "
+                           f"{config.max_steps} steps per environment (each of {len(quota)} environments plays {each} "
+                           f"to its end); raise --max-steps or set --max-episode-steps")
+    kept = chosen.episodes()
+    n = len(kept["env"])
+    returns, ach = kept["episode_return"].astype(np.float64), kept["achievements"].astype(bool)
     rates = ach.mean(0) * 100
     if config.video and frames:
         _save_gif([f for f in frames if f is not None], out / f"episode_{ablation}.gif")
-    result = {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns[:n])),
-              "return_std": float(np.std(returns[:n])), "length_mean": float(np.mean(lengths[:n])),
+    result = {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns)),
+              "return_std": float(np.std(returns)), "length_mean": float(np.mean(kept["episode_length"])),
               "craftax_score": craftax_score(rates),
               "achievements": {name: float(r) for name, r in zip(env.info.achievement_names, rates)}}
-    if n >= 2:  # the same scores on two disjoint halves (alternate episodes): how much evaluation noise moves them
-        halves = [np.arange(n)[i::2] for i in (0, 1)]
-        result["halves"] = {"return_mean": [float(np.mean(np.asarray(returns[:n])[h])) for h in halves],
+    if n >= 2:  # the same scores on two disjoint halves (QuotaEpisodes' rule): how much evaluation noise moves them
+        halves = [kept["half"] == h for h in (0, 1)]
+        result["halves"] = {"return_mean": [float(np.mean(returns[h])) for h in halves],
                             "craftax_score": [craftax_score(ach[h].mean(0) * 100) for h in halves]}
     return result
 
@@ -279,19 +371,51 @@ def _save_gif(frames, path: Path) -> None:
     imageio.mimsave(path, [np.asarray(f) for f in frames], duration=0.1)
 
 
-def gate_sentence(gate: float | None) -> str | None:
-    """What a gated policy's learned gate says (None for a policy without one)."""
+def gate_sentence(gate: float | None, travel: float | None = None) -> str | None:
+    """What a gated policy's learned gate says (None for a policy without one): read only where its run could have
+    moved it (`travel`, the summed learning rate of its logit: `hsrl.rl.networks.gate_could_open`), else said so."""
+    from hsrl.rl.networks import GATE_LOGIT_INIT, gate_could_open
+
     if gate is None:
         return None
-    return (f"Gate (--fusion gated): {gate:.4f}, sigmoid of the learned gate that scales the hidden state's projection "
-            f"(it starts closed at 0.0025); a gate that stays near 0 is the policy saying it does not need the state.")
+    what = (f"Gate (--fusion gated): {gate:.4f}, sigmoid of the learned gate that scales the hidden state's projection "
+            f"(it starts closed at 0.0025)")
+    need = abs(GATE_LOGIT_INIT)
+    if travel is None:
+        return (f"{what}; not read: the checkpoint does not record how far training could move the gate (its summed "
+                f"learning rate), so whether it could have moved at these settings is unknown.")
+    if not gate_could_open(travel):
+        return (f"{what}; not read: its logit could move at most {travel:.3g} over the run (its summed learning rate) "
+                f"and needs {need:g} to reach 0.5, so it could not have moved at these settings; its value says "
+                f"nothing about whether the policy needs the state.")
+    return (f"{what}; its logit could move up to {travel:.3g} over the run (it needs {need:g} to reach 0.5), so a "
+            f"gate that stayed near 0 is the policy saying it does not need the state.")
 
 
-def _markdown(results: list[dict], names, gate: float | None = None) -> str:
+def episode_selection(episodes: int, envs: int) -> dict:
+    """How `evaluate` chooses the episodes it scores (eval.json's `episode_selection`): `envs` environments (never
+    more than `episodes`), each playing its quota to its end."""
+    return {"rule": EPISODE_RULE, "environments": envs, "quota_per_env": episode_quotas(episodes, envs).tolist(),
+            "beyond_quota": "ignored", "halves": HALVES_RULE}
+
+
+def selection_sentence(selection: dict) -> str:
+    """eval.md's line on how the episodes were chosen."""
+    quota = selection["quota_per_env"]
+    each = f"{min(quota)}" if min(quota) == max(quota) else f"{min(quota)}-{max(quota)}"
+    return (f"Episodes: a fixed quota per environment ({each} in each of {selection['environments']}, as SB3's "
+            f"evaluate_policy), each played to its end; not the first to finish, which would over-sample short "
+            f"episodes.")
+
+
+def _markdown(results: list[dict], names, gate: float | None = None, selection: dict | None = None,
+              gate_travel: float | None = None) -> str:
     lines = ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['ablation']} | {r['episodes']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} | "
                      f"{r['length_mean']:.0f} | {r['craftax_score']:.2f} |")
+    if selection is not None:
+        lines += ["", selection_sentence(selection)]
     lines += ["", "Success rate per achievement (%):", "",
               "| achievement | " + " | ".join(r["ablation"] for r in results) + " |",
               "|---|" + "---|" * len(results)]
@@ -299,7 +423,7 @@ def _markdown(results: list[dict], names, gate: float | None = None) -> str:
         if any(r["achievements"][name] > 0 for r in results):
             lines.append(f"| {name} | " + " | ".join(f"{r['achievements'][name]:.0f}" for r in results) + " |")
     if gate is not None:
-        lines += ["", gate_sentence(gate)]
+        lines += ["", gate_sentence(gate, gate_travel)]
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +462,8 @@ def evaluate(config: EvalConfig) -> dict:
     policy = load_policy(config.checkpoint)
     train = (policy.meta or {}).get("train_config") or {}
     skip_n = config.skip_n or int(train.get("skip_n", train.get("hidden_skip_n", 1)))  # online's, or AWR's
-    env = make_env(policy.env_name, config.envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
+    envs = min(config.envs, config.episodes)  # more environments than episodes would have quota 0: not run
+    env = make_env(policy.env_name, envs, with_symbolic=True, max_timesteps=config.max_episode_steps)
     if tuple(env.info.obs_shape) != tuple(policy.network.obs_shape):
         raise InputError(f"the checkpoint's network reads {policy.network.obs_shape}, {policy.env_name} gives "
                          f"{env.info.obs_shape}")
@@ -401,15 +526,18 @@ def evaluate(config: EvalConfig) -> dict:
     bar.close()
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
               "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n, "gate": policy.gate,
-              "config": public_config(config), "results": results}
+              "gate_travel": policy.gate_travel, "config": public_config(config),
+              "episode_selection": episode_selection(config.episodes, envs), "results": results}
     write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
-    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names, policy.gate))
+    write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names, policy.gate,
+                                                 report["episode_selection"], policy.gate_travel))
     _chart(results, out / "ablations.png")
     return report
 
 
 def run_eval(config: EvalConfig) -> int:
     report = evaluate(config)
-    print(_markdown(report["results"], [], report.get("gate"))[: -1])
+    print(_markdown(report["results"], [], report.get("gate"), report.get("episode_selection"),
+                    report.get("gate_travel"))[: -1])
     print(f"wrote {config.out_dir()}/eval.json, eval.md, ablations.png")
     return 0

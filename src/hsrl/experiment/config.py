@@ -23,7 +23,8 @@ class ExperimentConfig(OnlineConfig):
     Arms: `--offline DATA` trains AWR on a labelled dataset, `--online` PPO with the flags of `hsrl online`
     (both when both are given), each as three arms: baseline (no hidden input), hidden (the LLM's state) and
     control (the hidden-state network fed a fixed random projection of the observation to the same width and
-    normalisation: more input features, no new information; --no-control leaves it out). Prompt variants:
+    normalisation: more input features, no new information; with --history K prompts, of the same K previous
+    observations and actions; --control-map relu: random ReLU features; --no-control leaves it out). Prompt variants:
     `--offline A --offline B ...` (labellings of the same data with other prompts: --history, --template,
     --prompt-template) gives each its own hidden arm (awr-hidden-A, awr-hidden-B), with one baseline and one
     control (on the first), the same verdict for each and a pairwise comparison of the variants. Seeds are --seed ..
@@ -31,10 +32,12 @@ class ExperimentConfig(OnlineConfig):
     episodes, seed --eval-seed, the same for every run), or, with --eval-data, offline on held-out labelled
     data through the same ablation functions.
 
-    The verdict answers, on the headline metric: does the policy use its hidden state (real - shuffled, paired
-    per seed: Student t interval and exact sign-flip test), does it beat the baseline, does it beat the control
-    (Welch t interval and exact permutation test). real - zero is reported as sensitivity to the input only.
-    rliable's mean / IQM and P(improvement) with bootstrap intervals stay in the tables (descriptive). Each
+    The verdict answers, on the headline metric: does the policy use its hidden state (real - shuffled, the
+    mean over seeds, paired per seed: Student t interval and exact sign-flip test), does it beat the baseline,
+    does it beat the control (a typical seed: P(hidden > other) by the Brunner-Munzel rank test with permutation
+    p, which holds when an arm's seeds split; the difference of means is shown as a description). The answers of
+    every hidden arm (and the prompt-variant pairs) are one family, Holm-corrected. real - zero is reported as
+    sensitivity to the input only. rliable's mean / IQM with bootstrap intervals stay in the tables (descriptive). Each
     run's scores on two halves of its evaluation show how much of the spread is evaluation noise. Writes
     OUT/experiment.json, OUT/experiment.md, intervals.png, comparisons.png, achievements.png, curves.png, and one
     folder per run under OUT/runs/ARM/seedS. Rerunning skips finished runs and resumes AWR runs from their
@@ -46,11 +49,18 @@ class ExperimentConfig(OnlineConfig):
         "help": "labelled dataset folder (with return_to_go): run the AWR arms on it; repeat it (--offline A "
                 "--offline B) to compare prompt variants, each its own hidden arm"})
     online: bool = field(default=False, metadata={"help": "run the online PPO arms (with the `hsrl online` flags)"})
-    seeds: int = field(default=5, metadata={"help": "seeds per arm (at 5 or fewer, a paired claim rests on the t "
-                                                    "interval alone: the exact sign-flip test needs 6 to reach 0.05)"})
+    seeds: int = field(default=8, metadata={
+        "help": "seeds per arm: 8 is the fewest at which every answer has 80%% power for a clear effect (a use gap of "
+                "1.5 and arms 2 standard deviations apart) with the family's error controlled (simulated in "
+                "tests/test_experiment_stats.py); with 3 no comparison of arms can be claimed, and below 6 a use "
+                "claim rests on the t interval alone"})
     control: bool = field(default=True, metadata={
         "help": "run the control arm: the hidden-state network fed a fixed random projection of the observation "
+                "and, where the hidden arm's prompts show --history K, of its K previous observations and actions "
                 "(--no-control leaves it out, and the verdict cannot say whether the state adds information)"})
+    control_map: str = field(default="linear", metadata={
+        "help": "the control arm's map to the hidden width: linear (a fixed random projection) or relu (fixed "
+                "random ReLU features, relu(x W + b)); recorded in its checkpoints and named in result.json"})
     out: str = field(default="runs/experiment", metadata={"help": "experiment folder (rerun to resume)"})
     awr_steps: int = field(default=20_000, metadata={"help": "AWR gradient steps per run"})
     awr_batch_size: int = field(default=256, metadata={"help": "AWR samples per gradient step"})
@@ -58,9 +68,11 @@ class ExperimentConfig(OnlineConfig):
     awr_beta: float = field(default=10.0, metadata={"help": "AWR temperature"})
     awr_save_every: int = field(default=2000, metadata={"help": "AWR steps between checkpoints (resume points)"})
     eval_episodes: int = field(default=32, metadata={
-        "help": "evaluation episodes per ablation and run (the report says how much of the spread is evaluation "
-                "noise; raise it when that share is large)"})
-    eval_envs: int = field(default=8, metadata={"help": "parallel evaluation environments"})
+        "help": "evaluation episodes per ablation and run, as in `hsrl eval`: a fixed quota per environment "
+                "(environment i plays (episodes + i) // envs, as SB3's evaluate_policy), each played to its end (the "
+                "report says how much of the spread is evaluation noise; raise it when that share is large)"})
+    eval_envs: int = field(default=8, metadata={
+        "help": "parallel evaluation environments (at most --eval-episodes are run)"})
     eval_seed: int = field(default=1000, metadata={"help": "evaluation seed, the same for every run and ablation"})
     eval_max_episode_steps: int | None = field(default=None, metadata={
         "help": "cut evaluation episodes at this length (default: Craftax's 10000)"})
@@ -68,7 +80,8 @@ class ExperimentConfig(OnlineConfig):
         "repeat": True, "metavar": "DATA",
         "help": "evaluate offline on this held-out labelled dataset (mean probability of its actions) instead "
                 "of rollouts in Craftax; with several --offline, one --eval-data each, in the same order (labelled "
-                "by the same spec)"})
+                "by the same spec). Refused before any arm trains if a chunk file has the same bytes as one of "
+                "--offline's or comes from the same collection (the same `hsrl collect` settings and seed)"})
     ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
     all_tokens_valid: bool = field(default=False, metadata={
         "help": "per-token hidden states (N, T, H) of --offline / --eval-data stored without hidden_tokens: every one "
@@ -135,10 +148,23 @@ class ExperimentConfig(OnlineConfig):
         self.ablations()
         if self.fusion not in FUSIONS:
             raise InputError(f"--fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        from hsrl.data.projection import DEFAULT_MAP, check_control_map
+
+        check_control_map(self.control_map, self.control)
         if self.online:  # `hsrl online`'s checks of a hidden-state arm (the control arm is planned by the experiment)
-            OnlineConfig.check(dataclasses.replace(self, control=False))
+            OnlineConfig.check(dataclasses.replace(self, control=False, control_map=DEFAULT_MAP))
+            if self.control and self.history and "Pixels" in self.env:
+                raise InputError(f"the control arm matched to --history {self.history} reads previous symbolic "
+                                 f"observations and projects symbolic observations only: use a Symbolic --env, or "
+                                 f"--no-control")
         for i, folder in enumerate(offline):
             check_experiment_data(folder, evals[i] if evals else None, self.all_tokens_valid)
+        for i, held in enumerate(evals):  # prompt variants label one dataset: each --eval-data is held out from all
+            for j, folder in enumerate(offline):
+                if i != j:
+                    check_held_out(folder, held)
+        if offline and self.control:
+            check_control_data(offline[0])
         if len(offline) > 1:
             check_same_data(offline)
 
@@ -174,11 +200,70 @@ def check_same_data(folders) -> None:
                              f"(its env, chunk files or rows differ): prompt variants label one dataset")
 
 
+def check_control_data(offline: str) -> None:
+    """The control arm's data: one labelled with --history K gives a control of the K previous steps, which reads
+    symbolic observations only (`hsrl.data.projection`); refused for pixel data before any arm trains."""
+    from hsrl.data import inspect_chunk, list_chunks
+    from hsrl.data.projection import spec_history
+
+    first = inspect_chunk(list_chunks(offline)[0])
+    k = spec_history(first.meta.spec_json)
+    if k and first.meta.obs_kind != "symbolic":
+        raise InputError(f"--offline {offline} is labelled with --history {k}: the control arm matched to it reads the "
+                         f"previous observations, and projects symbolic observations only, not "
+                         f"{first.meta.obs_kind}; use --no-control")
+
+
+def collection_of(meta) -> str | None:
+    """A phrase naming the collection a chunk came from, from what its meta records (`ChunkMeta.extra`): `hsrl
+    collect`'s env, environments, seed, policy and episode cut, or the online run whose trajectories it saved; None
+    where nothing says (imported data, hand-made files): then only a file's bytes tell two datasets apart."""
+    from hsrl.rl.trajectories import SOURCE
+
+    extra = meta.extra if isinstance(meta.extra, dict) else {}
+    if extra.get("source") == SOURCE and extra.get("run"):
+        return f"the trajectories of `hsrl online` run {extra['run']}"
+    if "seed" in extra and "policy" in extra:
+        cut = extra.get("max_episode_steps")
+        return (f"`hsrl collect` of {meta.env_name} with {meta.num_envs} envs, seed {extra['seed']}, policy "
+                f"{extra['policy']}" + (f", episodes cut at {cut}" if cut is not None else ""))
+    return None
+
+
+def check_held_out(offline: str, eval_data: str) -> None:
+    """--eval-data must be held out from --offline: no chunk file with the same bytes (a blake2b digest of the file,
+    compared where sizes match) and no chunk of the same collection (`collection_of`: the same recorded settings make
+    the same episodes). One `InputError` naming the file."""
+    from hsrl.data import inspect_chunk, list_chunks
+    from hsrl.data.label import file_digest
+
+    train = list_chunks(offline)
+    sizes: dict[int, list[Path]] = {}
+    for path in train:
+        sizes.setdefault(path.stat().st_size, []).append(path)
+    collections = {c: path for path in reversed(train) if (c := collection_of(inspect_chunk(path).meta)) is not None}
+    digests: dict[Path, str] = {}
+    for path in list_chunks(eval_data):
+        mine = None
+        for other in sizes.get(path.stat().st_size, []):
+            mine = mine or file_digest(path)
+            if other not in digests:
+                digests[other] = file_digest(other)
+            if mine == digests[other]:
+                raise InputError(f"--eval-data {path} is also in --offline {offline} (same bytes as {other.name}): "
+                                 f"evaluation data must be held out")
+        collection = collection_of(inspect_chunk(path).meta)
+        if collection in collections:
+            raise InputError(f"--eval-data {path} comes from the same collection as --offline {offline} "
+                             f"({collections[collection].name}: {collection}): evaluation data must be held out "
+                             f"(collect it with another --seed)")
+
+
 def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid: bool = False) -> None:
     """Everything an AWR arm or the offline evaluation would refuse, before the first run trains: return_to_go
-    and hidden states in --offline, the same env, hidden width and extraction spec in --eval-data, and every value
-    the reader checks (actions within the env's range, finite floats) in both (one `DataFileError` naming the file,
-    field and first bad row)."""
+    and hidden states in --offline, --eval-data held out from it (`check_held_out`) with the same env, hidden width
+    and extraction spec, and every value the reader checks (actions within the env's range, finite floats) in both
+    (one `DataFileError` naming the file, field and first bad row)."""
     from hsrl.data import (DataFileError, check_chunk_values, check_token_counts, inspect_chunk, list_chunks,
                            spec_differences)
     from hsrl.rl.awr import check_data_keys
@@ -192,6 +277,7 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
                                                 "of the same spec; give --eval-data (held-out rows of the same data) "
                                                 "to evaluate them offline")
     if eval_data is not None:
+        check_held_out(offline, eval_data)
         other = inspect_chunk(list_chunks(eval_data)[0])
         for key in ("obs", "action", "hidden_state"):
             if key not in other.fields:
@@ -249,13 +335,14 @@ def plan(config: ExperimentConfig):
             if algo == "awr":
                 train = TrainAWRConfig(
                     str(Path(data).resolve()), out=train_out, hidden=hidden, control=control,
-                    steps=config.awr_steps,
+                    control_map=config.control_map if control else "linear", steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
                     save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, fusion=fusion,
                     progress=False, tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
+                values["control_map"] = config.control_map if control else "linear"
                 train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control, "fusion": fusion,
                                         "server": None if control else config.server, "out": train_out,
                                         "progress": False})

@@ -12,7 +12,8 @@ Without that noise, two policies that differ in the fourth decimal would rank th
   zero      the normalisation mean (a zero normalised input)
   shuffled  another row's state (a derangement within each batch)
   constant  one state for all: the first held-out row's
-A control policy reads its fixed projection of each row's observation (`hsrl.data.projection`). Each
+A control policy reads its fixed projection of each row's observation (`hsrl.data.projection`; with history, and of
+the row's previous steps in its episode, as the prompts of the data's spec show them). Each
 score is also given on two disjoint random halves of the rows (`halves`), whose spread measures evaluation
 noise.
 No environment runs: this serves data whose rollouts cannot be replayed (synthetic tasks, logged data).
@@ -51,19 +52,21 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
     from scipy.special import softmax
 
     from hsrl.data import load_dataset
-    from hsrl.data.projection import ObservationProjection, is_projection_spec
+    from hsrl.data.projection import ObservationProjection, dataset_states, is_projection_spec
     from hsrl.evaluate import AblatedHidden
     from hsrl.rl.checkpoint import load_policy
 
     policy = load_policy(checkpoint)
     control = policy.uses_hidden and is_projection_spec(policy.spec_json)
-    keys = ["obs", "action"] + (["hidden_state"] if policy.uses_hidden and not control else [])
+    projection = ObservationProjection.from_spec_json(policy.spec_json) if control else None
+    keys = (["obs", "action"] + (["hidden_state"] if policy.uses_hidden and not control else [])
+            + (["done"] if control and projection.history else []))  # a control with history reads the episodes
     ds = load_dataset(data_dir, keys, all_tokens_valid=all_tokens_valid, show_progress=False)
     if ds.meta.env_name != policy.env_name:
         raise ValueError(f"{data_dir} holds {ds.meta.env_name} data; the policy in {checkpoint} plays {policy.env_name}")
     obs, action = ds["obs"], ds["action"].astype(np.int64)
-    if control:  # the control arm's input: its fixed projection of each row's observation
-        states = ObservationProjection.from_spec_json(policy.spec_json)(obs)
+    if control:  # the control arm's input: its fixed map of each row's observation (and its previous steps)
+        states = dataset_states(projection, ds)
     elif policy.uses_hidden:
         states = ds["hidden_state"]
         policy.check_compatible(hidden_size=int(states.shape[-1]), spec_json=ds.meta.spec_json,

@@ -68,7 +68,7 @@ class Job:
 # setting -> default, left out of a run's identity at that default
 LATER_SETTINGS = {"all_tokens_valid": False, "spec": None, "fusion": "concat", "arch": "shared", "hidden_skip_n": 1,
                   "keep": 3, "save_trajectories": None, "save_trajectories_every": 1, "save_trajectories_max_gb": 50.0,
-                  "history": 0, "prompt_template": None}
+                  "history": 0, "prompt_template": None, "control_map": "linear"}
 
 
 def _drop_later_defaults(d: dict) -> dict:
@@ -125,13 +125,27 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
     return {r["ablation"]: {k: r[k] for k in keep if k in r} for r in report["results"]}, CRAFTAX_METRICS
 
 
-def _gate(job: Job) -> float | None:
-    """The trained policy's learned gate (`--fusion gated`), None for concat fusion."""
+def _gate(job: Job) -> dict:
+    """The trained policy's learned gate (`--fusion gated`) and how far training could have moved its logit (its
+    summed learning rate, `hsrl.rl.networks` "Reading a gate"): result.json's `train.gate` and `train.gate_travel`,
+    both None for concat fusion."""
     if getattr(job.train, "fusion", "concat") != "gated":
-        return None
+        return {"gate": None, "gate_travel": None}
     from hsrl.rl.checkpoint import load_policy
 
-    return load_policy(job.train.out).gate
+    policy = load_policy(job.train.out)
+    return {"gate": policy.gate, "gate_travel": policy.gate_travel}
+
+
+def _control(job: Job) -> str | None:
+    """A control arm's input in words (`hsrl.data.projection.describe_control` of its checkpoint's spec), None for
+    other arms."""
+    if not getattr(job.train, "control", False):
+        return None
+    from hsrl.data.projection import describe_control
+    from hsrl.rl.checkpoint import read_checkpoint_meta
+
+    return describe_control(read_checkpoint_meta(job.train.out)["spec_json"])
 
 
 def run_job(job: Job) -> dict:
@@ -143,7 +157,10 @@ def run_job(job: Job) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WORKER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     train = _train(job)
-    train["gate"] = _gate(job)
+    train.update(_gate(job))
+    control = _control(job)
+    if control is not None:
+        train["control"] = control
     ablations, metrics = _evaluate(job)
     result = {"arm": job.arm, "algo": job.algo, "hidden": job.hidden, "seed": job.seed, "run_dir": str(run_dir),
               "metrics": list(metrics), "ablations": ablations, "train": train, "identity": job.identity()}

@@ -1,23 +1,31 @@
 """Interval estimates and tests over seeds: the calibrated ones the verdict rests on, and rliable's.
 
-Claims (what `hsrl.experiment.verdict` may say) rest only on tests whose error rate at 3-20 seeds is checked
-by simulation in tests/test_experiment_stats.py:
+Claims (what `hsrl.experiment.report.verdict` may say) rest only on tests whose error rate at 3-20 seeds is
+checked by simulation in tests/test_experiment_stats.py, under the nulls real runs produce (unequal spreads,
+seeds that split into a group that found a skill and one that did not, skewed and heavy-tailed scores):
   - `paired_test(a, b)`: a paired per-seed difference (an ablation gap, real - shuffled, of one policy on the
-    same evaluation draws). Student t interval of the mean gap (df = K - 1; exact coverage when the gaps are
-    normal), beside the exact sign-flip test (valid for any distribution symmetric about 0, which is what
-    exchangeable measurements give under "no effect"; with K seeds its p cannot go below 2 / 2^K).
-  - `welch_test(x, y)`: two independent sets of seeds (hidden arm vs baseline or control). Welch's t interval
-    of the difference of means (unequal variances), beside the exact two-sample permutation test (valid when
-    the arms are exchangeable under "no effect"; its p cannot go below about 2 / C(n + m, n)).
-  A claim needs the t interval to exclude 0 and, when the seed count lets the exact test reach the level,
-  the exact test too (`Test.claim`). Below that count the claim rests on the t interval alone, and
-  `Test.assumes_normal` says so.
+    same evaluation draws). Estimand: the mean over seeds of the gap. Null: the two ablations are exchangeable
+    within each seed (the policy does not use what the ablation changes), so each seed's gap is symmetric about 0
+    whatever its spread. Student t interval of the mean gap (df = K - 1) beside the exact sign-flip test (valid for
+    any such gaps; with K seeds its p cannot go below 2 / 2^K). The claim's p (`Test.p_claim`) is the larger of the
+    two where the sign-flip test can reach the level, else the t test's (`Test.assumes_normal` says so).
+  - `rank_test(x, y)`: two independent sets of seeds (hidden arm vs baseline or control). Estimand: P(X > Y) + P(X =
+    Y) / 2, the chance that a typical seed of the first arm scores above a typical seed of the second. Null: that
+    chance is 1/2, whatever the arms' shapes and spreads. Brunner-Munzel statistic (Brunner & Munzel, 2000: the
+    rank statistic studentized by each arm's own placement variance, so unequal spreads and shapes do not break
+    it), its p taken from the exact permutation distribution of the studentized statistic (Neubert & Brunner,
+    2007), with the Brunner-Munzel t interval of P. The claim's p is the permutation p; it cannot go below about
+    2 / C(n + m, n), so with 3 seeds per arm no claim can be made (`Test.exact_can_reach`).
+  The difference of means is not claimed between arms: when one arm's seeds split (some find a skill, some do
+  not), no test can keep its error rate at the seed counts users run (three seeds that all missed the skill look
+  exactly like a worse arm), so `welch_test` (Welch t interval and permutation p of the difference of means)
+  is reported beside it as a description.
+A report's claims are one family: `holm` adjusts their p values (Holm, 1979: the chance of any false claim
+among them stays at the level, whatever their dependence).
 Descriptive estimates, as papers report them (Agarwal et al., 2021; computed by `rliable`), are kept in the
 tables but never make a claim:
   - mean and IQM (interquartile mean) of a metric over seeds with stratified-bootstrap (percentile) intervals;
     over few seeds these are too narrow (a nominal 95% covers about 80% at K = 3);
-  - probability of improvement P(X > Y): the Mann-Whitney statistic over the seeds of two arms, with its
-    bootstrap interval;
   - per-achievement success rates: Wilson score intervals over all episodes of all seeds of an arm.
 Scores go to rliable as (runs, tasks) matrices with one task. The bootstrap is seeded by the caller, so a
 report is reproducible: rliable 1.2.0's StratifiedBootstrap draws its resampling indices from NumPy's global
@@ -87,14 +95,6 @@ def mean_iqm(scores, reps: int = 2000, seed: int = 0) -> dict:
             "iqm": [float(p[1]), float(ci[0, 1]), float(ci[1, 1])]}
 
 
-def probability_of_improvement(x, y, reps: int = 2000, seed: int = 0) -> list[float]:
-    """[P(X > Y), low, high] over the seeds of arms X and Y (ties count one half)."""
-    _, metrics = _rly()
-    point, interval = _interval({"pair": (_column(x), _column(y))}, metrics.probability_of_improvement, reps, seed)
-    ci = np.asarray(interval["pair"]).reshape(-1)
-    return [float(point["pair"]), float(ci[0]), float(ci[1])]
-
-
 def wilson(successes, trials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rates, lower and upper Wilson score bounds (all as fractions) of `successes` out of `trials`."""
     from statsmodels.stats.proportion import proportion_confint
@@ -118,18 +118,24 @@ def excludes(interval: list[float], value: float) -> str:
     return "includes"
 
 
-class Test(NamedTuple):
-    """A calibrated comparison of per-seed numbers: estimate with its t interval, p values, and sizes."""
+PAIRED = "paired t + sign-flip"
+WELCH = "Welch t + permutation"
+RANK = "Brunner-Munzel + permutation"
 
-    estimate: float  # mean gap (paired) or difference of means (two-sample)
-    low: float  # CONFIDENCE t interval; nan with fewer than 2 seeds per side
+
+class Test(NamedTuple):
+    """A calibrated comparison of per-seed numbers: estimate with its interval, p values, and sizes."""
+
+    estimate: float  # mean gap (paired), difference of means (Welch), or P(X > Y) + P(X = Y) / 2 (rank)
+    low: float  # CONFIDENCE interval (t, Welch or Brunner-Munzel); nan with fewer than 2 seeds per side
     high: float
-    p: float  # two-sided p of the t test (nan when undefined)
+    p: float  # two-sided p of the t approximation (nan when undefined)
     p_exact: float  # two-sided p of the exact sign-flip / permutation test
     min_p_exact: float  # the smallest p the exact test can give at these seed counts
     n: int  # seeds (paired) or seeds of the first arm
     m: int  # seeds of the second arm (paired: the same as n)
-    method: str  # "paired t + sign-flip" or "Welch t + permutation"
+    method: str  # PAIRED, WELCH or RANK
+    null: float = 0.0  # the estimate's value under no effect (1/2 for P(X > Y))
 
     @property
     def interval(self) -> list[float]:
@@ -137,7 +143,10 @@ class Test(NamedTuple):
 
     @property
     def testable(self) -> bool:
-        """Enough seeds for a t interval (2 per side)."""
+        """Enough seeds for an interval (2 per side) and, for the rank test (whose claim rests on its permutation
+        p alone), for that p to reach the level."""
+        if self.method == RANK:  # (its interval is undefined where every placement agrees: complete separation)
+            return min(self.n, self.m) >= 2 and self.exact_can_reach
         return min(self.n, self.m) >= 2 and math.isfinite(self.low)
 
     @property
@@ -147,23 +156,58 @@ class Test(NamedTuple):
     @property
     def assumes_normal(self) -> bool:
         """A claim here would rest on the t interval alone (the exact test cannot reach the level)."""
-        return not self.exact_can_reach
+        return self.method != RANK and not self.exact_can_reach
 
-    def claim(self) -> str:
-        """'above' / 'below' 0 when the calibrated tests support it, else 'none' (or 'too few seeds')."""
+    @property
+    def p_claim(self) -> float:
+        """The p a claim rests on: the larger of the rank test's permutation p and its t approximation's; the larger of the t and exact p where the exact
+        test can reach the level, else the t p."""
+        if self.method == RANK:  # the t approximation too where it is defined (with a spread of placements)
+            ps = [v for v in (self.p, self.p_exact) if math.isfinite(v)]  # p_exact nan: skipped (`rank_test`)
+            return max(ps) if ps else math.nan
+        return max(self.p, self.p_exact) if self.exact_can_reach else self.p
+
+    @property
+    def side(self) -> str:
+        """'above' / 'below' the null value, by the estimate ('includes' when equal)."""
+        return "above" if self.estimate > self.null else "below" if self.estimate < self.null else "includes"
+
+    def claim(self, alpha: float = ALPHA) -> str:
+        """'above' / 'below' the null when the claim's p reaches `alpha` (a family's Holm level: `holm`), else
+        'none' (or 'too few seeds')."""
         if not self.testable:
             return "too few seeds"
-        side = excludes(self.interval, 0.0)
-        if side == "includes" or (self.exact_can_reach and not self.p_exact <= ALPHA):
-            return "none"
-        return side
+        if self.p_claim <= alpha and self.side != "includes":
+            return self.side
+        return "none"
 
     def to_dict(self) -> dict:
-        """JSON-ready: undefined numbers (too few seeds) are None."""
+        """JSON-ready: undefined numbers (too few seeds) are None. `claim` is the test's own, at ALPHA; the report
+        replaces it by the family's (`holm`)."""
         plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
-        return {**plain, "claim": self.claim(), "assumes_normal": self.assumes_normal}
+        return {**plain, "p_claim": _plain(self.p_claim) if self.testable else None, "claim": self.claim(),
+                "assumes_normal": self.assumes_normal}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Test:
+        return cls(**{k: (math.nan if d.get(k) is None else d[k]) if k in ("low", "high", "p", "p_exact")
+                      else d[k] for k in cls._fields if k in d})
 
 
+def _plain(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def holm(ps: dict) -> dict:
+    """Holm's step-down adjustment of a family's p values ({key: p}, None for a test that makes no claim): each
+    adjusted p is compared with ALPHA, and the chance of any false claim in the family stays at ALPHA whatever the
+    tests' dependence. Keys with None stay None."""
+    keys = sorted((k for k, p in ps.items() if p is not None), key=lambda k: ps[k])
+    out, running, m = {k: None for k in ps}, 0.0, len(keys)
+    for i, k in enumerate(keys):
+        running = max(running, min(1.0, (m - i) * ps[k]))
+        out[k] = running
+    return out
 
 
 def _t_interval(estimate: float, se: float, df: float) -> tuple[float, float, float]:
@@ -238,7 +282,7 @@ def paired_test(a, b, seed: int = 0) -> Test:
     se = float(d.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
     low, high, p = _t_interval(estimate, se, k - 1) if k > 1 else (math.nan, math.nan, math.nan)
     p_exact, min_p = sign_flip_p(d, seed)
-    return Test(estimate, low, high, p, p_exact, min_p, k, k, "paired t + sign-flip")
+    return Test(estimate, low, high, p, p_exact, min_p, k, k, PAIRED)
 
 
 def welch_test(x, y, seed: int = 0) -> Test:
@@ -256,7 +300,121 @@ def welch_test(x, y, seed: int = 0) -> Test:
         df = (vx + vy) ** 2 / (vx ** 2 / (n - 1) + vy ** 2 / (m - 1)) if se > 0 else n + m - 2
         low, high, p = _t_interval(estimate, se, df)
     p_exact, min_p = permutation_p(x, y, seed)
-    return Test(estimate, low, high, p, p_exact, min_p, n, m, "Welch t + permutation")
+    return Test(estimate, low, high, p, p_exact, min_p, n, m, WELCH)
+
+
+def _tie_bounds(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled scores' sorting order, and for each sorted position the start and end (exclusive) of its group
+    of equal values: ties count one half in a placement."""
+    order = np.argsort(z, kind="stable")
+    s = z[order]
+    new = np.r_[True, s[1:] != s[:-1]]
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    return order, starts[group], np.r_[starts[1:], len(s)][group]
+
+
+def _placements(first: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each score's placement, how many of the other arm's scores lie below it (ties one half), for every row of
+    `first` ((splits, N) 0/1 over the pooled scores in sorted order, 1 = the first arm's): ((splits, n) of the
+    first arm's scores, (splits, m) of the second's)."""
+    n = int(first[0].sum())
+    m = first.shape[1] - n
+    pad = np.zeros((len(first), 1))
+    below_y = np.concatenate([pad, np.cumsum(1 - first, 1)], 1)
+    below_x = np.concatenate([pad, np.cumsum(first, 1)], 1)
+    place_x = below_y[:, start] + 0.5 * (below_y[:, end] - below_y[:, start])
+    place_y = below_x[:, start] + 0.5 * (below_x[:, end] - below_x[:, start])
+    x_at, y_at = first.astype(bool), ~first.astype(bool)
+    return place_x[x_at].reshape(len(first), n), place_y[y_at].reshape(len(first), m)
+
+
+def _placements_untied(position: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_placements` where no two pooled scores are equal, from index sets ((splits, n) and (splits, m) indices into
+    the pooled scores; `position`: each pooled score's place in sorted order): the k-th smallest of an arm's
+    scores, at sorted position j, has j - k of the other arm's below it. Several times faster than the general
+    form, which the permutation tests of the calibration simulations need."""
+    pos_x, pos_y = np.sort(position[ix], 1), np.sort(position[iy], 1)
+    return pos_x - np.arange(ix.shape[1]), pos_y - np.arange(iy.shape[1])
+
+
+def _brunner_munzel(place_x: np.ndarray, place_y: np.ndarray):
+    """From each row's placements: the estimate of P(X > Y) + P(X = Y) / 2, its standard error, the Brunner-Munzel
+    statistic (estimate - 1/2) / se (+-inf where every placement agrees, se = 0) and the Satterthwaite df."""
+    n, m = place_x.shape[1], place_y.shape[1]
+    var_x, var_y = place_x.var(1, ddof=1), place_y.var(1, ddof=1)
+    estimate = place_x.mean(1) / m
+    a, b = var_x / (n * m * m), var_y / (m * n * n)
+    se = np.sqrt(a + b)
+    tiny = 1e-12
+    away = estimate - 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(se > tiny, away / np.where(se > tiny, se, 1.0), np.sign(away) * np.inf)
+        df = np.where(se > tiny, (a + b) ** 2 / (a ** 2 / (n - 1) + b ** 2 / (m - 1)), np.nan)
+    stat = np.where(np.abs(away) <= tiny, 0.0, stat)
+    return estimate, se, stat, df
+
+
+@functools.lru_cache(maxsize=32)
+def _split_indices(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every way to pick the first arm's n seeds from the pooled n + m: ((C, n), (C, m)) indices."""
+    rows = _splits(n, m).astype(bool)
+    everything = np.broadcast_to(np.arange(n + m), rows.shape)
+    return everything[rows].reshape(-1, n), everything[~rows].reshape(-1, m)
+
+
+@functools.lru_cache(maxsize=32)
+def _random_splits(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """EXACT_DRAWS random splits of the pooled n + m seeds, seeded (the same for every call with this seed):
+    ((draws, n), (draws, m)) indices."""
+    perms = np.random.default_rng(seed).random((EXACT_DRAWS, n + m)).argsort(1)
+    return perms[:, :n], perms[:, n:]
+
+
+def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Test:
+    """Two independent sets of seeds: P(X > Y) + P(X = Y) / 2 (a typical seed of x against a typical seed of y),
+    with the Brunner-Munzel t interval (clipped to [0, 1]; none when every placement agrees) and the permutation
+    test of the studentized Brunner-Munzel statistic (all C(n + m, n) splits, a seeded Monte Carlo with the
+    observed split counted beyond EXACT_ENUMERATE). Coverage: the null P = 1/2 holds whatever the arms' spreads and
+    shapes; the permutation p is exact when the arms are exchangeable and close to the level otherwise (checked
+    by simulation at 3-20 seeds). `skip_exact_above`: leave the permutation p out (nan) where the t approximation's
+    p is above this, where no claim can be made at that level whatever the permutation p (`Test.p_claim` is the
+    larger of the two): the simulations' shortcut, with the same claims."""
+    x, y = _finite(x, "two-sample test"), _finite(y, "two-sample test")
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        estimate = float(np.mean(x[:, None] > y[None, :]) + 0.5 * np.mean(x[:, None] == y[None, :]))
+        return Test(estimate, math.nan, math.nan, math.nan, math.nan, 1.0, n, m, RANK, 0.5)
+    order, start, end = _tie_bounds(np.concatenate([x, y]))
+    observed = np.r_[np.ones(n), np.zeros(m)][order][None]
+    estimate, se, stat, df = (float(v[0]) for v in _brunner_munzel(*_placements(observed, start, end)))
+    if se > 0:
+        half = float(sps.t.ppf(1 - ALPHA / 2, df)) * se
+        low, high = max(0.0, estimate - half), min(1.0, estimate + half)
+        p = float(2 * sps.t.sf(abs(stat), df))
+    else:
+        low = high = p = math.nan
+    splits = math.comb(n + m, n)
+    if skip_exact_above is not None and p > skip_exact_above:
+        return Test(estimate, low, high, p, math.nan, min(1.0, (2 if n == m else 1) / splits)
+                    if splits <= EXACT_ENUMERATE else 1 / (EXACT_DRAWS + 1), n, m, RANK, 0.5)
+    if splits <= EXACT_ENUMERATE:
+        ix, iy = _split_indices(n, m)
+        min_p = min(1.0, (2 if n == m else 1) / splits)
+    else:
+        ix, iy = _random_splits(n, m, seed)
+        min_p = 1 / (EXACT_DRAWS + 1)
+    if np.array_equal(start, np.arange(n + m)):
+        position = np.empty(n + m, np.int64)
+        position[order] = np.arange(n + m)
+        placed = _placements_untied(position, ix, iy)
+    else:
+        rows = np.zeros((len(ix), n + m))
+        np.put_along_axis(rows, ix, 1.0, 1)
+        placed = _placements(rows[:, order], start, end)
+    reach = np.abs(_brunner_munzel(*placed)[2]) >= abs(stat) - 1e-9
+    p_exact = float(np.mean(reach)) if splits <= EXACT_ENUMERATE else float((reach.sum() + 1) / (EXACT_DRAWS + 1))
+    return Test(estimate, low, high, p, p_exact, min_p, n, m, RANK, 0.5)
 
 
 def mean_t(scores) -> list[float]:

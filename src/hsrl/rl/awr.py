@@ -44,12 +44,13 @@ from hsrl.errors import InputError
 from hsrl.redact import public_config
 from hsrl.rl import cpu_ops
 from hsrl.rl.checkpoint import (
-    CHECKPOINT_DIR, check_compatible, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
+    CHECKPOINT_DIR, check_compatible, gate_travel_of, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
     remove_checkpoint_temporaries, restore_state,
     save_checkpoint,
 )
 from hsrl.rl.metrics import MetricsLogger
-from hsrl.rl.networks import ACTIVATIONS, FUSIONS, NetworkConfig, gate, init_params, make_network
+from hsrl.rl.networks import (ACTIVATIONS, FUSIONS, NetworkConfig, gate, gate_learning_rate, gate_optimizer,
+                              init_params, make_network)
 
 RUN_CONFIG_FILE = "run_config.json"
 HOST_BLOCK_BYTES = 64 << 20  # host loader: at most this many bytes of batches per jitted call
@@ -67,8 +68,9 @@ class TrainAWRConfig:
     concatenates the z-scored hidden state with the observation features (ActorCriticConvAug for pixels,
     ActorCriticMLPAug for symbolic observations); --no-hidden trains the baseline (ActorCriticConv /
     ActorCriticMLP). --fusion gated adds a gated projection of the hidden state to the features instead (its gate
-    starts closed and is logged as hidden/gate); --hidden-skip-n N gives each row its environment's state of the last
-    refresh, every N steps and at episode starts, as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/,
+    starts closed, learns at its own rate sized from --steps, and is logged as hidden/gate with hidden/gate_travel);
+    --hidden-skip-n N gives each row its environment's state of the last refresh, every N steps and at episode starts,
+    as online PPO's --skip-n. Writes OUT/metrics.jsonl, OUT/tensorboard/,
     and OUT/checkpoints/step_NNNNNNNNN.{msgpack,json} (network config, params, optimiser state, step, rng, hidden
     statistics, extraction spec). Rerunning the
     same command resumes from the newest checkpoint; a larger --steps continues a finished run.
@@ -82,7 +84,12 @@ class TrainAWRConfig:
     hidden: bool = dataclasses.field(default=True, metadata={"help": "read hidden states (default: on; --no-hidden: the baseline)"})
     control: bool = dataclasses.field(default=False, metadata={
         "help": "the control: read a fixed random projection of the observation to the data's hidden width instead "
-                "of its hidden states (same network and normalisation, no information the observation lacks)"})
+                "of its hidden states (same network and normalisation, no information the observation lacks); for "
+                "data labelled with --history K, of the observation and its episode's K previous observations and "
+                "actions, as the prompts showed them"})
+    control_map: str = dataclasses.field(default="linear", metadata={
+        "help": "the control's map (with --control): linear (a fixed random projection) or relu (fixed random ReLU "
+                "features of the same width: relu(x W + b))"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total gradient steps"})
     batch_size: int = dataclasses.field(default=256, metadata={"help": "samples per gradient step"})
     lr: float = dataclasses.field(default=3e-4, metadata={"help": "Adam learning rate"})
@@ -110,8 +117,10 @@ class TrainAWRConfig:
     activation: str = dataclasses.field(default="relu", metadata={"help": f"dense-layer activation: {', '.join(ACTIVATIONS)}"})
     fusion: str = dataclasses.field(default="concat", metadata={
         "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
-                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
-                "that stays closed says the policy does not need the state)"})
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6) by its own Adam at a constant "
+                "rate of 12 / the run's optimiser steps (at most 0.05), so it can travel 12 logit units in any run; "
+                "logged as hidden/gate with hidden/gate_travel, how far it could have moved: a gate that stays closed "
+                "where it could have opened (travel at least 6) says the policy does not need the state)"})
     hidden_skip_n: int = dataclasses.field(default=1, metadata={
         "help": "each row reads its environment's hidden state of the last refresh, every N steps and at each "
                 "episode start, as `hsrl online --skip-n N` refreshes them (1: every row its own state)"})
@@ -134,6 +143,9 @@ class TrainAWRConfig:
         if self.control and not self.hidden:
             raise InputError("--control replaces the hidden states by a projection of the observation; it needs the "
                              "hidden-state network (leave out --no-hidden)")
+        from hsrl.data.projection import check_control_map
+
+        check_control_map(self.control_map, self.control)
         if self.activation not in ACTIVATIONS:
             raise InputError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.fusion not in FUSIONS:
@@ -164,6 +176,13 @@ class AWRHyper:
     beta: float = 10.0
     max_weight: float = 20.0
     lr: float = 3e-4
+    gate_lr: float | None = None  # a gated network's gate logit: its own constant Adam rate (None: it follows lr)
+
+    @classmethod
+    def of(cls, config: TrainAWRConfig) -> AWRHyper:
+        """The run's hyperparameters; with --fusion gated the gate's rate sized from --steps (`gate_learning_rate`)."""
+        gate_lr = gate_learning_rate(config.steps) if config.fusion == "gated" else None
+        return cls(beta=config.beta, max_weight=config.max_weight, lr=config.lr, gate_lr=gate_lr)
 
 
 def awr_loss(params, apply_fn: Callable, batch: Batch, beta: float, max_weight: float, hidden_stats=None):
@@ -219,7 +238,9 @@ def make_update(network_config: NetworkConfig, hyper: AWRHyper, hidden_stats: Hi
 
 
 def make_optimizer(hyper: AWRHyper) -> optax.GradientTransformation:
-    return optax.adam(hyper.lr)
+    """Adam; with `hyper.gate_lr` (gated networks only) the gate logit under its own Adam (`gate_optimizer`)."""
+    adam = optax.adam(hyper.lr)
+    return adam if hyper.gate_lr is None else gate_optimizer(adam, hyper.gate_lr)
 
 
 @functools.lru_cache(maxsize=16)
@@ -472,20 +493,37 @@ def check_data_keys(data_dir: str | Path, hidden: bool, all_tokens_valid: bool =
         check_token_counts(info, all_tokens_valid)
 
 
+def control_projection(first_chunk, obs_shape, control_map: str = "linear"):
+    """The control's map for data whose first chunk is `first_chunk` (a `ChunkInfo` with hidden_state): the data's
+    hidden width, and the previous observations its spec's prompts show (`--history K`), so the control reads the
+    steps the hidden arm's prompts did."""
+    from hsrl.data.projection import ObservationProjection, spec_history
+    from hsrl.env import env_info
+
+    history = spec_history(first_chunk.meta.spec_json)
+    return ObservationProjection(obs_shape, first_chunk.fields["hidden_state"][0][-1], history=history,
+                                 num_actions=env_info(first_chunk.meta.env_name).num_actions if history else None,
+                                 map=control_map)
+
+
 def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, show_progress: bool = True,
                   cache_dir: str | Path | None = None, all_tokens_valid: bool = False,
-                  control: bool = False, hidden_skip_n: int = 1) -> AWRData:
+                  control: bool = False, hidden_skip_n: int = 1, control_map: str = "linear") -> AWRData:
     """Load the keys AWR needs (through a memory-mapped cache with `cache_dir`, see `load_dataset`; per-token hidden
     states pooled while reading). Rows whose episode was still running at the end of the data have a cut-off
-    return_to_go and are left out unless `truncated`. With `control`, `hidden_state` is the fixed random projection
-    of each row's observation to the data's hidden width (`hsrl.data.projection`), and the spec is the projection's.
+    return_to_go and are left out unless `truncated`. With `control`, `hidden_state` is the fixed random map
+    (`control_map`) of each row's observation to the data's hidden width (`hsrl.data.projection`), with the previous
+    steps the data's prompts showed when its spec has history, and the spec is the projection's.
     With `hidden_skip_n` N > 1, each row's hidden state is its environment's at the last refresh (every N steps and
     at each episode start: `hsrl.data.refresh`, the schedule of online PPO's --skip-n); held in memory even when the
     rest is memory-mapped."""
+    from hsrl.data.projection import spec_history
+
     check_data_keys(data_dir, hidden, all_tokens_valid)
     keys = ["obs", "action", "return_to_go", "return_truncated"] + (["hidden_state"] if hidden and not control else [])
     hold = hidden and hidden_skip_n > 1
-    if hold:
+    first = inspect_chunk(list_chunks(data_dir)[0])
+    if hold or (control and spec_history(first.meta.spec_json)):  # a control with history reads the episodes
         keys.append("done")
     ds = load_dataset(data_dir, keys, all_tokens_valid=all_tokens_valid, cache_dir=cache_dir,
                       show_progress=show_progress)
@@ -493,11 +531,10 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
     arrays["action"] = arrays["action"].astype(np.int32, copy=False)
     spec_json = ds.meta.spec_json
     if control:
-        from hsrl.data.projection import ObservationProjection
+        from hsrl.data.projection import dataset_states
 
-        width = inspect_chunk(list_chunks(data_dir)[0]).fields["hidden_state"][0][-1]
-        projection = ObservationProjection(arrays["obs"].shape[1:], width)
-        arrays["hidden_state"], spec_json = projection(arrays["obs"]), projection.spec_json
+        projection = control_projection(first, arrays["obs"].shape[1:], control_map)
+        arrays["hidden_state"], spec_json = dataset_states(projection, ds), projection.spec_json
     if hold:
         from hsrl.data.chunks import check_consecutive
         from hsrl.data.refresh import hold_hidden, refresh_rows
@@ -506,7 +543,7 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
         check_consecutive(infos)  # one collection, in time order, with one num_envs: rows are (t, env) across files
         source = refresh_rows(ds["done"], ds.meta.num_envs, hidden_skip_n, ds.meta.first_step or 0)
         arrays["hidden_state"] = hold_hidden(arrays["hidden_state"], source)
-        arrays.pop("done")
+    arrays.pop("done", None)
     trunc = ds["return_truncated"]
     rows = np.arange(len(ds), dtype=np.int32) if truncated else np.flatnonzero(~trunc).astype(np.int32)
     if len(rows) == 0:
@@ -534,7 +571,7 @@ def device_memory_limit(device) -> int | None:
 
 # Flags that define a run; rerunning into the same --out with other values is refused.
 IDENTITY_FIELDS = ("data_dir", "hidden", "control", "batch_size", "lr", "beta", "max_weight", "seed", "truncated",
-                   "width", "activation", "all_tokens_valid", "fusion", "hidden_skip_n")
+                   "width", "activation", "all_tokens_valid", "fusion", "hidden_skip_n", "control_map")
 
 
 def _run_config(config: TrainAWRConfig) -> dict:
@@ -568,11 +605,11 @@ def train_awr(config: TrainAWRConfig) -> dict:
     # --- data
     data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
                          cache_dir=config.cache_dir, all_tokens_valid=config.all_tokens_valid,
-                         control=config.control, hidden_skip_n=config.hidden_skip_n)
+                         control=config.control, hidden_skip_n=config.hidden_skip_n, control_map=config.control_map)
     info = env_info(data.env_name)
     network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
                                     width=config.width, activation=config.activation, fusion=config.fusion)
-    hyper = AWRHyper(beta=config.beta, max_weight=config.max_weight, lr=config.lr)
+    hyper = AWRHyper.of(config)
 
     # --- resume or start
     out.mkdir(parents=True, exist_ok=True)
@@ -603,7 +640,14 @@ def train_awr(config: TrainAWRConfig) -> dict:
     start = int(state.step)
     if start >= config.steps:
         print(f"{out}: already trained to step {start} (--steps {config.steps}); nothing to do")
-        return {"step": start, "checkpoint": meta["path"] if meta else None, "metrics": {}, "resumed": True}
+        return {"step": start, "checkpoint": meta["path"] if meta else None, "metrics": {}, "resumed": True,
+                "gate_travel": None if meta is None else gate_travel_of(meta)}
+    # how far the gate could have moved by step s (logit units): the travel saved with the checkpoint resumed from
+    # (an earlier --steps may have given another rate), then this run's rate per step
+    travel_before = (gate_travel_of(meta) or 0.0) if meta is not None else 0.0
+
+    def travel(step: int) -> float | None:
+        return travel_before + (step - start) * hyper.gate_lr if network.gated else None
 
     # --- where the batches come from
     limit = config.device_data_max_gb * 1e9
@@ -632,7 +676,8 @@ def train_awr(config: TrainAWRConfig) -> dict:
     }
 
     def save(state, final=False):
-        path = save_checkpoint(ckpt_dir, int(state.step), state._asdict(), {**sidecar, "final": final})
+        path = save_checkpoint(ckpt_dir, int(state.step), state._asdict(),
+                               {**sidecar, "final": final, "gate_travel": travel(int(state.step))})
         prune_checkpoints(ckpt_dir, config.keep)
         return path
 
@@ -650,6 +695,8 @@ def train_awr(config: TrainAWRConfig) -> dict:
         interval.add(length, metrics)
         if step % config.log_every == 0 or step == config.steps:
             values = interval.close(step)
+            if network.gated:
+                values["hidden/gate_travel"] = travel(step)
             logged.clear()
             logged.update(logger.log(step, values))
             bar.set_postfix(critic=f"{values['critic_loss']:.4g}", actor=f"{values['actor_loss']:.4g}",
@@ -665,4 +712,4 @@ def train_awr(config: TrainAWRConfig) -> dict:
         logger.close()
         batches.close()
     return {"step": int(state.step), "checkpoint": str(ckpt_path), "metrics": logged, "resumed": meta is not None,
-            "on_device": on_device, "network": network.class_name}
+            "on_device": on_device, "network": network.class_name, "gate_travel": travel(int(state.step))}

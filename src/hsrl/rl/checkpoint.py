@@ -200,6 +200,31 @@ def restore_state(meta: Mapping, target: Mapping) -> dict:
         raise CheckpointError(f"{meta['path']}: state does not fit this training setup ({err})") from None
 
 
+def gate_travel_of(meta: Mapping) -> float | None:
+    """How far (logit units) a gated network's gate could have moved by this checkpoint: the summed learning rate of
+    its gate logit (`hsrl.rl.networks`, "Reading a gate"); None for a network without a gate, or when unknown.
+    Checkpoints record it as `gate_travel`; for those written before the gate had its own rate it is the summed
+    learning rate the gate then shared with the network: AWR's constant lr times the steps, online PPO's lr (annealed
+    linearly to 0 over the run, with --anneal-lr) summed over the optimiser steps taken."""
+    if not NetworkConfig.from_dict(meta["network"]).gated:
+        return None
+    if "gate_travel" in meta:
+        return None if meta["gate_travel"] is None else float(meta["gate_travel"])
+    train = meta.get("train_config") or {}
+    try:
+        lr = float(train["lr"])
+        if meta.get("algorithm") == "awr":
+            return lr * int(meta["step"])
+        if meta.get("algorithm") == "ppo":
+            per_update = int(train["update_epochs"]) * int(train["num_minibatches"])
+            total = max(1, int(train["steps"]) // (int(train["envs"]) * int(train["num_steps"]))) * per_update
+            n = int(meta["step"]) // (int(train["envs"]) * int(train["num_steps"])) * per_update
+            return lr * (n - n * (n - 1) / (2 * total)) if train.get("anneal_lr", True) else lr * n
+    except (KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
 # ---------------------------------------------------------------------------------- compatibility
 
 
@@ -267,8 +292,14 @@ class Policy:
     @property
     def gate(self) -> float | None:
         """A gated network's learned gate, sigmoid(g) in (0, 1) (`--fusion gated`; None otherwise): near 0 (it starts
-        at 0.0025) the policy does not read its hidden state."""
+        at 0.0025) the policy does not read its hidden state, where `gate_travel` says it could have moved."""
         return gate_value(self.params)
+
+    @property
+    def gate_travel(self) -> float | None:
+        """How far the gate's logit could have moved in training (`gate_travel_of` the checkpoint; None without a
+        gate or a checkpoint, or when unknown): `hsrl.rl.networks.gate_could_open` says whether it could open."""
+        return None if self.meta is None else gate_travel_of(self.meta)
 
     def initial_carry(self, batch: int) -> jax.Array:
         """The memory `forward` starts from (zeros; a (B, 1) placeholder for a feed-forward policy)."""

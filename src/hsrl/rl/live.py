@@ -21,7 +21,8 @@ reads text), takes their pixel frames (when it reads images), and hands both to 
 interface that turns texts/images into (B, H) pooled states and names its extraction spec. Two exist:
   - `ExtractorSource`: an in-process `Extractor` (`hsrl.llm.make_extractor`), and
   - `ServerSource`: a hidden-state server's client (`hsrl.serve.HiddenStateClient`).
-A control policy's `hsrl.data.projection.ProjectionSource` projects the observation itself (no model).
+A control policy's `hsrl.data.projection.ProjectionSource` projects the observation itself (no model); one
+matched to a spec with history reads the runner's `History` too (the same K previous steps, as arrays).
 Another transport is one more source; the state cache (`hsrl.llm.cache`) lives in the extractor.
 
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
@@ -188,8 +189,9 @@ class LiveHidden:
         self.spec_json, self.hidden_size = source.spec_json, source.hidden_size
         # a control policy's source projects the observation itself (`hsrl.data.projection`): no text, no model
         self.reads_observations = getattr(source, "reads_observations", False)
-        if self.reads_observations:
-            self.reads_images, self.reads_text, self.history = source.reads_images, False, 0
+        if self.reads_observations:  # a control with history reads the runner's previous steps as its prompts would
+            self.reads_images, self.reads_text = source.reads_images, False
+            self.history = getattr(source, "history", 0)
         else:
             spec = ExtractionSpec.from_json(self.spec_json)
             self.reads_images, self.reads_text, self.history = spec.reads_images, spec.reads_text, spec.history
@@ -205,10 +207,13 @@ class LiveHidden:
     def entries(self, history, idx: np.ndarray) -> list[list[tuple[str, int]]] | None:
         """The previous (text, action) pairs, oldest first, of the environments `idx` from a runner's `History`
         arrays (sym, action, length): the last `length` of each, rendered as labelling renders them. None for a
-        spec without history; no history given (a pool of fresh worlds, an episode's start): none for each."""
+        spec without history; no history given (a pool of fresh worlds, an episode's start): none for each. A control
+        source (`reads_observations`) reads the steps themselves: the arrays' rows `idx` (None: none)."""
         if not self.history:
             return None
         idx = np.asarray(idx, dtype=np.int64)
+        if self.reads_observations:
+            return None if history is None else tuple(np.asarray(x)[idx] for x in history)
         if history is None:
             return [[] for _ in idx]
         from hsrl.text import render_text
@@ -245,7 +250,8 @@ class LiveHidden:
         texts = list(render_text(np.asarray(sym), self.variant)) if self.reads_text else None
         t1 = time.perf_counter()
         if self.reads_observations:  # the policy's own observation: the frame for pixel envs, else the vector
-            states = self.source.observation_states(pixels if self.reads_images else np.asarray(sym))
+            more = {"history": history} if self.history else {}  # its previous steps (`entries`), as a prompt's
+            states = self.source.observation_states(pixels if self.reads_images else np.asarray(sym), **more)
         elif self.history:
             history = [[] for _ in range(len(sym))] if history is None else history
             states = self.source.hidden_states(texts, None, history=history)

@@ -46,7 +46,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "return_mean": ("values", "mean return_to_go of the batch"),
     # --fusion gated (hsrl.rl.networks); online PPO logs the same name
     "hidden/gate": ("hidden", "sigmoid of the learned gate on the hidden state's projection (starts at 0.0025); "
-                              "a gate that stays near 0: the policy does not need the state"),
+                              "a gate that stays near 0 where it could have opened (hidden/gate_travel at least 6): "
+                              "the policy does not need the state"),
+    "hidden/gate_travel": ("hidden", "how far the gate's logit could have moved so far: its summed learning rate, "
+                                     "in logit units (it starts at -6; under 6 it could not have opened)"),
     # throughput
     "SPS": ("charts", "gradient steps per second since the previous log line"),
     "samples_per_second": ("charts", "training samples (rows) per second since the previous log line"),

@@ -35,8 +35,31 @@ default) is the above, [f, h]. "gated" keeps the width of f and adds a gated pro
 to read the state through a closed gate: the gate alone sets how much of it the network reads), with one learned
 scalar gate logit g (the parameter `gate_logit`) initialised at GATE_LOGIT_INIT = -6 (sigmoid 0.0025): training starts
 as the baseline, and the gate opens only as far as reading h pays. `gate_value(params)` reads sigmoid(g), the metric
-`hidden/gate`; a gate that stays closed is the policy saying it does not need the state (under Adam the logit moves
-at most about one learning rate per step: a gate needs some 6 / lr steps to open).
+`hidden/gate`.
+
+The gate's own learning rate. Under Adam a parameter moves about one learning rate per step whatever its gradient's
+size, so with the network's learning rate the logit can travel at most the run's summed learning rate: 0.04 at
+`hsrl online`'s defaults (384 optimiser steps at 2e-4 annealed to 0), 6 at the experiment's AWR arms (20,000 steps
+at 3e-4), too little to leave -6. The gate is one scalar that must be able to cross a fixed distance (from -6 to
+past 0) in whatever number of steps a run has, so it gets its own Adam with a constant learning rate sized from the
+run's number of optimiser steps: `gate_learning_rate(steps)` = GATE_TRAVEL / steps (GATE_TRAVEL = 12 logit units,
+from -6 to +6 under a gradient of constant sign), at most GATE_MAX_LR = 0.05 per step (a run shorter than 240 steps
+gets less travel rather than a gate that jumps). `gate_optimizer(main, gate_lr)` is `optax.multi_transform`: the
+gate logit under its Adam, every other parameter under `main` (the run's own optimiser, schedule and all). Why a
+learning rate and not a reparametrisation (logit = scale * param): the travel then scales with the run's summed main
+learning rate, which differs 700-fold between an online run and a long AWR run; no one scale lets the first open the
+gate without letting the second's noise walk it far. With the travel fixed, Adam's random walk on a gradient that
+carries no signal (a noise state) stays a small fraction of it, and a state that does not help pushes the gate
+shut (its projection adds noise to the features), so a noise state leaves the gate near its start (tests/
+test_fusion.py, at the default settings of `online` and `train-awr`). Only gated networks get the second
+transform: the optimiser state of a concat run (and so its checkpoints) is as before; a gated run written before
+this rule cannot be resumed (its optimiser state has another structure).
+
+Reading a gate. The logit could have moved at most the run's summed gate learning rate, its *gate travel* (logit
+units; `gate_travel` in checkpoints, summaries, eval.json and an experiment's result.json). `gate_could_open(travel)`
+is whether that reaches |GATE_LOGIT_INIT| (the logit could have got from its start to 0, a gate of 0.5); a gate near
+0 is the policy saying it does not need the state only then. A gate whose run could not move it says nothing, and the
+readers (`hsrl eval`, `hsrl experiment`'s report) say so instead of reading it.
 
 Architecture (`arch`, online PPO's `--arch`): "shared" is hsrl's network above (one encoder, two one-layer heads).
 "separate" is the network the published Craftax PPO numbers come from (Craftax_Baselines' `ActorCritic` and
@@ -59,6 +82,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from hsrl.pixels import uint8_to_pixels
 from hsrl.rl import cpu_ops
@@ -72,6 +96,8 @@ ARCHS = ("shared", "separate")  # hsrl's shared encoder + heads, or the publishe
 PUBLISHED_ACTIVATION = {"mlp": "tanh", "conv": "relu"}  # Craftax_Baselines' PPO networks' dense-layer activation
 GATE_LOGIT_INIT = -6.0  # sigmoid(-6) = 0.0025: the gate starts closed
 GATE_PARAM = "gate_logit"
+GATE_TRAVEL = 12.0  # logit units the gate's own Adam can move it over a run: from -6 to +6 (module docstring)
+GATE_MAX_LR = 0.05  # the gate's learning rate at most (runs under GATE_TRAVEL / GATE_MAX_LR = 240 steps: less travel)
 RMS_EPS = 1e-6  # of the gated projection's RMS scaling (an all-zero hidden input projects to zeros)
 
 
@@ -434,10 +460,39 @@ def gate(params) -> jax.Array | None:
 
 
 def gate_value(params) -> float | None:
-    """The gate of a gated network as a number (the metric `hidden/gate`; near 0: the policy does not read its
-    hidden state, see the module docstring); None for a network without a gate."""
+    """The gate of a gated network as a number (the metric `hidden/gate`; near 0, where `gate_could_open` says it
+    could have moved: the policy does not read its hidden state, see the module docstring); None without a gate."""
     g = gate(params)
     return None if g is None else float(g)
+
+
+def gate_learning_rate(optimizer_steps: int) -> float:
+    """The gate logit's constant Adam learning rate in a run of `optimizer_steps` updates: GATE_TRAVEL spread over
+    them (at most GATE_MAX_LR), so the gate can travel the same distance in a short run as in a long one."""
+    if int(optimizer_steps) < 1:
+        raise ValueError(f"a run needs at least one optimiser step, got {optimizer_steps}")
+    return min(GATE_TRAVEL / int(optimizer_steps), GATE_MAX_LR)
+
+
+def _gate_labels(params):
+    """"gate" for the gate logit, "main" for every other parameter."""
+    def label(path, _):
+        return "gate" if getattr(path[-1], "key", None) == GATE_PARAM else "main"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def gate_optimizer(main: optax.GradientTransformation, gate_lr: float, eps: float = 1e-8
+                   ) -> optax.GradientTransformation:
+    """`main` for every parameter but the gate logit, which gets its own Adam at the constant `gate_lr` (from
+    `gate_learning_rate`; `eps` as main's Adam). For gated networks only: on a network without a gate the unused
+    transform would still add state."""
+    return optax.multi_transform({"main": main, "gate": optax.adam(gate_lr, eps=eps)}, _gate_labels)
+
+
+def gate_could_open(travel: float | None) -> bool:
+    """Whether a gate whose logit could travel `travel` (the run's summed gate learning rate, logit units) could have
+    opened: from GATE_LOGIT_INIT to 0 (a gate of 0.5) at least. False when the travel is unknown (None)."""
+    return travel is not None and float(travel) >= abs(GATE_LOGIT_INIT)
 
 
 def initial_carry(config: NetworkConfig, batch: int) -> jax.Array:

@@ -50,8 +50,8 @@ from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
 from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
-from hsrl.rl.networks import (ARCHS, FUSIONS, POLICIES, PUBLISHED_ACTIVATION, NetworkConfig, gate_value,
-                              init_params, initial_carry, policy_sequence, policy_step)
+from hsrl.rl.networks import (ARCHS, FUSIONS, POLICIES, PUBLISHED_ACTIVATION, NetworkConfig, gate_learning_rate,
+                              gate_optimizer, gate_value, init_params, initial_carry, policy_sequence, policy_step)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,12 @@ class OnlineConfig(SpecFlags):
                                                          "baseline, the same PPO without an LLM)"})
     control: bool = field(default=False, metadata={
         "help": "the control: read a fixed random projection of the observation to the model's hidden width "
-                "instead of its states (same network, normalisation and refresh schedule; no LLM runs)"})
+                "instead of its states (same network, normalisation and refresh schedule; no LLM runs); with "
+                "--history K, of the observation and its episode's K previous observations and actions, as the "
+                "prompts would show them"})
+    control_map: str = field(default="linear", metadata={
+        "help": "the control's map (with --control): linear (a fixed random projection) or relu (fixed random ReLU "
+                "features of the same width: relu(x W + b))"})
     checkpoint: str | None = field(default=None, metadata={"help": "warm-start from an AWR (or online) run or checkpoint"})
     allow_spec_mismatch: bool = field(default=False, metadata={"help": "run even if --checkpoint's (or --server's) extraction spec differs"})
     out: str = field(default="runs/online", metadata={"help": "run folder"})
@@ -105,8 +110,10 @@ class OnlineConfig(SpecFlags):
                 "pixels)"})
     fusion: str = field(default="concat", metadata={
         "help": "how the hidden state joins the observation features: concat, or gated (features + sigmoid(g) * W h, "
-                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6), logged as hidden/gate: a gate "
-                "that stays closed says the policy does not need the state)"})
+                "W h scaled to unit RMS, the gate g learned from closed at sigmoid(-6) by its own Adam at a constant "
+                "rate of 12 / the run's optimiser steps (at most 0.05), so it can travel 12 logit units in any run; "
+                "logged as hidden/gate with hidden/gate_travel, how far it could have moved: a gate that stays closed "
+                "where it could have opened (travel at least 6) says the policy does not need the state)"})
     seed: int = field(default=0, metadata={"help": "random seed of the run: environments, initialisation, minibatches (recorded; the LLM's sampling seed is --llm-seed)"})
     save_every: int = field(default=10, metadata={"help": "save the whole training state every N updates (and at "
                                                           "the end, and on SIGTERM/SIGINT); a rerun of the same "
@@ -126,6 +133,11 @@ class OnlineConfig(SpecFlags):
     def num_updates(self) -> int:
         return max(1, self.steps // (self.envs * self.num_steps))
 
+    @property
+    def optimizer_steps(self) -> int:
+        """Adam steps over the whole run: updates x epochs x minibatches."""
+        return self.num_updates * self.update_epochs * self.num_minibatches
+
     def check(self) -> None:
         if self.env not in ENV_NAMES:
             raise InputError(f"--env {self.env!r} is not one of {', '.join(ENV_NAMES)}")
@@ -137,6 +149,12 @@ class OnlineConfig(SpecFlags):
         if self.control and (self.server or not self.hidden):
             raise InputError("--control reads a projection of the observation in place of the LLM's states: it "
                              "needs the hidden-state network (no --no-hidden) and no --server")
+        from hsrl.data.projection import check_control_map
+
+        check_control_map(self.control_map, self.control)
+        if self.control and self.history and "Pixels" in self.env:
+            raise InputError(f"--control with --history {self.history} reads the previous symbolic observations as "
+                             f"the prompts do, and projects symbolic observations only: use a Symbolic --env")
         if self.server and not self.hidden:
             raise InputError("--server gives hidden states; --no-hidden reads none: drop one of them")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
@@ -281,6 +299,22 @@ def gae(traj: Transition, last_value, gamma: float, lam: float):
 
     _, adv = jax.lax.scan(body, (jnp.zeros_like(last_value), last_value), traj, reverse=True)
     return adv, adv + traj.value
+
+
+def make_optimizer(config: OnlineConfig, net_config: NetworkConfig) -> optax.GradientTransformation:
+    """Gradient clipping, then Adam (learning rate annealed linearly to 0 over the run's optimiser steps with
+    --anneal-lr); a gated network's gate logit gets its own Adam at a constant rate (`gate_learning_rate`)."""
+    schedule = optax.linear_schedule(config.lr, 0.0, config.optimizer_steps) if config.anneal_lr else config.lr
+    adam = optax.adam(schedule, eps=1e-5)
+    if net_config.gated:
+        adam = gate_optimizer(adam, gate_learning_rate(config.optimizer_steps), eps=1e-5)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+
+
+def gate_travel(config: OnlineConfig, updates: int) -> float:
+    """How far (logit units) a gated network's gate could have moved after `updates` updates: its constant learning
+    rate times the optimiser steps taken."""
+    return gate_learning_rate(config.optimizer_steps) * updates * config.update_epochs * config.num_minibatches
 
 
 def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses_hidden: bool):
@@ -586,7 +620,9 @@ def train_online(config: OnlineConfig) -> dict:
             from hsrl.data.projection import ObservationProjection, ProjectionSource
             from hsrl.llm.models import model_hidden_size
 
-            source = ProjectionSource(ObservationProjection(info.obs_shape, model_hidden_size(spec.model)))
+            source = ProjectionSource(ObservationProjection(
+                info.obs_shape, model_hidden_size(spec.model), history=spec.history,
+                num_actions=info.num_actions if spec.history else None, map=config.control_map))
         else:
             source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
         cache = getattr(getattr(source, "extractor", None), "cache", None)
@@ -610,9 +646,7 @@ def train_online(config: OnlineConfig) -> dict:
         live = LiveHidden(info.variant, fixed_stats, source)
 
     num_updates = config.num_updates
-    schedule = (optax.linear_schedule(config.lr, 0.0, num_updates * config.update_epochs * config.num_minibatches)
-                if config.anneal_lr else config.lr)
-    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(schedule, eps=1e-5))
+    optimizer = make_optimizer(config, net_config)
     opt_state = optimizer.init(params)
     writer = None
     if config.save_trajectories:
@@ -682,7 +716,8 @@ def train_online(config: OnlineConfig) -> dict:
         meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
                 "hidden_stats": None if hidden_stats is None else hidden_stats.to_dict(), "seed": config.seed,
                 "train_config": public_config(config), "final": final, "resumable": True,
-                "update": step // steps_per_update}
+                "update": step // steps_per_update,
+                "gate_travel": gate_travel(config, step // steps_per_update) if net_config.gated else None}
         save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step,
                                                     "resume": resume}, meta)
         prune_checkpoints(out / "checkpoints", config.keep)
@@ -721,6 +756,7 @@ def train_online(config: OnlineConfig) -> dict:
                     metrics.update(counts.update())
                 if net_config.gated:
                     metrics["hidden/gate"] = gate_value(params)
+                    metrics["hidden/gate_travel"] = gate_travel(config, u + 1)
                 metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
                                          llm=llm_s, text=text_s, steps=steps_per_update,
                                          compiling=u == start_update and num_updates - start_update > 1,
@@ -750,6 +786,7 @@ def train_online(config: OnlineConfig) -> dict:
                "trajectories": None if writer is None else {"directory": str(writer.directory),
                                                             "chunks_written": writer.written,
                                                             "stopped": writer.stopped},
+               "gate_travel": gate_travel(config, num_updates) if net_config.gated else None,
                "run_dir": str(out)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
