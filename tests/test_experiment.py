@@ -316,3 +316,20 @@ def test_eval_data_from_the_same_collection_is_refused(tmp_path):
     with pytest.raises(InputError, match="chunk_000000.npz comes from the same collection as --offline .*seed 0, "
                                          "policy random.*evaluation data must be held out"):
         check_held_out(str(train), str(held))
+
+
+def test_a_run_evaluated_by_the_old_episode_rule_is_evaluated_again(tmp_path):
+    """A finished run scored in Craftax before evaluations played a fixed quota per environment (the first episodes
+    to finish: biased toward short ones) is not reused as it is; one scored by the quota rule is."""
+    from hsrl.evaluate import EPISODE_RULE
+    from hsrl.experiment.runs import finished
+
+    job = plan(ExperimentConfig(offline=str(tmp_path), seeds=1, out=str(tmp_path / "e")))[0]
+    assert job.eval is not None  # evaluated by rollouts in Craftax
+    result = {"arm": job.arm, "identity": job.identity()}
+    path = tmp_path / "e" / "runs" / job.arm / "seed0" / RESULT_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(result))
+    assert finished(job) is None
+    path.write_text(json.dumps({**result, "episode_selection": EPISODE_RULE}))
+    assert finished(job)["episode_selection"] == EPISODE_RULE

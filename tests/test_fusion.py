@@ -365,7 +365,8 @@ def test_gate_opens_at_the_experiment_awr_defaults():
 
     exp = ExperimentConfig()
     kw = dict(steps=exp.awr_steps, lr=exp.awr_lr, batch_size=exp.awr_batch_size)
-    _check_opens("experiment awr", _awr_gate("action", **kw), _awr_gate("noise", **kw), opened=0.15, near=0.03)
+    # 0.32 here; 0.15 with the gate at the network's rate (a travel of 6, the least that could open it)
+    _check_opens("experiment awr", _awr_gate("action", **kw), _awr_gate("noise", **kw), opened=0.2, near=0.03)
 
 
 @pytest.mark.slow
@@ -430,6 +431,7 @@ def test_gate_opens_at_the_online_defaults():
     could not move the logit off -6): a state that names the rewarded action opens the gate, a noise state leaves it
     near its start. (Width 128: at 16 to 64 the network itself learns too little in 384 steps at 2e-4 for any state
     to pay, so no gate opens; hsrl's default is 512.)"""
+    # 0.997 here (0.26 to 0.996 over seeds 0-2); 0.0026 with the gate at the network's rate
     _check_opens("online", _ppo_gate(True), _ppo_gate(False), opened=0.1, near=0.01)
 
 
