@@ -208,6 +208,9 @@ def _family_tests(agg):
 # ------------------------------------------------------------------------------ power
 
 
+POWER_EXPERIMENTS = 1000  # power needs less precision than an error rate: +-1.6 points at 80%
+
+
 def _power(k: int, gap_sd: float, arm_sd: float, seed: int) -> dict:
     """Share of experiments in which each answer is claimed (one hidden arm, Holm over its three answers) when the
     policy uses its state by `gap_sd` standard deviations of the per-seed gap and the hidden arm is `arm_sd`
@@ -215,7 +218,7 @@ def _power(k: int, gap_sd: float, arm_sd: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     sd_gap, sd_arm = math.sqrt(2) * 0.5, math.sqrt(1 + 0.25)
     made = {"uses": 0, "beats_baseline": 0, "beats_control": 0}
-    for _ in range(EXPERIMENTS):
+    for _ in range(POWER_EXPERIMENTS):
         seed_effect = rng.standard_normal(k)
         real = seed_effect + 0.5 * rng.standard_normal(k) + gap_sd * sd_gap
         shuffled = seed_effect + 0.5 * rng.standard_normal(k)
@@ -224,23 +227,23 @@ def _power(k: int, gap_sd: float, arm_sd: float, seed: int) -> dict:
         answers = claims(_agg({"h": (hidden, hidden - real + shuffled)}, {"h": hidden}, *others))["h"]
         for name, c in answers.items():
             made[name] += c == "above"
-    return {name: n / EXPERIMENTS for name, n in made.items()}
+    return {name: n / POWER_EXPERIMENTS for name, n in made.items()}
 
 
 def test_clear_effects_are_claimed():
-    """Power at the default seed count and beyond: a use gap of 1.5 standard deviations of the per-seed gaps and a
-    hidden arm 1.5 and 2 standard deviations above the baseline and the control (all three answers in one
-    family). Printed for the README; asserted where the design promises useful power."""
+    """Power: a use gap of 1.5 standard deviations of the per-seed gaps and a hidden arm 1.5 or 2 standard deviations
+    of an arm's scores above the baseline and the control (all three answers in one family). Printed at K = 5 (the
+    README quotes them); at the default seed count every answer has 80% power for the 2 SD effect (what `--seeds`'
+    help says), at 10 seeds 90%."""
     from hsrl.experiment.config import ExperimentConfig
 
     default = ExperimentConfig.__dataclass_fields__["seeds"].default
-    rows = {}
-    for k in (5, default, 10):
-        for arm_sd in (1.5, 2.0):
-            rows[(k, arm_sd)] = _power(k, 1.5, arm_sd, seed=k)
-            print(f"K={k}: use gap 1.5 SD, arms {arm_sd} SD apart: {rows[(k, arm_sd)]}")
-    assert min(rows[(default, 2.0)].values()) > 0.6
-    assert min(rows[(10, 2.0)].values()) > 0.85
+    for arm_sd in (1.5, 2.0):
+        print(f"K=5: use gap 1.5 SD, arms {arm_sd} SD apart: {_power(5, 1.5, arm_sd, seed=5)}")
+    for k, floor in ((default, 0.8), (10, 0.9)):
+        power = _power(k, 1.5, 2.0, seed=k)
+        print(f"K={k}: use gap 1.5 SD, arms 2.0 SD apart: {power}")
+        assert min(power.values()) > floor, (k, power)
 
 
 def test_tests_match_scipy_and_exact_enumeration():

@@ -36,14 +36,45 @@ def classic_obs(rng, shape):
     return np.concatenate([grid.reshape(n, MAP), aux], axis=1).reshape(shape + (MAP + AUX,))
 
 
-def legacy_run(rng, *, steps, envs, hidden=16, tokens=5, pixels=False, p_done=0.12):
+def walking_obs(rng, done, size=24):
+    """Observations (steps + 1, envs, D) of players walking in worlds of their own, as Craftax shows them: a 7 x 9
+    view of the blocks around the player (a `size` x `size` world of random blocks), which moves at most one tile a
+    step and changes at most the tile below the player (acted on); after a done the next episode starts in a new
+    world at a new place (auto-reset). Mobs and scalars are random (`classic_obs`)."""
+    steps, envs = done.shape
+    obs = classic_obs(rng, (steps + 1, envs))
+    worlds = rng.integers(0, BLOCKS, (envs, size, size))
+    pos = rng.integers(4, size - 5, (envs, 2))
+    moves = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]])
+    for t in range(steps + 1):
+        if t:
+            pos = np.clip(pos + moves[rng.integers(0, 5, envs)], 4, size - 5)
+            reset = done[t - 1]
+            worlds[reset] = rng.integers(0, BLOCKS, (int(reset.sum()), size, size))
+            pos[reset] = rng.integers(4, size - 5, (int(reset.sum()), 2))
+            act = rng.random(envs) < 0.3
+            worlds[act, pos[act, 0] + 1, pos[act, 1]] = rng.integers(0, BLOCKS, int(act.sum()))
+        for e in range(envs):
+            view = worlds[e, pos[e, 0] - 3:pos[e, 0] + 4, pos[e, 1] - 4:pos[e, 1] + 5].reshape(TILES)
+            grid = obs[t, e, :MAP].reshape(TILES, BLOCKS + MOBS)
+            grid[:, :BLOCKS] = 0
+            grid[np.arange(TILES), view] = 1
+    return obs
+
+
+def legacy_run(rng, *, steps, envs, hidden=16, tokens=5, pixels=False, p_done=0.12, walk=False):
     """One continuous run of `steps` x `envs` (what a tool saw before it saved some of it): obs per (t, env), with one
-    more step for the last next_obs; auto-reset, so a done row's next obs is the next episode's first."""
-    if pixels:
+    more step for the last next_obs; auto-reset, so a done row's next obs is the next episode's first. `walk`: the
+    observations continue from step to step as Craftax's do (`walking_obs`), else they are drawn independently."""
+    if walk:
+        done = rng.random((steps, envs)) < p_done
+        obs = walking_obs(rng, done)
+    elif pixels:
         obs = (rng.integers(0, 256, (steps + 1, envs, 63, 63, 3)) / 255.0).astype(np.float32)
     else:
         obs = classic_obs(rng, (steps + 1, envs))
-    done = rng.random((steps, envs)) < p_done
+    if not walk:
+        done = rng.random((steps, envs)) < p_done
     counts = rng.integers(1, tokens + 1, (steps, envs))
     states = rng.standard_normal((steps, envs, tokens, hidden)).astype(np.float16)
     states[np.arange(tokens) >= counts[..., None]] = 0  # zero padding after each row's generated tokens
@@ -137,6 +168,7 @@ def test_import_gives_the_same_rows_and_values(imported):
     assert made["file"] == "trajectories_batch_000000.npz" and made["continues_into"] == "trajectories_batch_000001.npz"
     assert chunks[2].meta.extra["import"]["continues_into"] is None  # batch 3 is missing
     assert "the source tool's rendering" in made["text_obs"]
+    assert made["num_envs_source"].startswith("inferred from next_obs")
 
 
 def test_next_obs_is_kept_where_known_and_marked_where_not(imported):
@@ -258,16 +290,26 @@ def test_pickled_arrays_are_refused_without_the_flag(tmp_path, capsys):
 def test_the_compact_variant_rebuilds_obs_and_next_obs(tmp_path):
     """obs_map_bits + obs_aux (float16, no next_obs) give the symbolic vectors back (the aux at float16 precision);
     next_obs is rebuilt from the next step, across files of one segment, and marked unknown at done rows and at
-    the last step before a gap or the end."""
-    run = legacy_run(np.random.default_rng(2), steps=40, envs=3)
+    the last step before a gap or the end. The number of environments is read from the map views (rows E apart
+    continue each other) and a --num-envs they contradict is refused."""
+    run = legacy_run(np.random.default_rng(2), steps=40, envs=3, walk=True)
     write_legacy(tmp_path / "src", run, (0, 1, 3), 10, compact=True, pickled=False)
-    with pytest.raises(DataFileError, match="next_obs: missing.*--num-envs"):
-        import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), progress=False))
-    summary = import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), num_envs=3,
-                                               progress=False))
+    for wrong in (1, 2, 5, 6):  # 6: every other step of each env, 5 and 2 and 1: rows of other envs
+        with pytest.raises(DataFileError, match=rf"trajectories_batch_000000.npz: obs: contradicts --num-envs {wrong}: "
+                                                rf"only \d+% .* at 3 100% do: the rows interleave 3 environments "
+                                                rf"\(pass --num-envs 3\)"):
+            import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), num_envs=wrong,
+                                             progress=False))
+        assert not (tmp_path / "dst").exists()
+    summary = import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), progress=False))
+    assert summary.num_envs == 3 and summary.num_envs_source.startswith("inferred from map continuity")
     assert summary.segments == 2 and "return_to_go" in summary.dropped
     chunks = [read_chunk(p) for p in list_chunks(tmp_path / "dst")]
     assert "return_to_go" not in chunks[0] and chunks[0].meta.num_envs == 3
+    assert {c.meta.extra["import"]["num_envs_source"] for c in chunks} == {summary.num_envs_source}
+    given = import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "given"), num_envs=3,
+                                             progress=False))
+    assert given.num_envs_source.startswith("--num-envs, checked: map continuity")
     want = run["obs"].copy()
     want[..., MAP:] = want[..., MAP:].astype(np.float16).astype(np.float32)
     for b, chunk, last_known in zip((0, 1, 3), chunks, (True, False, False)):
@@ -280,6 +322,53 @@ def test_the_compact_variant_rebuilds_obs_and_next_obs(tmp_path):
         nxt = chunk.time_major("next_obs")
         np.testing.assert_array_equal(nxt[known], want[b * 10 + 1:(b + 1) * 10 + 1][known])
         assert not nxt[~known].any()
+
+
+def test_num_envs_the_data_cannot_confirm_is_used_and_said_unchecked(tmp_path, capsys):
+    """Observations drawn independently (no map view continues at any E) and no next_obs: --num-envs is required,
+    used as given, recorded as unchecked and said so in one line."""
+    run = legacy_run(np.random.default_rng(9), steps=20, envs=3)
+    write_legacy(tmp_path / "src", run, (0, 1), 10, compact=True, pickled=False)
+    with pytest.raises(DataFileError, match="next_obs: missing.*nor from the map views: pass --num-envs"):
+        import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), progress=False))
+    assert main(["import", str(tmp_path / "src"), str(tmp_path / "dst"), "--num-envs", "1", "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unchecked" in line]
+    assert len(lines) == 1 and lines[0].startswith("environments: 1, --num-envs, unchecked: nothing in the data can "
+                                                   "confirm it (no next_obs; the map views continue at no E)")
+    meta = read_chunk(list_chunks(tmp_path / "dst")[0]).meta
+    assert meta.extra["import"]["num_envs_source"].startswith("--num-envs, unchecked")
+
+
+def test_a_file_of_another_run_is_refused_by_its_map_views(tmp_path):
+    """Each file is checked: a later file whose rows continue at another E than the first file's is refused, naming
+    it (its chunk is never written)."""
+    three = legacy_run(np.random.default_rng(10), steps=20, envs=3, walk=True)
+    two = legacy_run(np.random.default_rng(11), steps=30, envs=2, walk=True)
+    write_legacy(tmp_path / "src", three, (0,), 10, compact=True, pickled=False)
+    write_legacy(tmp_path / "other", two, (1,), 15, compact=True, pickled=False)  # 30 rows, as batch 0's
+    (tmp_path / "other" / "trajectories_batch_000001.npz").rename(tmp_path / "src" / "trajectories_batch_000001.npz")
+    with pytest.raises(DataFileError, match=r"trajectories_batch_000001.npz: obs: contradicts --num-envs 3: .*"
+                                            r"interleave 2 environments"):
+        import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), progress=False))
+    assert [p.name for p in list_chunks(tmp_path / "dst")] == ["chunk_000000.npz"]
+
+
+def test_map_continuity_tells_rows_of_one_env_from_rows_of_others():
+    """Rows E apart continue each other at the true E, never at a smaller one; rows after a done
+    (a new episode elsewhere) are left out; views drawn independently continue at no E."""
+    from hsrl.data.importer import _block_grids, map_continuity, num_envs_from_maps
+    from hsrl.env.catalog import env_info
+
+    info = env_info(CLASSIC)
+    run = legacy_run(np.random.default_rng(12), steps=30, envs=4, walk=True, p_done=0.2)
+    obs, done = run["obs"][:30].reshape(120, -1), run["done"].reshape(-1)
+    grids = _block_grids(obs, info)
+    found, tried = num_envs_from_maps(grids, done)
+    assert found == 4 and [e for e, (share, _) in tried.items() if share > 0.5] == [4]
+    assert map_continuity(grids, done, 4)[0] == 1.0
+    assert map_continuity(grids, np.zeros_like(done), 4)[0] < 1.0  # done rows continue into another world
+    flat = legacy_run(np.random.default_rng(12), steps=30, envs=4)
+    assert num_envs_from_maps(_block_grids(flat["obs"][:30].reshape(120, -1), info), done)[0] is None
 
 
 def test_bits_packed_in_another_order_are_refused(tmp_path):
@@ -403,3 +492,131 @@ def test_segments_in_the_chunk_format():
         check_consecutive(ok[:3] + [info("d", 1, 50)])
     with pytest.raises(DataFileError, match="c: meta: segment 0 comes after segment 1"):
         check_consecutive([info("b", 1, 0), info("c", 0, 4)])
+
+
+def _import_small(tmp_path, rng_seed=8, text=True):
+    """A small compact import (2 files of 2 steps x 2 envs), with or without the other tool's text_obs."""
+    run = legacy_run(np.random.default_rng(rng_seed), steps=4, envs=2)
+    write_legacy(tmp_path / "src", run, (0, 1), 2, compact=True, pickled=False)
+    if not text:
+        for path in (tmp_path / "src").iterdir():
+            data = dict(np.load(path))
+            del data["text_obs"]
+            np.savez_compressed(path, **data)
+    import_trajectories(ImportConfig(str(tmp_path / "src"), str(tmp_path / "dst"), num_envs=2, progress=False))
+    return tmp_path / "dst"
+
+
+def test_labelling_imported_data_says_which_text_the_model_reads(tmp_path, capsys):
+    """By default hsrl.text renders the imported observations (as online, serve and eval will), and `hsrl label` says
+    so in one line; --text-from import labels the other tool's text_obs as it was, recorded in the spec, and `hsrl
+    prompt` shows that text."""
+    from hsrl.llm import ExtractionSpec, make_extractor
+    from hsrl.text import render_text
+
+    dst = _import_small(tmp_path)
+    imported = np.concatenate([read_chunk(p)["text_obs"] for p in list_chunks(dst)])
+    assert imported[3] == "batch 0 row 3: Map: tree"
+    assert main(["label", str(dst), str(tmp_path / "hsrl"), "--batch-size", "8", "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("text: ")]
+    assert len(lines) == 1 and lines[0].startswith("text: hsrl.text renders the observations (renderer version")
+    assert "the imported text_obs (the other tool's rendering) is not read: --text-from import" in lines[0]
+    own = [read_chunk(p) for p in list_chunks(tmp_path / "hsrl")]
+    obs = np.concatenate([c["obs"] for c in own])
+    np.testing.assert_array_equal(np.concatenate([c["text_obs"] for c in own]), render_text(obs, "classic"))
+    assert "text_source" not in json.loads(own[0].meta.spec_json)  # the default: specs and hashes as before
+    assert own[0].meta.extra["import"]["text_obs"].startswith("rendered by hsrl.text")
+
+    assert main(["label", str(dst), str(tmp_path / "import"), "--text-from", "import", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("text: ")]
+    assert lines == ["text: the imported text_obs, as the other tool rendered it (--text-from import; the spec "
+                     "records text_source 'import', so online, serve and eval cannot compute these states)"]
+    theirs = [read_chunk(p) for p in list_chunks(tmp_path / "import")]
+    spec = ExtractionSpec.from_json(theirs[0].meta.spec_json)
+    assert spec.text_source == "import" and json.loads(theirs[0].meta.spec_json)["text_source"] == "import"
+    np.testing.assert_array_equal(np.concatenate([c["text_obs"] for c in theirs]), imported)
+    # the states are the model's states of the imported text, not of hsrl.text's rendering
+    states = np.concatenate([c["hidden_state"] for c in theirs])
+    extractor = make_extractor(spec.replace(text_source="hsrl"), device="cpu")
+    np.testing.assert_allclose(states, extractor.extract(list(imported)).hidden_state, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(states, np.concatenate([c["hidden_state"] for c in own]), atol=1e-3)
+    # `hsrl prompt` shows the text the model read: the imported one with --text-from import, or a labelled file's
+    for args in (["prompt", str(dst), "--row", "3", "--text-from", "import"], ["prompt", str(tmp_path / "import"),
+                                                                                "--row", "3"]):
+        assert main(args) == 0
+        assert "batch 0 row 3: Map: tree" in capsys.readouterr().out
+    assert main(["prompt", str(dst), "--row", "3"]) == 0
+    shown = capsys.readouterr().out
+    assert "batch 0 row 3" not in shown and render_text(obs[3:4], "classic")[0].splitlines()[1] in shown
+
+
+def test_text_from_import_is_refused_without_imported_text(tmp_path, capsys):
+    dst = _import_small(tmp_path, text=False)
+    assert main(["label", str(dst), str(tmp_path / "out"), "--text-from", "import", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chunk_000000.npz: --text-from import labels the text_obs `hsrl import` kept" in err
+    assert "its source held no text_obs" in err and not (tmp_path / "out").exists()
+    from data_helpers import make_dataset
+
+    (tmp_path / "own").mkdir()
+    make_dataset(tmp_path / "own", np.random.default_rng(0), files=1)
+    assert main(["label", str(tmp_path / "own"), str(tmp_path / "out"), "--text-from", "import"]) == 2
+    assert "it was not made by `hsrl import`" in capsys.readouterr().err
+    # imported data without text_obs: the line, without the hint
+    assert main(["label", str(dst), str(tmp_path / "plain"), "--batch-size", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "text: hsrl.text renders the observations" in out and "--text-from import" not in out
+
+
+def test_live_consumers_refuse_a_spec_of_imported_text(tmp_path):
+    """Online, serve and eval compute states from hsrl.text's rendering: a spec whose text came from the imported
+    files is refused with one line saying why: eval's spec (the checkpoint's or --spec), the live states of online and
+    eval, the server, an online warm start's checkpoint (not overridable) and an offline experiment without
+    --eval-data. The field is left out of a default spec's JSON, so specs and hashes made before it stay the same."""
+    from hsrl.evaluate import EvalConfig
+    from hsrl.llm import ExtractionSpec
+    from hsrl.llm.spec import spec_differences
+    from hsrl.rl.checkpoint import CheckpointError, check_compatible
+    from hsrl.rl.live import LiveHidden
+
+    spec = ExtractionSpec(model="minilm", variant="classic")
+    theirs = spec.replace(text_source="import")
+    assert spec_differences(spec, theirs) == ["text_source"] and "text_source" not in spec.to_json()
+    assert ExtractionSpec.from_json(theirs.to_json()) == theirs
+    with pytest.raises(ValueError, match="text_source='import'; input 'image' reads no text"):
+        ExtractionSpec(model="minilm", input="image", text_source="import")
+    why = "text_source 'import': its states were computed from the text_obs another tool wrote.*exists only in"
+    config = EvalConfig(str(tmp_path / "run"))
+    with pytest.raises(InputError, match=f"run: extraction spec with {why}"):
+        config.live_spec_json(theirs.to_json(), tmp_path / "run")
+    with pytest.raises(InputError, match=f"--spec: extraction spec with {why}"):
+        EvalConfig(str(tmp_path / "run"), spec=theirs.to_json()).live_spec_json(None, tmp_path / "run")
+    assert config.live_spec_json(spec.to_json(), tmp_path / "run") == spec.to_json()
+
+    class Source:
+        spec_json, hidden_size = theirs.to_json(), 8
+
+    with pytest.raises(InputError, match=f"live hidden states: extraction spec with {why}"):
+        LiveHidden("classic", None, Source())
+    from hsrl.serve.server import Endpoint, ServerSettings
+
+    with pytest.raises(InputError, match=f"the server: extraction spec with {why}"):
+        Endpoint(theirs, ServerSettings())
+    Endpoint(spec, ServerSettings())
+    meta = {"path": "ckpt", "env_name": CLASSIC, "spec_json": theirs.to_json(),
+            "network": {"kind": "mlp", "num_actions": 17, "obs_shape": [MAP + AUX], "hidden_size": 8}}
+    with pytest.raises(CheckpointError, match=r"ckpt was trained on hidden states of imported text .*this online run "
+                                              r"has states of hsrl.text's rendering \(not overridable\)"):
+        check_compatible(meta, spec_json=spec.to_json(), allow_spec_mismatch=True, what="this online run")
+    # an offline experiment would evaluate its arms live: refused before any arm trains, unless --eval-data
+    from data_helpers import make_dataset
+    from hsrl.experiment.config import check_experiment_data
+
+    rng = np.random.default_rng(13)
+    (tmp_path / "data").mkdir()
+    make_dataset(tmp_path / "data", rng, files=1, spec=theirs.to_json(),
+                 hidden=lambda n: rng.standard_normal((n, 8)).astype(np.float32))
+    assert main(["returns", str(tmp_path / "data"), "--no-progress"]) == 0
+    with pytest.raises(InputError, match=f"chunk_000000.npz: meta: extraction spec with {why}.*or give --eval-data"):
+        check_experiment_data(str(tmp_path / "data"), None)

@@ -113,10 +113,11 @@ class EvalConfig(CacheFlags):
         (trained on imported, foreign states) needs `--spec`; a `--spec` that differs from the checkpoint's is
         refused naming the fields unless --allow-spec-mismatch. Control policies keep their projection."""
         from hsrl.data.projection import is_projection_spec
-        from hsrl.llm.spec import ExtractionSpec, spec_differences
+        from hsrl.llm.spec import ExtractionSpec, check_live_text, spec_differences
 
         if is_projection_spec(checkpoint_spec):
             return checkpoint_spec
+        check_live_text(checkpoint_spec, str(where))  # live states render with hsrl.text
         named = None
         if self.spec is not None:
             text = self.spec
@@ -129,6 +130,7 @@ class EvalConfig(CacheFlags):
                 named = ExtractionSpec.from_json(text).to_json()
             except (ValueError, TypeError) as err:
                 raise InputError(f"--spec: not an extraction spec ({err})") from None
+            check_live_text(named, "--spec")
         if checkpoint_spec is None:
             if named is None:
                 raise InputError(f"{where} was trained on hidden states without an extraction spec (foreign states, "

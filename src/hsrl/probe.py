@@ -7,7 +7,7 @@ block and mob type, whether it is in view (accuracy) and, on the rows where it i
 offset of its nearest tile (R^2). Probes: ridge regression / ridge classifier on standardised inputs
 (scikit-learn's RidgeCV / RidgeClassifierCV: the penalty picked from ALPHAS by efficient leave-one-out on
 the training rows), fitted on the training episodes and scored on the held-out ones: rows are split by
-episode (GroupShuffleSplit), so no episode is in both.
+episode (GroupShuffleSplit), so no episode is in both; a gap in the recording (`ChunkMeta.segment`) ends an episode.
 
 Each feature is probed from three inputs of the same rows:
   hidden    the labelled hidden states (N, H); per-token files (N, T, H) by each row's pooled tokens
@@ -70,7 +70,7 @@ class ProbeConfig:
         from hsrl.data import load_dataset
 
         ds = load_dataset(self.data_dir, ["done"], show_progress=False)  # one small array per file
-        check_episodes(episode_ids(ds["done"], ds.meta.num_envs), self.data_dir)
+        check_episodes(dataset_episode_ids(ds), self.data_dir)
 
 
 def check_episodes(groups: np.ndarray, data_dir) -> None:
@@ -98,14 +98,23 @@ def check_probe_data(first, all_tokens_valid: bool, data_dir) -> None:
     check_token_counts(info, all_tokens_valid)
 
 
-def episode_ids(done: np.ndarray, num_envs: int) -> np.ndarray:
-    """An id per row (time-major, row = t * num_envs + env): rows of one episode of one env share it."""
-    n = len(done)
-    if n % num_envs:
-        raise ValueError(f"{n} rows do not divide into {num_envs} environments")
-    d = np.asarray(done, bool).reshape(-1, num_envs)
-    before = np.cumsum(d, axis=0) - d  # episodes finished before this step, per env
-    return (before * num_envs + np.arange(num_envs)).reshape(-1)
+def episode_ids(done: np.ndarray, num_envs: int, segment_start: np.ndarray | None = None) -> np.ndarray:
+    """An id per row (time-major, row = t * num_envs + env): rows of one episode of one env share it. An episode
+    begins after a `done` and at a row of `segment_start` ((N,) bool, `hsrl.data.chunks.segment_start_rows`): the
+    rows on either side of a gap in the recording are never one episode."""
+    from hsrl.data.chunks import episode_starts
+
+    if len(done) % num_envs:
+        raise ValueError(f"{len(done)} rows do not divide into {num_envs} environments")
+    number = np.cumsum(episode_starts(done, num_envs, segment_start), axis=0) - 1  # the row's episode in its env
+    return (number * num_envs + np.arange(num_envs)).reshape(-1)
+
+
+def dataset_episode_ids(ds) -> np.ndarray:
+    """`episode_ids` of a loaded dataset (with `done`), its files' gaps included."""
+    from hsrl.data.chunks import inspect_chunk, segment_start_rows
+
+    return episode_ids(ds["done"], ds.meta.num_envs, segment_start_rows([inspect_chunk(p) for p in ds.files]))
 
 
 def features(sym: np.ndarray, variant: str) -> list[tuple[str, str, np.ndarray, np.ndarray | None]]:
@@ -251,7 +260,7 @@ def probe(config: ProbeConfig) -> dict:
 
     config.check()  # the data's kind, labels and episode count, before any work
     ds, variant = load_probe_data(config)
-    groups = episode_ids(ds["done"], ds.meta.num_envs)
+    groups = dataset_episode_ids(ds)
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(groups))
     if len(rows) > config.max_rows:  # whole episodes, in a random order, up to max_rows

@@ -42,6 +42,9 @@ Segments. A recording may have gaps (imported data whose saved batches skip indi
 numbers the contiguous runs: chunks of one segment follow on; a chunk whose segment is higher than the previous
 file's starts after a gap, and no episode continues across it: `hsrl returns` marks the episodes still running at
 a segment's end as truncated (`return_truncated`), as at the end of the data, and `hsrl stats` ends them there.
+`segment_start_rows` marks a segment's first rows in the concatenated time-major rows, and `episode_starts` makes
+them episode starts for every schedule that walks rows across files (the --hidden-skip-n refresh, history windows,
+probes' episodes).
 
 Values are checked where they enter, block by block as they are read (`value_check`): `action` must be an
 integer in [0, num_actions) of the file's env, and the float keys (`FINITE_KEYS`: observations, reward,
@@ -814,6 +817,42 @@ def starts_segment(infos: Sequence[ChunkInfo]) -> list[bool]:
     """Per file in time order: whether it starts a segment (the first file, or a segment number that differs from
     the previous file's), i.e. no episode of the previous file continues into it."""
     return [i == 0 or info.meta.segment != infos[i - 1].meta.segment for i, info in enumerate(infos)]
+
+
+def segment_start_rows(infos: Sequence[ChunkInfo]) -> np.ndarray:
+    """(N,) bool over the time-major rows of `infos` (files in time order, N their rows together, as `load_dataset`
+    concatenates them): True at the rows of each segment's first step (`starts_segment`: the data's first step and
+    the first step after each gap). Every schedule that walks rows across files (`episode_starts` and its users:
+    history windows, the --hidden-skip-n refresh, probes' episodes) treats such a row as an episode's first, and
+    returns and stats, which walk file by file, cut their carry at `starts_segment`: nothing carries across a gap."""
+    out = np.zeros(sum(info.num_rows for info in infos), bool)
+    offset, pending = 0, False
+    for info, start in zip(infos, starts_segment(infos)):
+        pending |= start
+        if pending and info.num_rows:  # a file with no rows passes its segment's start on to the next
+            out[offset:offset + info.meta.num_envs] = True
+            pending = False
+        offset += info.num_rows
+    return out
+
+
+def episode_starts(done: np.ndarray, num_envs: int, segment_start: np.ndarray | None = None) -> np.ndarray:
+    """(T, num_envs) bool: where each environment's episode begins in time-major rows (`row = t * num_envs + env`)
+    of consecutive steps: the first step, the step after a `done`, and every row of `segment_start` ((N,) bool,
+    `segment_start_rows`: the first step after a gap in the recording, where no episode continues)."""
+    done = np.asarray(done, bool)
+    if done.ndim != 1 or len(done) % num_envs:
+        raise ValueError(f"done must be (N,) with N a multiple of num_envs {num_envs}, got shape {done.shape}")
+    steps = len(done) // num_envs
+    start = np.zeros((steps, num_envs), bool)
+    start[:1] = True  # no earlier step is in the data
+    start[1:] = done.reshape(steps, num_envs)[:-1]  # the row after an episode's last step begins the next
+    if segment_start is not None:
+        segment_start = np.asarray(segment_start, bool)
+        if segment_start.shape != done.shape:
+            raise ValueError(f"segment_start must have done's shape {done.shape}, got {segment_start.shape}")
+        start |= segment_start.reshape(steps, num_envs)
+    return start
 
 
 def progress(items, desc: str, enabled: bool = True, unit: str = "file"):

@@ -37,8 +37,16 @@ for maps that are not binary) is concatenated the same way.
 
 What the source does not say, and how it is recorded:
 
-- the number of environments: read from the data where next_obs is stored (the smallest E for which next_obs of
-  every row whose episode goes on is the obs E rows later), else --num-envs (required then), checked the same way;
+- the number of environments E (each chunk's `num_envs_source` says how it was established): read from next_obs
+  where stored (the smallest E for which next_obs of every row whose episode goes on is the obs E rows later;
+  --num-envs is checked the same way). Without next_obs (always so for the compact variant), symbolic observations
+  tell it by their map views: the view is centred on the player, who moves at most one tile a step, so row t + E's
+  view is row t's moved by at most one tile (up to `CHANGED_TILES` tiles changed) wherever the episode goes on,
+  while rows of different environments show different places. E is the smallest divisor of the file's rows for
+  which at least `CONTINUES` of sampled rows continue so (a multiple of E continues too, a wrong E does not); a
+  --num-envs that another E fits is refused naming the file and both shares. Where nothing can tell it (pixels
+  without next_obs, or views that continue at no E) --num-envs is required and used unchecked, which the summary
+  says in one line;
 - next_obs where the source has none: the same env's obs one step later, from the next file where the recording
   continues; where that cannot be known (a done row: the terminal observation was not saved; the last step before
   a gap or the end) the row holds zeros and `next_obs_known` is False. A source next_obs at a done row that equals
@@ -86,6 +94,7 @@ IMPORT_VERSION = 1  # changes whenever the same source would give other chunks
 BLOCK_BYTES = 64 << 20  # per-token hidden states are copied this much stored data at a time
 FOREIGN_HIDDEN = ("foreign: made by another tool, with no extraction spec; `hsrl eval` of a policy trained on them "
                   "with live states needs the spec named (--spec)")
+IMPORTED_TEXT = "the source tool's rendering, not hsrl.text's"  # the import record's text_obs (`hsrl label`)
 PICKLE_WHY = ("unpickling runs whatever code the file holds, so hsrl reads object arrays only with --trust-pickle, "
               "for files you made or trust (hsrl's own files hold no pickles)")
 
@@ -115,8 +124,9 @@ class ImportConfig:
         "help": f"the environment the data was collected in, one of {', '.join(ENV_NAMES)} (checked against the "
                 f"observation shape)"})
     num_envs: int | None = field(default=None, metadata={
-        "help": "environments the rows interleave (the run's NUM_ENVS; default: read from next_obs, required when "
-                "the files hold none)"})
+        "help": "environments the rows interleave (the run's NUM_ENVS; default: read from next_obs, else from the "
+                "continuity of symbolic map views; required when neither tells it). Checked against the data where "
+                "it can be; a count the data contradicts is refused"})
     trust_pickle: bool = field(default=False, metadata={
         "help": "read object arrays (text_obs / text_generated saved as Python objects): unpickling runs code from "
                 "the file, so pass this only for files you made or trust"})
@@ -291,7 +301,7 @@ def plan_import(config: ImportConfig) -> ImportPlan:
                                               f"{found[0][1].name}")
             per_token = layout
         planned.append(Planned(index, path, rows, segment, next_path))
-    if not has_next and config.num_envs is None:
+    if not has_next and config.num_envs is None and info.pixels:
         raise DataFileError(found[0][1], "next_obs", "missing, so the number of environments the rows interleave "
                                                      "cannot be read from the data: pass --num-envs (the NUM_ENVS of "
                                                      "the run that wrote them)")
@@ -534,6 +544,93 @@ def infer_num_envs(obs: np.ndarray, nxt: np.ndarray, done: np.ndarray) -> int | 
     return None
 
 
+# How the number of environments E was established (each chunk's `num_envs_source`, and the summary).
+FROM_NEXT_OBS = "inferred from next_obs: each row's next_obs is the obs E rows later wherever its episode goes on"
+CHECKED_NEXT_OBS = "--num-envs, checked: next_obs continuity (each row's next_obs is the obs E rows later)"
+FROM_MAP = ("inferred from map continuity: the map view of row t + E is that of row t moved by at most one tile "
+            "wherever the episode goes on, for no smaller E")
+CHECKED_MAP = "--num-envs, checked: map continuity between rows t and t + E, and for no smaller E"
+UNCHECKED = "--num-envs, unchecked: nothing in the data can confirm it"
+UNCHECKED_PIXELS = UNCHECKED + " (no next_obs; pixel observations)"
+UNCHECKED_MAPS = UNCHECKED + " (no next_obs; the map views continue at no E)"
+CONTINUES = 0.8  # share of sampled rows whose map view continues E rows later for E to count as the data's
+CONTINUITY_PAIRS = 2048  # rows sampled per candidate E (evenly spread over the file)
+CONTINUITY_MIN_PAIRS = 8  # fewer comparable rows than this tell nothing
+CHANGED_TILES = 2  # tiles a step may change within the view: the one the player acts on, and a growing plant
+
+
+def _block_grids(obs: np.ndarray, info, sf: SourceFile | None = None, block: int = 4096) -> np.ndarray:
+    """(N, rows, cols) int8 block index of each tile of symbolic observations, -1 where a tile is not lit; `sf`: a
+    file whose observations do not decode is refused, naming it."""
+    from hsrl.text import decode_symbolic
+
+    try:
+        return np.concatenate([decode_symbolic(obs[start:start + block], info.variant)["block"].astype(np.int8)
+                               for start in range(0, len(obs), block)])
+    except ValueError as err:
+        if sf is None:
+            raise
+        raise sf.fail("obs", f"does not decode to {info.name} observations ({err})") from None
+
+
+def _views_continue(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of (P, rows, cols) block grids: whether b is a moved by at most one tile (the player steps at most
+    one tile; b[y, x] shows what a showed at [y + dy, x + dx]), with at most `CHANGED_TILES` tiles changed on the
+    overlap; and whether the pair can be compared at all (at least half of an overlap lit in both)."""
+    R, C = a.shape[1:]
+    continues = np.zeros(len(a), bool)
+    comparable = np.zeros(len(a), bool)
+    for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+        A = a[:, max(dy, 0):R + min(dy, 0), max(dx, 0):C + min(dx, 0)]
+        B = b[:, max(-dy, 0):R + min(-dy, 0), max(-dx, 0):C + min(-dx, 0)]
+        seen = (A >= 0) & (B >= 0)
+        enough = seen.sum(axis=(1, 2)) * 2 >= A.shape[1] * A.shape[2]
+        comparable |= enough
+        continues |= enough & ((seen & (A != B)).sum(axis=(1, 2)) <= CHANGED_TILES)
+    return continues, comparable
+
+
+def map_continuity(grids: np.ndarray, done: np.ndarray, E: int, pairs: int = CONTINUITY_PAIRS) -> tuple[float, int]:
+    """(share, count): of up to `pairs` rows t evenly spread over those whose episode goes on (not done, t + E in
+    the file) and whose views can be compared, the share whose map view continues in row t + E (`_views_continue`)."""
+    rows = np.flatnonzero(~done[:len(done) - E])
+    if len(rows) > pairs:
+        rows = rows[np.linspace(0, len(rows) - 1, pairs).astype(np.int64)]
+    continues, comparable = _views_continue(grids[rows], grids[rows + E])
+    count = int(comparable.sum())
+    return (float(continues[comparable].mean()) if count else 0.0), count
+
+
+def num_envs_from_maps(grids: np.ndarray, done: np.ndarray) -> tuple[int | None, dict[int, tuple[float, int]]]:
+    """The smallest E (dividing N, at least two steps) for which at least `CONTINUES` of the rows whose episode goes
+    on continue in the row E later (`map_continuity`), or None; with the (share, count) of every E tried.
+
+    Rows E apart are the same environment one step later only when E is the number of environments (or a multiple
+    of it); rows of different environments show different places, so their views do not continue."""
+    n = len(grids)
+    candidates = np.arange(1, n // 2 + 1)
+    tried: dict[int, tuple[float, int]] = {}
+    for E in candidates[n % candidates == 0].tolist():
+        tried[E] = share, count = map_continuity(grids, done, E)
+        if count >= CONTINUITY_MIN_PAIRS and share >= CONTINUES:
+            return E, tried
+    return None, tried
+
+
+def check_num_envs_by_maps(sf: SourceFile, obs: np.ndarray, done: np.ndarray, E: int, info) -> bool:
+    """Whether this file's map views confirm E (True) or tell nothing (False); a file whose rows continue at another
+    E is refused, naming the file and the shares."""
+    grids = _block_grids(obs, info, sf)
+    found, tried = num_envs_from_maps(grids, done)
+    if found is None or found == E:
+        return found == E
+    share = tried[E][0] if E in tried else map_continuity(grids, done, E)[0]
+    raise sf.fail("obs", f"contradicts --num-envs {E}: only {share:.0%} of the rows whose episode goes on continue in "
+                         f"the row {E} later (the map view moves at most one tile a step), while at {found} "
+                         f"{tried[found][0]:.0%} do: the rows interleave {found} environments (pass --num-envs "
+                         f"{found})")
+
+
 def _next_obs(sf: SourceFile, obs: np.ndarray, done: np.ndarray, E: int, first_next: np.ndarray | None, info):
     """(next_obs, next_obs_known, note) as stored: the source's (checked) or rebuilt (module docstring)."""
     T = len(obs) // E
@@ -664,29 +761,53 @@ def _existing(dst: Path, plan: ImportPlan, E: int, identities: dict[int, dict]) 
     return done
 
 
-def _num_envs(config: ImportConfig, plan: ImportPlan, info) -> int:
-    """--num-envs, or the number read from the first file whose next_obs tells it."""
-    if config.num_envs is not None:
-        return config.num_envs
-    for item in plan.files:
-        with SourceFile(item.path, item.index) as sf:
-            obs = read_obs(sf, info)
-            nxt = _obs_values(sf, "next_obs", sf.read("next_obs"), info)
-            E = infer_num_envs(obs, nxt, _done(sf))
-        if E is not None:
-            return E
-    raise DataFileError(plan.files[0].path, "next_obs", "no number of environments E makes next_obs the obs E rows "
-                                                        "later wherever an episode goes on: pass --num-envs")
+def _num_envs(config: ImportConfig, plan: ImportPlan, info) -> tuple[int, str]:
+    """(E, how it was established): read from next_obs where stored (given: checked file by file in `_next_obs`),
+    else from the map views of symbolic observations (`num_envs_from_maps`, the first file that tells it; given:
+    refused where a file's rows continue at another E, here and in `convert_file`), else --num-envs unchecked."""
+    if plan.has_next_obs:
+        if config.num_envs is not None:
+            return config.num_envs, CHECKED_NEXT_OBS
+        for item in plan.files:
+            with SourceFile(item.path, item.index) as sf:
+                obs = read_obs(sf, info)
+                nxt = _obs_values(sf, "next_obs", sf.read("next_obs"), info)
+                E = infer_num_envs(obs, nxt, _done(sf))
+            if E is not None:
+                return E, FROM_NEXT_OBS
+        raise DataFileError(plan.files[0].path, "next_obs", "no number of environments E makes next_obs the obs E "
+                                                            "rows later wherever an episode goes on: pass --num-envs")
+    if plan.obs_kind == "symbolic":
+        for item in plan.files:
+            with SourceFile(item.path, item.index) as sf:
+                obs, done = read_obs(sf, info), _done(sf)
+                if config.num_envs is not None:
+                    if check_num_envs_by_maps(sf, obs, done, config.num_envs, info):
+                        return config.num_envs, CHECKED_MAP
+                    continue
+                E, _ = num_envs_from_maps(_block_grids(obs, info, sf), done)
+            if E is not None:
+                return E, FROM_MAP
+    if config.num_envs is None:
+        raise DataFileError(plan.files[0].path, "next_obs", "missing, so the number of environments the rows "
+                                                            "interleave cannot be read from next_obs, nor from the map "
+                                                            "views: pass --num-envs (the NUM_ENVS of the run that "
+                                                            "wrote them)")
+    return config.num_envs, UNCHECKED_MAPS if plan.obs_kind == "symbolic" else UNCHECKED_PIXELS
 
 
-def convert_file(config: ImportConfig, plan: ImportPlan, item: Planned, E: int, identity: dict, info) -> Path:
-    """Write one source file as DST/chunk_NNNNNN.npz (atomically) and read it back whole with hsrl's reader."""
+def convert_file(config: ImportConfig, plan: ImportPlan, item: Planned, E: int, identity: dict, info,
+                 num_envs_source: str = UNCHECKED_PIXELS) -> Path:
+    """Write one source file as DST/chunk_NNNNNN.npz (atomically) and read it back whole with hsrl's reader; a file
+    whose map views contradict E is refused (`check_num_envs_by_maps`: symbolic observations without next_obs)."""
     out = chunk_path(config.out, item.index)
     with SourceFile(item.path, item.index) as sf:
         if item.rows % E:
             raise sf.fail("action", f"{item.rows} rows is not a multiple of {E} environments")
         obs = read_obs(sf, info)
         done = _done(sf)
+        if not plan.has_next_obs and plan.obs_kind == "symbolic":
+            check_num_envs_by_maps(sf, obs, done, E, info)
         first_next = None
         if item.next_path is not None:
             with SourceFile(item.next_path, item.index + 1) as nf:
@@ -709,13 +830,14 @@ def convert_file(config: ImportConfig, plan: ImportPlan, item: Planned, E: int, 
         record = {
             **identity, "source_keys": sorted(sf.fields), "dropped": sorted(k for k in sf.fields
                                                                               if k not in OBS_KEYS + SCALAR_KEYS + ROW_KEYS),
-            "source_dtypes": converted, "next_obs": next_note, "next_obs_unknown_rows": int((~known).sum()),
+            "source_dtypes": converted, "num_envs_source": num_envs_source, "next_obs": next_note,
+            "next_obs_unknown_rows": int((~known).sum()),
             "obs": "rebuilt from obs_map_bits and obs_aux (bitorder little)" if "obs_map_bits" in sf.fields
             else "rebuilt from obs_map and obs_aux" if "obs_map" in sf.fields else "from the source",
             "hidden_state": FOREIGN_HIDDEN if plan.per_token is not None else None,
             "hidden_tokens": ("derived from the zero padding" if plan.per_token and "hidden_tokens" not in sf.fields
                               else "from the source" if plan.per_token else None),
-            "text_obs": "the source tool's rendering, not hsrl.text's" if "text_obs" in sf.fields else None,
+            "text_obs": IMPORTED_TEXT if "text_obs" in sf.fields else None,
         }
         meta = ChunkMeta(env_name=info.name, num_envs=E, obs_kind=plan.obs_kind, first_step=None,
                          segment=item.segment, extra={IMPORT_KEY: record})
@@ -753,6 +875,7 @@ class ImportSummary:
     skipped: int = 0
     rows: int = 0
     num_envs: int = 0
+    num_envs_source: str = ""
     segments: int = 0
     unknown_next_obs: int = 0
     dropped: tuple[str, ...] = ()
@@ -767,7 +890,7 @@ def import_trajectories(config: ImportConfig) -> ImportSummary:
 
     plan = plan_import(config)
     info = env_info(config.env)
-    E = _num_envs(config, plan, info)
+    E, E_source = _num_envs(config, plan, info)
     for item in plan.files:
         if item.rows % E:
             raise DataFileError(item.path, "action", f"{item.rows} rows is not a multiple of {E} environments")
@@ -776,14 +899,15 @@ def import_trajectories(config: ImportConfig) -> ImportSummary:
     done = _existing(dst, plan, E, identities)
     dst.mkdir(parents=True, exist_ok=True)
     remove_temporaries(dst, "chunk_*.npz")  # what a killed import left
-    summary = ImportSummary(dst, files=len(plan.files), num_envs=E, segments=plan.files[-1].segment + 1,
+    summary = ImportSummary(dst, files=len(plan.files), num_envs=E, num_envs_source=E_source,
+                            segments=plan.files[-1].segment + 1,
                             dropped=plan.dropped, pickled=plan.pickled, per_token=plan.per_token)
     for item in progress(plan.files, "import", config.progress):
         summary.rows += item.rows
         if item.index in done:
             summary.skipped += 1
             continue
-        out = convert_file(config, plan, item, E, identities[item.index], info)
+        out = convert_file(config, plan, item, E, identities[item.index], info, E_source)
         summary.written += 1
         summary.written_files.append(out.name)
     infos = [inspect_chunk(chunk_path(dst, item.index)) for item in plan.files]
@@ -797,6 +921,9 @@ def format_summary(summary: ImportSummary) -> str:
     lines = [f"{s.out}: {s.files} chunks ({s.written} written, {s.skipped} already imported), {s.rows} rows over "
              f"{s.num_envs} environments in {s.segments} segment{'s' if s.segments != 1 else ''}"
              f"{' (gaps between batch indices: returns never span them)' if s.segments > 1 else ''}"]
+    lines.append(f"environments: {s.num_envs}, {s.num_envs_source}" + (
+        ": a wrong --num-envs gives wrong next_obs, returns, history windows and refresh schedule"
+        if s.num_envs_source.startswith(UNCHECKED) else ""))
     if s.per_token is not None:
         lines.append(f"hidden_state: {'per-token, with hidden_tokens' if s.per_token else 'pooled'}; foreign (no "
                      f"extraction spec): `hsrl eval` with live states needs --spec")

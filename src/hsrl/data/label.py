@@ -13,6 +13,12 @@ actions taken after them (`row_history`): rows are time-major (`row = t * num_en
 into the chunks before (`steps_before`, across chunk boundaries, as long as the files follow on) and never past an
 episode's start (a step after `done`), so an episode's first rows have fewer (the prompt says how many).
 
+The text the model reads is hsrl.text's rendering (the chunk's text_obs where hsrl rendered it, else rendered
+now), the same as online, serve and eval compute. Imported data (`hsrl import`) may hold the other tool's text_obs:
+it is not read unless `--text-from import` asks for it (the spec's `text_source`: such states exist only in the
+files, so the live verbs refuse that spec), and labelling imported data says in one line which text it reads
+(`text_line`). Where the model read hsrl.text's rendering of imported data, the output's text_obs is that text.
+
 A spec that reads images (`--input image` or `image+text`, vision-language models) takes them from the
 chunk's `obs`, which must be pixels (a Pixels env's data; stored as uint8); with `image+text` the text
 observation comes along as for text models.
@@ -42,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.llm.flags import CacheFlags, SpecFlags
+from hsrl.llm.flags import CacheFlags, SpecFlags, TextFromFlag
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
@@ -65,11 +71,12 @@ class RayFlags:
 
 
 @dataclass(frozen=True)
-class LabelConfig(SpecFlags, RayFlags):
+class LabelConfig(TextFromFlag, SpecFlags, RayFlags):
     """Label trajectory chunks with LLM hidden states.
 
     Reads every chunk_NNNNNN.npz of IN_DIR, renders text_obs where absent, builds prompts, extracts hidden
     states and writes OUT_DIR/chunk_NNNNNN.npz with text_generated, hidden_state and the extraction spec.
+    Imported data is rendered by hsrl.text too unless --text-from import (one line says which text is read).
     Other keys are kept unchanged. Resumable: rerun the same command after a crash. Exits non-zero if any
     input file was bad (listing them) after labelling the rest.
     """
@@ -83,9 +90,11 @@ class LabelConfig(SpecFlags, RayFlags):
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def check(self) -> None:
-        """Every flag, before any work: folders, batch size, Ray flags, the spec, the device and the model."""
-        _check_folders(self)
-        self.check_llm()
+        """Every flag, before any work: folders, batch size, Ray flags, the spec, the device and the model, and the
+        text the model reads of each file (`text_line`)."""
+        files = _check_folders(self)
+        spec = self.check_llm()
+        text_line(files, spec)
 
 
 @dataclass
@@ -129,12 +138,67 @@ def _images(chunk, spec) -> np.ndarray | None:
     return chunk["obs"]
 
 
-def _texts(chunk) -> np.ndarray:
-    if "text_obs" in chunk:
+def imported_text(meta: ChunkMeta) -> bool:
+    """Whether a chunk's text_obs is the rendering of the tool its data was imported from (`hsrl import`), not
+    hsrl.text's."""
+    from hsrl.data.importer import IMPORT_KEY, IMPORTED_TEXT
+
+    made = meta.extra.get(IMPORT_KEY) if isinstance(meta.extra, dict) else None
+    return isinstance(made, dict) and made.get("text_obs") == IMPORTED_TEXT
+
+
+def text_line(files: list[Path], spec) -> str | None:
+    """The line `hsrl label` prints when IN_DIR holds imported data: which text the model reads (None for data
+    hsrl made, or a spec that reads no text). Refuses (InputError, one line naming the file) `--text-from import`
+    for a file without the imported text_obs, and imported pixel data whose only text is the other tool's
+    without it. Files whose headers cannot be read are left to the labelling, which reports them."""
+    from hsrl.data.importer import IMPORT_KEY
+    from hsrl.text import RENDERER_VERSION
+
+    if not spec.reads_text:
+        return None
+    infos = []
+    for f in files:
+        with contextlib.suppress(DataFileError, OSError):
+            infos.append(inspect_chunk(f))
+    imported = [i for i in infos if isinstance(i.meta.extra, dict) and IMPORT_KEY in i.meta.extra]
+    if spec.text_source == "import":
+        for i in infos:
+            if not (imported_text(i.meta) and "text_obs" in i.fields):
+                why = "its source held no text_obs" if i in imported else "it was not made by `hsrl import`"
+                raise InputError(f"{i.path}: --text-from import labels the text_obs `hsrl import` kept from the other "
+                                 f"tool, but this file has none ({why}): label hsrl.text's rendering (--text-from "
+                                 f"hsrl)")
+        return ("text: the imported text_obs, as the other tool rendered it (--text-from import; the spec records "
+                "text_source 'import', so online, serve and eval cannot compute these states)")
+    if not imported:
+        return None
+    for i in imported:
+        if i.meta.obs_kind != "symbolic" and imported_text(i.meta):
+            raise InputError(f"{i.path}: pixel observations cannot be rendered by hsrl.text, and the file's text_obs "
+                             f"is the other tool's rendering: pass --text-from import to label that text")
+    kept = any(imported_text(i.meta) and "text_obs" in i.fields for i in imported)
+    return (f"text: hsrl.text renders the observations (renderer version {RENDERER_VERSION}), as online, serve and "
+            f"eval do" + ("; the imported text_obs (the other tool's rendering) is not read: --text-from import "
+                          "labels it instead" if kept else ""))
+
+
+def _texts(chunk, source: str = "hsrl") -> np.ndarray:
+    """The text the model reads of each row: hsrl.text's (the chunk's text_obs where hsrl rendered it, else rendered
+    now), or with source 'import' the text_obs `hsrl import` kept from the other tool."""
+    foreign = "text_obs" in chunk and imported_text(chunk.meta)
+    if source == "import":
+        if not foreign:
+            raise DataFileError(chunk.path, "text_obs", "--text-from import reads the text_obs `hsrl import` kept, "
+                                                         "but this file has none")
+        return chunk["text_obs"]
+    if "text_obs" in chunk and not foreign:
         return chunk["text_obs"]
     if chunk.meta.obs_kind != "symbolic":
         raise DataFileError(chunk.path, "text_obs", "missing, and pixel observations cannot be rendered as text "
-                                                     "(collect with text, which renders the symbolic observation)")
+                                                     "(collect with text, which renders the symbolic observation)"
+                            if not foreign else "the other tool's rendering, and pixel observations cannot be "
+                                                "rendered by hsrl.text: pass --text-from import to label that text")
     from hsrl.text import render_text
 
     return np.asarray(render_text(chunk["obs"], _variant(chunk.meta)))
@@ -154,7 +218,7 @@ class StepsBefore:
     files: list[Path] = field(default_factory=list)
 
 
-def steps_before(src: Path, k: int) -> StepsBefore:
+def steps_before(src: Path, k: int, text_source: str = "hsrl") -> StepsBefore:
     """The last `k` steps before chunk `src`, from the chunks of its folder before it (across as many files as it
     takes), as long as each follows on from the one before (`check_consecutive`: same env and envs, first_steps
     that follow on, the same segment). History never reaches past a run's first chunk, a gap in the recording
@@ -175,10 +239,12 @@ def steps_before(src: Path, k: int) -> StepsBefore:
         except DataFileError:
             break
         keys = ["action", "done"] + (["text_obs"] if "text_obs" in prev.fields else ["obs"])
+        if "text_obs" in prev.fields and imported_text(prev.meta) and text_source == "hsrl":
+            keys[-1] = "obs"  # the other tool's text is not the one read: hsrl.text renders the obs
         chunk = read_chunk(prev_path, keys)
         take = min(k - have, chunk.num_steps)
         E = chunk.meta.num_envs
-        texts = to_time_env(_texts(chunk), E)[-take:]
+        texts = to_time_env(_texts(chunk, text_source), E)[-take:]
         parts.insert(0, (texts, chunk.time_major("action")[-take:], chunk.time_major("done")[-take:], prev_path))
         have += take
         cur = prev
@@ -192,10 +258,14 @@ def steps_before(src: Path, k: int) -> StepsBefore:
 
 
 def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_envs: int, k: int,
-                before: StepsBefore | None = None) -> list[list[tuple[str, int]]]:
+                before: StepsBefore | None = None,
+                segment_start: np.ndarray | None = None) -> list[list[tuple[str, int]]]:
     """Each row's history (rows time-major, `row = t * num_envs + env`): the previous observations of its
     environment's episode, oldest first, with the action taken after each, at most `k`; none before the first step
-    of an episode (a step after `done`). `before`: the steps before the chunk (`steps_before`)."""
+    of an episode (a step after `done`, or a row of `segment_start`, (N,) bool: the first step after a gap in the
+    recording, `hsrl.data.chunks.episode_starts`). `before`: the steps before the chunk (`steps_before`)."""
+    from hsrl.data.chunks import episode_starts
+
     E = num_envs
     P = 0 if before is None else len(before.texts)
     all_texts = to_time_env(np.asarray(texts, dtype=object), E)
@@ -205,10 +275,12 @@ def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_en
         all_texts = np.concatenate([before.texts, all_texts])
         all_actions = np.concatenate([before.actions, all_actions])
         all_done = np.concatenate([before.done, all_done])
+    if segment_start is not None:  # the steps before a chunk are of its segment (`steps_before`)
+        segment_start = np.concatenate([np.zeros(P * E, bool), np.asarray(segment_start, bool)])
     S = len(all_texts)
-    age = np.zeros((S, E), np.int64)  # steps since the episode started (as far as the steps here show)
-    for s in range(1, S):
-        age[s] = np.where(all_done[s - 1], 0, age[s - 1] + 1)
+    t = np.arange(S, dtype=np.int64)[:, None]
+    start = episode_starts(all_done.reshape(-1), E, segment_start)
+    age = t - np.maximum.accumulate(np.where(start, t, -1), axis=0)  # steps since the episode began, as far as seen
     lengths = np.minimum(age, k)
     out = []
     for s in range(P, S):
@@ -217,10 +289,11 @@ def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_en
     return out
 
 
-def chunk_history(chunk, texts: np.ndarray, k: int) -> tuple[list[list[tuple[str, int]]], list[Path]]:
+def chunk_history(chunk, texts: np.ndarray, k: int, text_source: str = "hsrl"
+                  ) -> tuple[list[list[tuple[str, int]]], list[Path]]:
     """Every row's history in a chunk read from its folder (`row_history` with `steps_before`), and the earlier
     files it reads."""
-    before = steps_before(chunk.path, k)
+    before = steps_before(chunk.path, k, text_source)
     return row_history(texts, chunk["action"], chunk["done"], chunk.meta.num_envs, k, before), before.files
 
 
@@ -269,9 +342,9 @@ class Labeller:
         chunk = read_chunk(src)
         spec = self.extractor.spec
         images = _images(chunk, spec)
-        texts = _texts(chunk) if spec.reads_text else None
+        texts = _texts(chunk, spec.text_source) if spec.reads_text else None
         generated = self._generated_ids(chunk) if self.mode == "reextract" else None
-        history, earlier = chunk_history(chunk, texts, spec.history) if spec.history else (None, [])
+        history, earlier = chunk_history(chunk, texts, spec.history, spec.text_source) if spec.history else (None, [])
         n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
         self._open_partial(partial, src, n, digest, earlier)
@@ -366,6 +439,12 @@ class Labeller:
                                                       for i in ids])
             arrays["generated_len"] = np.concatenate([load(p, "generated_len") for p in batch_files])
         meta = replace(chunk.meta, spec_json=self.spec_json)
+        if texts is not None and imported_text(chunk.meta) and self.extractor.spec.text_source == "hsrl":
+            from hsrl.data.importer import IMPORT_KEY
+
+            record = {**meta.extra[IMPORT_KEY], "text_obs": "rendered by hsrl.text when labelled (the other tool's "
+                                                            "text_obs was replaced by the text the model read)"}
+            meta = replace(meta, extra={**meta.extra, IMPORT_KEY: record})
         streamed = {}
         if self.save_tokens:
             counts = np.concatenate([load(p, "num_tokens") for p in batch_files])
@@ -512,7 +591,10 @@ def _remove_finished_partials(out: Path, summary: LabelSummary) -> None:
 
 
 def label_dataset(config: LabelConfig) -> LabelSummary:
-    config.extraction_spec("classic")  # a bad spec flag fails before any folder is made
+    spec = config.extraction_spec("classic")  # a bad spec flag fails before any folder is made
+    line = text_line(_check_folders(config), spec)  # imported data: which text the model reads, before any work
+    if line is not None:
+        print(line, flush=True)
     if config.ray is not None and config.backend == "vllm":
         # One vLLM engine per GPU (Ray gives each actor its own CUDA_VISIBLE_DEVICES); on CPUs one engine, which
         # uses every core by itself.

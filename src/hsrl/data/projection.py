@@ -107,24 +107,22 @@ def spec_history(spec_json: str | None) -> int:
     return int(json.loads(spec_json).get("history", 0)) if spec_json else 0
 
 
-def history_rows(done: np.ndarray, num_envs: int, k: int) -> np.ndarray:
+def history_rows(done: np.ndarray, num_envs: int, k: int, segment_start: np.ndarray | None = None) -> np.ndarray:
     """(N, k) int64: for each time-major row (`row = t * num_envs + env`) of one run of consecutive steps, the rows
     of its environment's `k` previous steps in the same episode, oldest first and right-aligned as the runner's
     `History` holds them (column k - j is j steps before), -1 where that step is before the episode's start (the
-    step after a `done`, or the run's first step): the rows `hsrl.data.label.row_history` shows a prompt."""
-    done = np.asarray(done, bool)
-    if done.ndim != 1 or len(done) % num_envs:
-        raise ValueError(f"done must be (N,) with N a multiple of num_envs {num_envs}, got shape {done.shape}")
-    steps = len(done) // num_envs
+    step after a `done`, the run's first step, or a row of `segment_start`, (N,) bool: the first step after a gap,
+    `hsrl.data.chunks.episode_starts`): the rows `hsrl.data.label.row_history` shows a prompt."""
+    from hsrl.data.chunks import episode_starts
+
+    start = episode_starts(done, num_envs, segment_start)
+    steps = len(start)
     t = np.arange(steps, dtype=np.int64)[:, None]
-    start = np.zeros((steps, num_envs), bool)
-    start[0] = True
-    start[1:] = done.reshape(steps, num_envs)[:-1]
     age = t - np.maximum.accumulate(np.where(start, t, -1), axis=0)  # steps since the episode began, (T, E)
-    rows = np.arange(len(done), dtype=np.int64).reshape(steps, num_envs)
+    rows = np.arange(steps * num_envs, dtype=np.int64).reshape(steps, num_envs)
     lags = np.arange(k, 0, -1, dtype=np.int64)  # oldest first: column i is k - i steps before
     prev = rows[..., None] - lags * num_envs
-    return np.where(age[..., None] >= lags, prev, -1).reshape(len(done), k)
+    return np.where(age[..., None] >= lags, prev, -1).reshape(steps * num_envs, k)
 
 
 class ObservationProjection:
@@ -220,13 +218,14 @@ class ObservationProjection:
             out[i:i + BLOCK] = z if self.bias is None else np.maximum(z + self.bias, 0)
         return out
 
-    def of_rows(self, obs: np.ndarray, action: np.ndarray, done: np.ndarray, num_envs: int) -> np.ndarray:
+    def of_rows(self, obs: np.ndarray, action: np.ndarray, done: np.ndarray, num_envs: int,
+                segment_start: np.ndarray | None = None) -> np.ndarray:
         """Control states of every row of one run of consecutive time-major steps (`row = t * num_envs + env`), each
-        with its episode's previous rows as history (`history_rows`): the offline path of the states the runner
-        gives live. Without history, `self(obs)`."""
+        with its episode's previous rows as history (`history_rows`, none across a row of `segment_start`): the
+        offline path of the states the runner gives live. Without history, `self(obs)`."""
         if not self.history:
             return self(obs)
-        prev = history_rows(done, num_envs, self.history)
+        prev = history_rows(done, num_envs, self.history, segment_start)
         action = np.asarray(action)
         out = np.empty((len(obs), self.hidden_size), np.float32)
         for i in range(0, len(obs), BLOCK):
@@ -241,29 +240,26 @@ class ObservationProjection:
 
 def dataset_states(projection: ObservationProjection, ds) -> np.ndarray:
     """Control states of every row of a loaded dataset (`hsrl.data.load_dataset` with obs, and with history action
-    and done): with history, each run of files that follow on (`check_consecutive`, one segment: where a prompt's
-    history, `hsrl.data.label.steps_before`, reaches across files) is read as one time-major run, and no history
-    reaches across a gap, a file that does not follow on, or the data's first step."""
+    and done): with history, each run of files that follow on (`check_consecutive`: where a prompt's history,
+    `hsrl.data.label.steps_before`, reaches across files) is read as one time-major run, and no history reaches
+    across a gap (`segment_start_rows`), a file that does not follow on, or the data's first step."""
     if not projection.history:
         return projection(ds["obs"])
-    from hsrl.data.chunks import DataFileError, check_consecutive, inspect_chunk
+    from hsrl.data.chunks import DataFileError, check_consecutive, inspect_chunk, segment_start_rows
 
     infos = [inspect_chunk(p) for p in ds.files]
     bounds = [0]
     for i in range(1, len(infos)):
         try:
             check_consecutive(infos[i - 1:i + 1])
-            follows = infos[i].meta.segment == infos[i - 1].meta.segment
-        except DataFileError:
-            follows = False
-        if not follows:
+        except DataFileError:  # another env or num_envs, or steps that do not follow on: a run of its own
             bounds.append(i)
     bounds.append(len(infos))
     out = np.empty((len(ds), projection.hidden_size), np.float32)
     for a, b in zip(bounds, bounds[1:]):
         lo, hi = int(ds.offsets[a]), int(ds.offsets[b])
         out[lo:hi] = projection.of_rows(ds["obs"][lo:hi], ds["action"][lo:hi], ds["done"][lo:hi],
-                                        infos[a].meta.num_envs)
+                                        infos[a].meta.num_envs, segment_start_rows(infos[a:b]))
     return out
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsrl.errors import InputError
-from hsrl.llm.flags import SpecFlags
+from hsrl.llm.flags import SpecFlags, TextFromFlag
 
 
 @dataclass(frozen=True)
-class PromptConfig(SpecFlags):
+class PromptConfig(TextFromFlag, SpecFlags):
     """Print the exact prompt the model reads for row N of DATA (or for --text), chat template applied, and its
     token count.
 
@@ -89,10 +89,10 @@ def run_prompt(config: PromptConfig) -> int:
 
         spec, (path, row) = config.locate()
         chunk = read_chunk(path)
-        texts = _texts(chunk)
+        texts = _texts(chunk, spec.text_source)
         observation = str(texts[row])
         if spec.history:
-            history = chunk_history(chunk, texts, spec.history)[0][row]
+            history = chunk_history(chunk, texts, spec.history, spec.text_source)[0][row]
         E = chunk.meta.num_envs
         where = f"{path.name} row {row} (step {row // E} of env {row % E})"
         source = "its labels' metadata" if chunk.meta.spec_json is not None else "the flags"

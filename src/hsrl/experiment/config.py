@@ -276,6 +276,15 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
                                                 "foreign), so the arms cannot be evaluated in Craftax with live states "
                                                 "of the same spec; give --eval-data (held-out rows of the same data) "
                                                 "to evaluate them offline")
+    if eval_data is None and first.meta.spec_json is not None:
+        import json
+
+        from hsrl.llm.spec import LIVE_TEXT_WHY
+
+        if json.loads(first.meta.spec_json).get("text_source", "hsrl") != "hsrl":
+            raise DataFileError(first.path, "meta", f"extraction spec with text_source 'import': {LIVE_TEXT_WHY}; or "
+                                                    f"give --eval-data (held-out rows of the same data) to evaluate "
+                                                    f"the arms offline")
     if eval_data is not None:
         check_held_out(offline, eval_data)
         other = inspect_chunk(list_chunks(eval_data)[0])

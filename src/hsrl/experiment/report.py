@@ -119,7 +119,8 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
 def two_sample(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
     """The comparison of two arms' per-seed scores: the rank test the claim rests on (P(first > second), a typical
     seed), with the difference of means and its Welch test beside it as a description (`mean_difference`)."""
-    return {**stats.rank_test(x, y, seed).to_dict(), "mean_difference": stats.welch_test(x, y, seed).to_dict()}
+    mean = {**stats.welch_test(x, y, seed).to_dict(), "claim": "descriptive"}
+    return {**stats.rank_test(x, y, seed).to_dict(), "mean_difference": mean}
 
 
 def _weight_ess(runs: list[dict]) -> float | None:

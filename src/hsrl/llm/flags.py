@@ -31,6 +31,14 @@ class CacheFlags:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TextFromFlag:
+    """Which text the model reads of imported data (`hsrl label`, `hsrl prompt`); the spec's `text_source`. Not a
+    flag of the verbs that compute states live (online, serve, eval): they render with hsrl.text."""
+
+    text_from: str = field(default="hsrl", metadata={"help": "the text the model reads: 'hsrl' (hsrl.text renders the observation; imported data's own text_obs is not read) or 'import' (the text_obs `hsrl import` kept, as the other tool wrote it; recorded in the spec as text_source, and such states exist only in the files: online, serve and eval refuse them)"})
+
+
+@dataclass(frozen=True, kw_only=True)
 class SpecFlags(CacheFlags):
     model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking, qwen3-vl-4b with --input image), HuggingFace id or local path"})
     layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
@@ -77,10 +85,10 @@ class SpecFlags(CacheFlags):
             return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
                                   temperature=self.temperature, top_p=self.top_p, seed=self.llm_seed,
                                   dtype=self.dtype, variant=variant, input=self.input, backend=self.backend,
-                                  history=self.history, **template)
+                                  history=self.history, text_source=getattr(self, "text_from", "hsrl"), **template)
         except ValueError as err:  # the spec names its field (`tokens=0; expected ...`): name the flag instead
             field_name, _, rest = str(err).partition("=")
-            flag = {"seed": "llm-seed"}.get(field_name, field_name.replace("_", "-"))
+            flag = {"seed": "llm-seed", "text_source": "text-from"}.get(field_name, field_name.replace("_", "-"))
             message = f"--{flag} {rest.replace(';', ':', 1)}" if rest and field_name.isidentifier() else str(err)
             raise InputError(message) from None
 

@@ -34,10 +34,15 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 INPUTS = ("text", "image", "image+text")  # what the model reads: the text rendering, the image, or both
 BACKENDS = ("transformers", "vllm")
 VARIANTS = ("classic", "craftax")
+TEXT_SOURCES = ("hsrl", "import")  # the text the model reads: hsrl.text's rendering, or the text_obs `hsrl import` kept
 SAMPLING_FIELDS = ("temperature", "top_p", "seed")  # change hidden states only when the spec generates (tokens > 1)
 # Fields added after specs were first written: left out of the JSON at these defaults, so a spec that does not use
 # them has the JSON and hash it had before they existed (and old files, checkpoints and servers still match).
-LATER_DEFAULTS = {"history": 0, "template_text": None, "template_hash": None}
+LATER_DEFAULTS = {"history": 0, "template_text": None, "template_hash": None, "text_source": "hsrl"}
+LIVE_TEXT_WHY = ("its states were computed from the text_obs another tool wrote (`hsrl label --text-from import`), "
+                 "which exists only in the imported files; online runs, the server and evaluation render observations "
+                 "with hsrl.text, so they cannot compute such states: label the data with hsrl.text's rendering "
+                 "(--text-from hsrl, the default) to use its states live")
 
 
 def current_renderer_version() -> str:
@@ -83,6 +88,8 @@ class ExtractionSpec:
     max_prompt_length: int | None = None  # None: the model's context length
     input: str = "text"  # 'text' (hsrl.text rendering), 'image' (pixel observation, VLMs), 'image+text' (both)
     backend: str = "transformers"  # 'transformers' or 'vllm'
+    text_source: str = "hsrl"  # 'hsrl' (hsrl.text renders the observation) or 'import' (the text_obs another tool
+    # wrote, kept by `hsrl import`; exists only in the files: `check_live_text`)
 
     def __post_init__(self):
         layer = self.layer
@@ -102,7 +109,7 @@ class ExtractionSpec:
             object.__setattr__(self, "template_version", TEMPLATE_VERSIONS.get(self.template))
         for name, allowed in (
             ("pooling", POOLINGS), ("template", TEMPLATES), ("dtype", DTYPES), ("input", INPUTS),
-            ("backend", BACKENDS), ("variant", VARIANTS),
+            ("backend", BACKENDS), ("variant", VARIANTS), ("text_source", TEXT_SOURCES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
@@ -112,6 +119,8 @@ class ExtractionSpec:
             raise ValueError(f"temperature={self.temperature}; expected >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p}; expected 0 < top_p <= 1")
+        if self.text_source != "hsrl" and not self.reads_text:
+            raise ValueError(f"text_source={self.text_source!r}; input {self.input!r} reads no text")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length={self.max_prompt_length}; expected >= 1 or None")
         self._check_prompt()
@@ -222,6 +231,15 @@ def spec_differences(a: SpecLike, b: SpecLike, ignore: Collection[str] = ()) -> 
         skip.update(SAMPLING_FIELDS)
     absent = object()
     return sorted(k for k in set(da) | set(db) if k not in skip and da.get(k, absent) != db.get(k, absent))
+
+
+def check_live_text(spec: SpecLike, where: str) -> None:
+    """Refuse (InputError, one line) a spec whose text came from imported files (`text_source` 'import') where
+    states are computed live from observations rendered by hsrl.text (online, serve, eval). `where` names what
+    carries the spec."""
+    d = _spec_dict(spec)
+    if d is not None and d.get("text_source", "hsrl") != "hsrl":
+        raise InputError(f"{where}: extraction spec with text_source {d['text_source']!r}: {LIVE_TEXT_WHY}")
 
 
 def _shown(value, limit: int = 60) -> str:

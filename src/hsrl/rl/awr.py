@@ -515,8 +515,8 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
     (`control_map`) of each row's observation to the data's hidden width (`hsrl.data.projection`), with the previous
     steps the data's prompts showed when its spec has history, and the spec is the projection's.
     With `hidden_skip_n` N > 1, each row's hidden state is its environment's at the last refresh (every N steps and
-    at each episode start: `hsrl.data.refresh`, the schedule of online PPO's --skip-n); held in memory even when the
-    rest is memory-mapped."""
+    at each episode start and each segment's first row: `hsrl.data.refresh`, the schedule of online PPO's --skip-n);
+    held in memory even when the rest is memory-mapped."""
     from hsrl.data.projection import spec_history
 
     check_data_keys(data_dir, hidden, all_tokens_valid)
@@ -537,11 +537,11 @@ def load_awr_data(data_dir: str | Path, hidden: bool, truncated: bool = False, s
         arrays["hidden_state"], spec_json = dataset_states(projection, ds), projection.spec_json
     if hold:
         from hsrl.data.chunks import check_consecutive
-        from hsrl.data.refresh import hold_hidden, refresh_rows
+        from hsrl.data.refresh import hold_hidden, refresh_rows_of
 
         infos = [inspect_chunk(p) for p in ds.files]
         check_consecutive(infos)  # one collection, in time order, with one num_envs: rows are (t, env) across files
-        source = refresh_rows(ds["done"], ds.meta.num_envs, hidden_skip_n, ds.meta.first_step or 0)
+        source = refresh_rows_of(infos, ds["done"], hidden_skip_n)  # a refresh at each gap's first row too
         arrays["hidden_state"] = hold_hidden(arrays["hidden_state"], source)
     arrays.pop("done", None)
     trunc = ds["return_truncated"]

@@ -183,7 +183,7 @@ class LiveHidden:
     """
 
     def __init__(self, variant: str, fixed_stats: HiddenStats | None, source: HiddenSource):
-        from hsrl.llm.spec import ExtractionSpec
+        from hsrl.llm.spec import ExtractionSpec, check_live_text
 
         self.source, self.variant = source, variant
         self.spec_json, self.hidden_size = source.spec_json, source.hidden_size
@@ -194,6 +194,7 @@ class LiveHidden:
             self.history = getattr(source, "history", 0)
         else:
             spec = ExtractionSpec.from_json(self.spec_json)
+            check_live_text(spec, "live hidden states")  # they render observations with hsrl.text
             self.reads_images, self.reads_text, self.history = spec.reads_images, spec.reads_text, spec.history
         self.fixed_stats = fixed_stats
         self.moments = RunningMoments(self.hidden_size)

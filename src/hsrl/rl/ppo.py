@@ -25,9 +25,13 @@ in use and the refresh counter, the GRU carry, and on the host `LiveHidden`'s ru
 states, the episode totals and the metric offsets (`hsrl.rl.resume` packs them). A rerun of the same command resumes
 from the newest checkpoint and continues the same trajectory: with deterministic states (prompt-only) its
 parameters equal an uninterrupted run's bit for bit (tests/test_online_resume.py). Flags that change the run are
-refused on resume, naming them. SIGTERM or SIGINT finishes the current update, saves, and raises `Preempted`
-(`hsrl` exits 75); a second signal ends the process at once. `--save-trajectories DIR` writes the rollouts as
-chunk files while training (`hsrl.rl.trajectories`).
+refused on resume, naming them; a change of where or how the LLM's states are computed (`--server`, `--device`,
+`--llm-batch-size`, the cache flags: float rounding at most) is allowed and recorded (`resume_changes`: step, flag,
+old, new, in run_config.json, the checkpoints and the summary; `resume/changed_flags` in the metrics). SIGTERM
+or SIGINT finishes the current update, saves, and raises `Preempted` (`hsrl` exits 75); a second signal ends the
+process at once. `--save-trajectories DIR` writes the rollouts as chunk files while training
+(`hsrl.rl.trajectories`); a resume writes the same chunks, and a writer that had stopped (its budget, a full disk)
+stays stopped (the writer's state is in the checkpoint).
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ class OnlineConfig(SpecFlags):
     refreshes an environment at once when its episode resets. Writes TensorBoard and metrics.jsonl to
     --out, checkpoints that `hsrl eval` and `--checkpoint` accept, and a final summary.
 
-    Rerun the same command to resume from the newest checkpoint (flags that change the run are refused). On
-    SIGTERM/SIGINT the run finishes its update, saves, and exits with code 75; a second signal exits at once.
+    Rerun the same command to resume from the newest checkpoint (flags that change the run are refused; a change
+    of --server, --device, --llm-batch-size or the cache flags is recorded in run_config.json). On SIGTERM/SIGINT
+    the run finishes its update, saves, and exits with code 75; a second signal exits at once.
     """
 
     env: str = field(default="Craftax-Classic-Symbolic-v1", metadata={"help": f"one of {', '.join(ENV_NAMES)}"})
@@ -593,7 +598,8 @@ def train_online(config: OnlineConfig) -> dict:
     from hsrl.rl.checkpoint import (check_params, prune_checkpoints, read_state_bytes, remove_checkpoint_temporaries,
                                     save_checkpoint)
     from hsrl.rl.metrics import MetricsLogger
-    from hsrl.rl.resume import RUN_CONFIG_FILE, Preemption, check_same_run, pack_tree, unpack_tree
+    from hsrl.rl.resume import (RUN_CONFIG_FILE, Preemption, check_same_run, pack_tree, resume_changes,
+                                settings_hash, unpack_tree)
     from hsrl.rl.trajectories import TrajectoryWriter
 
     config.check()
@@ -652,7 +658,8 @@ def train_online(config: OnlineConfig) -> dict:
     if config.save_trajectories:
         writer = TrajectoryWriter(config.save_trajectories, run_dir=out, env_info=info, num_envs=config.envs,
                                   num_steps=config.num_steps, every=config.save_trajectories_every,
-                                  max_gb=config.save_trajectories_max_gb, spec_json=spec_json, seed=config.seed)
+                                  max_gb=config.save_trajectories_max_gb, spec_json=spec_json, seed=config.seed,
+                                  settings=settings_hash(config))
     rollout = make_rollout(config, env, net_config, live, keep_next_obs=writer is not None)
     update = make_update(config, net_config, optimizer, live is not None)
 
@@ -660,6 +667,8 @@ def train_online(config: OnlineConfig) -> dict:
     steps_per_update = E * config.num_steps
     totals, times, counts = EpisodeTotals(info.num_achievements), UpdateTimes(), LLMCounts(live, cache)
     elapsed_before = 0.0  # seconds the run trained before this process (a resumed run)
+    traj_state = None  # the trajectory writer's state in the checkpoint resumed from
+    changes, new_changes = [], []  # the recorded flags' changes at every resume, and at this one
     if meta is None:  # a fresh start: every environment begins with its state
         obs, env_state, reset_info = jax.jit(env.reset)(k_reset)
         sym = reset_info["symbolic_obs"]
@@ -691,13 +700,21 @@ def train_online(config: OnlineConfig) -> dict:
         counts.load_state_dict(saved["llm"])
         times.load_state_dict(saved["times"])
         elapsed_before = float(saved["elapsed"])
+        traj_state = saved.get("trajectories")
         start_update = int(meta["step"]) // steps_per_update
-        print(f"resuming {out} at update {start_update} of {num_updates} (step {meta['step']})")
+        changes = list(meta.get("resume_changes") or [])
+        if config.hidden and not config.control:  # where the LLM's states are computed: free, and recorded
+            new_changes = resume_changes(meta.get("train_config") or {}, config, meta["step"])
+            changes += new_changes
+        print(f"resuming {out} at update {start_update} of {num_updates} (step {meta['step']})"
+              + "".join(f"; --{c['flag'].replace('_', '-')} {c['old']!r} -> {c['new']!r}" for c in new_changes)
+              + (" (recorded: the hidden states may differ at float rounding)" if new_changes else ""))
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(public_config(config), indent=1, sort_keys=True))
+    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps({**public_config(config), "resume_changes": changes},
+                                                        indent=1, sort_keys=True))
     if writer is not None:
-        writer.prepare(start_update)
+        writer.prepare(start_update, traj_state)
     logger = MetricsLogger(out, resume_step=start_update * steps_per_update)  # drops what the checkpoint lacks
     bar = tqdm(total=num_updates * steps_per_update, initial=start_update * steps_per_update, unit="step",
                desc="online", disable=not config.progress, dynamic_ncols=True)
@@ -713,9 +730,11 @@ def train_online(config: OnlineConfig) -> dict:
                   "elapsed": np.float64(elapsed_before + time.perf_counter() - start)}
         if live is not None:
             resume["live"] = live.state_dict()
+        if writer is not None or traj_state is not None:  # kept for a later resume that saves there again
+            resume["trajectories"] = writer.state_dict() if writer is not None else traj_state
         meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
                 "hidden_stats": None if hidden_stats is None else hidden_stats.to_dict(), "seed": config.seed,
-                "train_config": public_config(config), "final": final, "resumable": True,
+                "train_config": public_config(config), "resume_changes": changes, "final": final, "resumable": True,
                 "update": step // steps_per_update,
                 "gate_travel": gate_travel(config, step // steps_per_update) if net_config.gated else None}
         save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step,
@@ -757,6 +776,9 @@ def train_online(config: OnlineConfig) -> dict:
                 if net_config.gated:
                     metrics["hidden/gate"] = gate_value(params)
                     metrics["hidden/gate_travel"] = gate_travel(config, u + 1)
+                if u == start_update and new_changes:  # the first update read states computed the new way
+                    metrics["resume/changed_flags"] = len(new_changes)
+                    logger.text("resume/changes", json.dumps(new_changes), step)
                 metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
                                          llm=llm_s, text=text_s, steps=steps_per_update,
                                          compiling=u == start_update and num_updates - start_update > 1,
@@ -783,6 +805,7 @@ def train_online(config: OnlineConfig) -> dict:
                **totals.summary(), **times.summary(), "llm": config.hidden,
                "llm_calls": live.calls if live else 0, "spec_hash": spec_hash(spec_json) if live else None,
                **counts.summary(), "resumed_from": start_update * steps_per_update if meta is not None else None,
+               "resume_changes": changes,
                "trajectories": None if writer is None else {"directory": str(writer.directory),
                                                             "chunks_written": writer.written,
                                                             "stopped": writer.stopped},

@@ -5,8 +5,12 @@ state) into a flat `{"00000": array, ...}` dict that a checkpoint's msgpack hold
 a freshly built one; a leaf of another shape or dtype (another env, another network) is refused naming the part.
 
 `check_same_run(out, config)`: a rerun into a run folder resumes only with the flags that made it. Every field of
-the config counts, except those that change where or how fast the run goes, never what it computes
-(`RESUME_FREE`); a field added later compares at its default.
+the config counts, except those that change where or how fast the run goes (`RESUME_FREE`); a field added later
+compares at its default. Of the free flags, those that choose where and how the LLM's states are computed
+(`RECORDED_ON_RESUME`: another server, another device, another batch composition, a state cache filled elsewhere)
+can move the states at float rounding, never more (the extraction spec itself is checked on resume): moving machines
+is what resuming is for, so they stay free, and `resume_changes` lists each change (step, flag, old, new) for the
+run to record in its metrics, run config, checkpoints and summary.
 
 `Preemption`: while it is active, the first SIGTERM or SIGINT asks the loop to stop after the current update (the
 loop saves and raises `Preempted`, which `hsrl` turns into exit code `PREEMPTED_EXIT_CODE`); it also restores the
@@ -17,6 +21,7 @@ never corrupts the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import signal
 import threading
@@ -30,6 +35,8 @@ from hsrl.errors import PREEMPTED_EXIT_CODE, InputError, Preempted  # noqa: F401
 # flags that change where or how fast an online run goes, never the numbers it computes: free on resume
 RESUME_FREE = frozenset({"out", "progress", "save_every", "keep", "save_trajectories", "save_trajectories_max_gb",
                          "llm_batch_size", "device", "cache", "no_cache", "server", "token", "allow_spec_mismatch"})
+# free flags that choose where and how the LLM's states are computed: a resume that changes one records it
+RECORDED_ON_RESUME = frozenset({"server", "device", "llm_batch_size", "cache", "no_cache"})
 RUN_CONFIG_FILE = "run_config.json"
 
 
@@ -59,6 +66,25 @@ def unpack_tree(packed: dict, target, what: str):
 def run_identity(config) -> dict:
     """The config's fields that define the numbers a run computes (everything but `RESUME_FREE`)."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUME_FREE}
+
+
+def settings_hash(config) -> str:
+    """A short hash of `run_identity` (fields at their defaults left out, so that a field added later changes
+    nothing): what the chunks a run saves carry, so that a run never takes another's chunks for its own."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    identity = {k: v for k, v in run_identity(config).items() if k not in defaults or defaults[k] != v}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_changes(saved_config: dict, config, step: int) -> list[dict]:
+    """The `RECORDED_ON_RESUME` flags whose value differs from `saved_config` (the config a checkpoint was saved
+    with, as `public_config` wrote it), one `{"step", "flag", "old", "new"}` each, at the checkpoint's `step`."""
+    from hsrl.redact import public_config
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    mine = public_config(config)
+    return [{"step": int(step), "flag": k, "old": saved_config.get(k, defaults.get(k)), "new": mine[k]}
+            for k in sorted(RECORDED_ON_RESUME) if saved_config.get(k, defaults.get(k)) != mine[k]]
 
 
 def check_same_run(out: Path, config) -> None:

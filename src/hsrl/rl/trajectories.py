@@ -11,9 +11,13 @@ and each chunk is then a segment of its own (`ChunkMeta.segment`): returns end a
 
 Writes run on one background thread (compression releases the GIL), one chunk at a time, atomically; the loop waits
 for the last one before it saves a checkpoint, so a checkpoint never names data that is not on disk. On resume the
-chunks of updates after the checkpoint are deleted (the resumed run writes them again). A disk budget
-(`--save-trajectories-max-gb`, and free space for two more chunks) stops saving with one warning instead of filling
-the disk; so does a write that fails for lack of space. The training goes on either way.
+chunks of updates after the checkpoint are deleted (the resumed run writes them again, the same rows and values), and
+a folder holding chunks that another run wrote (another run folder, or this one with other settings) is refused. A
+disk budget (`--save-trajectories-max-gb`, and free space for two more chunks) stops saving with one warning instead
+of filling the disk; so does a write that fails for lack of space. The training goes on either way. Why saving
+stopped is part of the checkpoint (`state_dict`): a resumed run keeps it stopped in that folder (saving again would
+leave a gap inside a segment, which `hsrl returns` refuses); the counts (bytes, chunks, the last chunk's size) are
+read back from the folder.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ class TrajectoryWriter:
     """Writes an online run's rollouts into `directory` (see the module doc)."""
 
     def __init__(self, directory: str | Path, *, run_dir: Path, env_info, num_envs: int, num_steps: int,
-                 every: int, max_gb: float, spec_json: str | None, seed: int):
+                 every: int, max_gb: float, spec_json: str | None, seed: int, settings: str | None = None):
         self.directory = Path(directory)
         self.run = str(Path(run_dir).resolve())
+        self.settings = settings  # a hash of the settings that make the run's numbers (`hsrl.rl.resume.settings_hash`)
         self.info, self.num_envs, self.num_steps, self.every = env_info, num_envs, num_steps, every
         self.budget = max_gb * 1e9
         self.spec_json, self.seed = spec_json, seed
@@ -49,27 +54,48 @@ class TrajectoryWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsrl-trajectories")
         self._pending: Future | None = None
 
-    def prepare(self, resume_update: int) -> None:
+    def prepare(self, resume_update: int, state: dict | None = None) -> None:
         """Before the first update: refuse a folder holding chunks of another run, delete this run's chunks of
-        updates from `resume_update` on (they are written again), count the bytes of those kept."""
+        updates from `resume_update` on (they are written again), count those kept (bytes, chunks, the newest's
+        size), and take back from `state` (the checkpoint's `state_dict`, None on a fresh start) why saving had
+        stopped, where that was this folder."""
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_temporaries(self.directory, "chunk_*.npz")
+        mine = []  # (update, path) of every chunk, all checked before any is deleted
         for path in sorted(self.directory.iterdir()):
-            m = CHUNK_PATTERN.match(path.name)
-            if not m:
+            if not CHUNK_PATTERN.match(path.name):
                 continue
             try:
                 meta = read_meta(path)
             except DataFileError:
                 meta = None
             extra = dict(meta.extra) if meta is not None else {}
-            if extra.get("source") != SOURCE or extra.get("run") != self.run:
+            if (extra.get("source") != SOURCE or extra.get("run") != self.run
+                    or extra.get("settings", self.settings) != self.settings):  # files of older hsrl have none
                 raise InputError(f"--save-trajectories {self.directory} holds {path.name}, which this run did not "
-                                 f"write: give an empty or new folder")
-            if int(extra.get("update", -1)) >= resume_update:
+                                 f"write (another run folder, or this one with other settings): give an empty or "
+                                 f"new folder")
+            mine.append((int(extra.get("update", -1)), path))
+        kept = []
+        for update, path in mine:
+            if update >= resume_update:
                 path.unlink()
             else:
-                self.used += path.stat().st_size
+                kept.append((update, path.stat().st_size))
+        self.used = sum(size for _, size in kept)
+        self.written = len(kept)
+        self.last_size = max(kept)[1] if kept else None  # the newest chunk's, as the run had it before each write
+        if state is not None and _text(state["directory"]) == str(self.directory.resolve()):
+            self.stopped = _text(state["stopped"]) or None
+            if self.stopped is not None:
+                warnings.warn(f"--save-trajectories {self.directory}: saving stopped before the checkpoint this run "
+                              f"resumes from ({self.stopped}) and stays stopped, so that the folder has no gap; "
+                              f"training goes on (a new folder saves the rest)", stacklevel=2)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (`hsrl.rl.resume`): the folder, and why saving stopped ('' while it saves), as
+        UTF-8 bytes."""
+        return {"directory": _utf8(str(self.directory.resolve())), "stopped": _utf8(self.stopped or "")}
 
     def saves(self, update: int) -> bool:
         return self.stopped is None and update % self.every == 0
@@ -93,7 +119,8 @@ class TrajectoryWriter:
                          first_step=update * self.num_steps, achievement_names=self.info.achievement_names,
                          spec_json=self.spec_json if "hidden_state" in rows else None,
                          segment=update // self.every if self.every > 1 else 0,
-                         extra={"source": SOURCE, "run": self.run, "update": update, "seed": self.seed})
+                         extra={"source": SOURCE, "run": self.run, "settings": self.settings, "update": update,
+                                "seed": self.seed})
         path = chunk_path(self.directory, update // self.every)
         self._pending = self._pool.submit(write_chunk, path, rows, meta)
 
@@ -119,3 +146,11 @@ class TrajectoryWriter:
     def close(self) -> None:
         self.wait()
         self._pool.shutdown()
+
+
+def _utf8(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+def _text(array) -> str:
+    return np.asarray(array, np.uint8).tobytes().decode()

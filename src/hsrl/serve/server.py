@@ -901,6 +901,9 @@ class Endpoint:
         if spec.reads_images and not info.pixels:
             raise ValueError(f"spec.input={spec.input!r} reads images, but {settings.env} gives symbolic observations; "
                              f"serve a Pixels env (--env {settings.env.replace('Symbolic', 'Pixels')})")
+        from hsrl.llm.spec import check_live_text
+
+        check_live_text(spec, "the server")  # it renders the observations it is sent with hsrl.text
         self.spec = spec
         self.settings = settings
         self.variant = info.variant
