@@ -62,7 +62,7 @@ def test_hidden_state_that_decides_the_action_is_found(informative):
         assert (out / png).stat().st_size > 5000
 
 
-@pytest.mark.parametrize("seed", [0, 10])
+@pytest.mark.parametrize("seed", [0, pytest.param(10, marks=pytest.mark.slow)])  # a second seed: `pytest -m slow`
 def test_noise_hidden_states_make_no_claim(tmp_path, seed):
     """A hidden state of pure noise, at two experiment seeds: no answer claims anything."""
     train, held = task_pair(tmp_path, 1, noise=True)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = str(ROOT / "benchmarks" / "gpu_suite.py")
 
 
+@pytest.mark.slow  # 80 s on CPU: the suite is for a GPU; run with `pytest -m slow`
 def test_gpu_suite_small_on_cpu_prints_every_figure(tmp_path):
     out = tmp_path / "figures.json"
     proc = subprocess.run([sys.executable, SUITE, "--device", "cpu", "--small", "--json-out", str(out)],
