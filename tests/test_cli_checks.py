@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hsrl.cli import VERBS, build_parser, load, main
+from hsrl.docs import hsrl_commands
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLASSIC = "Craftax-Classic-Symbolic-v1"
@@ -55,6 +56,7 @@ BAD_FLAGS = {
     "experiment": (["--offline", "{raw}", "--seeds", "0", "--out", "{tmp}/out"], "out"),
     "probe": (["{raw}", "--test-fraction", "1.5", "--out", "{tmp}/out"], "out"),
     "quickstart": (["--epsilon", "2", "--out", "{tmp}/out"], "out"),
+    "docs": (["nope"], None),
 }
 
 
@@ -194,22 +196,7 @@ def test_help_shows_every_default_the_same_way(verb):
 
 def _readme_commands() -> list[str]:
     """Every `hsrl ...` command of the README's ```bash blocks (continuation lines joined, comments cut)."""
-    commands, block = [], None
-    for line in README.read_text().splitlines():
-        if line.startswith("```"):
-            block = [] if line.strip() == "```bash" and block is None else None
-            continue
-        if block is None:
-            continue
-        block.append(line)
-        joined = "\n".join(block)
-        if not joined.endswith("\\"):
-            text = joined.replace("\\\n", " ")
-            block.clear()
-            text = text.split(" #", 1)[0].strip().removesuffix("&").strip()  # a job script runs it in the background
-            if text.startswith("hsrl "):
-                commands.append(text)
-    return commands
+    return hsrl_commands(README.read_text())
 
 
 def test_readme_commands_parse_with_their_verbs_parsers():

@@ -54,6 +54,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
                    "K seeds of baseline and hidden-state arms, ablations, interval estimates (rliable)"),
     "probe": ("hsrl.probe:ProbeConfig", "hsrl.probe:run_probe",
               "linear probes: what the hidden states know about the observation"),
+    "docs": ("hsrl.docs:DocsConfig", "hsrl.docs:run_docs",
+             "build, check or serve the documentation site (generated reference pages included)"),
 }
 
 

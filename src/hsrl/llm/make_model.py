@@ -29,7 +29,7 @@ Where the facts come from (looked up with the project's search tool, which holds
 Weights: the model is allocated in bfloat16 without transformers' initialisation, then each tensor is filled from
 one seeded generator: embeddings N(0, 1) (tied with the LM head, as published; std 1 keeps random states of
 different tokens apart), other matrices N(0, initializer_range = 0.02), norms 1, biases 0. A 4B model takes about
-8 GB of memory and two minutes to build on 2 CPU cores (README: measured). `--small` keeps the vocabulary, tokenizer, template
+8 GB of memory and two minutes to build on 2 CPU cores (docs/how-to/real-model.md: measured). `--small` keeps the vocabulary, tokenizer, template
 and layer types but shrinks widths and depth (2 blocks of width 64): the tests' and `gpu_suite --small`'s model.
 """
 

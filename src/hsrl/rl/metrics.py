@@ -6,7 +6,7 @@ to TensorBoard under the tag `GROUP/NAME` (CleanRL style, e.g. `losses/critic_lo
 Names are stable. `METRICS` documents the names AWR logs (`hsrl.rl.awr`; tests check a real run's names
 against it) and `hsrl plot` orders its panels by it. Online PPO logs CleanRL-style `GROUP/NAME` keys
 (`losses/*`, `charts/*`, `llm/*`, `hidden/*`, `time/*`, `achievements/*`), written in `hsrl.rl.ppo` and
-listed in the README's "Online PPO" paragraph, not in this table.
+listed in docs/how-to/online-ppo.md ("Metrics"), not in this table.
 
 Resuming: `MetricsLogger(run_dir, resume_step=s)` drops JSONL lines with step > s (they belong to
 training that the checkpoint does not contain, and will be redone) and opens TensorBoard with
