@@ -27,7 +27,6 @@ timed on its own: `hsrl_first_call_s` minus a steady call; the XLA options the u
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -40,6 +39,7 @@ from hsrl.rl.awr import (
     make_device_block, make_update,
 )
 from hsrl.rl.networks import NetworkConfig
+from record import record
 
 
 def make_arrays(rows, obs_dim, hidden, rng):
@@ -199,7 +199,7 @@ def main():
               f"compile ~{result['hsrl_compile_s']} s)")
         print(f"torch {result['torch_sps']:8.2f} samples/s ({result['torch_threads']} threads)")
         print(f"hsrl / torch = {result['pixel_ratio']:.3f}")
-        print(json.dumps(result))
+        record("bench_awr_pixels", result)
         return
     args.rows, args.steps = args.rows or 50_000, args.steps or 96
 
@@ -251,7 +251,7 @@ def main():
         print(f"{name:8s} {result[name + '_sps']:10.1f} steps/s")
     print(f"loader / predone = {result['ratio']:.3f} (1.0: the loader never stalls the step); "
           f"sync / predone = {result['sync_ratio']:.3f}; device / predone = {result['device_ratio']:.3f}")
-    print(json.dumps(result))
+    record("bench_awr", result)
 
 
 if __name__ == "__main__":

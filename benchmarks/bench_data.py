@@ -9,7 +9,6 @@ Prints per-sample times and "ratio" = naive / load_dataset time per sample; the 
 """
 
 import argparse
-import json
 import tempfile
 import time
 import tracemalloc
@@ -17,6 +16,7 @@ import tracemalloc
 import numpy as np
 
 from hsrl.data import ChunkMeta, chunk_path, list_chunks, load_dataset, write_chunk
+from record import record
 
 KEYS = ("obs", "action", "reward", "hidden_state")
 
@@ -102,7 +102,7 @@ def main():
     print(f"naive per-sample np.load: {figures['naive_ms_per_sample']} ms/sample -> ratio {figures['ratio']}x")
     print(f"np.load per file + concatenate: {concat_s:.3f} s, peak {figures['npz_concat_peak_mb']} MiB "
           f"({figures['peak_ratio']}x load_dataset's)")
-    print(json.dumps(figures))
+    record("bench_data", figures)
 
 
 if __name__ == "__main__":

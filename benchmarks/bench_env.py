@@ -5,12 +5,12 @@ with no resets at all, in one run. Target: ratio >= 0.8 at 128 envs.
 """
 
 import argparse
-import json
 import time
 
 import jax
 
 from hsrl.env import make_env
+from record import record
 
 
 def rollout_fn(step, num_envs: int, num_actions: int, steps: int):
@@ -66,8 +66,8 @@ def main() -> None:
     print(f"hsrl batched env (auto-reset): {sps_hsrl:9.0f} steps/s")
     print(f"same env, no resets:           {sps_raw:9.0f} steps/s")
     print(f"ratio: {ratio:.3f} (target >= 0.8)")
-    print(json.dumps({"env": args.env, "envs": args.envs, "hsrl_sps": round(sps_hsrl, 1),
-                      "no_reset_sps": round(sps_raw, 1), "episodes_ended": dones, "ratio": round(ratio, 3)}))
+    record("bench_env", {"env": args.env, "envs": args.envs, "hsrl_sps": round(sps_hsrl, 1),
+                      "no_reset_sps": round(sps_raw, 1), "episodes_ended": dones, "ratio": round(ratio, 3)})
 
 
 if __name__ == "__main__":

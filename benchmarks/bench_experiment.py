@@ -32,6 +32,7 @@ import numpy as np
 from hsrl.data import ChunkMeta, add_returns, chunk_path, write_chunk
 from hsrl.experiment.config import ExperimentConfig, plan
 from hsrl.experiment.runs import XLA_ONE_THREAD, run_on_ray, run_sequential
+from record import record
 
 ENV, ACTIONS, OBS_DIM = "Craftax-Classic-Symbolic-v1", 17, 1345  # chunks must have the env's observation width
 SPEC = json.dumps({"model": "synthetic", "layer": -1, "tokens": 1, "pooling": "mean"})
@@ -108,10 +109,10 @@ def main():
     same = [a["ablations"] for a in seq] == [b["ablations"] for b in par]
     load_after = os.getloadavg()
     print(f"results equal: {same}; load average after {load_after[0]:.2f}")
-    print(json.dumps({"ratio": sequential_s / ray_s, "ceiling": ceiling, "ratio_to_ceiling": sequential_s / ray_s / ceiling,
+    record("bench_experiment", {"ratio": sequential_s / ray_s, "ceiling": ceiling, "ratio_to_ceiling": sequential_s / ray_s / ceiling,
                       "sequential_s": sequential_s, "ray_s": ray_s, "one_core_run_s": one_core_s,
                       "seeds": args.seeds, "steps": args.steps, "cpus": cpus, "load_before": load_before[0],
-                      "load_after": load_after[0], "results_equal": same}))
+                      "load_after": load_after[0], "results_equal": same})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ one JSON object with the figures.
 """
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from hsrl.llm.vision_backend import VisionExtractor  # noqa: E402
 from hsrl.text import MAP_HEADER  # noqa: E402
 from tiny_qwen import build_tiny_qwen  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
+from record import record  # noqa: E402
 
 TILES = ("tree", "stone", "water", "coal", "iron", "diamond", "crafting_table", "furnace", "cow on grass",
          "zombie on grass", "skeleton on path", "sand", "lava", "plant")
@@ -246,7 +246,7 @@ def main() -> None:
         spec = ExtractionSpec(model=str(path), template="chat", temperature=1.0)
         history_rows(figures, qwen, spec, observations, args)
         if args.only_history:
-            print(json.dumps(figures, sort_keys=True))
+            record("bench_extract_history", figures, sort_keys=True)
             return
 
         cached = TransformersExtractor(spec, model=qwen, batch_size=args.batch_size)
@@ -317,7 +317,7 @@ def main() -> None:
           f"{figures['prefix_cache_speedup_generation']:.2f}x (same text: "
           f"{figures['prefix_cache_generation_same_text']}, max |diff| "
           f"{figures['prefix_cache_generation_max_abs_diff']:.2e}); target >= 3x")
-    print(json.dumps(figures, sort_keys=True))
+    record("bench_extract", figures, sort_keys=True)
 
 
 if __name__ == "__main__":

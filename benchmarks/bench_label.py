@@ -12,7 +12,6 @@ observations), checks that (2) and (3) wrote the same states, and the pipeline r
 """
 
 import argparse
-import json
 import os
 import resource
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 from hsrl.data import list_chunks, read_chunk
 from hsrl.data.collect import CollectConfig, collect
 from hsrl.data.label import LabelConfig, label_dataset
+from record import record
 
 
 def states(folder: Path) -> np.ndarray:
@@ -78,12 +78,12 @@ def main() -> None:
     print(f"hsrl label (cache):    {len(texts) / t_on:8.1f} samples/s ({t_on:.1f} s), hit rate {hit_rate:.1%}")
     print(f"cache time ratio: {t_on / t_off:.3f} (target <= 0.7); largest state difference {difference:.2e}")
     print(f"pipeline ratio (label --no-cache / backend): {raw / t_off:.3f} (target >= 0.9); peak RSS {peak_mb:.0f} MB")
-    print(json.dumps({"samples": int(len(texts)), "unique_fraction": round(unique, 4),
+    record("bench_label", {"samples": int(len(texts)), "unique_fraction": round(unique, 4),
                       "backend_samples_per_s": round(len(texts) / raw, 2),
                       "label_nocache_samples_per_s": round(len(texts) / t_off, 2),
                       "label_cache_samples_per_s": round(len(texts) / t_on, 2), "cache_hit_rate": round(hit_rate, 4),
                       "cache_time_ratio": round(t_on / t_off, 4), "max_abs_difference": difference,
-                      "ratio": round(raw / t_off, 3), "peak_rss_mb": round(peak_mb), "load_average": round(load, 2)}))
+                      "ratio": round(raw / t_off, 3), "peak_rss_mb": round(peak_mb), "load_average": round(load, 2)})
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ the first update (which compiles).
 """
 
 import argparse
-import json
 import os
 import tempfile
 
 from hsrl.rl.ppo import OnlineConfig, train_online
+from record import record
 
 
 NEVER = 10**9  # --save-every that never comes: only the final checkpoint
@@ -75,7 +75,7 @@ def main() -> None:
           f"network), {separate_without['sps']:8.1f} SPS --no-hidden ({sep_ratio_no_llm:.3f}x)")
     print(f"calls per update after / before: {after['llm_calls_per_update'] / before['llm_calls_per_update']:.3f}; "
           f"SPS after / before: {after['sps'] / before['sps']:.3f}")
-    print(json.dumps({"sps_before": round(before["sps"], 1), "sps_after": round(after["sps"], 1),
+    record("bench_online", {"sps_before": round(before["sps"], 1), "sps_after": round(after["sps"], 1),
                       "sps_no_llm": round(without["sps"], 1),
                       "calls_per_update_before": round(before["llm_calls_per_update"], 2),
                       "calls_per_update_after": round(after["llm_calls_per_update"], 2),
@@ -90,7 +90,7 @@ def main() -> None:
                       "sps_separate": round(separate["sps"], 1),
                       "sps_separate_no_llm": round(separate_without["sps"], 1),
                       "sps_ratio_separate_shared": round(sep_ratio, 4),
-                      "sps_ratio_separate_shared_no_llm": round(sep_ratio_no_llm, 4), "load_average": round(load, 2)}))
+                      "sps_ratio_separate_shared_no_llm": round(sep_ratio_no_llm, 4), "load_average": round(load, 2)})
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ weights alone.
 """
 
 import argparse
-import json
 import resource
 import tempfile
 import time
 from pathlib import Path
+from record import record
 
 
 def peak_rss_gb() -> float:
@@ -90,7 +90,7 @@ def main() -> None:
         figures = run(args.model, args.env, args.small, Path(work), args.tokens)
     for key, value in figures.items():
         print(f"{key:>28}: {value}")
-    print(json.dumps(figures))
+    record("bench_reference_small" if args.small else "bench_reference", figures)
 
 
 if __name__ == "__main__":

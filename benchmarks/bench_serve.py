@@ -25,7 +25,6 @@ busy (on a loaded 2-core machine a single MiniLM observation took ~1 s with 2 th
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import secrets
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import record
 
 ENV = "Craftax-Classic-Symbolic-v1"
 
@@ -243,7 +243,7 @@ def main() -> None:
               f"requests/s, {ray_row['obs_per_s']:7.1f} obs/s, p50 {ray_row['p50_ms']:8.1f} ms, p99 "
               f"{ray_row['p99_ms']:8.1f} ms; / one hsrl serve: {figures['ray_ratio']:.2f}x (max |diff| "
               f"{figures['ray_max_abs_diff_vs_inprocess']:.1e})")
-    print(json.dumps(figures, sort_keys=True))
+    record("bench_serve", figures, sort_keys=True)
 
 
 if __name__ == "__main__":

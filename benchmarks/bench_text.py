@@ -13,12 +13,12 @@ ratio = craftax_ms / hsrl_ms. Target: ratio >= 1000 and hsrl_ms < 10 for 128 obs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 import numpy as np
+from record import record
 
 ENV_NAME = "Craftax-Symbolic-v1"
 
@@ -113,14 +113,14 @@ def main() -> None:
     ratio = craftax_ms / hsrl_ms
     print(f"ratio (craftax / hsrl median): {ratio:.0f}x; target >= 1000x and hsrl < 10 ms: "
           f"{'met' if ratio >= 1000 and hsrl_ms < 10 else 'NOT met'}")
-    print(json.dumps({
+    record("bench_text", {
         "num_obs": len(obs),
         "hsrl_ms": round(hsrl_ms, 3),
         "hsrl_best_ms": round(hsrl_best, 3),
         "hsrl_full_view_ms": round(statistics.median(hsrl_full), 3),
         "craftax_ms": round(craftax_ms, 1),
         "ratio": round(ratio, 1),
-    }))
+    })
 
 
 if __name__ == "__main__":

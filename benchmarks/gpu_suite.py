@@ -48,6 +48,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from record import record
 
 # JAX would take 75% of the GPU at its first use; torch holds the LLM on the same GPU (online PPO runs both)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -516,7 +517,7 @@ def main(argv=None) -> int:
     suite.save()
     for key, value in f.items():
         print(f"{key:>48}: {value}")
-    print(json.dumps(f))
+    record("gpu_suite", f, write=not args.small)  # test-size figures are no measurement
     return 0
 
 

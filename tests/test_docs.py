@@ -1,8 +1,10 @@
 """The docs site: the generated reference pages are fresh, deterministic and complete; every `hsrl ...` command in
 the docs parses with its verb's parser; the ```` ```{.python .run} ```` snippets run; `mkdocs build --strict` passes
-(where mkdocs is installed: the docs extra)."""
+(where mkdocs is installed: the docs extra). The benchmarks' result files (benchmarks/record.py) and the page made
+from them."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -14,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from hsrl.cli import VERBS, main
-from hsrl.docs import MARKER, code_blocks, generated_pages, hsrl_commands, stale_pages, verb_parser
+from hsrl.docs import (BENCHMARK_RESULTS_PAGE, MARKER, benchmark_results_page, code_blocks, generated_pages,
+                       hsrl_commands, stale_pages, verb_parser)
+from hsrl.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -84,6 +88,16 @@ def test_docs_check_names_stale_pages_and_build_repairs_them(tmp_path, capsys):
     assert main(["docs", "build", "--pages-only", "--root", str(tmp_path)]) == 0
     assert main(["docs", "check", "--root", str(tmp_path)]) == 0
     assert not gone.exists() and mine.read_text() == "# my notes, not generated\n"
+    # a new result file makes the benchmark page stale; build writes its figures
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "bench_new.json").write_text(json.dumps({"benchmark": "bench_new", "figures": {"ratio": 1.25}}))
+    capsys.readouterr()
+    assert main(["docs", "check", "--root", str(tmp_path)]) == 1
+    assert f"docs/{BENCHMARK_RESULTS_PAGE}" in capsys.readouterr().out
+    assert main(["docs", "build", "--pages-only", "--root", str(tmp_path)]) == 0
+    assert main(["docs", "check", "--root", str(tmp_path)]) == 0
+    assert "| `ratio` | 1.25 |" in (tmp_path / "docs" / BENCHMARK_RESULTS_PAGE).read_text()
     # a page a person wrote where a generated one goes is not overwritten
     edited.write_text("# written by hand\n")
     assert main(["docs", "build", "--pages-only", "--root", str(tmp_path)]) == 2
@@ -183,3 +197,78 @@ def test_the_nav_names_every_generated_page():
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     missing = [page for page in generated_pages() if f": {page}\n" not in nav]
     assert not missing, f"add to mkdocs.yml's nav: {missing}"
+
+
+@pytest.fixture
+def record(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from record import record
+
+    return record
+
+
+def test_record_prints_the_figures_last_and_writes_the_result_file(record, tmp_path, monkeypatch, capsys):
+    figures = {"ratio": 1.5, "rows": [{"clients": 1, "p50_ms": 3.25}], "nested": {"a": {"b": True}}, "note": "x"}
+    monkeypatch.setenv("HSRL_BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("HSRL_BENCH_RECORD", raising=False)
+    path = record("bench_fake", figures, argv=[str(ROOT / "benchmarks" / "bench_fake.py"), "--quick", "--n", "3"])
+    assert capsys.readouterr().out.splitlines()[-1] == json.dumps(figures)
+    assert path == tmp_path / "results" / "bench_fake.json"
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "bench_fake" and result["figures"] == figures
+    assert result["command"] == "python3 benchmarks/bench_fake.py --quick --n 3"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["date"])
+    machine = result["machine"]
+    assert machine["cores"] == os.cpu_count() and machine["memory_gb"] > 0 and machine["python"] == \
+        ".".join(map(str, sys.version_info[:3]))
+    assert {"cpu", "gpu", "jax", "jaxlib"} <= set(machine)
+    # sorted keys as the scripts that printed them so; HSRL_BENCH_RECORD=0 prints only
+    monkeypatch.setenv("HSRL_BENCH_RECORD", "0")
+    assert record("bench_other", figures, sort_keys=True) is None
+    assert capsys.readouterr().out.splitlines()[-1] == json.dumps(figures, sort_keys=True)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["bench_fake.json"]
+
+
+def test_a_benchmark_script_ends_with_its_figures_and_records_them(tmp_path):
+    """bench_data.py at a small size, run as a user runs it: its last stdout line is its figures, and the same
+    figures are in its result file."""
+    env = {**os.environ, "HSRL_BENCH_RESULTS": str(tmp_path)}
+    env.pop("HSRL_BENCH_RECORD", None)
+    proc = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--files", "1", "--steps", "4", "--envs", "2",
+                           "--hidden", "4", "--naive-samples", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads((tmp_path / "bench_data.json").read_text())
+    assert result["figures"] == figures and figures["samples"] == 8
+    assert result["command"] == "python3 benchmarks/bench_data.py --files 1 --steps 4 --envs 2 --hidden 4 " \
+        "--naive-samples 2"
+
+
+def test_the_benchmark_results_page_renders_every_result_file(record, tmp_path, monkeypatch, capsys):
+    assert "No result files yet" in benchmark_results_page(tmp_path / "none")
+    monkeypatch.setenv("HSRL_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.delenv("HSRL_BENCH_RECORD", raising=False)
+    record("bench_b", {"ratio": 0.5, "rows": [{"clients": 8, "p50_ms": 3.25}], "nested": {"a": {"b": True}},
+                       "widths": [1, 2]}, argv=[str(ROOT / "benchmarks" / "bench_b.py"), "--small"])
+    record("bench_a", {"sps": 12}, argv=[str(ROOT / "benchmarks" / "bench_a.py")])
+    page = benchmark_results_page(tmp_path)
+    assert page.startswith(MARKER) and "No result files" not in page
+    assert page.index("## bench_a") < page.index("## bench_b")  # file-name order
+    for row in ("| `sps` | 12 |", "| `ratio` | 0.5 |", "| `rows.0.clients` | 8 |", "| `rows.0.p50_ms` | 3.25 |",
+                "| `nested.a.b` | true |", "| `widths` | [1, 2] |"):
+        assert row in page
+    result = json.loads((tmp_path / "bench_b.json").read_text())
+    assert f"- **Date**: {result['date']}" in page and "- **Command**: `python3 benchmarks/bench_b.py --small`" in page
+    assert f"{os.cpu_count()} cores" in page and f"python {result['machine']['python']}" in page
+    assert benchmark_results_page(tmp_path) == page  # deterministic
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(UserError, match="broken.json"):
+        benchmark_results_page(tmp_path)
+
+
+def test_the_committed_benchmark_page_is_made_from_the_committed_result_files():
+    page = generated_pages(ROOT)[BENCHMARK_RESULTS_PAGE]
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        assert f"## {json.loads(path.read_text())['benchmark']}\n" in page
+    assert "reference/benchmark-results.md" in (DOCS / "benchmarks.md").read_text()

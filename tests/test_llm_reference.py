@@ -5,6 +5,7 @@ generation pool the positions the specification says; re-extraction pools the ge
 The full-size model is checked by the slow test at the end (and benchmarks/bench_reference.py)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +214,8 @@ def test_full_size_reference_model_on_cpu():
     """The random full-size Qwen3-4B-Thinking-2507 in bfloat16 on CPU: labels 4 observations prompt-only and 4 with
     --tokens 8, serves one request, gives vectors of width 2560, within this machine's memory (README: measured)."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_reference.py")], capture_output=True,
-                          text=True, cwd=ROOT, timeout=3600)
+                          text=True, cwd=ROOT, timeout=3600,
+                          env={**os.environ, "HSRL_BENCH_RECORD": "0"})  # a test writes no result file
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["prompt_only_width"] == figures["tokens_8_width"] == figures["serve_width"] == 2560
