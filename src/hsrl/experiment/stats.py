@@ -14,8 +14,9 @@ seeds that split into a group that found a skill and one that did not, skewed an
     chance is 1/2, whatever the arms' shapes and spreads. Brunner-Munzel statistic (Brunner & Munzel, 2000: the
     rank statistic studentized by each arm's own placement variance, so unequal spreads and shapes do not break
     it), its p taken from the exact permutation distribution of the studentized statistic (Neubert & Brunner,
-    2007), with the Brunner-Munzel t interval of P. The claim's p is the permutation p; it cannot go below about
-    2 / C(n + m, n), so with 3 seeds per arm no claim can be made (`Test.exact_can_reach`).
+    2007), with the Brunner-Munzel t interval of P. The claim's p is the larger of the permutation p and the
+    Brunner-Munzel t p; the permutation p cannot go below about 2 / C(n + m, n), so with 3 seeds per arm no claim
+    can be made (`Test.exact_can_reach`).
   The difference of means is not claimed between arms: when one arm's seeds split (some find a skill, some do
   not), no test can keep its error rate at the seed counts users run (three seeds that all missed the skill look
   exactly like a worse arm), so `welch_test` (Welch t interval and permutation p of the difference of means)
@@ -160,8 +161,9 @@ class Test(NamedTuple):
 
     @property
     def p_claim(self) -> float:
-        """The p a claim rests on: the larger of the rank test's permutation p and its t approximation's; the larger of the t and exact p where the exact
-        test can reach the level, else the t p."""
+        """The p a claim rests on. Rank test: the larger of its permutation p and its t approximation's (either
+        alone where the other is undefined). Paired and Welch: the larger of the t and exact p where the exact test
+        can reach the level, else the t p."""
         if self.method == RANK:  # the t approximation too where it is defined (with a spread of placements)
             ps = [v for v in (self.p, self.p_exact) if math.isfinite(v)]  # p_exact nan: skipped (`rank_test`)
             return max(ps) if ps else math.nan
@@ -185,13 +187,8 @@ class Test(NamedTuple):
         """JSON-ready: undefined numbers (too few seeds) are None. `claim` is the test's own, at ALPHA; the report
         replaces it by the family's (`holm`)."""
         plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
-        return {**plain, "p_claim": _plain(self.p_claim) if self.testable else None, "claim": self.claim(),
-                "assumes_normal": self.assumes_normal}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Test:
-        return cls(**{k: (math.nan if d.get(k) is None else d[k]) if k in ("low", "high", "p", "p_exact")
-                      else d[k] for k in cls._fields if k in d})
+        return {**plain, "p_claim": _plain(self.p_claim) if self.testable else None, "side": self.side,
+                "claim": self.claim(), "assumes_normal": self.assumes_normal}
 
 
 def _plain(v: float) -> float | None:
@@ -262,11 +259,19 @@ def permutation_p(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, f
     def reaches(sum_first: np.ndarray) -> np.ndarray:
         return np.abs(sum_first / n - (total - sum_first) / m) >= observed
 
+    if math.comb(n + m, n) <= EXACT_ENUMERATE:
+        return float(np.mean(reaches(_splits(n, m) @ pooled))), _two_sample_floor(n, m)
+    picks = _random_splits(n, m, seed)[0]
+    return float((np.sum(reaches(pooled[picks].sum(1))) + 1) / (EXACT_DRAWS + 1)), _two_sample_floor(n, m)
+
+
+def _two_sample_floor(n: int, m: int) -> float:
+    """The smallest p a two-sample permutation test can give: all C(n + m, n) splits enumerated (with equal arms,
+    the observed split and its mirror image), or a Monte Carlo of EXACT_DRAWS with the observed split counted."""
     splits = math.comb(n + m, n)
     if splits <= EXACT_ENUMERATE:
-        return float(np.mean(reaches(_splits(n, m) @ pooled))), min(1.0, (2 if n == m else 1) / splits)
-    picks = np.random.default_rng(seed).random((EXACT_DRAWS, n + m)).argsort(1)[:, :n]  # random splits
-    return float((np.sum(reaches(pooled[picks].sum(1))) + 1) / (EXACT_DRAWS + 1)), 1 / (EXACT_DRAWS + 1)
+        return min(1.0, (2 if n == m else 1) / splits)
+    return 1 / (EXACT_DRAWS + 1)
 
 
 def paired_test(a, b, seed: int = 0) -> Test:
@@ -394,16 +399,11 @@ def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Tes
         p = float(2 * sps.t.sf(abs(stat), df))
     else:
         low = high = p = math.nan
-    splits = math.comb(n + m, n)
+    min_p = _two_sample_floor(n, m)
     if skip_exact_above is not None and p > skip_exact_above:
-        return Test(estimate, low, high, p, math.nan, min(1.0, (2 if n == m else 1) / splits)
-                    if splits <= EXACT_ENUMERATE else 1 / (EXACT_DRAWS + 1), n, m, RANK, 0.5)
-    if splits <= EXACT_ENUMERATE:
-        ix, iy = _split_indices(n, m)
-        min_p = min(1.0, (2 if n == m else 1) / splits)
-    else:
-        ix, iy = _random_splits(n, m, seed)
-        min_p = 1 / (EXACT_DRAWS + 1)
+        return Test(estimate, low, high, p, math.nan, min_p, n, m, RANK, 0.5)
+    enumerate_all = math.comb(n + m, n) <= EXACT_ENUMERATE
+    ix, iy = _split_indices(n, m) if enumerate_all else _random_splits(n, m, seed)
     if np.array_equal(start, np.arange(n + m)):
         position = np.empty(n + m, np.int64)
         position[order] = np.arange(n + m)
@@ -413,7 +413,7 @@ def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Tes
         np.put_along_axis(rows, ix, 1.0, 1)
         placed = _placements(rows[:, order], start, end)
     reach = np.abs(_brunner_munzel(*placed)[2]) >= abs(stat) - 1e-9
-    p_exact = float(np.mean(reach)) if splits <= EXACT_ENUMERATE else float((reach.sum() + 1) / (EXACT_DRAWS + 1))
+    p_exact = float(np.mean(reach)) if enumerate_all else float((reach.sum() + 1) / (EXACT_DRAWS + 1))
     return Test(estimate, low, high, p, p_exact, min_p, n, m, RANK, 0.5)
 
 
