@@ -276,12 +276,10 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
                                                 "foreign), so the arms cannot be evaluated in Craftax with live states "
                                                 "of the same spec; give --eval-data (held-out rows of the same data) "
                                                 "to evaluate them offline")
-    if eval_data is None and first.meta.spec_json is not None:
-        import json
+    if eval_data is None:
+        from hsrl.llm.spec import LIVE_TEXT_WHY, text_source
 
-        from hsrl.llm.spec import LIVE_TEXT_WHY
-
-        if json.loads(first.meta.spec_json).get("text_source", "hsrl") != "hsrl":
+        if text_source(first.meta.spec_json) != "hsrl":
             raise DataFileError(first.path, "meta", f"extraction spec with text_source 'import': {LIVE_TEXT_WHY}; or "
                                                     f"give --eval-data (held-out rows of the same data) to evaluate "
                                                     f"the arms offline")
@@ -313,6 +311,7 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
 
 def plan(config: ExperimentConfig):
     """The experiment's jobs: every (arm, seed), with its training and evaluation configs."""
+    from hsrl.data.projection import DEFAULT_MAP
     from hsrl.evaluate import EvalConfig
     from hsrl.experiment.runs import EVAL_DIR, TRAIN_DIR, Job
     from hsrl.rl.awr import TrainAWRConfig
@@ -336,6 +335,7 @@ def plan(config: ExperimentConfig):
     for arm, algo, role, data, eval_data in arms:
         hidden, control = role != "baseline", role == "control"
         fusion = config.fusion if hidden else "concat"  # the baseline has no hidden state to fuse
+        control_map = config.control_map if control else DEFAULT_MAP  # the map is the control arm's alone
         # the control arm needs no ablations: the verdict compares its real score with the hidden arm's
         arm_ablations = ("real",) if control else ablations
         for seed in range(config.seed, config.seed + config.seeds):
@@ -344,14 +344,14 @@ def plan(config: ExperimentConfig):
             if algo == "awr":
                 train = TrainAWRConfig(
                     str(Path(data).resolve()), out=train_out, hidden=hidden, control=control,
-                    control_map=config.control_map if control else "linear", steps=config.awr_steps,
+                    control_map=control_map, steps=config.awr_steps,
                     batch_size=config.awr_batch_size, lr=config.awr_lr, beta=config.awr_beta, seed=seed,
                     width=config.width, log_every=max(1, min(1000, config.awr_steps // 20)),
                     save_every=config.awr_save_every, all_tokens_valid=config.all_tokens_valid, fusion=fusion,
                     progress=False, tensorboard=False)
             else:
                 values = {k: getattr(config, k) for k in online_fields}
-                values["control_map"] = config.control_map if control else "linear"
+                values["control_map"] = control_map
                 train = OnlineConfig(**{**values, "seed": seed, "hidden": hidden, "control": control, "fusion": fusion,
                                         "server": None if control else config.server, "out": train_out,
                                         "progress": False})

@@ -233,13 +233,20 @@ def spec_differences(a: SpecLike, b: SpecLike, ignore: Collection[str] = ()) -> 
     return sorted(k for k in set(da) | set(db) if k not in skip and da.get(k, absent) != db.get(k, absent))
 
 
+def text_source(spec: SpecLike) -> str:
+    """Which text a spec's model read: 'hsrl' (hsrl.text's rendering: also a spec written before the field, or no
+    spec) or 'import' (imported files' own text_obs)."""
+    d = _spec_dict(spec)
+    return "hsrl" if d is None else d.get("text_source", "hsrl")
+
+
 def check_live_text(spec: SpecLike, where: str) -> None:
     """Refuse (InputError, one line) a spec whose text came from imported files (`text_source` 'import') where
     states are computed live from observations rendered by hsrl.text (online, serve, eval). `where` names what
     carries the spec."""
-    d = _spec_dict(spec)
-    if d is not None and d.get("text_source", "hsrl") != "hsrl":
-        raise InputError(f"{where}: extraction spec with text_source {d['text_source']!r}: {LIVE_TEXT_WHY}")
+    source = text_source(spec)
+    if source != "hsrl":
+        raise InputError(f"{where}: extraction spec with text_source {source!r}: {LIVE_TEXT_WHY}")
 
 
 def _shown(value, limit: int = 60) -> str:

@@ -250,13 +250,12 @@ def check_compatible(meta: Mapping, *, env_name: str | None = None, hidden_size:
     if spec_json != "skip" and net.uses_hidden:
         diff = spec_differences(meta.get("spec_json"), spec_json)
         if "text_source" in diff:  # text from imported files vs hsrl.text's: no override makes them the same states
-            from hsrl.llm.spec import LIVE_TEXT_WHY
+            from hsrl.llm.spec import LIVE_TEXT_WHY, text_source
 
-            source = lambda s: json.loads(s).get("text_source", "hsrl") if isinstance(s, str) else "hsrl"  # noqa: E731
             texts = {"hsrl": "hsrl.text's rendering", "import": "imported text (text_source 'import')"}
-            raise CheckpointError(f"{where} was trained on hidden states of {texts[source(meta.get('spec_json'))]}, "
-                                  f"{what} has states of {texts[source(spec_json)]} (not overridable); of text_source "
-                                  f"'import': {LIVE_TEXT_WHY}")
+            trained, given = texts[text_source(meta.get("spec_json"))], texts[text_source(spec_json)]
+            raise CheckpointError(f"{where} was trained on hidden states of {trained}, {what} has states of {given} "
+                                  f"(not overridable); of text_source 'import': {LIVE_TEXT_WHY}")
         if diff and not allow_spec_mismatch:
             raise CheckpointError(f"{where} was trained on hidden states of another extraction spec than {what}; "
                                   f"fields that differ: {', '.join(diff)} (override: --allow-spec-mismatch)")
