@@ -855,6 +855,14 @@ def episode_starts(done: np.ndarray, num_envs: int, segment_start: np.ndarray | 
     return start
 
 
+def episode_age(done: np.ndarray, num_envs: int, segment_start: np.ndarray | None = None) -> np.ndarray:
+    """(T, num_envs) int64: how many steps each row is into its environment's episode (0 where `episode_starts`
+    says one begins), as far as the rows show: the previous steps a history window may reach."""
+    start = episode_starts(done, num_envs, segment_start)
+    t = np.arange(len(start), dtype=np.int64)[:, None]
+    return t - np.maximum.accumulate(np.where(start, t, -1), axis=0)
+
+
 def progress(items, desc: str, enabled: bool = True, unit: str = "file"):
     """A tqdm bar over `items` on stderr (plain iteration when disabled)."""
     if not enabled:

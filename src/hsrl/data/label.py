@@ -264,7 +264,7 @@ def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_en
     environment's episode, oldest first, with the action taken after each, at most `k`; none before the first step
     of an episode (a step after `done`, or a row of `segment_start`, (N,) bool: the first step after a gap in the
     recording, `hsrl.data.chunks.episode_starts`). `before`: the steps before the chunk (`steps_before`)."""
-    from hsrl.data.chunks import episode_starts
+    from hsrl.data.chunks import episode_age
 
     E = num_envs
     P = 0 if before is None else len(before.texts)
@@ -278,10 +278,7 @@ def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_en
     if segment_start is not None:  # the steps before a chunk are of its segment (`steps_before`)
         segment_start = np.concatenate([np.zeros(P * E, bool), np.asarray(segment_start, bool)])
     S = len(all_texts)
-    t = np.arange(S, dtype=np.int64)[:, None]
-    start = episode_starts(all_done.reshape(-1), E, segment_start)
-    age = t - np.maximum.accumulate(np.where(start, t, -1), axis=0)  # steps since the episode began, as far as seen
-    lengths = np.minimum(age, k)
+    lengths = np.minimum(episode_age(all_done.reshape(-1), E, segment_start), k)  # as far as the rows show
     out = []
     for s in range(P, S):
         for e in range(E):

@@ -113,12 +113,10 @@ def history_rows(done: np.ndarray, num_envs: int, k: int, segment_start: np.ndar
     `History` holds them (column k - j is j steps before), -1 where that step is before the episode's start (the
     step after a `done`, the run's first step, or a row of `segment_start`, (N,) bool: the first step after a gap,
     `hsrl.data.chunks.episode_starts`): the rows `hsrl.data.label.row_history` shows a prompt."""
-    from hsrl.data.chunks import episode_starts
+    from hsrl.data.chunks import episode_age
 
-    start = episode_starts(done, num_envs, segment_start)
-    steps = len(start)
-    t = np.arange(steps, dtype=np.int64)[:, None]
-    age = t - np.maximum.accumulate(np.where(start, t, -1), axis=0)  # steps since the episode began, (T, E)
+    age = episode_age(done, num_envs, segment_start)  # steps since the episode began, (T, E)
+    steps = len(age)
     rows = np.arange(steps * num_envs, dtype=np.int64).reshape(steps, num_envs)
     lags = np.arange(k, 0, -1, dtype=np.int64)  # oldest first: column i is k - i steps before
     prev = rows[..., None] - lags * num_envs
