@@ -44,12 +44,15 @@ def test_hidden_state_that_decides_the_action_is_found(informative):
     assert comp["vs_baseline"]["estimate"] == 1 and comp["vs_control"]["estimate"] == 1
     assert comp["vs_baseline"]["p_exact"] == pytest.approx(2 / 252)
     assert comp["vs_baseline"]["mean_difference"]["low"] > 0 and comp["vs_control"]["mean_difference"]["low"] > 0
-    assert agg["family"] == {"size": 3, "method": "Holm", "alpha": pytest.approx(0.05), "metric": "action_match"}
+    # the use's equivalence test joins the family (the arms' TOST needs a spread of P: none at complete separation)
+    assert agg["family"] == {"size": 3, "method": "Holm", "alpha": pytest.approx(0.05), "metric": "action_match",
+                             "equivalence_tests": 1}
     assert agg["gaps"]["awr-hidden"]["real-shuffled"]["action_match"]["low"] > 0
     hidden = agg["arms"]["awr-hidden"]["action_match"]["mean"]
     base = agg["arms"]["awr-baseline"]["action_match"]["mean"]
     control = agg["arms"]["awr-control"]["action_match"]["mean"]
     assert hidden[0] > 0.3 and base[2] < 0.15 and control[2] < 0.15  # chance is 1/17
+    assert agg["margins"]["awr"]["uses"] == pytest.approx(0.1 * base[0])  # 10% of the baseline's mean
     md = (out / "experiment.md").read_text()
     assert "yes: the policy uses its hidden state" in md and "yes: the hidden-state policy beats the baseline" in md
     assert "yes: it beats the same-width control" in md
@@ -64,12 +67,13 @@ def test_hidden_state_that_decides_the_action_is_found(informative):
 
 @pytest.mark.parametrize("seed", [0, pytest.param(10, marks=pytest.mark.slow)])  # a second seed: `pytest -m slow`
 def test_noise_hidden_states_make_no_claim(tmp_path, seed):
-    """A hidden state of pure noise, at two experiment seeds: no answer claims anything."""
+    """A hidden state of pure noise, at two experiment seeds: no effect is claimed (the use may be shown equivalent
+    within the default margin, 10% of the baseline's score: tests/test_experiment_equivalence.py)."""
     train, held = task_pair(tmp_path, 1, noise=True)
     agg = run_experiment(experiment(train, held, tmp_path / "exp", seed=seed))["aggregates"]
     print(agg["verdict"])
-    assert _answers(agg) == {"uses": "none", "beats_baseline": "none", "beats_control": "none"}
-    assert "yes:" not in agg["verdict"] and "not shown" in agg["verdict"]
+    assert not {"above", "below"} & set(_answers(agg).values())
+    assert "yes:" not in agg["verdict"] and "inconclusive" in agg["verdict"]
 
 
 def test_a_map_of_the_observation_does_not_beat_the_control(tmp_path):

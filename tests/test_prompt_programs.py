@@ -145,7 +145,7 @@ def test_placeholders_fill_prefix_slot_and_tail():
         "Now:\nOBS"
     assert "Action taken: up" in program.sample_text("OBS", [("EARLIER", 3)])
     assert prompt_program(ExtractionSpec(template="custom", template_text=TEMPLATE)).sample_text("OBS") == "Now:\nOBS"
-    assert set(PLACEHOLDERS) == {"observation", "history", "actions", "achievements", "rules"}
+    assert set(PLACEHOLDERS) == {"observation", "history", "future", "actions", "achievements", "rules"}
 
 
 def test_history_text_says_how_many_and_refuses_too_many():

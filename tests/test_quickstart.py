@@ -25,7 +25,7 @@ def test_quickstart_writes_a_complete_report_and_a_rerun_reuses_it(tmp_path):
                     "real - shuffled", "awr-control", "scripted player",
                     "## Probe", "Effective rank", "## Time per step", "## Scale it up",
                     "Qwen/Qwen3-4B-Thinking-2507", "hsrl label", "--ray", "after the first update",
-                    "including the first"):
+                    "including the first", "Margins of equivalence: awr: use +-", "seeds to show equivalence"):
         assert section in text, section
     summary = json.loads((report / "summary.json").read_text())
     assert summary["stats"]["samples"] == 128
@@ -142,21 +142,31 @@ def check_verdict_follows_from_numbers(text: str, experiment: dict) -> None:
     score = {(r["arm"], r["seed"], a): v["action_match"] for r in runs for a, v in r["ablations"].items()}
     seeds = sorted({r["seed"] for r in runs})
     real = {arm: [score[(arm, s, "real")] for s in seeds] for arm in ("awr-hidden", "awr-baseline", "awr-control")}
-    tests = {"uses": stats.paired_test(real["awr-hidden"], [score[("awr-hidden", s, "shuffled")] for s in seeds]),
+    shuffled = [score[("awr-hidden", s, "shuffled")] for s in seeds]
+    tests = {"uses": stats.paired_test(real["awr-hidden"], shuffled),
              "beats_baseline": stats.rank_test(real["awr-hidden"], real["awr-baseline"]),
              "beats_control": stats.rank_test(real["awr-hidden"], real["awr-control"])}
-    family = stats.holm({k: t.p_claim if t.testable else None for k, t in tests.items()})
+    margin = 0.1 * abs(np.mean(real["awr-baseline"]))  # the default margin: 10% of the baseline's mean
+    assert agg["margins"]["awr"]["uses"] == pytest.approx(margin)
+    equivalence = {"uses": stats.paired_equivalence(real["awr-hidden"], shuffled, margin),
+                   "beats_baseline": stats.rank_equivalence(real["awr-hidden"], real["awr-baseline"], 0.2),
+                   "beats_control": stats.rank_equivalence(real["awr-hidden"], real["awr-control"], 0.2)}
+    ps = {**{k: t.p_claim if t.testable else None for k, t in tests.items()},
+          **{(k, "eq"): t.p if t.testable else None for k, t in equivalence.items()}}
+    family = stats.holm(ps, {k: k[0] if isinstance(k, tuple) else k for k in ps})
     names = {"uses": "real - shuffled, the mean over seeds,", "beats_baseline": "P(hidden > baseline), a typical seed,",
              "beats_control": "P(hidden > control), a typical seed,"}
     for key, test in tests.items():
         claim = test.claim(stats.ALPHA) if family[key] is None else (
             test.side if family[key] <= stats.ALPHA else "none")
+        if claim not in ("above", "below") and family[(key, "eq")] is not None and family[(key, "eq")] <= stats.ALPHA:
+            claim = "equivalent"
         assert agg["claims"]["awr"][key] == claim
         quoted = (fmt(test.interval, None if key == "uses" else 2) if np.isfinite(test.low) else
                   f"{test.estimate:.2f} (no interval" if key != "uses" else fmt(test.interval))
         assert f"{names[key]} = {quoted}" in verdict
-        said = {"above": "yes:", "below": "no:" if key != "uses" else "does worse", "none": "not shown",
-                "too few seeds": "cannot be judged"}[claim]
+        said = {"above": "yes:", "below": "no:" if key != "uses" else "does worse", "none": "inconclusive",
+                "equivalent": "equivalent", "too few seeds": "cannot be judged"}[claim]
         question = {"uses": "use its hidden state?", "beats_baseline": "beat the baseline?",
                     "beats_control": "beat the control?"}[key]
         answer = verdict.split(question, 1)[1].lstrip()

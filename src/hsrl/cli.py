@@ -121,7 +121,7 @@ def _with_default(help_text: str, default) -> str:
     shown = ("on" if default else "off") if isinstance(default, bool) else default
     if isinstance(default, (tuple, list)):
         shown = " ".join(map(str, default))
-    return f"{help_text} (default: {shown})"
+    return f"{help_text} (default: {str(shown).replace('%', '%%')})"  # argparse %-formats help texts
 
 
 def _optional(tp) -> bool:

@@ -12,6 +12,13 @@ Ablations act on what the network reads (its normalised hidden input):
   shuffled  at each refresh, every environment gets another environment's real state
   constant  one state for all, from a fixed text (`--constant-text`); for specs that read images and for
             control policies, the first observation of environment 0 (a fixed frame, with its text for image+text)
+  text:FILE one ablation per non-blank line of FILE, named `text:FILE:LINE`: one state for all, the line's text put
+            in the observation's place by the same prompt program and extractor as the real states (no history, no
+            future); `text:FILE:LINE` alone evaluates that line (`parse_ablations`). For specs that read text.
+Cross-source evaluation (`--states-from SPEC --cross-source`): the policy reads states of another spec than it was
+trained on (e.g. a policy trained on hindsight labels, whose states cannot be computed while playing, evaluated with
+forecast states), normalised by its training statistics; refused without --cross-source where the specs differ, and
+the report names both sources and their difference (`state_sources`).
 A control policy (`hsrl experiment`'s control arm) reads a fixed random projection of its observation
 (`hsrl.data.projection`) in place of an LLM's state, refreshed on the same schedule.
 Every ablation replays the same environment seeds, so the rows differ only by the hidden states.
@@ -33,6 +40,7 @@ of its logit, at least 6); otherwise the sentence says it could not have moved a
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +57,129 @@ from hsrl.llm.flags import CacheFlags
 from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
 
 ABLATIONS = ("real", "zero", "shuffled", "constant")
+TEXT_ABLATION = "text:"  # `text:FILE`: one ablation per line of FILE (`parse_ablations`)
 DEFAULT_CONSTANT_TEXT = "You are in a Craftax world. Nothing is known about your surroundings."
+
+
+def parse_ablations(value: str, flag: str = "--ablation") -> dict[str, str | None]:
+    """The ablations a comma-separated list names, in order: each of `ABLATIONS` (-> None), and for each
+    `text:FILE` one ablation per non-blank line of FILE (UTF-8), named `text:FILE:LINE` (LINE counted from 1 in the
+    file) -> the line's text; `text:FILE:LINE` names that line alone (what an experiment passes on to each run).
+    `InputError` (one line) for an unknown name, a missing or unreadable file, a file without text or an empty
+    line."""
+    out: dict[str, str | None] = {}
+    for item in (a.strip() for a in value.split(",")):
+        if not item:
+            continue
+        if item.startswith(TEXT_ABLATION):
+            out.update(_text_lines(item[len(TEXT_ABLATION):], flag))
+        elif item in ABLATIONS:
+            out[item] = None
+        else:
+            raise InputError(f"{flag} {value!r}: {item!r} is not an ablation; expected a comma-separated list of "
+                             f"{', '.join(ABLATIONS)} and text:FILE (one ablation per line of FILE)")
+    if not out:
+        raise InputError(f"{flag} {value!r}: expected a comma-separated list of {', '.join(ABLATIONS)} and text:FILE")
+    return out
+
+
+def _text_lines(name: str, flag: str) -> dict[str, str]:
+    """{`text:FILE:LINE`: text} of `text:FILE` (every non-blank line) or `text:FILE:LINE` (that line)."""
+    path, line = name, None
+    if not Path(name).is_file():
+        head, _, tail = name.rpartition(":")
+        if not (head and tail.isdigit() and Path(head).is_file()):
+            raise InputError(f"{flag} text:{name}: no such file (text:FILE evaluates the state of each line of FILE)")
+        path, line = head, int(tail)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{flag} text:{path}: cannot read it as UTF-8 text ({err})") from None
+    texts = {f"{TEXT_ABLATION}{path}:{i}": text for i, text in enumerate(lines, 1) if text.strip()}
+    if line is not None:
+        label = f"{TEXT_ABLATION}{path}:{line}"
+        if label not in texts:
+            raise InputError(f"{flag} {label}: {path} has no text on line {line} ({len(lines)} lines)")
+        return {label: texts[label]}
+    if not texts:
+        raise InputError(f"{flag} text:{path}: the file holds no text (one text per line, each its own ablation)")
+    return texts
+
+
+def text_ablation_states(spec_json: str | None, texts: dict[str, str], where: str, device: str | None = None
+                         ) -> dict[str, np.ndarray]:
+    """{name: raw (H,) state} of text ablations without a live source (offline evaluation on stored states): each text
+    in the observation's place by the prompt program and model of `spec_json`, the spec of the stored states (no
+    history, no future, as `LiveHidden.text_states`). `InputError` for states without a spec, a control's projection
+    or a spec that reads images."""
+    from hsrl.data.projection import is_projection_spec
+    from hsrl.llm.spec import ExtractionSpec
+
+    if not texts:
+        return {}
+    if spec_json is None or is_projection_spec(spec_json):
+        raise InputError(f"{where}: text ablations compute a text's state by the states' extraction spec, and these "
+                         f"states have " + ("a control's projection" if spec_json else "none"))
+    spec = ExtractionSpec.from_json(spec_json)
+    if spec.reads_images:
+        raise InputError(f"{where}: its model reads images; text ablations need a spec that reads text only")
+    from hsrl.llm import make_extractor
+
+    states = make_extractor(spec, device=device).extract(list(texts.values())).hidden_state
+    return dict(zip(texts, states.astype(np.float32)))
+
+
+def read_spec_json(value: str, flag: str) -> str:
+    """The extraction spec a flag names, as canonical JSON: the JSON itself, a file holding it, or a labelled
+    dataset folder or chunk file (the spec in its metadata). `InputError` (one line) otherwise."""
+    from hsrl.llm.spec import ExtractionSpec
+
+    text, path = value, Path(value)
+    if not value.lstrip().startswith("{"):
+        if path.is_dir() or path.suffix == ".npz":
+            from hsrl.data import DataFileError, list_chunks, read_meta
+
+            try:
+                first = path if path.is_file() else list_chunks(path)[0]
+                text = read_meta(first).spec_json
+            except (DataFileError, OSError) as err:
+                raise InputError(f"{flag} {value!r}: {err}") from None
+            if text is None:
+                raise InputError(f"{flag} {value!r}: the data is not labelled (no extraction spec in {first.name})")
+        elif path.is_file():
+            text = path.read_text()
+        else:
+            raise InputError(f"{flag} {value!r}: neither JSON, a JSON file nor a labelled dataset")
+    try:
+        return ExtractionSpec.from_json(text).to_json()
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{flag}: not an extraction spec ({err})") from None
+
+
+def state_sources(trained: str | None, evaluated: str | None, trained_from: str, evaluated_from: str) -> dict:
+    """Where a policy's training states and its evaluation states come from (eval.json's `states`): each one's spec
+    hash and summary (`spec_summary`) and origin, the fields in which they differ with both values, and
+    `cross_source` (they differ)."""
+    from hsrl.llm.spec import difference_detail, spec_differences, spec_hash, spec_summary
+
+    differ = spec_differences(trained, evaluated)
+    return {"cross_source": bool(differ),
+            "trained": {"from": trained_from, "spec_hash": None if trained is None else spec_hash(trained),
+                        "summary": spec_summary(trained)},
+            "evaluated": {"from": evaluated_from, "spec_hash": None if evaluated is None else spec_hash(evaluated),
+                          "summary": spec_summary(evaluated)},
+            "differ": differ, "detail": difference_detail(trained, evaluated, differ)}
+
+
+def sources_sentence(sources: dict) -> str:
+    """eval.md's line naming the training and evaluation sources of the hidden states and how they differ."""
+    trained, evaluated = sources["trained"], sources["evaluated"]
+    if not sources["cross_source"]:
+        return (f"States: {evaluated['from']} gives the spec the policy was trained on ({trained['summary']}): not a "
+                f"cross-source evaluation.")
+    return (f"Cross-source evaluation: the policy was trained on states of {trained['summary']} (from "
+            f"{trained['from']}) and is evaluated with states of {evaluated['summary']} (from {evaluated['from']}), "
+            f"normalised by its training statistics; train/eval spec difference: {sources['detail']}.")
 
 
 @dataclass(frozen=True)
@@ -65,7 +195,10 @@ class EvalConfig(CacheFlags):
         "help": "parallel environments (at most --episodes are run: one with a quota of 0 would add nothing)"})
     server: str | None = field(default=None, metadata={"help": "hidden-state server URL (default: compute in-process)"})
     token: str | None = field(default=None, metadata={"help": "bearer token of the server (or env HSRL_SERVE_TOKEN)"})
-    ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated: real,zero,shuffled,constant"})
+    ablation: str = field(default=",".join(ABLATIONS), metadata={
+        "help": "comma-separated: real,zero,shuffled,constant and text:FILE (one ablation per non-blank line of FILE, "
+                "named text:FILE:LINE: the line's text in the observation's place, through the same prompt program and "
+                "model as the real states; text:FILE:LINE for one line)"})
     constant_text: str = field(default=DEFAULT_CONSTANT_TEXT, metadata={"help": "text whose state the constant ablation uses (specs that read images use environment 0's first frame)"})
     skip_n: int | None = field(default=None, metadata={"help": "LLM refresh period (default: the checkpoint's, else 1)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "cut episodes at this length (default: Craftax's 10000)"})
@@ -77,6 +210,13 @@ class EvalConfig(CacheFlags):
     spec: str | None = field(default=None, metadata={
         "help": "the extraction spec of the policy's hidden states, as JSON or a JSON file (hsrl.llm.ExtractionSpec; "
                 "default: the checkpoint's): needed for a policy trained on imported hidden states, which carry none"})
+    states_from: str | None = field(default=None, metadata={
+        "help": "evaluate with the hidden states of this extraction spec instead of the training one: JSON, a JSON "
+                "file, or a labelled dataset (its spec), e.g. forecast states for a policy trained on hindsight "
+                "labels; where it differs from the training spec it needs --cross-source", "metavar": "SPEC"})
+    cross_source: bool = field(default=False, metadata={
+        "help": "allow --states-from to differ from the spec the policy was trained on (a cross-source evaluation: "
+                "eval.json and eval.md name both sources and the fields that differ)", "flag_only": True})
     device: str | None = field(default=None, metadata={"help": "LLM device for in-process extraction"})
     seed: int = field(default=0, metadata={"help": "environment and sampling seed"})
     out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/eval inside the evaluated "
@@ -106,30 +246,63 @@ class EvalConfig(CacheFlags):
 
         meta = read_checkpoint_meta(self.checkpoint)
         if NetworkConfig.from_dict(meta["network"]).uses_hidden:
-            self.live_spec_json(meta.get("spec_json"), meta["path"])
+            live = self.live_spec_json(meta.get("spec_json"), meta["path"])
+            if self.ablation_texts():
+                self.check_text_ablations(live, meta["path"])
+        elif self.states_from is not None or self.cross_source:
+            raise InputError(f"{meta['path']} reads no hidden state (a baseline): --states-from and --cross-source "
+                             f"do not apply")
+
+    def check_text_ablations(self, spec_json: str | None, where) -> None:
+        """Text ablations put a text in the observation's place: the live spec must read text (not a control
+        policy's projection, not images alone)."""
+        from hsrl.data.projection import is_projection_spec
+        from hsrl.llm.spec import ExtractionSpec
+
+        if is_projection_spec(spec_json):
+            raise InputError(f"{where} is a control policy (a random projection of the observation, no LLM): it has "
+                             f"no state for a text, so text ablations do not apply")
+        if ExtractionSpec.from_json(spec_json).reads_images:
+            raise InputError(f"{where}: its model reads images; text ablations give a text in the observation's "
+                             f"place and need a spec that reads text only (input 'text')")
 
     def live_spec_json(self, checkpoint_spec: str | None, where) -> str | None:
-        """The spec live hidden states are computed by: the checkpoint's, or `--spec`. A checkpoint without one
-        (trained on imported, foreign states) needs `--spec`; a `--spec` that differs from the checkpoint's is
-        refused naming the fields unless --allow-spec-mismatch. Control policies keep their projection."""
+        """The spec live hidden states are computed by: the checkpoint's, `--spec`, or `--states-from`. A checkpoint
+        without one (trained on imported, foreign states) needs `--spec`; a `--spec` that differs from the
+        checkpoint's is refused naming the fields unless --allow-spec-mismatch; a `--states-from` that differs is a
+        cross-source evaluation, refused naming the fields unless --cross-source. A checkpoint trained on states
+        that cannot be computed live (imported text, hindsight labels) needs `--states-from`. Control policies keep
+        their projection."""
         from hsrl.data.projection import is_projection_spec
-        from hsrl.llm.spec import ExtractionSpec, check_live_text, spec_differences
+        from hsrl.llm.spec import check_live_text, difference_detail, spec_differences
 
         if is_projection_spec(checkpoint_spec):
+            if self.states_from is not None or self.cross_source:
+                raise InputError(f"{where} is a control policy (it reads a random projection of the observation, not "
+                                 f"an LLM's state): --states-from and --cross-source do not apply")
             return checkpoint_spec
-        check_live_text(checkpoint_spec, str(where))  # live states render with hsrl.text
+        if self.states_from is not None:
+            if self.spec is not None:
+                raise InputError("--spec and --states-from: give one (--states-from names the states to evaluate "
+                                 "with; --spec the spec of a policy trained on states that carry none)")
+            if checkpoint_spec is None:
+                raise InputError(f"{where} was trained on hidden states without an extraction spec, so no difference "
+                                 f"to --states-from can be named: give their spec with --spec")
+            named = read_spec_json(self.states_from, "--states-from")
+            check_live_text(named, "--states-from")
+            differ = spec_differences(checkpoint_spec, named)
+            if differ and not self.cross_source:
+                raise InputError(f"--states-from {self.states_from}: these states are not of the spec {where} was "
+                                 f"trained on (fields that differ: {difference_detail(checkpoint_spec, named, differ)})"
+                                 f"; evaluating a policy with states of another source is a cross-source evaluation: "
+                                 f"pass --cross-source to run it")
+            return named
+        if self.cross_source:
+            raise InputError("--cross-source goes with --states-from SPEC, the states to evaluate with")
+        check_live_text(checkpoint_spec, str(where))  # live states render with hsrl.text, and know no future
         named = None
         if self.spec is not None:
-            text = self.spec
-            if not text.lstrip().startswith("{"):
-                path = Path(text)
-                if not path.is_file():
-                    raise InputError(f"--spec {text!r}: neither JSON nor a file")
-                text = path.read_text()
-            try:
-                named = ExtractionSpec.from_json(text).to_json()
-            except (ValueError, TypeError) as err:
-                raise InputError(f"--spec: not an extraction spec ({err})") from None
+            named = read_spec_json(self.spec, "--spec")
             check_live_text(named, "--spec")
         if checkpoint_spec is None:
             if named is None:
@@ -156,19 +329,23 @@ class EvalConfig(CacheFlags):
         return (folder.parent if folder.name == CHECKPOINT_DIR else folder) / "eval"
 
     def ablations(self) -> tuple[str, ...]:
-        names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
-        bad = [a for a in names if a not in ABLATIONS]
-        if bad or not names:
-            raise InputError(f"--ablation {self.ablation!r}: expected a comma-separated subset of {','.join(ABLATIONS)}")
-        return names
+        """The ablations asked, in order, text:FILE expanded to one per line (`parse_ablations`)."""
+        return tuple(parse_ablations(self.ablation))
+
+    def ablation_texts(self) -> dict[str, str]:
+        """{name: text} of the text ablations asked (`parse_ablations`)."""
+        return {name: text for name, text in parse_ablations(self.ablation).items() if text is not None}
 
 
 class AblatedHidden:
-    """Host callback: the hidden states an ablation hands the policy for the environments asked for."""
+    """Host callback: the hidden states an ablation hands the policy for the environments asked for.
+    `text_states`: the raw state of each text ablation (`text:FILE:LINE`), handed to every environment."""
 
-    def __init__(self, live: LiveHidden, ablation: str, stats, constant_state: np.ndarray | None, seed: int):
+    def __init__(self, live: LiveHidden, ablation: str, stats, constant_state: np.ndarray | None, seed: int,
+                 text_states=None):
         self.live, self.ablation, self.stats = live, ablation, stats
         self.constant_state = constant_state
+        self.text_states = dict(text_states or {})
         self.rng = np.random.default_rng(seed)
         self.reads_images, self.hidden_size = live.reads_images, live.hidden_size
 
@@ -182,6 +359,11 @@ class AblatedHidden:
             return np.broadcast_to(self.stats.mean, (n, h)).astype(np.float32)
         if self.ablation == "constant":
             return np.broadcast_to(self.constant_state, (n, h)).astype(np.float32)
+        if self.ablation in self.text_states:
+            return np.broadcast_to(self.text_states[self.ablation], (n, h)).astype(np.float32)
+        if self.ablation != "shuffled":
+            raise ValueError(f"ablation {self.ablation!r}: not one of {', '.join(ABLATIONS)} or a text ablation given "
+                             f"its state")
         # shuffled: all real states, then a derangement
         entries = () if history is None else (self.live.entries(history, np.arange(n)),)
         states = self.live.states(np.asarray(sym), pixels, *entries)
@@ -355,7 +537,8 @@ def evaluate_ablation(env, policy, segment, uses_hidden: bool, config: EvalConfi
     returns, ach = kept["episode_return"].astype(np.float64), kept["achievements"].astype(bool)
     rates = ach.mean(0) * 100
     if config.video and frames:
-        _save_gif([f for f in frames if f is not None], out / f"episode_{ablation}.gif")
+        safe = re.sub(r"[^\w.-]", "_", ablation)  # text:FILE:LINE holds a path
+        _save_gif([f for f in frames if f is not None], out / f"episode_{safe}.gif")
     result = {"ablation": ablation, "episodes": n, "return_mean": float(np.mean(returns)),
               "return_std": float(np.std(returns)), "length_mean": float(np.mean(kept["episode_length"])),
               "craftax_score": craftax_score(rates),
@@ -411,11 +594,17 @@ def selection_sentence(selection: dict) -> str:
 
 
 def _markdown(results: list[dict], names, gate: float | None = None, selection: dict | None = None,
-              gate_travel: float | None = None) -> str:
-    lines = ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
+              gate_travel: float | None = None, sources: dict | None = None) -> str:
+    lines = [sources_sentence(sources), ""] if sources is not None else []
+    lines += ["| ablation | episodes | return (mean ± std) | length | Craftax score |", "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['ablation']} | {r['episodes']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} | "
                      f"{r['length_mean']:.0f} | {r['craftax_score']:.2f} |")
+    texts = [r for r in results if "text" in r]
+    if texts:
+        lines += ["", "Text ablations: each text's state, put in the observation's place by the same prompt program "
+                      "and model as the real states, handed to every environment:", ""]
+        lines += [f"- {r['ablation']}: {_quoted(r['text'])}" for r in texts]
     if selection is not None:
         lines += ["", selection_sentence(selection)]
     lines += ["", "Success rate per achievement (%):", "",
@@ -429,13 +618,25 @@ def _markdown(results: list[dict], names, gate: float | None = None, selection: 
     return "\n".join(lines) + "\n"
 
 
+def _short(name: str) -> str:
+    """A chart's label of an ablation: a text ablation by its file's name (not its folder) and line."""
+    if not name.startswith(TEXT_ABLATION):
+        return name
+    path, _, line = name[len(TEXT_ABLATION):].rpartition(":")
+    return f"{TEXT_ABLATION}{Path(path).name}:{line}"
+
+
+def _quoted(text: str, limit: int = 120) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
 def _chart(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["ablation"] for r in results]
+    names = [_short(r["ablation"]) for r in results]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.bar(names, [r["return_mean"] for r in results], yerr=[r["return_std"] for r in results], capsize=4,
           color="#4c72b0")
@@ -446,6 +647,8 @@ def _chart(results: list[dict], path: Path) -> None:
     b.set_ylabel("score (0-100)")
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
+        if len(names) > 4:
+            ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.suptitle(f"hidden-state ablations ({results[0]['episodes']} episodes each)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -494,11 +697,17 @@ def evaluate(config: EvalConfig) -> dict:
             spec = ExtractionSpec.from_json(spec_json)
             check_model_available(spec.model)  # the checkpoint's model, here: one line at once when it is not
             source = ExtractorSource(make_extractor(spec, cache=config.state_cache(), device=config.device))
-            if config.spec is not None:  # a spec the user named: its model and layer must give the trained width
-                policy.check_compatible(hidden_size=source.hidden_size, what=f"--spec ({spec.model})")
+            flag = "--states-from" if config.states_from is not None else "--spec" if config.spec is not None else None
+            if flag is not None:  # a spec the user named: its model and layer must give the trained width
+                policy.check_compatible(hidden_size=source.hidden_size, what=f"{flag} ({spec.model})")
         live = LiveHidden(env.info.variant, policy.hidden_stats, source)
     else:
         ablations = ("real",)  # a baseline reads no hidden state: nothing to ablate
+    texts = config.ablation_texts() if live is not None else {}
+    text_states = {}
+    if texts:  # each text's state, by the live spec's prompt program and model (checked to read text)
+        config.check_text_ablations(live.spec_json, config.checkpoint)
+        text_states = dict(zip(texts, live.text_states(list(texts.values()))))
     constant = None
     if live is not None and "constant" in ablations:
         if live.reads_images or live.reads_observations:  # environment 0's first observation (evaluation seed)
@@ -511,7 +720,8 @@ def evaluate(config: EvalConfig) -> dict:
     bar = tqdm(total=config.episodes * len(ablations), unit="episode", desc="eval", disable=not config.progress)
     results = []
     # one compiled segment serves every ablation: the host callback switches what it hands back
-    fn = AblatedHidden(live, "real", policy.hidden_stats, constant, config.seed) if live is not None else None
+    fn = (AblatedHidden(live, "real", policy.hidden_stats, constant, config.seed, text_states)
+          if live is not None else None)
     segment = make_segment(env, policy, fn, skip_n, SEGMENT_STEPS, config.greedy, config.video)
     for i, name in enumerate(ablations):
         bar.set_postfix(ablation=name)
@@ -524,15 +734,22 @@ def evaluate(config: EvalConfig) -> dict:
                               on_episodes=lambda n, base=base: bar.update(base + n - bar.n),
                               history=live.history if live is not None else 0)
         r["seconds"] = time.perf_counter() - t0
+        if name in texts:
+            r["text"] = texts[name]
         results.append(r)
     bar.close()
     report = {"checkpoint": str(config.checkpoint), "env": policy.env_name, "uses_hidden": policy.uses_hidden,
               "spec_hash": (policy.meta or {}).get("spec_hash"), "skip_n": skip_n, "gate": policy.gate,
               "gate_travel": policy.gate_travel, "config": public_config(config),
               "episode_selection": episode_selection(config.episodes, envs), "results": results}
+    if config.states_from is not None and live is not None:  # which states were trained on, which evaluated with
+        named = "JSON" if config.states_from.lstrip().startswith("{") else config.states_from
+        report["states"] = state_sources(policy.spec_json, live.spec_json, f"checkpoint {config.checkpoint}",
+                                         f"--states-from {named}")
     write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
     write_text_atomic(out / "eval.md", _markdown(results, env.info.achievement_names, policy.gate,
-                                                 report["episode_selection"], policy.gate_travel))
+                                                 report["episode_selection"], policy.gate_travel,
+                                                 report.get("states")))
     _chart(results, out / "ablations.png")
     return report
 
@@ -540,6 +757,6 @@ def evaluate(config: EvalConfig) -> dict:
 def run_eval(config: EvalConfig) -> int:
     report = evaluate(config)
     print(_markdown(report["results"], [], report.get("gate"), report.get("episode_selection"),
-                    report.get("gate_travel"))[: -1])
+                    report.get("gate_travel"), report.get("states"))[: -1])
     print(f"wrote {config.out_dir()}/eval.json, eval.md, ablations.png")
     return 0

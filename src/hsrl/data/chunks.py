@@ -44,7 +44,7 @@ file's starts after a gap, and no episode continues across it: `hsrl returns` ma
 a segment's end as truncated (`return_truncated`), as at the end of the data, and `hsrl stats` ends them there.
 `segment_start_rows` marks a segment's first rows in the concatenated time-major rows, and `episode_starts` makes
 them episode starts for every schedule that walks rows across files (the --hidden-skip-n refresh, history windows,
-probes' episodes).
+probes' episodes); `episode_remaining` ends the steps a future window (hindsight labels) reaches before them.
 
 Values are checked where they enter, block by block as they are read (`value_check`): `action` must be an
 integer in [0, num_actions) of the file's env, and the float keys (`FINITE_KEYS`: observations, reward,
@@ -861,6 +861,21 @@ def episode_age(done: np.ndarray, num_envs: int, segment_start: np.ndarray | Non
     start = episode_starts(done, num_envs, segment_start)
     t = np.arange(len(start), dtype=np.int64)[:, None]
     return t - np.maximum.accumulate(np.where(start, t, -1), axis=0)
+
+
+def episode_remaining(done: np.ndarray, num_envs: int, segment_start: np.ndarray | None = None) -> np.ndarray:
+    """(T, num_envs) int64: how many steps after each row its environment's episode goes on, as far as the rows show:
+    0 where the row's transition ends the episode (`done`), where the next row begins a segment (`segment_start`, a
+    gap in the recording) and at the last step; the next steps a future window (hindsight labels) may reach. Where
+    the count stops at a `done` (the episode ends within the rows) is `done` at row t + remaining."""
+    done = np.asarray(done, bool)
+    start = episode_starts(done, num_envs, segment_start)  # checks the shapes
+    end = done.reshape(start.shape).copy()
+    end[:-1] |= start[1:]  # the row before an episode's (or a segment's) first step is its last
+    end[-1:] = True  # no later step is in the rows
+    t = np.arange(len(end), dtype=np.int64)[:, None]
+    nxt = np.minimum.accumulate(np.where(end, t, len(end))[::-1], axis=0)[::-1]
+    return nxt - t
 
 
 def progress(items, desc: str, enabled: bool = True, unit: str = "file"):

@@ -12,6 +12,12 @@ With `--history K` each row's prompt also shows the K previous observations of i
 actions taken after them (`row_history`): rows are time-major (`row = t * num_envs + env`), the history reaches back
 into the chunks before (`steps_before`, across chunk boundaries, as long as the files follow on) and never past an
 episode's start (a step after `done`), so an episode's first rows have fewer (the prompt says how many).
+With `--future K` (hindsight labels: `--template hindsight`, or a template with `{future}`) each prompt also shows the
+next K observations of its environment's episode in the data, in order, with the action taken after each
+(`row_future`): they reach into the chunks after (`steps_after`) and never past the episode's last step, a gap in
+the recording or the data's end (fewer then; the prompt says which). Such states exist only for recorded data: the
+spec records `future`, and online, serve and eval refuse it (the future is not known while playing). Label a
+recording once it is complete: a finished file's last rows keep the future the data showed when it was labelled.
 
 The text the model reads is hsrl.text's rendering (the chunk's text_obs where hsrl rendered it, else rendered
 now), the same as online, serve and eval compute. Imported data (`hsrl import`) may hold the other tool's text_obs:
@@ -48,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsrl.llm.flags import CacheFlags, SpecFlags, TextFromFlag
+from hsrl.llm.flags import CacheFlags, FutureFlag, SpecFlags, TextFromFlag
 from hsrl.atomic import atomic_path, remove_temporaries
 from hsrl.llm.tokens import pad_generated, retokenize_checked, unpad_generated
 from hsrl.data.chunks import (
@@ -71,12 +77,14 @@ class RayFlags:
 
 
 @dataclass(frozen=True)
-class LabelConfig(TextFromFlag, SpecFlags, RayFlags):
+class LabelConfig(TextFromFlag, FutureFlag, SpecFlags, RayFlags):
     """Label trajectory chunks with LLM hidden states.
 
     Reads every chunk_NNNNNN.npz of IN_DIR, renders text_obs where absent, builds prompts, extracts hidden
     states and writes OUT_DIR/chunk_NNNNNN.npz with text_generated, hidden_state and the extraction spec.
     Imported data is rendered by hsrl.text too unless --text-from import (one line says which text is read).
+    With --future K (hindsight labels, --template hindsight) each prompt also shows the next K steps of its episode in
+    the data: states for offline use only (online, serve and eval refuse the spec).
     Other keys are kept unchanged. Resumable: rerun the same command after a crash. Exits non-zero if any
     input file was bad (listing them) after labelling the rest.
     """
@@ -204,13 +212,14 @@ def _texts(chunk, source: str = "hsrl") -> np.ndarray:
     return np.asarray(render_text(chunk["obs"], _variant(chunk.meta)))
 
 
-# ---- history: each row's previous observations in its episode, from the chunk files ---------------------------------
+# ---- history and future: each row's previous (and, for hindsight labels, next) steps in its episode -----------------
 
 
 @dataclass
 class StepsBefore:
-    """The steps of one run just before a chunk (time-major, at most K): texts, actions and done flags, each
-    (P, num_envs), and the files they came from (oldest first). P = 0 at a run's first chunk."""
+    """The steps of one run just before a chunk (`steps_before`) or just after it (`steps_after`), time-major, at
+    most K: texts, actions and done flags, each (P, num_envs), and the files they came from (in time order). P = 0 at
+    a run's first (last) chunk."""
 
     texts: np.ndarray
     actions: np.ndarray
@@ -218,11 +227,25 @@ class StepsBefore:
     files: list[Path] = field(default_factory=list)
 
 
+StepsAfter = StepsBefore
+
+
 def steps_before(src: Path, k: int, text_source: str = "hsrl") -> StepsBefore:
     """The last `k` steps before chunk `src`, from the chunks of its folder before it (across as many files as it
     takes), as long as each follows on from the one before (`check_consecutive`: same env and envs, first_steps
     that follow on, the same segment). History never reaches past a run's first chunk, a gap in the recording
     (`ChunkMeta.segment`) or a chunk that does not follow its predecessor."""
+    return _adjacent_steps(src, k, text_source, later=False)
+
+
+def steps_after(src: Path, k: int, text_source: str = "hsrl") -> StepsAfter:
+    """The first `k` steps after chunk `src`, from the chunks of its folder after it (across as many files as it
+    takes), as long as each follows on from the one before, as `steps_before`: a future window never reaches past
+    the data's last chunk, a gap in the recording or a chunk that does not follow on."""
+    return _adjacent_steps(src, k, text_source, later=True)
+
+
+def _adjacent_steps(src: Path, k: int, text_source: str, later: bool) -> StepsBefore:
     from hsrl.data.chunks import check_consecutive
 
     files = list_chunks(src.parent)
@@ -230,24 +253,29 @@ def steps_before(src: Path, k: int, text_source: str = "hsrl") -> StepsBefore:
     cur = inspect_chunk(src)
     parts: list = []
     have = 0
-    for prev_path in reversed(files[:index] if k > 0 else []):
-        prev = inspect_chunk(prev_path)
-        if prev.meta.segment != cur.meta.segment:  # a gap in the recording: no episode continues across it
+    for path in (files[index + 1:] if later else reversed(files[:index])) if k > 0 else []:
+        other = inspect_chunk(path)
+        if other.meta.segment != cur.meta.segment:  # a gap in the recording: no episode continues across it
             break
         try:
-            check_consecutive([prev, cur])
+            check_consecutive([cur, other] if later else [other, cur])
         except DataFileError:
             break
-        keys = ["action", "done"] + (["text_obs"] if "text_obs" in prev.fields else ["obs"])
-        if "text_obs" in prev.fields and imported_text(prev.meta) and text_source == "hsrl":
+        keys = ["action", "done"] + (["text_obs"] if "text_obs" in other.fields else ["obs"])
+        if "text_obs" in other.fields and imported_text(other.meta) and text_source == "hsrl":
             keys[-1] = "obs"  # the other tool's text is not the one read: hsrl.text renders the obs
-        chunk = read_chunk(prev_path, keys)
+        chunk = read_chunk(path, keys)
         take = min(k - have, chunk.num_steps)
         E = chunk.meta.num_envs
-        texts = to_time_env(_texts(chunk, text_source), E)[-take:]
-        parts.insert(0, (texts, chunk.time_major("action")[-take:], chunk.time_major("done")[-take:], prev_path))
+        rows = slice(None, take) if later else slice(-take, None)
+        part = (to_time_env(_texts(chunk, text_source), E)[rows], chunk.time_major("action")[rows],
+                chunk.time_major("done")[rows], path)
+        if later:
+            parts.append(part)
+        else:
+            parts.insert(0, part)
         have += take
-        cur = prev
+        cur = other
         if have == k:
             break
     E = cur.meta.num_envs
@@ -286,6 +314,47 @@ def row_history(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_en
     return out
 
 
+def row_future(texts: np.ndarray, actions: np.ndarray, done: np.ndarray, num_envs: int, k: int,
+               after: StepsAfter | None = None, segment_start: np.ndarray | None = None) -> list:
+    """Each row's future (rows time-major, `row = t * num_envs + env`), for hindsight labels: the next observations
+    of its environment's episode, in order, with the action taken after each, at most `k`
+    (`hsrl.llm.prompt.Future`); none past the episode's last step (a row whose `done` is set), the first step after
+    a gap (`segment_start`, (N,) bool, `hsrl.data.chunks.segment_start_rows`) or the last row (`after`: the steps
+    after the chunk, `steps_after`). `ended` says the episode's last step is the last one shown (the row itself when
+    none is), so the prompt can tell an episode's end from the data's."""
+    from hsrl.data.chunks import episode_remaining
+    from hsrl.llm.prompt import Future
+
+    E = num_envs
+    P = 0 if after is None else len(after.texts)
+    all_texts = to_time_env(np.asarray(texts, dtype=object), E)
+    all_actions = to_time_env(np.asarray(actions), E)
+    all_done = to_time_env(np.asarray(done, dtype=bool), E)
+    S = len(all_texts)
+    if P:
+        all_texts = np.concatenate([all_texts, after.texts])
+        all_actions = np.concatenate([all_actions, after.actions])
+        all_done = np.concatenate([all_done, after.done])
+    if segment_start is not None:  # the steps after a chunk are of its segment (`steps_after`)
+        segment_start = np.concatenate([np.asarray(segment_start, bool), np.zeros(P * E, bool)])
+    remaining = episode_remaining(all_done.reshape(-1), E, segment_start)  # as far as the rows show
+    out = []
+    for s in range(S):
+        for e in range(E):
+            n = min(int(remaining[s, e]), k)
+            ended = bool(remaining[s, e] <= k and all_done[s + remaining[s, e], e])
+            out.append(Future(tuple((str(all_texts[s + j, e]), int(all_actions[s + j, e])) for j in range(1, n + 1)),
+                              ended))
+    return out
+
+
+def chunk_future(chunk, texts: np.ndarray, k: int, text_source: str = "hsrl") -> tuple[list, list[Path]]:
+    """Every row's future in a chunk read from its folder (`row_future` with `steps_after`), and the later files it
+    reads."""
+    after = steps_after(chunk.path, k, text_source)
+    return row_future(texts, chunk["action"], chunk["done"], chunk.meta.num_envs, k, after), after.files
+
+
 def chunk_history(chunk, texts: np.ndarray, k: int, text_source: str = "hsrl"
                   ) -> tuple[list[list[tuple[str, int]]], list[Path]]:
     """Every row's history in a chunk read from its folder (`row_history` with `steps_before`), and the earlier
@@ -314,14 +383,15 @@ class Labeller:
         self.save_tokens = bool(save_token_states)
         self.mode = mode
 
-    def _run_batch(self, texts, generated, images, history=None):
+    def _run_batch(self, texts, generated, images, history=None, future=None):
         ex = self.extractor
         texts = None if texts is None else list(texts)
+        more = {} if future is None else {"future": future}
         if self.mode == "reextract":  # `generated`: the token ids generation produced (never re-tokenised text)
             res = ex.reextract(texts, generated_ids=generated, return_token_states=self.save_tokens, images=images,
-                               history=history)
+                               history=history, **more)
         else:
-            res = ex.extract(texts, return_token_states=self.save_tokens, images=images, history=history)
+            res = ex.extract(texts, return_token_states=self.save_tokens, images=images, history=history, **more)
         out = {"hidden": res.hidden_state.astype(np.float32), "text_generated": encode_text(res.generated_text),
                "num_tokens": np.asarray(res.num_tokens, np.int32)}
         if ex.spec.generates:
@@ -342,9 +412,10 @@ class Labeller:
         texts = _texts(chunk, spec.text_source) if spec.reads_text else None
         generated = self._generated_ids(chunk) if self.mode == "reextract" else None
         history, earlier = chunk_history(chunk, texts, spec.history, spec.text_source) if spec.history else (None, [])
+        future, later = chunk_future(chunk, texts, spec.future, spec.text_source) if spec.future else (None, [])
         n = chunk.num_rows
         partial = dst.parent / PARTIAL_DIR / dst.stem
-        self._open_partial(partial, src, n, digest, earlier)
+        self._open_partial(partial, src, n, digest, earlier, later)
         batch_files = []
         for i, start in enumerate(range(0, n, self.batch_size)):
             path = partial / f"batch_{i:06d}.npz"
@@ -353,7 +424,8 @@ class Labeller:
             if path.exists() and self._saved_batch_ok(path, sl.stop - sl.start):
                 continue
             out = self._run_batch(None if texts is None else texts[sl], None if generated is None else generated[sl],
-                                  None if images is None else images[sl], None if history is None else history[sl])
+                                  None if images is None else images[sl], None if history is None else history[sl],
+                                  None if future is None else future[sl])
             with atomic_path(path) as f:
                 np.savez(f, allow_pickle=False, **out)
             if on_batch is not None:
@@ -402,14 +474,18 @@ class Labeller:
                 f"the ids"))
         return ids
 
-    def _open_partial(self, partial: Path, src: Path, n: int, digest: str, earlier: list[Path] = ()) -> None:
+    def _open_partial(self, partial: Path, src: Path, n: int, digest: str, earlier: list[Path] = (),
+                      later: list[Path] = ()) -> None:
         """Keep saved batches only if they were made by the same spec, batch size and input (its size and the
         blake2b hash of its bytes: an input replaced by another of the same size is labelled afresh; with history,
-        also the earlier files its rows' histories come from)."""
+        also the earlier files its rows' histories come from; with future, the later files its rows' futures come
+        from)."""
         stamp = {"spec": self.spec_json, "batch_size": self.batch_size, "rows": n, "mode": self.mode,
                  "token_states": self.save_tokens, "input_bytes": src.stat().st_size, "input_blake2b": digest}
         if earlier:
             stamp["history_inputs"] = [[p.name, file_digest(p)] for p in earlier]
+        if later:
+            stamp["future_inputs"] = [[p.name, file_digest(p)] for p in later]
         marker = partial / "progress.json"
         with contextlib.suppress(OSError, ValueError):  # an unreadable marker counts as another run's
             if json.loads(marker.read_text()) == stamp:

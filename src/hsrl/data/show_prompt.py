@@ -2,7 +2,7 @@
 applied, with its token count.
 
 The prompt is built by the same code as labelling (`hsrl.data.label`: the row's text observation and, with
-history, its previous observations from the chunk files) and the same prompt program and tokenizer as every backend
+history, its previous observations from the chunk files; with future, its next ones) and the same prompt program and tokenizer as every backend
 (`hsrl.llm.preview`). A labelled dataset is shown with the spec it was labelled with (its metadata); raw data and
 `--text` with the spec the flags give (the flags of `hsrl label`).
 """
@@ -11,19 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsrl.errors import InputError
-from hsrl.llm.flags import SpecFlags, TextFromFlag
+from hsrl.llm.flags import FutureFlag, SpecFlags, TextFromFlag
 
 
 @dataclass(frozen=True)
-class PromptConfig(TextFromFlag, SpecFlags):
+class PromptConfig(TextFromFlag, FutureFlag, SpecFlags):
     """Print the exact prompt the model reads for row N of DATA (or for --text), chat template applied, and its
     token count.
 
     DATA is a dataset folder (rows counted over its chunks in order; within a chunk rows are time-major,
     row = t * num_envs + env) or one chunk file. A labelled DATA is shown with the extraction spec in its metadata
     (what the model read when it was labelled); raw data with the spec the flags give (--model, --template,
-    --prompt-template, --history, ...), as `hsrl label` would build it. With --history the row's previous
-    observations come from the files, as labelling takes them.
+    --prompt-template, --history, --future, ...), as `hsrl label` would build it. With --history the row's previous
+    observations, and with --future (hindsight) its next ones, come from the files, as labelling takes them.
     """
 
     data: str | None = field(default=None, metadata={"positional": True, "nargs": "?",
@@ -79,13 +79,13 @@ def run_prompt(config: PromptConfig) -> int:
     from hsrl.env.catalog import env_info
     from hsrl.llm.preview import preview_prompt
 
-    history = []
+    history, future = [], None
     if config.text is not None:
         spec = config.extraction_spec(env_info(config.env).variant)
         observation, where, source = config.text, "--text", "the flags"
     else:
         from hsrl.data import read_chunk
-        from hsrl.data.label import _texts, chunk_history
+        from hsrl.data.label import _texts, chunk_future, chunk_history
 
         spec, (path, row) = config.locate()
         chunk = read_chunk(path)
@@ -93,19 +93,22 @@ def run_prompt(config: PromptConfig) -> int:
         observation = str(texts[row])
         if spec.history:
             history = chunk_history(chunk, texts, spec.history, spec.text_source)[0][row]
+        if spec.future:
+            future = chunk_future(chunk, texts, spec.future, spec.text_source)[0][row]
         E = chunk.meta.num_envs
         where = f"{path.name} row {row} (step {row // E} of env {row % E})"
         source = "its labels' metadata" if chunk.meta.spec_json is not None else "the flags"
     try:
-        view = preview_prompt(spec, observation, history)
+        view = preview_prompt(spec, observation, history, future)
     except ValueError as err:
         raise InputError(str(err)) from None
     print(f"spec {spec.hash} (from {source}): model {spec.model}, template {view.template}"
-          + (f" {spec.template_hash}" if spec.template_hash else "") + f", history {spec.history}")
-    if spec.history:
-        print(f"{where}: {len(history)} of up to {spec.history} previous observations")
-    else:
-        print(where)
+          + (f" {spec.template_hash}" if spec.template_hash else "") + f", history {spec.history}"
+          + (f", future {spec.future} (hindsight)" if spec.future else ""))
+    shown = [f"{len(history)} of up to {spec.history} previous observations"] if spec.history else []
+    if spec.future:
+        shown.append(f"{0 if future is None else len(future.entries)} of up to {spec.future} next observations")
+    print(f"{where}: {', '.join(shown)}" if shown else where)
     counts = f"{view.tokens} tokens"
     if view.prefix_tokens:
         counts += f", the first {view.prefix_tokens} the prefix every prompt shares"

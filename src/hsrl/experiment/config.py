@@ -41,7 +41,9 @@ class ExperimentConfig(OnlineConfig):
     run's scores on two halves of its evaluation show how much of the spread is evaluation noise. Writes
     OUT/experiment.json, OUT/experiment.md, intervals.png, comparisons.png, achievements.png, curves.png, and one
     folder per run under OUT/runs/ARM/seedS. Rerunning skips finished runs and resumes AWR runs from their
-    checkpoints. --ray runs one Ray task per (arm, seed). Every input is checked before the first run trains.
+    checkpoints. The seeds of an arm train as one compiled program (--seeds-per-program, --seed-axis;
+    `hsrl.rl.awr_seeds`), in this process, or with --ray one Ray task per program. Every input is checked before the
+    first run trains.
     """
 
     offline: tuple[str, ...] | str | None = field(default=None, metadata={
@@ -54,6 +56,25 @@ class ExperimentConfig(OnlineConfig):
                 "1.5 and arms 2 standard deviations apart) with the family's error controlled (simulated in "
                 "tests/test_experiment_stats.py); with 3 no comparison of arms can be claimed, and below 6 a use "
                 "claim rests on the t interval alone"})
+    margin: str = field(default="10%", metadata={
+        "help": "equivalence margin of the headline metric: a number in its units, or P%% of the baseline arm's mean; "
+                "each question then has three outcomes: an effect, equivalent (TOST: the 90%% "
+                "interval inside +-margin: 'the policy does not use its state by more than the margin'), or "
+                "inconclusive; 'none' turns equivalence off. The arms' equivalence is on P(hidden > other), "
+                "--rank-margin"})
+    rank_margin: float = field(default=0.2, metadata={
+        "help": "equivalence margin of the arm comparisons on P(hidden > other): equivalent when it lies within "
+                "1/2 +- this (0.2: a typical seed of either arm beats the other's at most 70%% of the time)"})
+    plan: bool = field(default=False, metadata={
+        "help": "print the seeds per arm each question needs (80%% power for the margin, and for equivalence "
+                "within it) from the runs already finished in --out (a pilot), without training anything; every "
+                "report has this plan too"})
+    seeds_max: int | None = field(default=None, metadata={
+        "help": "with --sequential: the most seeds per arm; seeds are added in rounds of --seeds"})
+    sequential: bool = field(default=False, metadata={
+        "help": "add seeds in rounds of --seeds up to --seeds-max and stop as soon as every question has an answer "
+                "(an effect, or equivalence within the margin); each look claims at its share of the error rate "
+                "(linear alpha spending over the looks), so the chance of any false claim stays at 5%%"})
     control: bool = field(default=True, metadata={
         "help": "run the control arm: the hidden-state network fed a fixed random projection of the observation "
                 "and, where the hidden arm's prompts show --history K, of its K previous observations and actions "
@@ -82,24 +103,49 @@ class ExperimentConfig(OnlineConfig):
                 "of rollouts in Craftax; with several --offline, one --eval-data each, in the same order (labelled "
                 "by the same spec). Refused before any arm trains if a chunk file has the same bytes as one of "
                 "--offline's or comes from the same collection (the same `hsrl collect` settings and seed)"})
-    ablation: str = field(default=",".join(ABLATIONS), metadata={"help": "comma-separated ablations to evaluate"})
+    ablation: str = field(default=",".join(ABLATIONS), metadata={
+        "help": "comma-separated ablations to evaluate; text:FILE adds one per line of FILE (that text's state in "
+                "every row's place, through the data's prompt program and model)"})
+    eval_source: str | None = field(default=None, metadata={
+        "metavar": "DATA",
+        "help": "held-out labelled data of another extraction spec (e.g. forecast labels of the --eval-data rows): "
+                "every hidden arm trained on another spec is also scored with these states (a cross-source "
+                "evaluation, ablation source:NAME in the report), so a hindsight arm (an upper bound) is scored "
+                "with the states a forecaster could give while playing; needs --eval-data"})
     all_tokens_valid: bool = field(default=False, metadata={
         "help": "per-token hidden states (N, T, H) of --offline / --eval-data stored without hidden_tokens: every one "
                 "of the T positions is a real token, so pool over all of them (without this flag such files are "
                 "refused); passed to the AWR runs and the offline evaluation"})
     ray: str | None = field(default=None, metadata={
         "nargs": "?", "const": "local", "metavar": "ADDRESS",
-        "help": "run each (arm, seed) as a Ray task: `--ray` starts a local Ray, `--ray ADDRESS` joins a cluster"})
+        "help": "run each group of seeds (--seeds-per-program) as a Ray task: `--ray` starts a local Ray, `--ray "
+                "ADDRESS` joins a cluster"})
     cpus_per_run: float = field(default=1.0, metadata={"help": "CPUs of each Ray task"})
     gpus_per_run: float = field(default=0.0, metadata={"help": "GPUs of each Ray task"})
     retries: int = field(default=3, metadata={"help": "times a Ray task whose worker died is retried (from its checkpoint)"})
+    seeds_per_program: int | None = field(default=None, metadata={
+        "help": "seeds of one arm trained together as one compiled program (one data load, one compile; each seed "
+                "still writes its own run folder): default all of an arm's seeds, split further where a GPU's memory "
+                "cannot hold them (XLA's memory analysis of one seed's program, within 80%% of the device's limit "
+                "after the data); 1 trains each seed on its own. With --ray each program is one task: give a smaller "
+                "number to spread an arm over several GPUs or machines. AWR arms; online PPO arms where `hsrl online` "
+                "trains seeds in groups"})
+    seed_axis: str = field(default="auto", metadata={
+        "help": "how an AWR program runs its seeds: loop (one seed's compiled program for each seed in turn: each "
+                "seed's numbers are its single run's bit for bit), vmap (batched: every matrix product as wide as the "
+                "seeds, what fills a GPU; equal to single runs to float rounding), or auto (loop on CPU, where wider "
+                "products run no faster, vmap on accelerators)"})
     bootstrap_reps: int = field(default=5000, metadata={"help": "bootstrap resamples of each interval"})
 
     def ablations(self) -> tuple[str, ...]:
-        names = tuple(a.strip() for a in self.ablation.split(",") if a.strip())
-        if not names or "real" not in names or any(a not in ABLATIONS for a in names):
+        """The ablations each hidden arm is evaluated with: `hsrl.evaluate.parse_ablations` (text:FILE expands to one
+        text:FILE:LINE per line), real among them."""
+        from hsrl.evaluate import parse_ablations
+
+        names = tuple(parse_ablations(self.ablation))
+        if "real" not in names:
             raise InputError(f"--ablation {self.ablation!r}: expected a comma-separated subset of "
-                             f"{','.join(ABLATIONS)} that includes real")
+                             f"{','.join(ABLATIONS)} (and text:FILE) that includes real")
         return names
 
     def check(self) -> None:
@@ -143,8 +189,26 @@ class ExperimentConfig(OnlineConfig):
                      "bootstrap_reps"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        from hsrl.experiment.report import margin_of
+
+        try:
+            margin_of(self.margin, 1.0)
+        except ValueError as e:
+            raise InputError(f"--margin: {e}") from None
+        if not 0 < self.rank_margin < 0.5:
+            raise InputError(f"--rank-margin must lie between 0 and 0.5 (P(hidden > other) within 1/2 +- it), got "
+                             f"{self.rank_margin}")
+        if self.sequential and (self.seeds_max is None or self.seeds_max <= self.seeds):
+            raise InputError(f"--sequential adds rounds of --seeds {self.seeds} up to --seeds-max: give a --seeds-max "
+                             f"above {self.seeds}")
+        if self.seeds_max is not None and not self.sequential:
+            raise InputError("--seeds-max is the sequential design's limit: add --sequential, or give --seeds alone")
         if self.retries < 0 or self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise InputError("--retries, --cpus-per-run and --gpus-per-run must not be negative")
+        if self.seeds_per_program is not None and self.seeds_per_program < 1:
+            raise InputError(f"--seeds-per-program must be at least 1, got {self.seeds_per_program}")
+        if self.seed_axis not in ("auto", "loop", "vmap"):
+            raise InputError(f"--seed-axis must be auto, loop or vmap, got {self.seed_axis!r}")
         self.ablations()
         if self.fusion not in FUSIONS:
             raise InputError(f"--fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
@@ -159,6 +223,8 @@ class ExperimentConfig(OnlineConfig):
                                  f"--no-control")
         for i, folder in enumerate(offline):
             check_experiment_data(folder, evals[i] if evals else None, self.all_tokens_valid)
+        if self.eval_source is not None:
+            check_eval_source(self)
         for i, held in enumerate(evals):  # prompt variants label one dataset: each --eval-data is held out from all
             for j, folder in enumerate(offline):
                 if i != j:
@@ -259,6 +325,45 @@ def check_held_out(offline: str, eval_data: str) -> None:
                              f"(collect it with another --seed)")
 
 
+def check_eval_source(config: ExperimentConfig) -> None:
+    """--eval-source: a labelled held-out dataset (offline evaluation only, held out from every --offline) of the
+    same env and observations as --eval-data, whose states some hidden arm was not trained on."""
+    from hsrl.data import DataFileError, check_chunk_values, inspect_chunk, list_chunks
+
+    source, evals = config.eval_source, config.eval_sets()
+    if not evals:
+        raise InputError("--eval-source scores the hidden arms offline with another spec's states: give --eval-data "
+                         "too (the arms' own held-out rows)")
+    if not Path(source).is_dir():
+        raise FileNotFoundError(f"--eval-source {source}: no such dataset folder")
+    for folder in config.offline_sets():
+        check_held_out(folder, source)
+    other, own = inspect_chunk(list_chunks(source)[0]), inspect_chunk(list_chunks(evals[0])[0])
+    if "hidden_state" not in other.fields or other.meta.spec_json is None:
+        raise DataFileError(other.path, "hidden_state", "--eval-source needs data labelled by an extraction spec")
+    if other.meta.env_name != own.meta.env_name or other.fields["obs"][0] != own.fields["obs"][0]:
+        raise DataFileError(other.path, "obs", f"{other.meta.env_name} observations {other.fields['obs'][0]}; "
+                                               f"--eval-data holds {own.meta.env_name} {own.fields['obs'][0]}")
+    check_chunk_values(list_chunks(source)[0], ("obs", "action", "hidden_state"))
+
+
+def source_name(folder: str) -> str:
+    """The ablation name of an --eval-source's scores: source:FOLDER_NAME."""
+    return f"source:{Path(folder).resolve().name}"
+
+
+def upper_bound_arms(config: ExperimentConfig) -> tuple[str, ...]:
+    """The hidden arms whose training states saw the future (hindsight labels: `future` > 0 in the data's spec), the
+    ladder's top rung."""
+    from hsrl.data import inspect_chunk, list_chunks
+    from hsrl.llm.spec import future_steps
+
+    offline = config.offline_sets()
+    names = config.variant_names() if len(offline) > 1 else [None]
+    return tuple("awr-hidden" if name is None else f"awr-hidden-{name}" for name, folder in zip(names, offline)
+                 if future_steps(inspect_chunk(list_chunks(folder)[0]).meta.spec_json))
+
+
 def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid: bool = False) -> None:
     """Everything an AWR arm or the offline evaluation would refuse, before the first run trains: return_to_go
     and hidden states in --offline, --eval-data held out from it (`check_held_out`) with the same env, hidden width
@@ -277,12 +382,16 @@ def check_experiment_data(offline: str, eval_data: str | None, all_tokens_valid:
                                                 "of the same spec; give --eval-data (held-out rows of the same data) "
                                                 "to evaluate them offline")
     if eval_data is None:
-        from hsrl.llm.spec import LIVE_TEXT_WHY, text_source
+        from hsrl.llm.spec import HINDSIGHT_WHY, LIVE_TEXT_WHY, future_steps, text_source
 
         if text_source(first.meta.spec_json) != "hsrl":
             raise DataFileError(first.path, "meta", f"extraction spec with text_source 'import': {LIVE_TEXT_WHY}; or "
                                                     f"give --eval-data (held-out rows of the same data) to evaluate "
                                                     f"the arms offline")
+        if future_steps(first.meta.spec_json):
+            raise DataFileError(first.path, "meta", f"hindsight labels (--future {future_steps(first.meta.spec_json)})"
+                                                    f": {HINDSIGHT_WHY}; give --eval-data (held-out rows labelled "
+                                                    f"the same way) to evaluate the arms offline")
     if eval_data is not None:
         check_held_out(offline, eval_data)
         other = inspect_chunk(list_chunks(eval_data)[0])
@@ -362,42 +471,91 @@ def plan(config: ExperimentConfig):
             jobs.append(Job(arm=arm, algo=algo, hidden=hidden, seed=seed, run_dir=str(run_dir), train=train,
                             eval=evaluation, eval_data=None if eval_data is None else
                             str(Path(eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed,
-                            all_tokens_valid=config.all_tokens_valid))
+                            all_tokens_valid=config.all_tokens_valid,
+                            eval_source=_eval_source(config, role, eval_data)))
     return jobs
 
 
+def _eval_source(config: ExperimentConfig, role: str, eval_data: str | None) -> str | None:
+    """A hidden arm's --eval-source, where its states differ from the arm's own held-out data's (else that
+    evaluation would repeat its own)."""
+    if config.eval_source is None or role != "hidden" or eval_data is None:
+        return None
+    from hsrl.data import inspect_chunk, list_chunks, spec_differences
+
+    def spec(folder):
+        return inspect_chunk(list_chunks(folder)[0]).meta.spec_json
+
+    if not spec_differences(spec(eval_data), spec(config.eval_source)):
+        return None
+    return str(Path(config.eval_source).resolve())
+
+
 def run_experiment(config: ExperimentConfig) -> dict:
-    """Run (or resume) every job, then aggregate; returns the report written to experiment.json."""
+    """Run (or resume) every job, then aggregate; returns the report written to experiment.json. With
+    --sequential, seeds come in rounds and the looks stop as soon as every question is answered
+    (`hsrl.experiment.sequential`)."""
     from tqdm.auto import tqdm
 
-    from hsrl.experiment.report import write_report
+    from hsrl.experiment import sequential
+    from hsrl.experiment.report import aggregate, write_report
     from hsrl.experiment.runs import finished, run_on_ray, run_sequential
+    from hsrl.experiment.stats import ALPHA
     from hsrl.redact import public_config
 
     config.check_experiment()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = plan(config)
-    skipped = sum(finished(j) is not None for j in jobs)  # also refuses finished runs of other settings
-    bar = tqdm(total=len(jobs), initial=skipped, unit="run", desc="experiment", disable=not config.progress)
-    t0 = time.perf_counter()
-
-    def on_result(r):
-        bar.update(1)
-
-    todo = [j for j in jobs if finished(j) is None]
-    if config.ray is not None and todo:
-        run_on_ray(todo, config.ray, config.cpus_per_run, config.gpus_per_run, config.retries, on_result)
-    else:
-        run_sequential(todo, on_result)
-    bar.close()
-    results = [finished(j) for j in jobs]
-    settings = {**public_config(config), "runs_skipped": skipped, "runs_done": len(todo),
+    counts = sequential.looks(config.seeds, config.seeds_max) if config.sequential else [config.seeds]
+    levels = sequential.look_levels(counts, ALPHA) if config.sequential else [ALPHA]
+    t0, margins, done = time.perf_counter(), None, 0
+    for look, (k, level) in enumerate(zip(counts, levels)):
+        jobs = plan(dataclasses.replace(config, seeds=k))
+        todo = [j for j in jobs if finished(j) is None]  # also refuses finished runs of other settings
+        done += len(todo)
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not config.progress,
+                   desc="experiment" if not config.sequential else f"experiment, look {look + 1} ({k} seeds)")
+        if config.ray is not None and todo:
+            run_on_ray(todo, config.ray, config.cpus_per_run, config.gpus_per_run, config.retries,
+                       lambda r: bar.update(1), config.seeds_per_program, config.seed_axis)
+        else:
+            run_sequential(todo, lambda r: bar.update(1), config.seeds_per_program, config.seed_axis)
+        bar.close()
+        results = [finished(j) for j in jobs]
+        agg = aggregate(results, config.bootstrap_reps, config.eval_seed, margin=config.margin,
+                        rank_margin=config.rank_margin, alpha=level, margins=margins,
+                        upper_bounds=upper_bound_arms(config))
+        margins = agg["margins"]  # fixed at the first look
+        if config.sequential and (sequential.answered(agg["claims"]) or look == len(counts) - 1):
+            agg["sequential"] = sequential.record(counts, levels, look, agg["claims"])
+            break
+    settings = {**public_config(config), "runs_skipped": len(jobs) - done, "runs_done": done,
                 "seconds": time.perf_counter() - t0}
-    return write_report(out, results, settings, config.bootstrap_reps, config.eval_seed)
+    return write_report(out, results, settings, agg)
+
+
+def plan_from_finished(config: ExperimentConfig) -> str:
+    """`--plan`: the seeds plan of the runs already finished in --out (a pilot), as markdown; trains nothing."""
+    from hsrl.experiment import plan as seeds
+    from hsrl.experiment.report import aggregate
+    from hsrl.experiment.runs import finished
+
+    config.check_experiment()
+    most = config.seeds_max if config.sequential else config.seeds
+    results = [r for r in map(finished, plan(dataclasses.replace(config, seeds=most))) if r is not None]
+    arms = {r["arm"] for r in results}
+    if not results or not any("-hidden" in a for a in arms):
+        raise InputError(f"--plan: no finished hidden-arm runs in {config.out}: run a pilot first (the same command "
+                         f"without --plan, for example with --seeds 4), then plan from it")
+    agg = aggregate(results, config.bootstrap_reps, config.eval_seed, margin=config.margin,
+                    rank_margin=config.rank_margin, upper_bounds=upper_bound_arms(config))
+    return "\n".join(seeds.lines(agg["plan"]))
 
 
 def run_experiment_cli(config: ExperimentConfig) -> int:
+    if config.plan:
+        print(plan_from_finished(config))
+        return 0
     report = run_experiment(config)
     print(Path(config.out, "experiment.md").read_text())
     print(f"wrote {config.out}/experiment.json, experiment.md and {', '.join(report['figures'])}")

@@ -12,6 +12,11 @@ Without that noise, two policies that differ in the fourth decimal would rank th
   zero      the normalisation mean (a zero normalised input)
   shuffled  another row's state (a derangement within each batch)
   constant  one state for all: the first held-out row's
+  text:FILE:LINE  one state for all: the line's text in the observation's place, by the prompt program and model of
+            the data's spec (`hsrl.evaluate.text_ablation_states`; `hsrl.evaluate.parse_ablations` expands text:FILE)
+Data labelled by another spec than the policy's training data (a cross-source evaluation, e.g. a policy trained on
+hindsight labels evaluated on forecast-labelled rows) is refused unless `cross_source`; naming both sources in a
+report is the caller's (`hsrl.evaluate.state_sources`).
 A control policy reads its fixed projection of each row's observation (`hsrl.data.projection`; with history, and of
 the row's previous steps in its episode, as the prompts of the data's spec show them). Each
 score is also given on two disjoint random halves of the rows (`halves`), whose spread measures evaluation
@@ -45,15 +50,17 @@ class StoredHidden:
 
 
 def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tuple[str, ...], seed: int = 0,
-                     run_seed: int = 0, all_tokens_valid: bool = False) -> dict:
+                     run_seed: int = 0, all_tokens_valid: bool = False, cross_source: bool = False,
+                     device: str | None = None) -> dict:
     """{ablation: {"action_match", "action_prob", "rows"}} of one checkpoint on held-out data (see above).
     Per-token hidden states are read as each row's pooled tokens (`load_dataset`; files without hidden_tokens
-    only with `all_tokens_valid`)."""
+    only with `all_tokens_valid`). `cross_source`: allow data of another extraction spec than the policy's;
+    `device`: where text ablations run the model."""
     from scipy.special import softmax
 
     from hsrl.data import load_dataset
     from hsrl.data.projection import ObservationProjection, dataset_states, is_projection_spec
-    from hsrl.evaluate import AblatedHidden
+    from hsrl.evaluate import AblatedHidden, parse_ablations, text_ablation_states
     from hsrl.rl.checkpoint import load_policy
 
     policy = load_policy(checkpoint)
@@ -70,16 +77,20 @@ def evaluate_offline(checkpoint: str | Path, data_dir: str | Path, ablations: tu
     elif policy.uses_hidden:
         states = ds["hidden_state"]
         policy.check_compatible(hidden_size=int(states.shape[-1]), spec_json=ds.meta.spec_json,
-                                what=f"the data in {data_dir}")
+                                allow_spec_mismatch=cross_source, what=f"the data in {data_dir}")
     gumbel = np.random.default_rng([seed, run_seed]).gumbel(size=(len(obs), policy.network.num_actions))
     # two disjoint random halves of the rows, the same for every run: their spread measures evaluation noise
     halves = np.random.default_rng([seed, 1]).permutation(len(obs)) % 2
+    asked = parse_ablations(",".join(ablations)) if policy.uses_hidden else {"real": None}  # text:FILE: per line
+    texts = {name: text for name, text in asked.items() if text is not None}
+    text_states = text_ablation_states(policy.spec_json if control else ds.meta.spec_json, texts,
+                                       f"the data in {data_dir}", device)
     results = {}
-    for name in ablations if policy.uses_hidden else ("real",):
+    for name in asked:
         fn = None
         if policy.uses_hidden:
             live = StoredHidden(states)
-            fn = AblatedHidden(live, name, policy.hidden_stats, live.states(np.array([0]))[0], seed)
+            fn = AblatedHidden(live, name, policy.hidden_stats, live.states(np.array([0]))[0], seed, text_states)
         prob, match = np.zeros(len(obs)), np.zeros(len(obs))
         for start in range(0, len(obs), BATCH):
             rows = np.arange(start, min(start + BATCH, len(obs)))

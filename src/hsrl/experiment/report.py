@@ -21,6 +21,34 @@ EVAL_NOISE_DOMINATES = 0.5
 MORE_EVALUATION = "more evaluation episodes (--eval-episodes), or more held-out rows with --eval-data,"
 
 
+def seeds_plan(agg: dict, arms: dict[str, list[dict]], alpha: float) -> dict:
+    """How many seeds per arm each question needs (`hsrl.experiment.plan`), from this experiment's spreads of the
+    headline metric, at the level a claim needs in this family."""
+    from hsrl.experiment import plan
+
+    m = agg["metrics"][0]
+    size = len({_question(k) for k, t in family(agg).items() if t is not None})
+    level = plan.plan_level(size, alpha)
+    questions = {}
+    for key, comp in agg["comparisons"].items():
+        mg, name = agg["margins"][key], comp["hidden"]
+        entry = {}
+        if mg["uses"] and "real-shuffled" in agg["gaps"].get(name, {}):
+            gaps = _scores(arms[name], m) - _scores(arms[name], m, "shuffled")
+            entry["uses"] = {"margin": f"+-{mg['uses']:.3g}", **plan.plan_use(gaps, mg["uses"], level)}
+        for other in ("baseline", "control"):
+            if mg["uses"] and comp.get(other):
+                entry[f"beats_{other}"] = {
+                    "margin": f"{mg['uses']:.3g} apart / P within 1/2 +- {mg['rank']}" if mg["rank"] else
+                    f"{mg['uses']:.3g} apart",
+                    **plan.plan_arms(_scores(arms[name], m), _scores(arms[comp[other]], m), mg["uses"], mg["rank"],
+                                     level)}
+        questions[key] = entry
+    seeds = min((len(a["seeds"]) for a in agg["arms"].values()), default=0)
+    return {"power": plan.POWER, "alpha": alpha, "family_size": size, "level": level, "seeds": seeds,
+            "questions": questions}
+
+
 def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
     arms = defaultdict(list)
     for r in results:
@@ -59,13 +87,57 @@ def eval_noise_share(scores: np.ndarray, halves: np.ndarray | None) -> float | N
     return 1.0 if total <= 0 else min(1.0, noise / total)
 
 
-def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
+DEFAULT_MARGIN = "10%"  # of the baseline's mean headline score
+DEFAULT_RANK_MARGIN = 0.2  # P(hidden > other) within 1/2 +- this: a typical seed wins at most 70% of the time
+
+
+def margin_of(spec: str | float | None, reference: float) -> float | None:
+    """The equivalence margin in the metric's units: a number as it is, "P%" as P% of |reference| (the baseline's
+    mean score), None (or "none") for no equivalence test."""
+    if spec is None or str(spec).strip().lower() == "none":
+        return None
+    text = str(spec).strip()
+    try:
+        value = float(text[:-1]) / 100 * abs(reference) if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"margin {spec!r}: expected a number in the metric's units, P% of the baseline's mean, "
+                         "or none") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"margin {spec!r}: expected a finite number >= 0")
+    return value
+
+
+def _margins(comp: dict, arms: dict, m: str, spec, rank_margin: float | None) -> dict:
+    """One comparison's margins: `uses` in the metric's units (from --margin, a share of the baseline arm's mean
+    score, or of the hidden arm's without a baseline), `rank` on P(hidden > other)."""
+    reference_arm = comp.get("baseline") or comp["hidden"]
+    reference = float(_scores(arms[reference_arm], m).mean())
+    uses = margin_of(spec, reference)
+    said = (None if uses is None else f"{spec} of the {role(arms[reference_arm][0])} arm's mean {LABELS.get(m, m)} "
+            f"({reference:.4g})" if str(spec).strip().endswith("%") else "given (--margin)")
+    return {"uses": uses, "uses_from": said, "rank": rank_margin}
+
+
+def _equivalence(test: dict | None, kind: str, margin: float | None, x: np.ndarray, y: np.ndarray) -> None:
+    """Add the question's equivalence test (TOST against its margin) into its difference test's dict."""
+    if test is None or margin is None or margin <= 0:
+        return
+    make = stats.paired_equivalence if kind == "uses" else stats.rank_equivalence
+    test["equivalence"] = make(x, y, margin).to_dict()
+
+
+def aggregate(results: list[dict], reps: int = 2000, seed: int = 0, margin=DEFAULT_MARGIN,
+              rank_margin: float | None = DEFAULT_RANK_MARGIN, alpha: float = stats.ALPHA,
+              margins: dict | None = None, upper_bounds: tuple[str, ...] = ()) -> dict:
     """Every arm's estimates, every comparison's calibrated test and every ablation gap, the claims they
-    support (`claims`) and the verdict built from them."""
+    support (`claims`, at level `alpha`) and the verdict built from them. With a margin (`margin`: the metric's
+    units or "P%" of the baseline's mean; `rank_margin`: on P(hidden > other)), each of the three questions also
+    gets its equivalence test; `margins` ({comparison: margins}) fixes them as an earlier look set them.
+    `upper_bounds`: hidden arms whose states saw the future (hindsight labels), laid out as the ladder's top rung."""
     arms = _by_arm(results)
     metrics = results[0]["metrics"]
     out = {"metrics": list(metrics), "confidence": stats.CONFIDENCE, "bootstrap_reps": reps, "arms": {},
-           "comparisons": {}, "gaps": {}, "eval_noise": {}, "achievements": {}}
+           "comparisons": {}, "gaps": {}, "eval_noise": {}, "achievements": {}, "margins": {}}
     for arm, runs in arms.items():
         entry = {"algo": runs[0]["algo"], "role": role(runs[0]), "hidden": runs[0]["hidden"],
                  "seeds": [r["seed"] for r in runs], "weight_ess": _weight_ess(runs), "gate": _gates(runs),
@@ -83,7 +155,7 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
                 for m in metrics:
                     real, other = _scores(runs, m), _scores(runs, m, g)
                     halves = [_halves(runs, m), _halves(runs, m, g)]  # this metric's halves, of both ablations
-                    gaps[f"real-{g}"][m] = {**stats.paired_test(real, other, seed).to_dict(), "eval_noise":
+                    gaps[f"real-{g}"][m] = {**stats.paired_test(real, other, seed, alpha).to_dict(), "eval_noise":
                                             eval_noise_share(real - other, None if any(h is None for h in halves)
                                                              else halves[0] - halves[1])}
         if gaps:
@@ -104,24 +176,112 @@ def aggregate(results: list[dict], reps: int = 2000, seed: int = 0) -> dict:
                 for other in ("baseline", "control"):
                     if by_role.get(other) is None:
                         continue
-                    comp[m][f"vs_{other}"] = two_sample(_scores(arms[name], m), _scores(arms[by_role[other]], m), seed)
-            out["comparisons"][algo if len(hidden_arms) == 1 else name] = comp
+                    comp[m][f"vs_{other}"] = two_sample(_scores(arms[name], m), _scores(arms[by_role[other]], m), seed,
+                                                                 level=alpha)
+            key = algo if len(hidden_arms) == 1 else name
+            out["comparisons"][key] = comp
+            m = metrics[0]
+            mg = (margins or {}).get(key) or _margins(comp, arms, m, margin, rank_margin)
+            out["margins"][key] = mg
+            gap = out["gaps"].get(name, {}).get("real-shuffled", {}).get(m)
+            _equivalence(gap, "uses", mg["uses"], _scores(arms[name], m), _scores(arms[name], m, "shuffled")
+                         if gap is not None else None)
+            for other in ("baseline", "control"):
+                if by_role.get(other) is not None:
+                    _equivalence(comp[m][f"vs_{other}"], "rank", mg["rank"], _scores(arms[name], m),
+                                 _scores(arms[by_role[other]], m))
         if len(hidden_arms) > 1:  # the prompt variants side by side: every pair, the same two-sample test
             out["variants"][algo] = {
-                f"{a} - {b}": {m: two_sample(_scores(arms[a], m), _scores(arms[b], m), seed) for m in metrics}
+                f"{a} - {b}": {m: two_sample(_scores(arms[a], m), _scores(arms[b], m), seed, level=alpha)
+                               for m in metrics}
                 for i, a in enumerate(hidden_arms) for b in hidden_arms[i + 1:]}
-    out["claims"] = claims(out)  # also writes each test's family-adjusted p and claim into it
+    out["ladder"] = ladder(out, arms, upper_bounds)
+    out["claims"] = claims(out, alpha)  # also writes each test's family-adjusted p and claim into it
+    out["plan"] = seeds_plan(out, arms, alpha)
     out["notes"] = notes(out)
     out["verdict"] = verdict(out)
     return out
 
 
-def two_sample(x: np.ndarray, y: np.ndarray, seed: int, skip_exact_above: float | None = None) -> dict:
+LADDER = ("baseline", "control", "hidden", "upper bound")
+
+
+def ladder(agg: dict, arms: dict[str, list[dict]], upper_bounds: tuple[str, ...]) -> dict:
+    """{algo: {"rungs": [...], "room": [...]}} where an algorithm has an upper-bound arm (hindsight labels): its arms
+    from the baseline up (baseline, control, each forecast arm, each upper bound; the headline metric's mean with its
+    t interval; an upper bound also with any other source's states it was scored with, `source:NAME`, and zeros),
+    and for each (upper bound, forecast arm) the room left for a better forecaster: the mean difference (Welch,
+    descriptive) and the claim of the family's test of that pair."""
+    m = agg["metrics"][0]
+    out = {}
+    for algo in sorted({a["algo"] for a in agg["arms"].values()}):
+        of_algo = {name: a for name, a in agg["arms"].items() if a["algo"] == algo}
+        upper = [name for name in of_algo if name in upper_bounds]
+        if not upper:
+            continue
+        rungs = []
+        for name, a in of_algo.items():
+            rung = "upper bound" if name in upper else a["role"]
+            entry = {"rung": rung, "arm": name, "mean": a[m]["mean"]}
+            if name in upper:
+                for ablation in sorted({k for r in arms[name] for k in r["ablations"]}):
+                    if ablation.startswith("source:") or ablation == "zero":
+                        entry[ablation] = stats.mean_t(_scores(arms[name], m, ablation))
+            rungs.append(entry)
+        rungs.sort(key=lambda e: LADDER.index(e["rung"]))
+        room = []
+        for u in upper:
+            for h in (e["arm"] for e in rungs if e["rung"] == "hidden"):
+                pairs = agg["variants"].get(algo, {})
+                key = f"{u} - {h}" if f"{u} - {h}" in pairs else f"{h} - {u}"
+                room.append({"upper": u, "hidden": h, "pair": key, "upper_first": key.startswith(f"{u} - "),
+                             "mean_difference": stats.welch_test(_scores(arms[u], m), _scores(arms[h], m)).to_dict()})
+        out[algo] = {"rungs": rungs, "room": room}
+    return out
+
+
+def _room_claim(agg: dict, algo: str, room: dict) -> str:
+    """The family's claim on an (upper bound, forecast) pair, as the upper bound's: above / below / none."""
+    test = agg["variants"].get(algo, {}).get(room["pair"], {}).get(agg["metrics"][0])
+    claim = "none" if test is None else test["claim"]
+    if claim in ("above", "below") and not room["upper_first"]:
+        return "below" if claim == "above" else "above"
+    return claim
+
+
+def ladder_lines(agg: dict) -> list[str]:
+    """The ladder as markdown: one table per algorithm and the room left above each forecast arm."""
+    m = agg["metrics"][0]
+    lines = []
+    for algo, lad in agg.get("ladder", {}).items():
+        lines += ["", f"Ladder ({algo.upper()}, {LABELS.get(m, m)}, mean [{stats.CONFIDENCE:.0%} t interval] over "
+                  "seeds): from no hidden state to states that saw the future (hindsight labels, an upper bound on "
+                  "what a perfect forecaster's state could give):", "", "| rung | arm | mean | notes |",
+                  "|---|---|---|---|"]
+        for e in lad["rungs"]:
+            notes = "; ".join(f"scored with {k[len('source:'):]}'s states (cross-source): {fmt(v)}" if
+                              k.startswith("source:") else f"with zeros: {fmt(v)}"
+                              for k, v in e.items() if k.startswith("source:") or k == "zero")
+            lines.append(f"| {e['rung']} | {e['arm']} | {fmt(e['mean'])} | {notes} |")
+        for r in lad["room"]:
+            d = r["mean_difference"]
+            said = {"above": "the upper bound scores higher (claimed)", "below": "the forecast arm scores higher "
+                    "(claimed)", "none": "no difference shown", "too few seeds": "too few seeds to tell"}[
+                _room_claim(agg, algo, r)]
+            lines.append("")
+            lines.append(f"Room left for a better forecaster above {r['hidden']}: {r['upper']} - {r['hidden']} = "
+                         f"{fmt(_iv(d))} (difference of means, descriptive); the family's test of the pair: {said}.")
+    return lines
+
+
+def two_sample(x: np.ndarray, y: np.ndarray, seed: int, skip_exact_above: float | None = None,
+               level: float = stats.ALPHA) -> dict:
     """The comparison of two arms' per-seed scores: the rank test the claim rests on (P(first > second), a typical
     seed), with the difference of means and its Welch test beside it as a description (`mean_difference`).
-    `skip_exact_above`: `stats.rank_test`'s shortcut for simulations (the same claims)."""
-    mean = {**stats.welch_test(x, y, seed).to_dict(), "claim": "descriptive"}
-    return {**stats.rank_test(x, y, seed, skip_exact_above).to_dict(), "mean_difference": mean}
+    `skip_exact_above`: `stats.rank_test`'s shortcut for simulations (the same claims); `level`: the level claims
+    are made at."""
+    mean = {**stats.welch_test(x, y, seed, level).to_dict(), "claim": "descriptive"}
+    return {**stats.rank_test(x, y, seed, skip_exact_above, level).to_dict(), "mean_difference": mean}
 
 
 def _weight_ess(runs: list[dict]) -> float | None:
@@ -213,39 +373,56 @@ def fmt_p(p: float | None) -> str:
 ANSWERS = ("uses", "beats_baseline", "beats_control")
 
 
+EQUIVALENT = "equivalent"
+
+
 def family(agg: dict) -> dict[tuple, dict | None]:
     """The report's claims, one family: {(comparison key, answer): test} for the three answers of every hidden
-    arm, and {("variants", algo, pair): test} for every pair of prompt variants, on the headline metric (None: not
-    run). Every other metric is descriptive."""
+    arm, {(comparison key, answer, "equivalent"): TOST} for those with a margin, and {("variants", algo, pair):
+    test} for every pair of prompt variants, on the headline metric (None: not run). Every other metric is
+    descriptive."""
     m = agg["metrics"][0]
     out = {}
     for key, comp in agg["comparisons"].items():
         gap = agg["gaps"].get(comp["hidden"], {}).get("real-shuffled", {}).get(m)
-        out[(key, "uses")] = gap
-        out[(key, "beats_baseline")] = comp[m].get("vs_baseline")
-        out[(key, "beats_control")] = comp[m].get("vs_control")
+        for answer, test in (("uses", gap), ("beats_baseline", comp[m].get("vs_baseline")),
+                             ("beats_control", comp[m].get("vs_control"))):
+            out[(key, answer)] = test
+            if test is not None and "equivalence" in test:
+                out[(key, answer, EQUIVALENT)] = test["equivalence"]
     for algo, pairs in agg.get("variants", {}).items():
         for pair, tests in pairs.items():
             out[("variants", algo, pair)] = tests[m]
     return out
 
 
-def claims(agg: dict) -> dict[str, dict[str, str]]:
-    """{comparison: {"uses", "beats_baseline", "beats_control"}: 'above' / 'below' / 'none' / 'too few seeds' /
-    'not run'}: what the calibrated tests of the headline metric support once the family's error is controlled
-    (Holm over every claim of the report: `family`). One function, used by the verdict and by the calibration
-    test. Writes each family test's `p_family` and final `claim` into it; tests of the other metrics (and of the
-    other comparisons' descriptive parts) get the claim 'descriptive'."""
+def _question(key: tuple) -> tuple:
+    """A question's two hypotheses (no effect; not equivalent) share it: at most one of them can be true."""
+    return key[:2] if key[-1] == EQUIVALENT else key
+
+
+def claims(agg: dict, alpha: float = stats.ALPHA) -> dict[str, dict[str, str]]:
+    """{comparison: {"uses", "beats_baseline", "beats_control"}: 'above' / 'below' / 'equivalent' / 'none' /
+    'too few seeds' / 'not run'}: what the calibrated tests of the headline metric support once the family's error
+    is controlled at `alpha` (Holm over every claim of the report, `family`, each question's difference and
+    equivalence tests counted once since at most one of their nulls is true: `stats.holm` with groups). One
+    function, used by the verdict, the sequential rule and the calibration tests. Writes each family test's
+    `p_family` and final `claim` into it; tests of the other metrics (and of the other comparisons' descriptive
+    parts) get the claim 'descriptive'."""
     tests = family(agg)
     ps = {k: (t["p_claim"] if t is not None and t["claim"] != "too few seeds" else None) for k, t in tests.items()}
-    adjusted = stats.holm(ps)
-    agg["family"] = {"size": sum(p is not None for p in ps.values()), "method": "Holm",
-                     "alpha": stats.ALPHA, "metric": agg["metrics"][0]}
+    adjusted = stats.holm(ps, {k: _question(k) for k in tests})
+    agg["family"] = {"size": len({_question(k) for k, p in ps.items() if p is not None}), "method": "Holm",
+                     "alpha": alpha, "metric": agg["metrics"][0],
+                     "equivalence_tests": sum(p is not None and k[-1] == EQUIVALENT for k, p in ps.items())}
     for k, t in tests.items():
         if t is None or t["claim"] == "too few seeds":
             continue
         t["p_family"] = adjusted[k]
-        t["claim"] = t["side"] if adjusted[k] <= stats.ALPHA and t["side"] != "includes" else "none"
+        if k[-1] == EQUIVALENT:
+            t["claim"] = EQUIVALENT if adjusted[k] <= alpha else "none"
+        else:
+            t["claim"] = t["side"] if adjusted[k] <= alpha and t["side"] != "includes" else "none"
     m = agg["metrics"][0]
     for comp in agg["comparisons"].values():
         for other in agg["metrics"][1:]:
@@ -265,7 +442,12 @@ def claims(agg: dict) -> dict[str, dict[str, str]]:
 
 
 def _claim(test: dict | None) -> str:
-    return "not run" if test is None else test["claim"]
+    """A question's outcome: its difference claim, else 'equivalent' where its TOST claims it."""
+    if test is None:
+        return "not run"
+    if test["claim"] not in ("above", "below") and (test.get("equivalence") or {}).get("claim") == EQUIVALENT:
+        return EQUIVALENT
+    return test["claim"]
 
 
 def notes(agg: dict) -> list[str]:
@@ -296,7 +478,8 @@ def notes(agg: dict) -> list[str]:
 
 def _caveat(test: dict) -> str:
     if test["claim"] in ("above", "below") and test["assumes_normal"]:
-        return (f" (with {test['n']} seeds the exact test cannot reach p < {stats.ALPHA:g}, smallest "
+        level = test.get("level", stats.ALPHA)
+        return (f" (with {test['n']} seeds the exact test cannot reach p < {level:.3g}, smallest "
                 f"{fmt_p(test['min_p_exact'])}: this rests on the t interval's assumption of roughly normal "
                 "per-seed gaps)")
     if test["claim"] == "none" and test.get("p_family") is not None and test["p_claim"] <= stats.ALPHA:
@@ -342,15 +525,22 @@ def _answer(kind: str, test: dict | None, n: int, control: str | None = None) ->
                                  "information beyond more input features is not tested"}[kind]
     stat = _stat(kind, test)
     claim = test["claim"]
+    eq = test.get("equivalence")
+    if eq is not None and _claim(test) == EQUIVALENT:
+        return _equivalent_answer(kind, eq, n) + f" ({stat})"
     if claim == "too few seeds":
         if test["method"] == stats.RANK and min(test["n"], test["m"]) >= 2:
             return (f"cannot be judged with {n} seeds per arm: the rank test's smallest possible p is "
-                    f"{fmt_p(test['min_p_exact'])}, above {stats.ALPHA:g}; with so few seeds an arm whose seeds split "
+                    f"{fmt_p(test['min_p_exact'])}, above {test.get('level', stats.ALPHA):.3g}; with so few seeds an "
+                    f"arm whose seeds split "
                     f"(some find a skill, some do not) cannot be told from a better or a worse one, so no test of "
                     f"the difference keeps its error rate: {rank_seeds_needed()} or more seeds per arm can answer it "
                     f"({stat})")
         return f"cannot be judged with {n} seed(s): {stat}"
     control = control or "a fixed random projection of the observation to the same width"
+    if eq is not None and claim == "none":
+        return (f"inconclusive: neither {_EFFECT[kind]} nor equivalence within {_region(kind, eq)} is shown "
+                f"({_equivalence_stat(eq)}; {stat}){_caveat(test)}")
     text = {
         "uses": {"above": "yes: the policy uses its hidden state",
                  "below": "the policy does worse with its own hidden state than with another sample's",
@@ -369,6 +559,36 @@ def _answer(kind: str, test: dict | None, n: int, control: str | None = None) ->
     return f"{text} ({stat}){_caveat(test)}"
 
 
+_EFFECT = {"uses": "a use", "beats_baseline": "a difference from the baseline",
+           "beats_control": "a difference from the control"}
+
+
+def _region(kind: str, eq: dict) -> str:
+    if kind == "uses":
+        return f"+-{eq['margin']:.3g}"
+    return f"[{eq['lower']:.2f}, {eq['upper']:.2f}] for P"
+
+
+def _equivalence_stat(eq: dict) -> str:
+    family = "" if eq.get("p_family") is None else f", family-adjusted p = {fmt_p(eq['p_family'])}"
+    what = "real - shuffled" if eq["method"] == stats.PAIRED_TOST else "P"
+    digits = 2 if eq["method"] == stats.RANK_TOST else None
+    return (f"{what} {eq['confidence']:.0%} interval {fmt([eq['estimate'], eq['low'], eq['high']], digits)} against "
+            f"[{eq['lower']:.3g}, {eq['upper']:.3g}], TOST p = {fmt_p(eq['p'])}{family}")
+
+
+def _equivalent_answer(kind: str, eq: dict, n: int) -> str:
+    said = _equivalence_stat(eq)
+    if kind == "uses":
+        share = stats.unseen_share(n)
+        return (f"equivalent: the policy does not use its hidden state by more than {eq['margin']:.3g} "
+                f"(the mean over seeds of real - shuffled lies within +-{eq['margin']:.3g}: {said}; a use confined "
+                f"to fewer than {share:.0%} of seeds could go unseen in {n})")
+    other = {"beats_baseline": "baseline", "beats_control": "control"}[kind]
+    return (f"equivalent to the {other}: a typical seed of either arm scores above a typical seed of the other at "
+            f"most {eq['upper']:.0%} of the time ({said})")
+
+
 def _family_sentence(agg: dict) -> str:
     f = agg.get("family") or {}
     size = f.get("size", 0)
@@ -377,9 +597,12 @@ def _family_sentence(agg: dict) -> str:
     what = f"three questions x {hidden} hidden arm{'s' if hidden != 1 else ''}" + (
         f" + {pairs} prompt-variant pair{'s' if pairs != 1 else ''}" if pairs else "")
     others = " Other metrics are descriptive." if len(agg["metrics"]) > 1 else ""
-    return (f"The claims are one family of {size} test{'s' if size != 1 else ''} ({what}, the ones the seed count "
-            f"lets answer), Holm-corrected: the chance of any false claim among them is at most {stats.ALPHA:g}."
-            f"{others}")
+    alpha = f.get("alpha", stats.ALPHA)
+    equivalence = (" Each question's test of an effect and its equivalence test count once (at most one of their "
+                   "nulls can be true)." if f.get("equivalence_tests") else "")
+    return (f"The claims are one family of {size} question{'s' if size != 1 else ''} ({what}, the ones the seed count "
+            f"lets answer), Holm-corrected: the chance of any false claim among them is at most {alpha:.3g}."
+            f"{equivalence}{others}")
 
 
 def verdict(agg: dict) -> str:
@@ -412,6 +635,13 @@ def verdict(agg: dict) -> str:
                             "none": "no difference shown", "too few seeds": "too few seeds"}[t[m]["claim"]]
                          for pair, t in pairs.items())
         parts.append(f"{algo.upper()} prompt variants compared (a typical seed): {said}.")
+    for algo, lad in agg.get("ladder", {}).items():
+        steps = ", ".join(f"{e['rung']} {fmt(e['mean'])}" for e in lad["rungs"])
+        said = {"above": "the upper bound is higher", "below": "the forecast arm is higher"}
+        room = "; ".join(f"above {r['hidden']}, {r['upper']} - {r['hidden']} = {fmt(_iv(r['mean_difference']))} "
+                         f"({said.get(_room_claim(agg, algo, r), 'no difference shown')})" for r in lad["room"])
+        parts.append(f"{algo.upper()} ladder (means, from the baseline up): {steps}. Room left for a "
+                     f"better forecaster (the upper bound's states saw the future): {room}.")
     if not parts:
         return (f"No hidden-state arm was run, so no comparison is made; the {LABELS.get(m, m)} intervals "
                 "above say how precisely each arm was measured.")
@@ -491,6 +721,8 @@ def markdown(agg: dict, results: list[dict]) -> str:
             if any(agg["achievements"][a][name][0] > 0 for a in arms):
                 lines.append(f"| {name} | " + " | ".join(fmt(agg["achievements"][a][name], 0) for a in arms) + " |")
     shown = [a for a in ("real", "shuffled", "zero", "constant") if any(a in r["ablations"] for r in results)]
+    shown += list(dict.fromkeys(a for r in results for a in r["ablations"]  # text ablations, other sources' states
+                                if a not in shown and a not in ("achievements",) and a.startswith(("text:", "source:"))))
     lines += ["", f"Per run, {lab(metrics[0])}:", "", "| run | seed | " + " | ".join(shown) + " |",
               "|---|---|" + "---|" * len(shown)]
     d = decimals([0, 0, _spread(results, metrics[0])])  # the scores' range to two significant digits
@@ -504,6 +736,16 @@ def markdown(agg: dict, results: list[dict]) -> str:
                   "logit's summed learning rate reaching 6, and there a gate that stays near 0 is the policy saying "
                   "it does not need the state): " + " | ".join(_gates_text(arm, gates)
                                                                 for arm, gates in gated.items()) + "."]
+    lines += ladder_lines(agg)
+    if any(agg.get("margins", {}).values()):
+        lines += ["", "Margins of equivalence: " + "; ".join(
+            f"{key}: use +-{mg['uses']:.3g}" + (f" ({mg['uses_from']})" if mg.get("uses_from") else "") +
+            (f", P(hidden > other) within 1/2 +- {mg['rank']}" if mg["rank"] else "")
+            for key, mg in agg["margins"].items() if mg["uses"] is not None) + "."]
+    if agg.get("plan", {}).get("questions"):
+        from hsrl.experiment import plan
+
+        lines += [""] + plan.lines(agg["plan"])
     if agg["notes"]:
         lines += ["", "**Notes.**", ""] + [f"- {n}" for n in agg["notes"]]
     lines += ["", "**Verdict.** " + agg["verdict"], ""]
@@ -583,8 +825,13 @@ def plot_comparisons(agg: dict, path: Path) -> bool:
             if t is None:
                 continue
             iv = _finite_interval(_iv(t))
+            eq = t.get("equivalence")
+            if eq is not None:  # the margin of equivalence, shaded: green where equivalence is claimed
+                ax.fill_betweenx([y - 0.3, y + 0.3], eq["lower"], eq["upper"], alpha=0.18, lw=0,
+                                 color="C2" if eq["claim"] == EQUIVALENT else "grey")
             ax.errorbar([iv[0]], [y], xerr=[[iv[0] - iv[1]], [iv[2] - iv[0]]], fmt="o", capsize=4,
-                        color="C0" if t["claim"] in ("above", "below") else "grey")
+                        color="C0" if t["claim"] in ("above", "below") else "C2" if _claim(t) == EQUIVALENT else
+                        "grey")
             ax.annotate(fmt(_iv(t)), (iv[0], y), textcoords="offset points", xytext=(0, 8), ha="center",
                         fontsize=7)
         nulls = [t[i]["null"] for t in rows.values() if t[i] is not None]
@@ -594,8 +841,8 @@ def plot_comparisons(agg: dict, path: Path) -> bool:
         ax.set_title(panels[i][0], fontsize=9)
         ax.set_xlabel("probability" if nulls[0] == 0.5 else LABELS.get(m, m), fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{stats.CONFIDENCE:.0%} intervals over seeds (blue: claimed by the calibrated tests, family "
-                 "corrected)", fontsize=9)
+    fig.suptitle(f"{stats.CONFIDENCE:.0%} intervals over seeds (blue: an effect claimed by the calibrated tests, "
+                 "family corrected; shaded: the margin of equivalence, green where equivalence is claimed)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -669,10 +916,10 @@ def plot_curves(results: list[dict], path: Path) -> bool:
     return drawn
 
 
-def write_report(out: Path, results: list[dict], config: dict, reps: int, seed: int) -> dict:
+def write_report(out: Path, results: list[dict], config: dict, agg: dict) -> dict:
+    """experiment.json, experiment.md and the PNGs of `aggregate`'s output `agg` over `results`."""
     from hsrl.atomic import write_text_atomic
 
-    agg = aggregate(results, reps=reps, seed=seed)
     pngs = ["intervals.png"]
     plot_intervals(agg, out / "intervals.png")
     for name, fn in (("comparisons.png", lambda p: plot_comparisons(agg, p)),

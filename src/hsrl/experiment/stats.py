@@ -137,6 +137,7 @@ class Test(NamedTuple):
     m: int  # seeds of the second arm (paired: the same as n)
     method: str  # PAIRED, WELCH or RANK
     null: float = 0.0  # the estimate's value under no effect (1/2 for P(X > Y))
+    level: float = ALPHA  # the level claims are made at (a sequential look's share): where the exact test can reach it
 
     @property
     def interval(self) -> list[float]:
@@ -152,7 +153,7 @@ class Test(NamedTuple):
 
     @property
     def exact_can_reach(self) -> bool:
-        return self.min_p_exact <= ALPHA
+        return self.min_p_exact <= self.level
 
     @property
     def assumes_normal(self) -> bool:
@@ -195,14 +196,20 @@ def _plain(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
 
 
-def holm(ps: dict) -> dict:
+def holm(ps: dict, groups: dict | None = None) -> dict:
     """Holm's step-down adjustment of a family's p values ({key: p}, None for a test that makes no claim): each
-    adjusted p is compared with ALPHA, and the chance of any false claim in the family stays at ALPHA whatever the
-    tests' dependence. Keys with None stay None."""
+    adjusted p is compared with the level, and the chance of any false claim in the family stays at the level
+    whatever the tests' dependence. Keys with None stay None.
+    `groups` ({key: group}) names hypotheses of which at most one can be true, as a question's "no effect" and
+    "not equivalent within the margin" (an effect of 0 lies inside the margin): the step-down divisor is then the
+    number of groups among the hypotheses not yet rejected, not the number of hypotheses (Shaffer, 1986, method 1:
+    the most null hypotheses that can still be true together). Without groups every key is its own: Holm."""
     keys = sorted((k for k, p in ps.items() if p is not None), key=lambda k: ps[k])
-    out, running, m = {k: None for k in ps}, 0.0, len(keys)
+    group = groups or {}
+    out, running = {k: None for k in ps}, 0.0
     for i, k in enumerate(keys):
-        running = max(running, min(1.0, (m - i) * ps[k]))
+        could_be_true = len({group.get(r, r) for r in keys[i:]})
+        running = max(running, min(1.0, could_be_true * ps[k]))
         out[k] = running
     return out
 
@@ -274,23 +281,27 @@ def _two_sample_floor(n: int, m: int) -> float:
     return 1 / (EXACT_DRAWS + 1)
 
 
-def paired_test(a, b, seed: int = 0) -> Test:
+def _paired_gaps(a, b, what: str) -> tuple[np.ndarray, float, float]:
+    """The per-seed gaps a - b, their mean and its standard error (nan with one seed)."""
+    a, b = _finite(a, what), _finite(b, what)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: {len(a)} and {len(b)} seeds; pairs need the same seeds")
+    d = a - b
+    return d, float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+
+
+def paired_test(a, b, seed: int = 0, level: float = ALPHA) -> Test:
     """Paired per-seed measurements a_k, b_k (same policy, same evaluation draws): the mean of a - b with
     its Student t interval (df = K - 1), and the exact sign-flip test. Coverage: exact when the gaps are
     normal; the sign-flip p is valid whenever they are symmetric about 0 under no effect."""
-    a, b = _finite(a, "paired test"), _finite(b, "paired test")
-    if a.shape != b.shape:
-        raise ValueError(f"paired test: {len(a)} and {len(b)} seeds; pairs need the same seeds")
-    d = a - b
+    d, estimate, se = _paired_gaps(a, b, "paired test")
     k = len(d)
-    estimate = float(d.mean())
-    se = float(d.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
     low, high, p = _t_interval(estimate, se, k - 1) if k > 1 else (math.nan, math.nan, math.nan)
     p_exact, min_p = sign_flip_p(d, seed)
-    return Test(estimate, low, high, p, p_exact, min_p, k, k, PAIRED)
+    return Test(estimate, low, high, p, p_exact, min_p, k, k, PAIRED, level=level)
 
 
-def welch_test(x, y, seed: int = 0) -> Test:
+def welch_test(x, y, seed: int = 0, level: float = ALPHA) -> Test:
     """Two independent sets of seeds: mean(x) - mean(y) with Welch's t interval (Welch-Satterthwaite df), and
     the exact two-sample permutation test. Coverage: close to nominal for normal scores of any variances
     (conservative at 2 seeds); the permutation p is valid whenever the arms are exchangeable under no effect."""
@@ -305,7 +316,7 @@ def welch_test(x, y, seed: int = 0) -> Test:
         df = (vx + vy) ** 2 / (vx ** 2 / (n - 1) + vy ** 2 / (m - 1)) if se > 0 else n + m - 2
         low, high, p = _t_interval(estimate, se, df)
     p_exact, min_p = permutation_p(x, y, seed)
-    return Test(estimate, low, high, p, p_exact, min_p, n, m, WELCH)
+    return Test(estimate, low, high, p, p_exact, min_p, n, m, WELCH, level=level)
 
 
 def _tie_bounds(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -360,6 +371,12 @@ def _brunner_munzel(place_x: np.ndarray, place_y: np.ndarray):
     return estimate, se, stat, df
 
 
+def _brunner_munzel_observed(order, start, end, n: int, m: int) -> tuple[float, float, float, float]:
+    """`_brunner_munzel` of the observed split (the first n pooled scores are the first arm's)."""
+    observed = np.r_[np.ones(n), np.zeros(m)][order][None]
+    return tuple(float(v[0]) for v in _brunner_munzel(*_placements(observed, start, end)))
+
+
 @functools.lru_cache(maxsize=32)
 def _split_indices(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Every way to pick the first arm's n seeds from the pooled n + m: ((C, n), (C, m)) indices."""
@@ -376,7 +393,7 @@ def _random_splits(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return perms[:, :n], perms[:, n:]
 
 
-def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Test:
+def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None, level: float = ALPHA) -> Test:
     """Two independent sets of seeds: P(X > Y) + P(X = Y) / 2 (a typical seed of x against a typical seed of y),
     with the Brunner-Munzel t interval (clipped to [0, 1]; none when every placement agrees) and the permutation
     test of the studentized Brunner-Munzel statistic (all C(n + m, n) splits, a seeded Monte Carlo with the
@@ -389,10 +406,9 @@ def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Tes
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         estimate = float(np.mean(x[:, None] > y[None, :]) + 0.5 * np.mean(x[:, None] == y[None, :]))
-        return Test(estimate, math.nan, math.nan, math.nan, math.nan, 1.0, n, m, RANK, 0.5)
+        return Test(estimate, math.nan, math.nan, math.nan, math.nan, 1.0, n, m, RANK, 0.5, level)
     order, start, end = _tie_bounds(np.concatenate([x, y]))
-    observed = np.r_[np.ones(n), np.zeros(m)][order][None]
-    estimate, se, stat, df = (float(v[0]) for v in _brunner_munzel(*_placements(observed, start, end)))
+    estimate, se, stat, df = _brunner_munzel_observed(order, start, end, n, m)
     if se > 0:
         half = float(sps.t.ppf(1 - ALPHA / 2, df)) * se
         low, high = max(0.0, estimate - half), min(1.0, estimate + half)
@@ -401,7 +417,7 @@ def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Tes
         low = high = p = math.nan
     min_p = _two_sample_floor(n, m)
     if skip_exact_above is not None and p > skip_exact_above:
-        return Test(estimate, low, high, p, math.nan, min_p, n, m, RANK, 0.5)
+        return Test(estimate, low, high, p, math.nan, min_p, n, m, RANK, 0.5, level)
     enumerate_all = math.comb(n + m, n) <= EXACT_ENUMERATE
     ix, iy = _split_indices(n, m) if enumerate_all else _random_splits(n, m, seed)
     if np.array_equal(start, np.arange(n + m)):
@@ -414,7 +430,89 @@ def rank_test(x, y, seed: int = 0, skip_exact_above: float | None = None) -> Tes
         placed = _placements(rows[:, order], start, end)
     reach = np.abs(_brunner_munzel(*placed)[2]) >= abs(stat) - 1e-9
     p_exact = float(np.mean(reach)) if enumerate_all else float((reach.sum() + 1) / (EXACT_DRAWS + 1))
-    return Test(estimate, low, high, p, p_exact, min_p, n, m, RANK, 0.5)
+    return Test(estimate, low, high, p, p_exact, min_p, n, m, RANK, 0.5, level)
+
+
+# ------------------------------------------------------------------------------------------- equivalence
+
+
+PAIRED_TOST = "paired TOST (t)"
+RANK_TOST = "Brunner-Munzel TOST"
+
+
+class Equivalence(NamedTuple):
+    """Two one-sided tests (TOST; Schuirmann, 1987) that an estimate lies inside [lower, upper]: its p is the larger
+    of the two one-sided p values, and the claim "equivalent" at level alpha is the same as the 1 - 2 alpha interval
+    lying inside the region. Null: the estimate sits on (or beyond) an edge of the region."""
+
+    estimate: float
+    low: float  # the 1 - 2 ALPHA interval (TOST's); nan where undefined
+    high: float
+    p: float  # the larger one-sided p; nan where undefined (too few seeds, or no spread to scale by)
+    lower: float  # the region of equivalence: null value -+ margin
+    upper: float
+    margin: float
+    n: int
+    m: int
+    method: str  # PAIRED_TOST or RANK_TOST
+
+    @property
+    def testable(self) -> bool:
+        return min(self.n, self.m) >= 2 and math.isfinite(self.p) and self.margin > 0
+
+    def claim(self, alpha: float = ALPHA) -> str:
+        """'equivalent' when the TOST p reaches `alpha`, else 'none' (or 'too few seeds')."""
+        if not self.testable:
+            return "too few seeds"
+        return "equivalent" if self.p <= alpha else "none"
+
+    def to_dict(self) -> dict:
+        plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
+        return {**plain, "p_claim": _plain(self.p) if self.testable else None, "claim": self.claim(),
+                "confidence": 1 - 2 * ALPHA}
+
+
+def _tost(estimate: float, se: float, df: float, lower: float, upper: float) -> tuple[float, float, float]:
+    """(low, high, p) of TOST from a t statistic's estimate, standard error and df."""
+    if not (df > 0 and math.isfinite(df)) or not se > 0:
+        return math.nan, math.nan, math.nan
+    half = float(sps.t.ppf(1 - ALPHA, df)) * se
+    p = max(float(sps.t.sf((estimate - lower) / se, df)), float(sps.t.cdf((estimate - upper) / se, df)))
+    return estimate - half, estimate + half, p
+
+
+def paired_equivalence(a, b, margin: float) -> Equivalence:
+    """TOST of the mean over seeds of the paired gap a - b inside [-margin, margin], with the Student t statistic
+    (df = K - 1). Calibrated by simulation (tests/test_equivalence.py) where every seed's gap has its mean on the
+    margin's edge, under the paired tests' nulls (normal, heavy-tailed, skewed, split and unequal spreads); a use
+    confined to a share q of the seeds goes unseen whenever none of the K seeds is among them, with chance
+    (1 - q)^K (`unseen_share`)."""
+    d, estimate, se = _paired_gaps(a, b, "paired equivalence")
+    k = len(d)
+    low, high, p = _tost(estimate, se, k - 1, -margin, margin) if k > 1 else (math.nan,) * 3
+    return Equivalence(estimate, low, high, p, -margin, margin, float(margin), k, k, PAIRED_TOST)
+
+
+def rank_equivalence(x, y, margin: float) -> Equivalence:
+    """TOST of P(X > Y) + P(X = Y) / 2 inside [1/2 - margin, 1/2 + margin], with the Brunner-Munzel statistic and its
+    Satterthwaite df. No permutation p here: the null (P on an edge) does not make the arms exchangeable. Calibrated
+    by simulation under the rank test's nulls moved to the edge (unequal spreads, split seeds, skew)."""
+    x, y = _finite(x, "two-sample equivalence"), _finite(y, "two-sample equivalence")
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        return Equivalence(math.nan, math.nan, math.nan, math.nan, 0.5 - margin, 0.5 + margin, float(margin), n, m,
+                           RANK_TOST)
+    order, start, end = _tie_bounds(np.concatenate([x, y]))
+    estimate, se, _, df = _brunner_munzel_observed(order, start, end, n, m)
+    low, high, p = _tost(estimate, se, df, 0.5 - margin, 0.5 + margin)
+    return Equivalence(estimate, max(0.0, low), min(1.0, high), p, 0.5 - margin, 0.5 + margin, float(margin), n, m,
+                       RANK_TOST)
+
+
+def unseen_share(k: int, alpha: float = ALPHA) -> float:
+    """The share of seeds below which a use confined to them goes unseen by all K seeds with chance above alpha:
+    1 - alpha^(1 / K) ((1 - q)^K = alpha)."""
+    return 1.0 - alpha ** (1.0 / k)
 
 
 def mean_t(scores) -> list[float]:

@@ -92,6 +92,7 @@ class Extractor(ABC):
         return_token_states: bool = False,
         images=None,
         history: Sequence[Sequence[tuple[str, int]]] | None = None,
+        future=None,
     ) -> ExtractionResult:
         """Hidden states for observations (any number; batched inside), by the spec's mode and pooling.
 
@@ -99,13 +100,14 @@ class Extractor(ABC):
         observations, required when spec.input is 'image' or 'image+text'.
         history: per sample, its previous observations in the episode as (text, action id) pairs, oldest first, at
         most spec.history (None: none, as at an episode's first step); the prompt program (`self.program`) puts
-        them in the prompt.
+        them in the prompt. future: per sample, its next steps in the recorded data (`hsrl.llm.prompt.Future`, at most
+        spec.future; hindsight labels, `hsrl.data.label.row_future`; None: none known).
         layers overrides spec.layer for this call. seeds (one int per sample) are mixed with spec.seed to seed each
         sample's sampling; by default each sample's seed is derived from spec.seed and its prompt text, so the same
         observation gives the same generation whatever else is in the batch.
         """
         texts, images, _ = self._inputs(observations, images)
-        texts = self._compose(texts, history)
+        texts = self._compose(texts, history, future)
         asked, _ = self._layers(layers)  # refuse layers this extractor cannot give before any work
         rows, observation_ranges = self._encode(texts, images)
         lengths = [len(r) for r in rows]
@@ -174,11 +176,12 @@ class Extractor(ABC):
         return_token_states: bool = False,
         images=None,
         history: Sequence[Sequence[tuple[str, int]]] | None = None,
+        future=None,
     ) -> ExtractionResult:
         """States of already generated text: one prefill over prompt + generated tokens, pooled over the latter
-        (`history` as in `extract`: the prompt the generation was made from)."""
+        (`history` and `future` as in `extract`: the prompt the generation was made from)."""
         texts, images, count = self._inputs(observations, images)
-        texts = self._compose(texts, history)
+        texts = self._compose(texts, history, future)
         self._check_reextract()
         generated_ids = generated_ids_to_reextract(self.tokenizer, generated_texts, generated_ids, count,
                                                    "images" if texts is None else "observations")
@@ -212,13 +215,14 @@ class Extractor(ABC):
             cached = self.__dict__["_program"] = (self.spec, prompt_program(self.spec))
         return cached[1]
 
-    def _compose(self, texts, history):
-        """Each sample's slot in the prompt (`PromptProgram.sample_texts`): its history and observation."""
+    def _compose(self, texts, history, future=None):
+        """Each sample's slot in the prompt (`PromptProgram.sample_texts`): its history, observation and future."""
         if texts is None:
-            if history is not None and any(len(h) for h in history):
-                raise ValueError("history holds text observations, but this spec reads no text")
+            if (history is not None and any(len(h) for h in history)) or (
+                    future is not None and any(f is not None and len(f[0]) for f in future)):
+                raise ValueError("history or future holds text observations, but this spec reads no text")
             return None
-        return self.program.sample_texts(texts, history)
+        return self.program.sample_texts(texts, history, future)
 
     def _layers(self, layers) -> tuple[tuple[int, ...], dict[int, int]]:
         """The layers asked (`layers`, default spec.layer) and each one's absolute index (0..num_layers)."""

@@ -39,13 +39,22 @@ class TextFromFlag:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FutureFlag:
+    """How many next steps of the recorded data each prompt shows (`hsrl label`, `hsrl prompt`): the spec's `future`,
+    hindsight labels. Not a flag of the verbs that compute states live (online, serve, eval): the future is not known
+    while playing."""
+
+    future: int = field(default=0, metadata={"help": "hindsight labels (offline only): each prompt also shows the next K observations of its environment's episode in the data, in order, with the action taken after each, never past the episode's end or a gap in the recording (fewer then, as the prompt says); needs a template with {future}: --template hindsight or your --prompt-template. Online, serve and eval refuse such specs (the future is not known while playing)", "metavar": "K"})
+
+
+@dataclass(frozen=True, kw_only=True)
 class SpecFlags(CacheFlags):
     model: str = field(default="minilm", metadata={"help": "registry name (minilm, qwen3-4b-thinking, qwen3-vl-4b with --input image), HuggingFace id or local path"})
     layer: int = field(default=-1, metadata={"help": "hidden_states index: 0 embeddings, i block i, -1 last (after the final norm)"})
     tokens: int = field(default=1, metadata={"help": "1 = prompt-only (one forward pass); N > 1 = generate N tokens and pool theirs"})
     pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'"})
-    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short', 'forecast' (asks the model to predict the next steps; pair it with --tokens N to pool its forecast) or 'auto' (by model kind)"})
-    prompt_template: str | None = field(default=None, metadata={"help": "your own prompt: a text file with named placeholders, {observation} (required), {history} (required with --history > 0), {actions}, {achievements}, {rules}; its text and hash go into the spec", "metavar": "FILE"})
+    template: str = field(default="auto", metadata={"help": "prompt template: 'chat', 'short', 'forecast' (asks the model to predict the next steps; pair it with --tokens N to pool its forecast), 'hindsight' (`hsrl label --future K` only: shows the next K steps of the data and asks for a summary) or 'auto' (by model kind)"})
+    prompt_template: str | None = field(default=None, metadata={"help": "your own prompt: a text file with named placeholders, {observation} (required), {history} (required with --history > 0), {future} (`hsrl label --future K` only), {actions}, {achievements}, {rules}; its text and hash go into the spec", "metavar": "FILE"})
     history: int = field(default=0, metadata={"help": "previous observations of the episode each prompt shows, oldest first, with the action taken after each (0 = the current observation only)", "metavar": "K"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature when generating (0 = greedy)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when generating"})
@@ -61,6 +70,10 @@ class SpecFlags(CacheFlags):
         if self.prompt_template is None:
             if self.template == "custom":
                 raise InputError("--template custom: give the template's file with --prompt-template FILE")
+            if self.template == "hindsight" and not isinstance(self, FutureFlag):
+                from hsrl.llm.spec import HINDSIGHT_WHY
+
+                raise InputError(f"--template hindsight: {HINDSIGHT_WHY}")
             return {"template": self.template}
         from hsrl.llm.prompt import TemplateError, parse_template
 
@@ -73,7 +86,7 @@ class SpecFlags(CacheFlags):
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"--prompt-template {self.prompt_template}: cannot read it as UTF-8 text ({err})") from None
         try:
-            parse_template(text, max(self.history, 0))
+            parse_template(text, max(self.history, 0), max(getattr(self, "future", 0), 0))
         except TemplateError as err:
             raise InputError(f"--prompt-template {self.prompt_template}: {err}") from None
         return {"template": "custom", "template_text": text}
@@ -85,7 +98,8 @@ class SpecFlags(CacheFlags):
             return ExtractionSpec(model=self.model, layer=self.layer, tokens=self.tokens, pooling=self.pooling,
                                   temperature=self.temperature, top_p=self.top_p, seed=self.llm_seed,
                                   dtype=self.dtype, variant=variant, input=self.input, backend=self.backend,
-                                  history=self.history, text_source=getattr(self, "text_from", "hsrl"), **template)
+                                  history=self.history, text_source=getattr(self, "text_from", "hsrl"),
+                                  future=getattr(self, "future", 0), **template)
         except ValueError as err:  # the spec names its field (`tokens=0; expected ...`): name the flag instead
             field_name, _, rest = str(err).partition("=")
             flag = {"seed": "llm-seed", "text_source": "text-from"}.get(field_name, field_name.replace("_", "-"))
@@ -105,3 +119,4 @@ class SpecFlags(CacheFlags):
         if layers:
             check_layers(self.model, spec.layers)
         return spec
+

@@ -43,8 +43,10 @@ def _load_tokenizer(name: str):
     return tokenizer, _is_causal(config), context
 
 
-def preview_prompt(spec: ExtractionSpec, observation: str, history: Sequence[tuple[str, int]] = ()) -> PromptPreview:
-    """The exact prompt of one sample (its text observation and previous (text, action) pairs, oldest first)."""
+def preview_prompt(spec: ExtractionSpec, observation: str, history: Sequence[tuple[str, int]] = (),
+                   future=None) -> PromptPreview:
+    """The exact prompt of one sample (its text observation, previous (text, action) pairs, oldest first, and for
+    hindsight specs its next steps, a `hsrl.llm.prompt.Future`)."""
     from hsrl.llm.tokens import encode_prompts, prefix_ids, resolve_template_name
 
     if spec.reads_images:
@@ -55,7 +57,7 @@ def preview_prompt(spec: ExtractionSpec, observation: str, history: Sequence[tup
     program = prompt_program(spec.replace(template=template, template_version=version))
     built = program.template(tokenizer)
     prefix = prefix_ids(tokenizer, built, causal)
-    sample = program.sample_text(observation, list(history))
+    sample = program.sample_text(observation, list(history), future)
     (ids,), _ = encode_prompts(tokenizer, built, prefix, causal, [sample])
     text = built.render(sample)
     plain = tokenizer(text, add_special_tokens=False).input_ids

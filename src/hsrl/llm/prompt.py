@@ -33,16 +33,22 @@ Prompt programs (`PromptProgram`, `prompt_program(spec)`): what a sample's promp
   first, each with the action taken after it (`history_text`), then "Current observation:" and the observation. At
   an episode's start there are fewer (stated in the prompt); none at its first step. The history is per-sample text,
   after the prefix, so the shared-prefix cache is kept. With K = 0 the slot is the observation alone, as before.
-- Placeholder templates ('forecast', shipped in `templates/forecast.txt`, and 'custom', a user's
-  `--prompt-template FILE`): text with named placeholders (`PLACEHOLDERS`) laid out as one user message (through
-  the tokenizer's chat template where it has one, else plainly). `{observation}` is required; `{history}` is required
-  with K > 0 (empty with K = 0, else a block ending in a blank line); unknown placeholders are refused
-  (`parse_template`). The text from the first per-sample placeholder (observation, history) to the last is the
+- Future (`spec.future` = K > 0, hindsight labels, offline only): the `{future}` placeholder holds the next K
+  observations of the same episode in the data, in order, each with the action taken after it (`future_text`); fewer
+  where the episode ends or the data stops (the end of the recording or a gap), which the prompt states. The steps
+  are found by `hsrl.data.label.row_future`. No live verb can fill it (the future is not known while playing:
+  `hsrl.llm.spec.check_live_text`).
+- Placeholder templates ('forecast', shipped in `templates/forecast.txt`, 'hindsight', shipped in
+  `templates/hindsight.txt`, and 'custom', a user's `--prompt-template FILE`): text with named placeholders
+  (`PLACEHOLDERS`) laid out as one user message (through the tokenizer's chat template where it has one, else
+  plainly). `{observation}` is required; `{history}` is required with K > 0 (empty with K = 0, else a block ending in
+  a blank line); `{future}` is required with future K > 0 and refused without it; unknown placeholders are refused
+  (`parse_template`). The text from the first per-sample placeholder (observation, history, future) to the last is the
   per-sample slot; what comes before is the shared prefix, what comes after the tail. The template's text and its
   hash travel in the spec (`template_text`, `template_hash`), so a labelled file or checkpoint says which prompt made
   it and rebuilds it without the file.
 
-'mean' pooling in prompt-only mode pools the per-sample slot: the observation and, with history, the history.
+'mean' pooling in prompt-only mode pools the per-sample slot: the observation and, with history or future, those.
 
 Any change to the text of a template (here, in `fewshot.py` or `templates/`) must bump its entry in TEMPLATE_VERSIONS.
 """
@@ -52,13 +58,14 @@ import string
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from hsrl.llm.fewshot import EXAMPLES
 
-TEMPLATE_VERSIONS = {"chat": 1, "short": 1, "forecast": 1}
-BUILTIN_TEMPLATES = ("chat", "short")  # built in code; 'forecast' and 'custom' are placeholder templates
-PLACEHOLDER_TEMPLATES = ("forecast", "custom")
+TEMPLATE_VERSIONS = {"chat": 1, "short": 1, "forecast": 1, "hindsight": 1}
+BUILTIN_TEMPLATES = ("chat", "short")  # built in code; 'forecast', 'hindsight' and 'custom' are placeholder templates
+PLACEHOLDER_TEMPLATES = ("forecast", "hindsight", "custom")
+SHIPPED_TEMPLATES = ("forecast", "hindsight")  # placeholder templates whose text ships in templates/NAME.txt
 
 QUESTION = "What do you see, what should you do next, and which action do you take?"
 SHORT_INSTRUCTION = "What should the player do next in this Craftax game?"
@@ -239,13 +246,16 @@ PLACEHOLDERS = {
     "observation": "the current observation as text (required)",
     "history": "the K previous observations of the episode with the action taken after each, oldest first "
                "(--history K; required when K > 0, empty when K = 0)",
+    "future": "hindsight (offline labels only): the next K observations of the episode in the data, in order, with "
+              "the action taken after each (--future K; required when K > 0, refused when K = 0)",
     "actions": "the game's action names, comma-separated",
     "achievements": "the game's achievement names, comma-separated",
     "rules": "the game's rules and how observations are written (the coordinate convention)",
 }
-SAMPLE_PLACEHOLDERS = ("observation", "history")  # filled per sample; the others are the same for every sample
+SAMPLE_PLACEHOLDERS = ("observation", "history", "future")  # filled per sample; the others are the same for all
 CURRENT_HEADER = "Current observation:\n"
 HISTORY_LIMIT = 64  # most previous observations a prompt may hold
+FUTURE_LIMIT = 64  # most next observations a hindsight prompt may hold
 
 
 class TemplateError(ValueError):
@@ -265,10 +275,11 @@ def shipped_template(name: str) -> str:
 Segment = tuple[str, str]  # ("text", literal) or ("field", placeholder name)
 
 
-def parse_template(text: str, history: int = 0) -> list[Segment]:
+def parse_template(text: str, history: int = 0, future: int = 0) -> list[Segment]:
     """A placeholder template's segments; `TemplateError` (one line, naming the line) for a placeholder that is not
     one of `PLACEHOLDERS`, one with a format spec or conversion, a lone brace (write `{{` or `}}` for a literal one),
-    no `{observation}` (or more than one), or no `{history}` when `history` > 0."""
+    no `{observation}` (or more than one), no `{history}` when `history` > 0, or `{future}` without `future` > 0 (or
+    no `{future}` with it)."""
     segments: list[Segment] = []
     seen = ""
     try:
@@ -299,6 +310,15 @@ def parse_template(text: str, history: int = 0) -> list[Segment]:
     if history > 0 and "history" not in fields:
         raise TemplateError(f"the template has no {{history}} placeholder, but the prompt shows {history} previous "
                             f"observations (--history {history}): add {{history}} or use --history 0")
+    if fields.count("future") > 1:
+        raise TemplateError(f"the template holds {{future}} {fields.count('future')} times; at most once")
+    if future > 0 and "future" not in fields:
+        raise TemplateError(f"the template has no {{future}} placeholder, but the prompt shows the next {future} "
+                            f"observations (--future {future}): add {{future}} or drop --future")
+    if future == 0 and "future" in fields:
+        raise TemplateError("the template holds {future}, the next steps of the data (hindsight labels), but no "
+                            "number of steps is given: `hsrl label --future K` (offline only; the future is not "
+                            "known while playing)")
     return segments
 
 
@@ -328,18 +348,59 @@ def history_text(entries: Sequence[tuple[str, int]], k: int, action_names: Seque
     return "\n\n".join(parts) + "\n\n"
 
 
+class Future(NamedTuple):
+    """One sample's next steps in the data (hindsight): what `{future}` shows."""
+
+    entries: tuple[tuple[str, int], ...] = ()  # (observation text, action taken after it), in order, at most K
+    ended: bool = False  # the episode ends with the last step shown (with the current step when none is shown)
+
+
+def future_text(future: Future | None, k: int, action_names: Sequence[str]) -> str:
+    """The future block: the next observations of the episode in the data (oldest first) with the action taken
+    after each, headed by how many there are of the K asked and, when the episode ends within them or the data stops
+    before K, which; '' when K = 0. Ends with a blank line. None: no next step known (as for a text ablation)."""
+    future = Future() if future is None else Future(tuple(future[0]), bool(future[1]))
+    n = len(future.entries)
+    if k == 0:
+        if n:
+            raise ValueError(f"{n} next observations given, but the prompt shows none (future 0)")
+        return ""
+    if n > k:
+        raise ValueError(f"{n} next observations given; the prompt shows at most {k}")
+    head = "Next steps of this episode in the recorded data (hindsight)"
+    if n == 0:
+        why = ("the episode ends with the current step" if future.ended else
+               "the data stops at the current step: the end of the recording or a gap")
+        return f"{head}: none ({why}).\n\n"
+    head += f", in order ({n} of the next {k} step{'s' if k > 1 else ''}"
+    if future.ended:
+        head += "; the episode ends with the last of them"
+    elif n < k:
+        head += "; the data stops after them: the end of the recording or a gap"
+    parts = [head + "):"]
+    for j, (text, action) in enumerate(future.entries, 1):
+        action = int(action)
+        if not 0 <= action < len(action_names):
+            raise ValueError(f"action {action} of a next observation is not one of the game's "
+                             f"{len(action_names)} actions")
+        parts.append(f"{j} step{'s' if j > 1 else ''} later:\n{text}\nAction taken: {action_names[action]}")
+    return "\n\n".join(parts) + "\n\n"
+
+
 @dataclass(frozen=True)
 class PromptProgram:
-    """What a prompt holds: the template (built-in 'chat' / 'short', or a placeholder template's text) and how many
-    previous observations each prompt shows. One program fills every prompt, for label, serve, online and eval alike:
-    `sample_texts` makes each sample's slot (history + observation), `template(tokenizer)` the fixed prefix and tail.
+    """What a prompt holds: the template (built-in 'chat' / 'short', or a placeholder template's text), how many
+    previous observations each prompt shows and, for hindsight labels, how many next ones. One program fills every
+    prompt, for label, serve, online and eval alike: `sample_texts` makes each sample's slot (history + observation
+    (+ future)), `template(tokenizer)` the fixed prefix and tail.
     """
 
-    name: str  # 'chat', 'short', 'forecast' or 'custom'
+    name: str  # 'chat', 'short', 'forecast', 'hindsight' or 'custom'
     version: int | None
     variant: str
     history: int = 0
     text: str | None = None  # placeholder templates: the template's text
+    future: int = 0  # next observations each prompt shows (hindsight labels; a placeholder template's {future})
 
     def __post_init__(self):
         if self.variant not in _RULES:
@@ -349,13 +410,18 @@ class PromptProgram:
                                                             if self.text is None else "a built-in template has no text"))
         if not 0 <= self.history <= HISTORY_LIMIT:
             raise ValueError(f"history={self.history}; expected 0..{HISTORY_LIMIT}")
+        if not 0 <= self.future <= FUTURE_LIMIT:
+            raise ValueError(f"future={self.future}; expected 0..{FUTURE_LIMIT}")
+        if self.future and self.text is None:
+            raise ValueError(f"future={self.future}: template {self.name!r} has no {{future}} placeholder; the next "
+                             f"steps go into a placeholder template ('hindsight', or your own with {{future}})")
         if self.text is not None:
-            parse_template(self.text, self.history)
+            parse_template(self.text, self.history, self.future)
 
     @cached_property
     def _segments(self) -> tuple[list[Segment], list[Segment], list[Segment]]:
         """(prefix, per-sample slot, tail) segments of a placeholder template."""
-        segments = parse_template(self.text, self.history)
+        segments = parse_template(self.text, self.history, self.future)
         sample = [i for i, (kind, v) in enumerate(segments) if kind == "field" and v in SAMPLE_PLACEHOLDERS]
         return segments[: sample[0]], segments[sample[0] : sample[-1] + 1], segments[sample[-1] + 1 :]
 
@@ -374,26 +440,35 @@ class PromptProgram:
         return "".join(v if kind == "text" else sample[v] if v in SAMPLE_PLACEHOLDERS else self._fixed(v)
                        for kind, v in segments)
 
-    def sample_text(self, observation: str, entries: Sequence[tuple[str, int]] = ()) -> str:
-        """One sample's slot: its previous observations and actions (oldest first, at most `history`) and its
-        observation. With history 0 and a built-in template: the observation itself."""
+    def sample_text(self, observation: str, entries: Sequence[tuple[str, int]] = (), future: Future | None = None
+                    ) -> str:
+        """One sample's slot: its previous observations and actions (oldest first, at most `history`), its
+        observation and, with `future`, its next steps in the data (`Future`; None: none known). With history 0 and a
+        built-in template: the observation itself."""
         block = history_text(entries, self.history, self.action_names if self.history else ())
         if self.text is None:
+            if future is not None and len(future[0]):
+                raise ValueError(f"next observations given, but template {self.name!r} shows none")
             return f"{block}{CURRENT_HEADER}{observation}" if self.history else observation
-        return self._fill(self._segments[1], {"observation": observation, "history": block})
+        after = future_text(future, self.future, self.action_names if self.future else ())
+        return self._fill(self._segments[1], {"observation": observation, "history": block, "future": after})
 
-    def sample_texts(self, observations: Sequence[str], history: Sequence[Sequence[tuple[str, int]]] | None = None
-                     ) -> list[str]:
+    def sample_texts(self, observations: Sequence[str], history: Sequence[Sequence[tuple[str, int]]] | None = None,
+                     future: Sequence[Future] | None = None) -> list[str]:
         """Every sample's slot; history: per sample its previous (observation text, action id) pairs, oldest first
-        (None: none for any sample, as at an episode's first step)."""
+        (None: none for any sample, as at an episode's first step); future: per sample its next steps in the data
+        (`Future`; None: none known for any sample)."""
         observations = list(observations)
         if history is None:
-            if self.text is None and self.history == 0:
+            if self.text is None and self.history == 0 and future is None:
                 return observations
             history = [()] * len(observations)
-        if len(history) != len(observations):
-            raise ValueError(f"history for {len(history)} samples, but {len(observations)} observations")
-        return [self.sample_text(o, h) for o, h in zip(observations, history)]
+        if future is None:
+            future = [None] * len(observations)
+        if len(history) != len(observations) or len(future) != len(observations):
+            raise ValueError(f"history for {len(history)} samples and future for {len(future)}, but "
+                             f"{len(observations)} observations")
+        return [self.sample_text(o, h, f) for o, h, f in zip(observations, history, future)]
 
     def template(self, tokenizer=None) -> PromptTemplate:
         """The fixed prefix and tail around the per-sample slot (with `tokenizer`'s chat template where it has one;
@@ -411,17 +486,18 @@ class PromptProgram:
         prefix, tail = user.split(_PLACEHOLDER)
         return PromptTemplate(self.name, self.version, prefix, tail, chat)
 
-    def render(self, observation: str, entries: Sequence[tuple[str, int]] = (), tokenizer=None) -> str:
+    def render(self, observation: str, entries: Sequence[tuple[str, int]] = (), tokenizer=None,
+               future: Future | None = None) -> str:
         """The whole prompt of one sample, as the model reads it."""
-        return self.template(tokenizer).render(self.sample_text(observation, entries))
+        return self.template(tokenizer).render(self.sample_text(observation, entries, future))
 
 
 def prompt_program(spec, default: str | None = None) -> PromptProgram:
-    """The program a spec asks for (`spec.template`, `template_text`, `history`, `variant`); 'auto' resolves to
-    `default` (the backend's choice by model kind)."""
+    """The program a spec asks for (`spec.template`, `template_text`, `history`, `future`, `variant`); 'auto'
+    resolves to `default` (the backend's choice by model kind)."""
     name = spec.template if spec.template != "auto" else default
     if name is None:
         raise ValueError("template 'auto' is resolved by the backend: pass the default template")
     version = spec.template_version if spec.template != "auto" else TEMPLATE_VERSIONS.get(name)
     return PromptProgram(name, version, spec.variant, int(getattr(spec, "history", 0)),
-                         getattr(spec, "template_text", None))
+                         getattr(spec, "template_text", None), int(getattr(spec, "future", 0)))

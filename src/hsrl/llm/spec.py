@@ -29,7 +29,8 @@ from hsrl.errors import InputError
 from hsrl.strict import dataclass_kwargs
 
 POOLINGS = ("mean", "last")
-TEMPLATES = ("auto", "chat", "short", "forecast", "custom")  # forecast: shipped placeholder template; custom: a file
+TEMPLATES = ("auto", "chat", "short", "forecast", "hindsight", "custom")  # forecast, hindsight: shipped placeholder
+# templates (hindsight shows the next steps of the data: offline labels only); custom: a file
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 INPUTS = ("text", "image", "image+text")  # what the model reads: the text rendering, the image, or both
 BACKENDS = ("transformers", "vllm")
@@ -38,11 +39,15 @@ TEXT_SOURCES = ("hsrl", "import")  # the text the model reads: hsrl.text's rende
 SAMPLING_FIELDS = ("temperature", "top_p", "seed")  # change hidden states only when the spec generates (tokens > 1)
 # Fields added after specs were first written: left out of the JSON at these defaults, so a spec that does not use
 # them has the JSON and hash it had before they existed (and old files, checkpoints and servers still match).
-LATER_DEFAULTS = {"history": 0, "template_text": None, "template_hash": None, "text_source": "hsrl"}
+LATER_DEFAULTS = {"history": 0, "template_text": None, "template_hash": None, "text_source": "hsrl", "future": 0}
 LIVE_TEXT_WHY = ("its states were computed from the text_obs another tool wrote (`hsrl label --text-from import`), "
                  "which exists only in the imported files; online runs, the server and evaluation render observations "
                  "with hsrl.text, so they cannot compute such states: label the data with hsrl.text's rendering "
                  "(--text-from hsrl, the default) to use its states live")
+HINDSIGHT_WHY = ("its prompts show the next steps of the recorded data (hindsight labels, `hsrl label --future K`), "
+                 "and the future is not known while playing, so online runs, the server and evaluation cannot compute "
+                 "such states: evaluate offline on hindsight-labelled data, or evaluate with another spec's states as "
+                 "a cross-source evaluation (`hsrl eval RUN --states-from SPEC --cross-source`)")
 
 
 def current_renderer_version() -> str:
@@ -66,7 +71,8 @@ class ExtractionSpec:
     ('mean' over the tokens actually generated, end-of-sequence included; 'last' = the last generated token).
     Sampling (temperature, top_p, seed) matters only when tokens > 1; temperature 0 is greedy.
     What the model is asked (`hsrl.llm.prompt.PromptProgram`): the template, for placeholder templates ('forecast',
-    'custom') with its text and hash, and `history`, how many previous observations of the episode each prompt shows.
+    'hindsight', 'custom') with its text and hash, `history`, how many previous observations of the episode each prompt
+    shows, and `future`, how many next ones (hindsight labels: known only in recorded data, so offline only).
     """
 
     model: str = "minilm"  # registry name (hsrl.llm.models.MODEL_ALIASES), HuggingFace id or local path
@@ -74,9 +80,10 @@ class ExtractionSpec:
     tokens: int = 1
     pooling: str = "mean"
     template: str = "auto"  # 'chat' (system + rules + few-shot + observation), 'short', 'auto' (by model kind),
-    # 'forecast' (shipped placeholder template: predict the next steps), 'custom' (a user's template_text)
+    # 'forecast' (shipped placeholder template: predict the next steps), 'hindsight' (shipped: summarise the next
+    # `future` steps of the data), 'custom' (a user's template_text)
     template_version: int | None = None  # None: the current version of `template` (hsrl.llm.prompt.TEMPLATE_VERSIONS)
-    template_text: str | None = None  # placeholder templates ('forecast', 'custom'): the text, with {placeholders}
+    template_text: str | None = None  # placeholder templates ('forecast', 'hindsight', 'custom'): the text
     template_hash: str | None = None  # first 12 hex of the SHA-256 of template_text (derived; checked when given)
     history: int = 0  # previous observations of the episode each prompt shows (with the actions between them)
     variant: str = "classic"  # game variant the prompt describes: 'classic' or 'craftax'
@@ -90,6 +97,8 @@ class ExtractionSpec:
     backend: str = "transformers"  # 'transformers' or 'vllm'
     text_source: str = "hsrl"  # 'hsrl' (hsrl.text renders the observation) or 'import' (the text_obs another tool
     # wrote, kept by `hsrl import`; exists only in the files: `check_live_text`)
+    future: int = 0  # next observations of the episode in the data each prompt shows ({future}; hindsight labels,
+    # offline only: `check_live_text`)
 
     def __post_init__(self):
         layer = self.layer
@@ -126,16 +135,28 @@ class ExtractionSpec:
         self._check_prompt()
 
     def _check_prompt(self) -> None:
-        """The prompt program's fields: history, and a placeholder template's text (its placeholders) and hash."""
-        from hsrl.llm.prompt import HISTORY_LIMIT, PLACEHOLDER_TEMPLATES, parse_template, shipped_template, template_hash
+        """The prompt program's fields: history, future, and a placeholder template's text (its placeholders) and
+        hash."""
+        from hsrl.llm.prompt import (
+            FUTURE_LIMIT, HISTORY_LIMIT, PLACEHOLDER_TEMPLATES, SHIPPED_TEMPLATES, parse_template, shipped_template,
+            template_hash,
+        )
 
         if not isinstance(self.history, int) or isinstance(self.history, bool) or not 0 <= self.history <= HISTORY_LIMIT:
             raise ValueError(f"history={self.history!r}; expected an int in 0..{HISTORY_LIMIT}")
-        if (self.history or self.template in PLACEHOLDER_TEMPLATES) and self.input != "text":
-            raise ValueError(f"input={self.input!r}; history and placeholder templates read text observations only "
-                             f"(input 'text')")
-        if self.template == "forecast" and self.template_text is None:
-            object.__setattr__(self, "template_text", shipped_template("forecast"))
+        if not isinstance(self.future, int) or isinstance(self.future, bool) or not 0 <= self.future <= FUTURE_LIMIT:
+            raise ValueError(f"future={self.future!r}; expected an int in 0..{FUTURE_LIMIT}")
+        if (self.history or self.future or self.template in PLACEHOLDER_TEMPLATES) and self.input != "text":
+            raise ValueError(f"input={self.input!r}; history, future and placeholder templates read text observations "
+                             f"only (input 'text')")
+        if self.template == "hindsight" and not self.future:
+            raise ValueError("future=0; template 'hindsight' shows the next K steps of the recorded data: give "
+                             "future K >= 1 (`hsrl label --template hindsight --future K`)")
+        if self.future and self.template not in PLACEHOLDER_TEMPLATES:
+            raise ValueError(f"future={self.future}; the next steps go into a placeholder template with {{future}} "
+                             f"('hindsight', or --prompt-template FILE), not template {self.template!r}")
+        if self.template in SHIPPED_TEMPLATES and self.template_text is None:
+            object.__setattr__(self, "template_text", shipped_template(self.template))
         if self.template not in PLACEHOLDER_TEMPLATES:
             if self.template_text is not None or self.template_hash is not None:
                 raise ValueError(f"template_text={self.template_text!r:.40}; only placeholder templates "
@@ -143,7 +164,7 @@ class ExtractionSpec:
             return
         if not isinstance(self.template_text, str) or not self.template_text.strip():
             raise ValueError(f"template_text={self.template_text!r:.40}; template {self.template!r} needs its text")
-        parse_template(self.template_text, self.history)  # TemplateError (a ValueError), one line
+        parse_template(self.template_text, self.history, self.future)  # TemplateError (a ValueError), one line
         digest = template_hash(self.template_text)
         if self.template_hash is not None and self.template_hash != digest:
             raise ValueError(f"template_hash={self.template_hash!r}; the template's text hashes to {digest!r}")
@@ -162,6 +183,12 @@ class ExtractionSpec:
     def reads_images(self) -> bool:
         """True when the model reads the image observation (input 'image' or 'image+text')."""
         return self.input != "text"
+
+    @property
+    def hindsight(self) -> bool:
+        """True when the prompts show the next steps of the recorded data (`future` > 0): states only labelling can
+        compute (`check_live_text`)."""
+        return self.future > 0
 
     @property
     def reads_text(self) -> bool:
@@ -240,19 +267,53 @@ def text_source(spec: SpecLike) -> str:
     return "hsrl" if d is None else d.get("text_source", "hsrl")
 
 
+def future_steps(spec: SpecLike) -> int:
+    """How many next steps of the recorded data a spec's prompts show (`future`; 0: also a spec written before the
+    field, or no spec). > 0: hindsight labels, which only labelling can compute."""
+    d = _spec_dict(spec)
+    return 0 if d is None else int(d.get("future", 0))
+
+
 def check_live_text(spec: SpecLike, where: str) -> None:
-    """Refuse (InputError, one line) a spec whose text came from imported files (`text_source` 'import') where
-    states are computed live from observations rendered by hsrl.text (online, serve, eval). `where` names what
-    carries the spec."""
+    """Refuse (InputError, one line) a spec whose states cannot be computed live from observations rendered by
+    hsrl.text (online, serve, eval): its text came from imported files (`text_source` 'import'), or its prompts
+    show the next steps of the recorded data (`future` > 0, hindsight labels: the future is not known while
+    playing). `where` names what carries the spec."""
     source = text_source(spec)
     if source != "hsrl":
         raise InputError(f"{where}: extraction spec with text_source {source!r}: {LIVE_TEXT_WHY}")
+    future = future_steps(spec)
+    if future:
+        raise InputError(f"{where}: extraction spec with future {future} (hindsight): {HINDSIGHT_WHY}")
 
 
 def _shown(value, limit: int = 60) -> str:
     """A field's value in a message: its repr, cut to `limit` characters (a template's text is long)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def difference_detail(a: SpecLike, b: SpecLike, fields: Collection[str] | None = None) -> str:
+    """The fields in which two specs differ with both values, `name: a != b` joined by '; ' (values cut to 60
+    characters; '<absent>' where a spec lacks the field); `fields` default: `spec_differences(a, b)`."""
+    fields = spec_differences(a, b) if fields is None else fields
+    da, db = _spec_dict(a) or {}, _spec_dict(b) or {}
+    return "; ".join(f"{n}: {_shown(da.get(n, '<absent>'))} != {_shown(db.get(n, '<absent>'))}" for n in fields)
+
+
+def spec_summary(spec: SpecLike) -> str:
+    """One line naming what made a spec's states: its hash, model, layer, tokens, pooling, template (with its text's
+    hash), history, future and text source (the last three when set); 'no extraction spec' for None."""
+    d = _spec_dict(spec)
+    if d is None:
+        return "no extraction spec"
+    digest = spec_hash(json.dumps(d, sort_keys=True, separators=(",", ":")))
+    template = f"{d.get('template')}" + (f" {d['template_hash']}" if d.get("template_hash") else "")
+    parts = [f"spec {digest}: model {d.get('model')}", f"layer {d.get('layer')}", f"tokens {d.get('tokens')}",
+             f"pooling {d.get('pooling')}", f"template {template}"]
+    parts += [f"{k.replace('_', ' ')} {d[k]}" for k in ("history", "future", "text_source")
+              if k in d and d[k] != LATER_DEFAULTS[k]]
+    return ", ".join(parts)
 
 
 def check_spec(producer: SpecLike, consumer: SpecLike, allow: bool = False, what: str = "extraction spec mismatch"
@@ -263,7 +324,7 @@ def check_spec(producer: SpecLike, consumer: SpecLike, allow: bool = False, what
     fields = spec_differences(producer, consumer)
     if fields:
         da, db = _spec_dict(producer) or {}, _spec_dict(consumer) or {}
-        detail = "; ".join(f"{n}: {_shown(da.get(n, '<absent>'))} != {_shown(db.get(n, '<absent>'))}" for n in fields)
+        detail = difference_detail(da, db, fields)
         hashes = (f"producer {spec_hash(json.dumps(da, sort_keys=True, separators=(',', ':')))} vs consumer "
                   f"{spec_hash(json.dumps(db, sort_keys=True, separators=(',', ':')))}") if da and db else ""
         message = f"{what}{f' ({hashes})' if hashes else ''}; fields that differ: {', '.join(fields)} ({detail})"

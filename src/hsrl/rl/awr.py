@@ -16,7 +16,8 @@ once and batches are gathered inside the scan: nothing crosses from the host dur
 Otherwise a background thread draws the same positions, gathers the rows from host memory and
 `device_put`s K batches ahead (a bounded queue), so the step never waits on the loader
 (`benchmarks/bench_awr.py` measures it). Either way step t sees the same batch, so a resumed run
-repeats an uninterrupted one.
+repeats an uninterrupted one. The training loop (`train_awr`) lives in `hsrl.rl.awr_seeds`, which also trains a
+group of seeds as one compiled program (`train_awr_seeds`, the blocks' `seed_axis`).
 """
 
 from __future__ import annotations
@@ -36,19 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hsrl.atomic import write_text_atomic
 from hsrl.data.chunks import DataFileError, inspect_chunk, list_chunks
 from hsrl.data.dataset import check_token_counts, load_dataset
 from hsrl.data.stats import HiddenStats, RunningMoments, normalize_hidden
 from hsrl.errors import InputError
 from hsrl.redact import public_config
 from hsrl.rl import cpu_ops
-from hsrl.rl.checkpoint import (
-    CHECKPOINT_DIR, check_compatible, gate_travel_of, list_checkpoints, prune_checkpoints, read_checkpoint_meta,
-    remove_checkpoint_temporaries, restore_state,
-    save_checkpoint,
-)
-from hsrl.rl.metrics import MetricsLogger
 from hsrl.rl.networks import (ACTIVATIONS, FUSIONS, NetworkConfig, gate, gate_learning_rate, gate_optimizer,
                               init_params, make_network)
 
@@ -285,10 +279,33 @@ def _options(update) -> dict | None:
     return getattr(update, "compiler_options", None)  # set by make_update
 
 
-def make_device_block(update, batch_size: int):
+SEED_AXES = ("loop", "vmap")  # how a group runs its seeds (`hsrl.rl.awr_seeds`)
+
+
+def over_seeds(fn: Callable, seed_axis: str | None) -> Callable:
+    """`fn(mapped, shared, *static)` over a group's seeds: "vmap" batches the seeds of the leading seed axis of the
+    pytree `mapped` in one program (each matrix product K seeds wide; `shared` is the same for every seed); None and
+    "loop" (a tuple of states, each seed calling the one-seed program in turn: `each_seed`) are `fn` itself."""
+    if seed_axis in (None, "loop"):
+        return fn
+    if seed_axis == "vmap":
+        return lambda mapped, shared, *static: jax.vmap(lambda m: fn(m, shared, *static))(mapped)
+    raise ValueError(f"seed axis {seed_axis!r}: expected one of {', '.join(SEED_AXES)} or None")
+
+
+def each_seed(step: Callable, states: tuple) -> tuple[tuple, dict]:
+    """`step(i, state) -> (state, metrics)` for each seed of a "loop" group in turn (each call queued before the
+    previous is done): the new states and the metrics, one entry per seed."""
+    out = [step(i, state) for i, state in enumerate(states)]
+    return tuple(state for state, _ in out), {k: [m[k] for _, m in out] for k in out[0][1]}
+
+
+def make_device_block(update, batch_size: int, seed_axis: str | None = None):
     """`block(state, data, length) -> (state, metrics)`: `length` updates, batches gathered on device.
 
-    `data` holds the arrays (on device) and `rows`, the valid row indices. Metrics are means over the block.
+    `data` holds the arrays (on device) and `rows`, the valid row indices. Metrics are means over the block. With
+    `seed_axis` "vmap" the state has a leading seed axis (`over_seeds`) and every seed samples its own batches from the
+    same `data`.
     """
 
     def block(state: AWRState, data: Mapping[str, jax.Array], length: int):
@@ -300,22 +317,27 @@ def make_device_block(update, batch_size: int):
         state, metrics = jax.lax.scan(body, state, pos)
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return jax.jit(block, static_argnums=2, donate_argnums=_donate(), compiler_options=_options(update))
+    return jax.jit(over_seeds(block, seed_axis), static_argnums=2, donate_argnums=_donate(),
+                   compiler_options=_options(update))
 
 
-def make_batches_block(update):
-    """`block(state, batches) -> (state, metrics)`: one update per leading index of `batches` (length, B, ...)."""
+def make_batches_block(update, seed_axis: str | None = None):
+    """`block(state, batches) -> (state, metrics)`: one update per leading index of `batches` (length, B, ...);
+    with `seed_axis` "vmap", state and batches have a leading seed axis (K, length, B, ...) (`over_seeds`)."""
 
-    def block(state: AWRState, batches: Batch):
-        state, metrics = jax.lax.scan(update, state, batches)
+    def block(state_batches: tuple[AWRState, Batch], _=None):
+        state, metrics = jax.lax.scan(update, *state_batches)
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return jax.jit(block, donate_argnums=_donate(), compiler_options=_options(update))
+    mapped = over_seeds(block, seed_axis)
+    return jax.jit(lambda state, batches: mapped((state, batches), None), donate_argnums=_donate(),
+                   compiler_options=_options(update))
 
 
 class Prefetcher:
     """Background thread: for each (start, length) block, draw positions, gather rows on the host,
-    `device_put` the (length, B, ...) batches, and queue them (at most `depth` ahead).
+    `device_put` the (length, B, ...) batches, and queue them (at most `depth` ahead). With a stack of K sampling
+    keys (K, 2) (a group of seeds), each seed draws its own positions: batches (K, length, B, ...).
 
     Iterate to get the blocks in order; an error in the thread is raised by the iterator.
     """
@@ -332,9 +354,12 @@ class Prefetcher:
         self._thread.start()
 
     def make(self, start: int, length: int) -> Batch:
-        pos = np.asarray(self._positions(self.rng, jnp.int32(start), length, self.batch_size, len(self.rows)))
+        keys = self.rng.reshape((-1,) + self.rng.shape[-1:])  # one key per seed
+        pos = np.stack([np.asarray(self._positions(key, jnp.int32(start), length, self.batch_size, len(self.rows)))
+                        for key in keys])
         idx = self.rows[pos.reshape(-1)]
-        host = {k: v[idx].reshape((length, self.batch_size) + v.shape[1:]) for k, v in self.arrays.items()}
+        lead = (length, self.batch_size) if self.rng.ndim == 1 else (len(keys), length, self.batch_size)
+        host = {k: v[idx].reshape(lead + v.shape[1:]) for k, v in self.arrays.items()}
         return jax.device_put(Batch(host["obs"], host["action"], host["return_to_go"], host.get("hidden_state")),
                               self.device)
 
@@ -378,16 +403,21 @@ def block_schedule(start: int, end: int, per_call: int, every: tuple[int, ...]) 
 
 class DeviceBatches:
     """Batch source for data that fits the device: the arrays are put there once and every call gathers
-    its batches inside the jitted scan."""
+    its batches inside the jitted scan. With `seed_axis` the state is a group's (`over_seeds`, `each_seed`)."""
 
     where = "device"
 
-    def __init__(self, update, arrays: Mapping[str, np.ndarray], rows: np.ndarray, batch_size: int, device):
-        self.data = jax.device_put({**arrays, "rows": rows}, device)
-        self.block = make_device_block(update, batch_size)
+    def __init__(self, update, arrays: Mapping[str, np.ndarray] | None, rows: np.ndarray | None, batch_size: int,
+                 device, seed_axis: str | None = None, placed: Mapping[str, jax.Array] | None = None):
+        """`placed`: the `data` of another DeviceBatches on the same device (its arrays are not put there twice)."""
+        self.data = placed if placed is not None else jax.device_put({**arrays, "rows": rows}, device)
+        self.block = make_device_block(update, batch_size, seed_axis)
+        self.loop = seed_axis == "loop"
 
     def run(self, state: AWRState, start: int, length: int):
         """`length` updates from step `start` (the state's own step): (state, mean metrics)."""
+        if self.loop:
+            return each_seed(lambda i, s: self.block(s, self.data, length), state)
         return self.block(state, self.data, length)
 
     def close(self) -> None:
@@ -396,18 +426,23 @@ class DeviceBatches:
 
 class HostBatches:
     """Batch source for data in host memory: a `Prefetcher` thread gathers each call's batches and puts them
-    on the device ahead, in the order of `blocks`."""
+    on the device ahead, in the order of `blocks`. With `seed_axis` (`rng` then a stack of the seeds' keys), each seed
+    gets its own batches."""
 
     where = "host loader"
 
     def __init__(self, update, arrays: Mapping[str, np.ndarray], rows: np.ndarray, batch_size: int, device,
-                 rng: jax.Array, blocks: list[tuple[int, int]]):
-        self.block = make_batches_block(update)
+                 rng: jax.Array, blocks: list[tuple[int, int]], seed_axis: str | None = None):
+        self.block = make_batches_block(update, seed_axis)
+        self.loop = seed_axis == "loop"
         self.prefetch = Prefetcher(arrays, rows, rng, blocks, batch_size, device=device)
         self._ready = iter(self.prefetch)
 
     def run(self, state: AWRState, start: int, length: int):
-        return self.block(state, next(self._ready))
+        batches = next(self._ready)
+        if self.loop:
+            return each_seed(lambda i, s: self.block(s, jax.tree.map(lambda x: x[i], batches)), state)
+        return self.block(state, batches)
 
     def close(self) -> None:
         self.prefetch.close()
@@ -434,24 +469,31 @@ def run(state: AWRState, batches, blocks: list[tuple[int, int]], after_block: Ca
 
 class Interval:
     """Metrics between two log lines: the means of the calls' metrics (weighted by their steps) and the
-    throughput over the interval's wall time."""
+    throughput over the interval's wall time. With `seeds` K the calls' metrics have a leading seed axis and
+    `close` gives one dict per seed (SPS: each seed's steps per second)."""
 
-    def __init__(self, step: int, batch_size: int):
-        self.step, self.batch_size, self.parts, self.tick = step, batch_size, [], time.perf_counter()
+    def __init__(self, step: int, batch_size: int, seeds: int | None = None):
+        self.step, self.batch_size, self.seeds, self.parts, self.tick = step, batch_size, seeds, [], time.perf_counter()
 
     def add(self, length: int, metrics: dict) -> None:
         self.parts.append((length, metrics))
 
-    def close(self, step: int) -> dict[str, float]:
-        """The interval's values (metric means, SPS, samples_per_second); starts the next interval."""
+    def close(self, step: int) -> dict[str, float] | list[dict[str, float]]:
+        """The interval's values (metric means, SPS, samples_per_second), per seed with `seeds`; starts the next
+        interval."""
         host = jax.device_get([m for _, m in self.parts])
         weights = np.array([n for n, _ in self.parts], np.float64)
-        values = {k: float(np.average([float(m[k]) for m in host], weights=weights)) for k in host[0]}
         now = time.perf_counter()
-        values["SPS"] = (step - self.step) / (now - self.tick)
-        values["samples_per_second"] = values["SPS"] * self.batch_size
+        sps = (step - self.step) / (now - self.tick)
+
+        def values(pick):
+            out = {k: float(np.average([float(pick(m[k])) for m in host], weights=weights)) for k in host[0]}
+            return {**out, "SPS": sps, "samples_per_second": sps * self.batch_size}
+
         self.step, self.parts, self.tick = step, [], now
-        return values
+        if self.seeds is None:
+            return values(lambda v: v)
+        return [values(lambda v, i=i: v[i]) for i in range(self.seeds)]
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -594,122 +636,8 @@ def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -
 
 
 def train_awr(config: TrainAWRConfig) -> dict:
-    """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path)."""
-    config.check()
-    out = Path(config.out)
-    # before any work: a folder of a run with other hyperparameters is refused (another --data-dir is checked once
-    # the data is read, where its checkpoint names what differs: hidden size, spec)
-    _check_same_run(out, config, [k for k in IDENTITY_FIELDS if k != "data_dir"])
-    from hsrl.env import env_info
+    """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path). The loop is
+    `hsrl.rl.awr_seeds`'s, which trains a group of seeds the same way (`train_awr_seeds`); this is its group of one."""
+    from hsrl.rl.awr_seeds import train_seeds
 
-    # --- data
-    data = load_awr_data(config.data_dir, config.hidden, config.truncated, show_progress=config.progress,
-                         cache_dir=config.cache_dir, all_tokens_valid=config.all_tokens_valid,
-                         control=config.control, hidden_skip_n=config.hidden_skip_n, control_map=config.control_map)
-    info = env_info(data.env_name)
-    network = NetworkConfig.for_env(data.arrays["obs"].shape[1:], info.num_actions, data.hidden_size,
-                                    width=config.width, activation=config.activation, fusion=config.fusion)
-    hyper = AWRHyper.of(config)
-
-    # --- resume or start
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / CHECKPOINT_DIR
-    remove_checkpoint_temporaries(ckpt_dir)
-    found = list_checkpoints(ckpt_dir)
-    meta = read_checkpoint_meta(found[-1]) if found else None
-    if meta is not None:
-        check_compatible(meta, env_name=data.env_name, hidden_size=data.hidden_size, spec_json=data.spec_json,
-                         allow_spec_mismatch=config.allow_spec_mismatch, what=f"the data in {config.data_dir}")
-        saved_net = NetworkConfig.from_dict(meta["network"])
-        if saved_net != network:
-            raise InputError(f"{meta['path']} holds a {saved_net.to_json()} network; this data and these flags "
-                             f"give {network.to_json()}: use another --out")
-    _check_same_run(out, config)
-    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(_run_config(config), indent=1, sort_keys=True))
-    if meta is not None and network.uses_hidden:
-        stats = HiddenStats.from_dict(meta["hidden_stats"])  # keep normalising as the run began
-        spec_json = meta.get("spec_json")
-    else:
-        stats = hidden_stats_of(data.arrays["hidden_state"], data.spec_json) if network.uses_hidden else None
-        spec_json = data.spec_json if network.uses_hidden else None
-    device = jax.devices()[0]
-    state = init_state(network, hyper, config.seed, device)
-    if meta is not None:
-        state = AWRState(**restore_state(meta, state._asdict()))
-        state = jax.device_put(state._replace(step=np.asarray(state.step, np.int32)), device)
-    start = int(state.step)
-    if start >= config.steps:
-        print(f"{out}: already trained to step {start} (--steps {config.steps}); nothing to do")
-        return {"step": start, "checkpoint": meta["path"] if meta else None, "metrics": {}, "resumed": True,
-                "gate_travel": None if meta is None else gate_travel_of(meta)}
-    # how far the gate could have moved by step s (logit units): the travel saved with the checkpoint resumed from
-    # (an earlier --steps may have given another rate), then this run's rate per step
-    travel_before = (gate_travel_of(meta) or 0.0) if meta is not None else 0.0
-
-    def travel(step: int) -> float | None:
-        return travel_before + (step - start) * hyper.gate_lr if network.gated else None
-
-    # --- where the batches come from
-    limit = config.device_data_max_gb * 1e9
-    mem = device_memory_limit(device)
-    if mem is not None:
-        limit = min(limit, 0.5 * mem)
-    on_device = config.device_data if config.device_data is not None else data.nbytes <= limit
-    update = make_update(network, hyper, stats)
-    row_bytes = sum(a[0].nbytes for a in data.arrays.values()) * config.batch_size
-    per_call = config.steps_per_call if on_device else max(1, min(config.steps_per_call, HOST_BLOCK_BYTES // row_bytes))
-    blocks = block_schedule(start, config.steps, per_call, (config.log_every, config.save_every))
-    where = "device" if on_device else "host loader"  # the batch source below
-    print(f"{'resuming at step ' + str(start) if meta else 'starting'}: {network.class_name} on {data.env_name}, "
-          f"{len(data.rows)} of {data.num_rows} rows ({data.dropped_truncated} in unfinished episodes left out), "
-          f"hidden size {data.hidden_size}, data {data.nbytes / 1e6:.1f} MB via {where}, {per_call} steps per call")
-    if on_device:
-        batches = DeviceBatches(update, data.arrays, data.rows, config.batch_size, device)
-        data.arrays.clear()  # the host copy is no longer needed
-    else:
-        batches = HostBatches(update, data.arrays, data.rows, config.batch_size, device, state.rng, blocks)
-
-    sidecar = {
-        "algorithm": "awr", "network": network.to_dict(), "env_name": data.env_name, "spec_json": spec_json,
-        "hidden_stats": None if stats is None else stats.to_dict(), "data_dir": str(Path(config.data_dir).resolve()),
-        "seed": config.seed, "train_config": _run_config(config), "final": False,
-    }
-
-    def save(state, final=False):
-        path = save_checkpoint(ckpt_dir, int(state.step), state._asdict(),
-                               {**sidecar, "final": final, "gate_travel": travel(int(state.step))})
-        prune_checkpoints(ckpt_dir, config.keep)
-        return path
-
-    # --- the loop
-    from tqdm.auto import tqdm
-
-    logger = MetricsLogger(out, resume_step=start if meta is not None else None, tensorboard=config.tensorboard)
-    if meta is None:
-        logger.text("config", "```\n" + json.dumps(_run_config(config), indent=1) + "\n```")
-    bar = tqdm(total=config.steps, initial=start, unit="step", desc="train-awr", disable=not config.progress,
-               dynamic_ncols=True)
-    interval, logged = Interval(start, config.batch_size), {}
-
-    def after_block(state, step, length, metrics):
-        interval.add(length, metrics)
-        if step % config.log_every == 0 or step == config.steps:
-            values = interval.close(step)
-            if network.gated:
-                values["hidden/gate_travel"] = travel(step)
-            logged.clear()
-            logged.update(logger.log(step, values))
-            bar.set_postfix(critic=f"{values['critic_loss']:.4g}", actor=f"{values['actor_loss']:.4g}",
-                            ev=f"{values['explained_variance']:.3f}", refresh=False)
-        if step % config.save_every == 0 and step != config.steps:
-            save(state)
-
-    try:
-        state = run(state, batches, blocks, after_block, bar.update)
-        ckpt_path = save(state, final=True)
-    finally:
-        bar.close()
-        logger.close()
-        batches.close()
-    return {"step": int(state.step), "checkpoint": str(ckpt_path), "metrics": logged, "resumed": meta is not None,
-            "on_device": on_device, "network": network.class_name, "gate_travel": travel(int(state.step))}
+    return train_seeds([config], None)[0]

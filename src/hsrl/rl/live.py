@@ -25,6 +25,11 @@ A control policy's `hsrl.data.projection.ProjectionSource` projects the observat
 matched to a spec with history reads the runner's `History` too (the same K previous steps, as arrays).
 Another transport is one more source; the state cache (`hsrl.llm.cache`) lives in the extractor.
 
+A group of runs stepped together (`hsrl.rl.ppo.train_online_seeds`) has one `LiveHidden` per run and a `LiveGroup` over
+them: a refresh hands it every run's environments (a runner with a leading seed axis), each run plans its part as it
+would alone (`LiveHidden.plan`), all parts go to the shared source in one call, and each run takes its states back
+(`LiveHidden.finish`): K x E observations per full refresh instead of K calls of E.
+
 Normalisation. From scratch (no fixed statistics), `LiveHidden.stats()` are running statistics over every
 state extracted so far, with each dimension's std floored relative to the states' own scale
 (`RELATIVE_STD_FLOOR` x the median over dimensions of their root mean square): a few near-identical states (one environment, the
@@ -150,12 +155,15 @@ def refresh(runner: Runner, hidden_fn, skip_n: int, pool=None) -> Runner:
     pool: the env's `pool_observations` (symbolic, env observations of the fresh worlds episodes reset into),
     for a `hidden_fn` with `with_pool` (`LiveHidden`): it computes a new pool's states in one batch and looks
     resets up there.
+
+    A group's runner (`hsrl.rl.ppo.train_online_seeds`) has a leading seed axis on every field (`since_refresh`
+    (K,)): then `hidden_fn` (`LiveGroup`) takes and gives (K, E, ...) arrays, all seeds' environments in one call.
     """
     if hidden_fn is None:
         return runner
     periodic = runner.since_refresh >= skip_n
-    mask = runner.fresh | periodic
-    shape = jax.ShapeDtypeStruct((mask.shape[0], hidden_fn.hidden_size), jnp.float32)
+    mask = runner.fresh | periodic[..., None]  # (E,), or (K, E) for a group's runner
+    shape = jax.ShapeDtypeStruct(mask.shape + (hidden_fn.hidden_size,), jnp.float32)
 
     def call(_):
         frames = (runner.obs,) if hidden_fn.reads_images else ()  # pixels cross to the host only when read
@@ -167,11 +175,33 @@ def refresh(runner: Runner, hidden_fn, skip_n: int, pool=None) -> Runner:
                               *pool_frames, ordered=False)
         else:
             new = io_callback(wrap(hidden_fn), shape, runner.sym, mask, *history, *frames, ordered=False)
-        return jnp.where(mask[:, None], new, runner.hidden)
+        return jnp.where(mask[..., None], new, runner.hidden)
 
     hidden = jax.lax.cond(mask.any(), call, lambda _: runner.hidden, None)
     since = jnp.where(periodic, 0, runner.since_refresh)
     return runner._replace(hidden=hidden, fresh=jnp.zeros_like(runner.fresh), since_refresh=since)
+
+
+class RefreshPlan(NamedTuple):
+    """What one refresh of one run asks its source (`LiveHidden.plan`), and where the answers go (`LiveHidden.finish`):
+    a new reset pool's observations (computed first, no history), then the asked environments' observations that
+    were not found among the pool's, with their history."""
+
+    size: int  # E: the environments of the run
+    idx: np.ndarray  # the environments asked
+    ask: np.ndarray  # of those, the ones whose state is computed (not found in the pool)
+    found: dict  # environment -> the key of its observation among the pool's
+    sym: np.ndarray  # the observations of `ask`
+    pixels: np.ndarray | None
+    history: list | tuple | None  # their previous steps (`LiveHidden.entries`), for a spec with history
+    pool_keys: list | None  # a new pool's observation keys (None: no new pool)
+    pool_sym: np.ndarray | None
+    pool_pixels: np.ndarray | None
+    pool_digest: bytes | None
+
+    def asked(self) -> tuple:
+        """`LiveHidden.states`' arguments for the asked rows."""
+        return self.sym, self.pixels, self.history
 
 
 class LiveHidden:
@@ -243,6 +273,13 @@ class LiveHidden:
         """(n, H) raw pooled states of n observations: symbolic vectors (rendered as text when the spec reads
         text) and, when the spec reads images, their (n, H, W, 3) pixel frames; for a spec with history, each
         one's previous (text, action) pairs (`entries`; None: none, as at an episode's start)."""
+        states = self.compute(sym, pixels, history)
+        self.calls += 1
+        self.samples += len(sym)
+        return states
+
+    def compute(self, sym: np.ndarray, pixels: np.ndarray | None = None, history=None) -> np.ndarray:
+        """`states` without counting the call: what a `LiveGroup` asks once for all its runs."""
         if self.reads_images and pixels is None:
             raise ValueError("the extraction spec reads images: pass the pixel observations (a Pixels env)")
         from hsrl.text import render_text
@@ -260,8 +297,6 @@ class LiveHidden:
             states = self.source.hidden_states(texts, pixels if self.reads_images else None)
         self.text_seconds += t1 - t0
         self.llm_seconds += time.perf_counter() - t1
-        self.calls += 1
-        self.samples += len(sym)
         return states
 
     @staticmethod
@@ -273,48 +308,69 @@ class LiveHidden:
         new, its states are computed in one batch (no history: a fresh world starts an episode); environments
         asked whose observation is one of the pool's and who have no history (an episode that just reset) get
         that state without a call of their own."""
-        pool_sym = np.asarray(pool_sym)
-        pool_pixels = None if pool_pixels is None else np.asarray(pool_pixels)
-        digest = hashlib.blake2b(pool_sym.tobytes() + (b"" if pool_pixels is None else pool_pixels.tobytes()),
-                                 digest_size=16).digest()
-        if digest != self._pool_digest:
-            states = self.states(pool_sym, pool_pixels)
-            self.moments.update(states)
-            self._pool_states = {self._obs_key(pool_sym[i], None if pool_pixels is None else pool_pixels[i]): states[i]
-                                 for i in range(len(pool_sym))}
-            self._pool_digest = digest
-        return self(sym, mask, pixels, _pool=self._pool_states, history=history)
+        plan = self.plan(sym, mask, pixels, history, pool_sym, pool_pixels)
+        pool = self.states(plan.pool_sym, plan.pool_pixels) if plan.pool_keys is not None else None
+        return self.finish(plan, pool, self.states(*plan.asked()) if len(plan.ask) else None)
 
     def __call__(self, sym: np.ndarray, mask: np.ndarray, pixels: np.ndarray | None = None,
-                 _pool: dict | None = None, history=None) -> np.ndarray:
+                 history=None) -> np.ndarray:
         """(E, H) states for the environments `mask` asks for (NaN elsewhere); `history`: the runner's `History`
         arrays, for a spec with history."""
+        plan = self.plan(sym, mask, pixels, history)
+        return self.finish(plan, None, self.states(*plan.asked()) if len(plan.ask) else None)
+
+    def plan(self, sym, mask, pixels=None, history=None, pool_sym=None, pool_pixels=None) -> RefreshPlan:
+        """What one refresh asks the source (`RefreshPlan`): the states of a pool it has not seen (with a pool),
+        and of the asked environments not found among the pool's (a fresh episode's observation, no history)."""
         sym = np.asarray(sym)
         pixels = None if pixels is None else np.asarray(pixels)
         idx = np.flatnonzero(mask)
+        new_pool, keys, digest = None, (), None
+        if pool_sym is not None:
+            pool_sym = np.asarray(pool_sym)
+            pool_pixels = None if pool_pixels is None else np.asarray(pool_pixels)
+            digest = hashlib.blake2b(pool_sym.tobytes() + (b"" if pool_pixels is None else pool_pixels.tobytes()),
+                                     digest_size=16).digest()
+            if digest != self._pool_digest:
+                new_pool = [self._obs_key(pool_sym[i], None if pool_pixels is None else pool_pixels[i])
+                            for i in range(len(pool_sym))]
+                keys = set(new_pool)
+            else:
+                keys = self._pool_states
         length = None if history is None else np.asarray(history[2])
         found = {}
-        if _pool:
+        if keys:
             for i in idx:
                 if length is not None and length[i]:  # mid-episode: its prompt shows history, a fresh world's none
                     continue
-                state = _pool.get(self._obs_key(sym[i], None if pixels is None else pixels[i]))
-                if state is not None:
-                    found[i] = state
-            self.pool_hits += len(found)
-        ask = np.array([i for i in idx if i not in found], dtype=np.int64)
-        states = np.empty((len(idx), self.hidden_size), np.float32)
-        if len(ask):
-            new = self.states(sym[ask], None if pixels is None else pixels[ask], self.entries(history, ask))
-            self.moments.update(new)
-            states[np.searchsorted(idx, ask)] = new
-        for i, state in found.items():
-            states[np.searchsorted(idx, i)] = state
-        if len(idx) == len(mask):
+                key = self._obs_key(sym[i], None if pixels is None else pixels[i])
+                if key in keys:
+                    found[int(i)] = key
+        ask = np.array([i for i in idx if int(i) not in found], dtype=np.int64)
+        return RefreshPlan(len(mask), idx, ask, found, sym[ask], None if pixels is None else pixels[ask],
+                           self.entries(history, ask) if len(ask) else None, new_pool,
+                           pool_sym if new_pool is not None else None,
+                           pool_pixels if new_pool is not None else None, digest)
+
+    def finish(self, plan: RefreshPlan, pool_states: np.ndarray | None, ask_states: np.ndarray | None) -> np.ndarray:
+        """The (E, H) answer of a `plan` given the source's states of its new pool and of its asked rows (NaN for the
+        environments not asked); the running moments take the pool's states, then the asked ones."""
+        if plan.pool_keys is not None:
+            self.moments.update(pool_states)
+            self._pool_states = {key: pool_states[i] for i, key in enumerate(plan.pool_keys)}
+            self._pool_digest = plan.pool_digest
+        self.pool_hits += len(plan.found)
+        states = np.empty((len(plan.idx), self.hidden_size), np.float32)
+        if len(plan.ask):
+            self.moments.update(ask_states)
+            states[np.searchsorted(plan.idx, plan.ask)] = ask_states
+        for i, key in plan.found.items():
+            states[np.searchsorted(plan.idx, i)] = self._pool_states[key]
+        if len(plan.idx) == plan.size:
             self.last_batch = states
         # rows of environments not asked for are NaN: the caller keeps their old state, and any misuse shows
-        out = np.full((len(mask), self.hidden_size), np.nan, np.float32)
-        out[idx] = states
+        out = np.full((plan.size, self.hidden_size), np.nan, np.float32)
+        out[plan.idx] = states
         return out
 
     def stats(self) -> HiddenStats:
@@ -354,6 +410,105 @@ class LiveHidden:
         llm, text = self.llm_seconds, self.text_seconds
         self.llm_seconds = self.text_seconds = 0.0
         return llm, text
+
+
+class LiveGroup:
+    """Host side of the LLM for a group of runs stepped together (`hsrl.rl.ppo.train_online_seeds`): one
+    `LiveHidden` per run (its running moments, reset pool, last batch), one call to their shared source for all.
+
+    `refresh` hands it (K, E, ...) arrays. Each run plans its refresh as it would alone (`LiveHidden.plan`: a run none
+    of whose environments asks is left out, as its own rollout would make no call), the rows of all plans go to the
+    source in one batch (K x E observations at a full refresh, with the new pools' first states), and each run takes
+    its rows back in its own order (`LiveHidden.finish`). The states equal those of the runs alone up to the float
+    rounding of another batch composition; a state cache in the source serves all runs. A control's projection (no
+    LLM: `reads_observations`) is computed run by run. `calls` and `samples` count the group's calls to the source.
+    """
+
+    def __init__(self, lives: list[LiveHidden]):
+        first = lives[0]
+        if any(live.source is not first.source for live in lives):
+            raise ValueError("the runs of a LiveGroup share one source")
+        self.lives = list(lives)
+        self.hidden_size, self.reads_images, self.history = first.hidden_size, first.reads_images, first.history
+        self.reads_observations = first.reads_observations
+        self.calls = self.samples = 0
+
+    @property
+    def pool_hits(self) -> int:
+        return sum(live.pool_hits for live in self.lives)
+
+    def with_pool(self, sym, mask, pool_sym, pixels=None, pool_pixels=None, history=None) -> np.ndarray:
+        return self._refresh(sym, mask, pixels, history, pool_sym, pool_pixels)
+
+    def __call__(self, sym, mask, pixels=None, history=None) -> np.ndarray:
+        return self._refresh(sym, mask, pixels, history)
+
+    def _refresh(self, sym, mask, pixels, history, pool_sym=None, pool_pixels=None) -> np.ndarray:
+        mask = np.asarray(mask)
+        out = np.full(mask.shape + (self.hidden_size,), np.nan, np.float32)
+
+        def part(x, k):
+            return None if x is None else np.asarray(x)[k]
+
+        plans = []
+        for k, live in enumerate(self.lives):
+            if not mask[k].any():  # alone, its rollout would make no call at this step
+                continue
+            args = (part(sym, k), mask[k], part(pixels, k), None if history is None else tuple(part(x, k) for x in history))
+            if self.reads_observations:  # a projection, no LLM to batch: each run's own, exactly as alone
+                before = live.calls, live.samples
+                out[k] = (live(*args[:3], history=args[3]) if pool_sym is None else
+                          live.with_pool(args[0], args[1], part(pool_sym, k), args[2], part(pool_pixels, k), args[3]))
+                self.calls += live.calls - before[0]
+                self.samples += live.samples - before[1]
+                continue
+            plans.append((k, live.plan(*args, part(pool_sym, k), part(pool_pixels, k))))
+        if not plans:
+            return out
+        rows = []  # (sym, pixels, history) of every plan's new pool, then its asked rows
+        for _, plan in plans:
+            if plan.pool_keys is not None:
+                rows.append((plan.pool_sym, plan.pool_pixels, [[] for _ in plan.pool_keys] if self.history else None))
+            if len(plan.ask):
+                rows.append(plan.asked())
+        states = None
+        if rows:
+            sym_all = np.concatenate([r[0] for r in rows])
+            pixels_all = None if rows[0][1] is None else np.concatenate([r[1] for r in rows])
+            history_all = [h for r in rows for h in r[2]] if self.history else None
+            states = self.lives[0].compute(sym_all, pixels_all, history_all)
+            self.calls += 1
+            self.samples += len(sym_all)
+        at = 0
+        for k, plan in plans:
+            live = self.lives[k]
+            pool = None
+            if plan.pool_keys is not None:
+                pool, at = states[at:at + len(plan.pool_keys)], at + len(plan.pool_keys)
+            asked = None
+            if len(plan.ask):
+                asked, at = states[at:at + len(plan.ask)], at + len(plan.ask)
+            n = (0 if pool is None else len(pool)) + len(plan.ask)
+            if n:  # the run's own counts: one call served it, with its rows
+                live.calls += 1
+                live.samples += n
+            out[k] = live.finish(plan, pool, asked)
+        return out
+
+    def timing_reset(self) -> tuple[float, float]:
+        """Seconds in the source and rendering text since the last reset, over all runs."""
+        llm = text = 0.0
+        for live in self.lives:
+            a, b = live.timing_reset()
+            llm, text = llm + a, text + b
+        return llm, text
+
+    def state_dict(self) -> dict:
+        """The group's own counts (each run's `LiveHidden` keeps its state in its own checkpoint)."""
+        return {"counts": np.array([self.calls, self.samples], np.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls, self.samples = (int(x) for x in state["counts"])
 
 
 def running_stats(moments: RunningMoments, spec_json: str | None) -> HiddenStats:

@@ -32,10 +32,19 @@ or SIGINT finishes the current update, saves, and raises `Preempted` (`hsrl` exi
 process at once. `--save-trajectories DIR` writes the rollouts as chunk files while training
 (`hsrl.rl.trajectories`); a resume writes the same chunks, and a writer that had stopped (its budget, a full disk)
 stays stopped (the writer's state is in the checkpoint).
+
+Seeds in one program (`train_online_seeds`). K configs that differ only in --seed and --out train as one program: one
+env, one compile; parameters, optimiser states, env states, runners, GRU carries and keys carry a leading seed axis.
+`over_seeds` runs the policy and the update over that axis ("map": a loop inside the program, each seed's operations
+its single run's, bit for bit; "vmap": batched, float rounding apart), the env steps each seed's environments in turn
+(`lax.map`: its reset-pool refill stays a `lax.cond`), and the LLM gets all seeds' environments of a refresh in one call
+(`LiveGroup`). Each seed's folder is a run folder as above; the group saves all seeds at the same update before
+pruning any, and resumes from the newest step all hold. A group refuses --save-trajectories, --checkpoint and --server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -53,7 +62,7 @@ from hsrl.errors import InputError, Preempted
 from hsrl.redact import public_config
 from hsrl.llm.flags import SpecFlags
 from hsrl.llm.spec import spec_differences, spec_hash
-from hsrl.rl.live import ExtractorSource, History, LiveHidden, Runner, ServerSource, refresh
+from hsrl.rl.live import ExtractorSource, History, LiveGroup, LiveHidden, Runner, ServerSource, refresh
 from hsrl.rl.networks import (ARCHS, FUSIONS, POLICIES, PUBLISHED_ACTIVATION, NetworkConfig, gate_learning_rate,
                               gate_optimizer, gate_value, init_params, initial_carry, policy_sequence, policy_step)
 
@@ -240,40 +249,82 @@ def hidden_summary(states: np.ndarray | None) -> dict:
     return {"hidden/norm": float(norms.mean()), "hidden/mean_pairwise_cosine": float((cos.sum() - n) / (n * (n - 1)))}
 
 
-def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: LiveHidden | None,
-                 keep_next_obs: bool = False):
+# how a group's program runs its seeds (`train_online_seeds`): "map" loops over them inside the program (each seed's
+# operations are its single run's: bit for bit), "vmap" batches them (wider products; float rounding apart)
+SEED_AXES = ("map", "vmap")
+
+
+def default_seed_axis(backend: str | None = None) -> str:
+    """"map" on CPU (bit for bit a single run's numbers), "vmap" on accelerators (wide products fill them)."""
+    return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def over_seeds(f, seed_axis: str | None):
+    """`f`, a function of one run's arrays, applied to every run of a group (arguments and results with a leading
+    seed axis) as `seed_axis` says; None: `f` itself (a single run)."""
+    if seed_axis is None:
+        return f
+    if seed_axis == "vmap":
+        return jax.vmap(f)
+    if seed_axis == "map":
+        return lambda *args: jax.lax.map(lambda a: f(*a), args)
+    raise ValueError(f"seed_axis {seed_axis!r} is not one of {', '.join(SEED_AXES)}")
+
+
+def make_rollout(config: OnlineConfig, env, net_config: NetworkConfig, live: LiveHidden | LiveGroup | None,
+                 keep_next_obs: bool = False, seed_axis: str | None = None):
     """Jitted `(params, runner, memory, norm) -> (runner, memory, transitions, last_value)` over `num_steps`
     steps; `memory` is the policy's `Memory` (the GRU state; a placeholder for feed-forward policies).
-    `keep_next_obs`: the transitions also hold each step's true next observation (to save trajectories)."""
+    `keep_next_obs`: the transitions also hold each step's true next observation (to save trajectories).
+
+    `seed_axis` ("map" or "vmap"): K runs stepped together (`train_online_seeds`): every argument and result has a
+    leading seed axis (the transitions are (T, K, E, ...)) and `live` is their `LiveGroup`. The policy runs over the
+    seeds as `seed_axis` says (`over_seeds`); the env steps each seed's environments in turn (`lax.map`), so its
+    reset-pool refill stays a `lax.cond` (vmapped, it would generate a pool at every step); the LLM gets all seeds'
+    environments in one call (`refresh`)."""
     E = config.envs
     apply_step = policy_step(net_config)
 
+    def each(f):
+        return over_seeds(f, seed_axis)
+
     def pool(runner):  # the fresh worlds' observations, when resets look their states up there
-        return env.pool_observations(runner.env_state) if config.pool_states else None
+        return each(env.pool_observations)(runner.env_state) if config.pool_states else None
 
     def policy(params, memory, obs, hidden, norm):
         h = normalize_hidden(hidden, norm) if live is not None else None
         return apply_step(params, memory.carry, memory.start, obs, h)
 
-    def step(carry, _):
-        params, runner, memory, norm = carry
-        runner = refresh(runner, live, config.skip_n, pool(runner))
+    def act(params, runner, memory, norm):
         key, k_act, k_env = jax.random.split(runner.key, 3)
         new_carry, logits, value = policy(params, memory, runner.obs, runner.hidden, norm)
         action = jax.random.categorical(k_act, logits)
         log_prob = jax.nn.log_softmax(logits)[jnp.arange(E), action]
-        obs, env_state, reward, done, info = env.step(k_env, runner.env_state, action)
+        return key, k_env, new_carry, action, log_prob, value
+
+    def env_step(k_env, env_state, action):
+        return env.step(k_env, env_state, action)
+
+    def record(runner, memory, key, new_carry, action, log_prob, value, stepped):
+        obs, env_state, reward, done, info = stepped
         t = Transition(runner.obs, memory.start, runner.hidden, action, log_prob, value, reward, done,
                        info["episode_return"], info["episode_length"], info["achievements"],
                        info["terminal_obs"] if keep_next_obs else None)
-        runner = runner.advance(env, env_state, obs, info, done, key, action)
-        return (params, runner, Memory(new_carry, done), norm), t
+        return runner.advance(env, env_state, obs, info, done, key, action), Memory(new_carry, done), t
+
+    def step(carry, _):
+        params, runner, memory, norm = carry
+        runner = refresh(runner, live, config.skip_n, pool(runner))
+        key, k_env, new_carry, action, log_prob, value = each(act)(params, runner, memory, norm)
+        stepped = over_seeds(env_step, seed_axis and "map")(k_env, runner.env_state, action)
+        runner, memory, t = each(record)(runner, memory, key, new_carry, action, log_prob, value, stepped)
+        return (params, runner, memory, norm), t
 
     def rollout(params, runner, memory, norm):
         (_, runner, memory, _), traj = jax.lax.scan(step, (params, runner, memory, norm), None,
                                                     length=config.num_steps)
         runner = refresh(runner, live, config.skip_n, pool(runner))  # value of the last observation needs its state (resets)
-        _, _, last_value = policy(params, memory, runner.obs, runner.hidden, norm)
+        _, _, last_value = each(policy)(params, memory, runner.obs, runner.hidden, norm)
         return runner, memory, traj, last_value
 
     return jax.jit(rollout)
@@ -322,9 +373,11 @@ def gate_travel(config: OnlineConfig, updates: int) -> float:
     return gate_learning_rate(config.optimizer_steps) * updates * config.update_epochs * config.num_minibatches
 
 
-def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses_hidden: bool):
+def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses_hidden: bool,
+                seed_axis: str | None = None):
     """Jitted `(params, opt_state, traj, memory, last_value, norm, key) -> (params, opt_state, losses)`; `memory` is
-    the `Memory` the rollout started from."""
+    the `Memory` the rollout started from. `seed_axis`: K runs' updates in one program (`over_seeds`; a leading seed
+    axis on everything, the transitions (T, K, E, ...) as `make_rollout` gives them)."""
     sequence = policy_sequence(net_config)
     recurrent = net_config.recurrent
 
@@ -392,10 +445,33 @@ def make_update(config: OnlineConfig, net_config: NetworkConfig, optimizer, uses
     from hsrl.rl import cpu_ops
 
     # a conv network's update on CPU: the XLA options its convolutions run fast with (as AWR's; None elsewhere)
+    if seed_axis is not None:
+        one = update
+
+        def update(params, opt_state, traj, memory, last_value, norm, key):
+            traj = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), traj)  # (T, K, E, ...) -> (K, T, E, ...)
+            return over_seeds(one, seed_axis)(params, opt_state, traj, memory, last_value, norm, key)
     return jax.jit(update, compiler_options=cpu_ops.compile_options(net_config.kind))
 
 
-def episode_metrics(traj: Transition, achievement_names) -> tuple[dict, np.ndarray, np.ndarray]:
+class Episodes(NamedTuple):
+    """The fields of a rollout that its episode statistics read, on the host: (T, E, ...), a group's (T, K, E, ...)."""
+
+    done: np.ndarray
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+    achievements: np.ndarray
+
+    @classmethod
+    def of(cls, traj: Transition) -> Episodes:
+        return cls(*jax.device_get((traj.done, traj.episode_return, traj.episode_length, traj.achievements)))
+
+    def seed(self, k: int) -> Episodes:
+        """Run k's of a group's."""
+        return Episodes(*(x[:, k] for x in self))
+
+
+def episode_metrics(traj: Transition | Episodes, achievement_names) -> tuple[dict, np.ndarray, np.ndarray]:
     """Means over the episodes that finished in this rollout, and their returns (n,) and achievements (n, A)."""
     done = np.asarray(traj.done)
     returns = np.asarray(traj.episode_return)[done]
@@ -454,7 +530,7 @@ class UpdateTimes:
 class LLMCounts:
     """Per update: LLM calls and their mean batch, resets served from the pool's states, the cache's hit rate."""
 
-    def __init__(self, live: LiveHidden | None, cache):
+    def __init__(self, live: LiveHidden | LiveGroup | None, cache):
         self.live, self.cache = live, cache
         self.last = (0, 0, 0, 0, 0)
         self.per_update: list[tuple[int, float]] = []
@@ -589,34 +665,158 @@ def _resume_meta(out: Path) -> dict | None:
     return meta
 
 
+# the fields a group's runs may differ in, and what a group refuses (train such seeds apart, with train_online)
+GROUP_FREE = ("seed", "out")
+GROUP_REFUSED = {
+    "save_trajectories": "--save-trajectories is not supported for a group of seeds (one writer per run and "
+                         "update is not grouped): train these seeds apart (hsrl online) to save their rollouts",
+    "checkpoint": "--checkpoint (a warm start) is not supported for a group of seeds: train these seeds apart "
+                  "(hsrl online)",
+    "server": "--server is not supported for a group of seeds (the group loads its model here and batches all "
+              "seeds' observations into one call): drop --server, or train these seeds apart (hsrl online)",
+}
+
+
+class _Run:
+    """One run's host side: its folder (run config, checkpoints, metrics, summary), the checkpoint it resumes from,
+    and its counters; `_train`'s loop drives one (`train_online`) or a group in lockstep (`train_online_seeds`)."""
+
+    def __init__(self, config: OnlineConfig):
+        from hsrl.rl.checkpoint import remove_checkpoint_temporaries
+        from hsrl.rl.resume import check_same_run
+
+        config.check()
+        self.config, self.out = config, Path(config.out)
+        check_same_run(self.out, config)  # before any work: a resume with flags that change the run is refused
+        remove_checkpoint_temporaries(self.out / "checkpoints")
+        self.meta = _resume_meta(self.out)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta is not None and self.meta.get("final") and (self.out / "summary.json").exists())
+
+
+def _check_group(configs: list[OnlineConfig]) -> None:
+    """A group's runs differ in --seed and --out only (distinct both), and use no feature a group refuses."""
+    if not configs:
+        raise InputError("train_online_seeds needs at least one config")
+    first = dataclasses.asdict(configs[0])
+    for config in configs[1:]:
+        other = dataclasses.asdict(config)
+        differ = [k for k in first if k not in GROUP_FREE and first[k] != other[k]]
+        if differ:
+            raise InputError(f"the runs of a group of seeds differ in --seed and --out only; {config.out} differs from "
+                             f"{configs[0].out} in " + ", ".join(f"--{k.replace('_', '-')} ({first[k]!r} vs "
+                                                                f"{other[k]!r})" for k in differ))
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) < len(seeds):
+        raise InputError(f"the runs of a group of seeds need distinct seeds, got {seeds}")
+    outs = [Path(c.out).resolve() for c in configs]
+    if len(set(outs)) < len(outs):
+        raise InputError(f"the runs of a group of seeds need distinct --out folders, got {[c.out for c in configs]}")
+    for name, why in GROUP_REFUSED.items():
+        if getattr(configs[0], name):
+            raise InputError(why)
+
+
+def _align(runs: list[_Run]) -> None:
+    """Put a group's unfinished runs at one step to go on from together: the newest step all have a checkpoint at.
+    A group saves every run's checkpoint before it prunes any, so a group killed while saving leaves some runs one
+    checkpoint ahead: they go back to the others' (their later checkpoints are deleted, and written again the same).
+    A run ahead whose checkpoint this group did not write (a run trained alone, or in another group) is refused."""
+    from hsrl.rl.checkpoint import list_checkpoints, read_checkpoint_meta, state_path
+
+    group = sorted(run.config.seed for run in runs)
+    steps = [run.meta["step"] if run.meta is not None else 0 for run in runs]
+    common = min(steps)
+    for run, step in zip(runs, steps):
+        if step == common:
+            continue
+        metas = [read_checkpoint_meta(p) for p in list_checkpoints(run.out / "checkpoints")]
+        if sorted(run.meta.get("group") or []) != group or (common and common not in [m["step"] for m in metas]):
+            raise InputError(f"{run.out} holds a run at step {step}, ahead of the rest of the group (step {common}), "
+                             f"that this group cannot take back to step {common}: train it apart (hsrl online) or "
+                             f"leave it out of the group")
+        for meta in metas:
+            if meta["step"] > common:
+                state_path(meta).unlink(missing_ok=True)
+                Path(meta["path"]).unlink()
+        (run.out / "summary.json").unlink(missing_ok=True)
+        run.meta = _resume_meta(run.out)  # its checkpoint at `common`; None: it starts afresh with the others
+
+
 def train_online(config: OnlineConfig) -> dict:
     """Train (or resume: see the module doc) an online run; returns its summary."""
+    return _train([config], seed_axis=None)[0]
+
+
+def train_online_seeds(configs: list[OnlineConfig], seed_axis: str = "auto") -> list[dict]:
+    """Train (or resume) K runs that differ only in --seed and --out as one program; returns their summaries, in order.
+
+    One env is built and one compile serves the group: the parameters, optimiser states, env states, runners, GRU
+    carries and PRNG keys carry a leading seed axis, and the rollout's policy and the update run over it as
+    `seed_axis` says: "map" (the CPU default of "auto": a loop inside the program, each seed's operations its single
+    run's, so its parameters and metrics equal `train_online`'s bit for bit) or "vmap" (the accelerators' default:
+    K-wide products; XLA sums them in another order, so equal to float rounding, which training carries on as any
+    rounding). The env steps each seed's environments in turn (see `make_rollout`). With the LLM, a seed's states
+    are its single run's to the float rounding of the larger LLM batch. Each run writes its own folder as
+    `train_online` does (run config, checkpoints, metrics, summary), and a folder of a group can be resumed alone.
+
+    The LLM: all seeds' environments of a refresh go to it in one call (`LiveGroup`: K x --envs observations at a
+    full refresh; one state cache), each seed keeps its own running statistics and reset-pool states. In each run's
+    metrics and summary the `llm/*` counts (calls, calls per update, mean call batch, samples) and the time shares
+    are the group's (`group` in the summary: its seeds, run folders and steps per second).
+
+    Resume: every run saves at the same updates, all before any prunes old checkpoints; rerunning the group resumes
+    all from the newest step they all have (`_align`); runs already finished leave the group. SIGTERM/SIGINT saves
+    all and raises `Preempted`.
+
+    Refused for a group, one line each (train those seeds apart): --save-trajectories, --checkpoint (warm starts),
+    --server.
+    """
+    _check_group(configs)
+    if seed_axis not in ("auto", *SEED_AXES):
+        raise InputError(f"seed axis {seed_axis!r}: expected auto, {' or '.join(SEED_AXES)}")
+    seed_axis = default_seed_axis() if seed_axis == "auto" else seed_axis
+    return _train(list(configs), seed_axis=seed_axis)
+
+
+def _train(configs: list[OnlineConfig], seed_axis: str | None) -> list[dict]:
+    """The loop of `train_online` (one run, `seed_axis` None) and `train_online_seeds` (a group in lockstep)."""
     import flax.serialization
     from tqdm.auto import tqdm
 
     from hsrl.atomic import write_text_atomic
-    from hsrl.rl.checkpoint import (check_params, prune_checkpoints, read_state_bytes, remove_checkpoint_temporaries,
-                                    save_checkpoint)
+    from hsrl.rl.checkpoint import check_params, prune_checkpoints, read_state_bytes, save_checkpoint
     from hsrl.rl.metrics import MetricsLogger
-    from hsrl.rl.resume import (RUN_CONFIG_FILE, Preemption, check_same_run, pack_tree, resume_changes,
-                                settings_hash, unpack_tree)
+    from hsrl.rl.resume import RUN_CONFIG_FILE, Preemption, pack_tree, resume_changes, settings_hash, unpack_tree
     from hsrl.rl.trajectories import TrajectoryWriter
 
-    config.check()
-    out = Path(config.out)
-    check_same_run(out, config)  # before any work: a resume with flags that change the run is refused
-    remove_checkpoint_temporaries(out / "checkpoints")
-    meta = _resume_meta(out)
-    if meta is not None and meta.get("final") and (out / "summary.json").exists():
-        print(f"{out}: already trained ({meta['step']} steps); nothing to do")
-        return json.loads((out / "summary.json").read_text())
+    grouped = seed_axis is not None
+    everyone = [_Run(c) for c in configs]
+    for run in everyone:
+        if run.finished:
+            print(f"{run.out}: already trained ({run.meta['step']} steps); nothing to do")
+    runs = [run for run in everyone if not run.finished]
+    if not runs:
+        return [json.loads((run.out / "summary.json").read_text()) for run in everyone]
+    if grouped:
+        _align(runs)
+    K = len(runs)
+    config = runs[0].config  # the settings they share (a group's runs differ in seed and out only)
+
+    def stack(trees):  # K runs' pytrees as one with a leading seed axis (one run's as it is)
+        return jax.tree.map(lambda *x: jnp.stack(x), *trees) if grouped else trees[0]
+
+    def pick(tree, k):  # run k's part of a (stacked) pytree
+        return jax.tree.map(lambda x: x[k], tree) if grouped else tree
 
     reset_pool = config.reset_pool or (config.envs if config.hidden and config.pool_states else None)
     env = make_env(config.env, config.envs, reset_pool=reset_pool, with_symbolic=True,
                    max_timesteps=config.max_episode_steps)
     info = env.info
 
-    live, spec_json, hidden_size, source, cache = None, None, None, None, None
+    spec_json, hidden_size, source, cache = None, None, None, None
     if config.hidden:
         spec = config.extraction_spec(info.variant)
         if spec.reads_images and not info.pixels:
@@ -633,186 +833,248 @@ def train_online(config: OnlineConfig) -> dict:
             source = _server_source(config, spec) if config.server else _extractor_source(config, spec)
         cache = getattr(getattr(source, "extractor", None), "cache", None)
         spec_json, hidden_size = source.spec_json, source.hidden_size
-    if meta is not None and config.hidden:  # a resume reads states of the spec it began with (a template's text)
-        differ = spec_differences(meta.get("spec_json"), spec_json)
-        if differ:
-            raise InputError(f"{out} holds a run whose hidden states came from another extraction spec; fields that "
-                             f"differ: {', '.join(differ)}; use another --out, or the same settings to resume")
+    for run in runs:
+        if run.meta is not None and config.hidden:  # a resume reads states of the spec it began with (a template's text)
+            differ = spec_differences(run.meta.get("spec_json"), spec_json)
+            if differ:
+                raise InputError(f"{run.out} holds a run whose hidden states came from another extraction spec; fields "
+                                 f"that differ: {', '.join(differ)}; use another --out, or the same settings to resume")
     kind = "conv" if info.pixels else "mlp"
     net_config = NetworkConfig(kind=kind, num_actions=info.num_actions, obs_shape=info.obs_shape,
                                hidden_size=hidden_size, width=config.width, policy=config.policy, fusion=config.fusion,
                                arch=config.arch,  # separate: the published towers with their activation
                                activation=PUBLISHED_ACTIVATION[kind] if config.arch == "separate" else "relu")
-    key = jax.random.PRNGKey(config.seed)
-    key, k_init, k_reset = jax.random.split(key, 3)
-    params, fixed_stats = init_params(net_config, k_init), None
+    warm, fixed_stats = None, None
     if config.checkpoint:
-        params, fixed_stats = _load_warm_start(config, net_config, spec_json)
-    if config.hidden:
-        live = LiveHidden(info.variant, fixed_stats, source)
+        warm, fixed_stats = _load_warm_start(config, net_config, spec_json)
 
     num_updates = config.num_updates
     optimizer = make_optimizer(config, net_config)
-    opt_state = optimizer.init(params)
-    writer = None
-    if config.save_trajectories:
-        writer = TrajectoryWriter(config.save_trajectories, run_dir=out, env_info=info, num_envs=config.envs,
-                                  num_steps=config.num_steps, every=config.save_trajectories_every,
-                                  max_gb=config.save_trajectories_max_gb, spec_json=spec_json, seed=config.seed,
-                                  settings=settings_hash(config))
-    rollout = make_rollout(config, env, net_config, live, keep_next_obs=writer is not None)
-    update = make_update(config, net_config, optimizer, live is not None)
-
     E = config.envs
     steps_per_update = E * config.num_steps
-    totals, times, counts = EpisodeTotals(info.num_achievements), UpdateTimes(), LLMCounts(live, cache)
-    elapsed_before = 0.0  # seconds the run trained before this process (a resumed run)
-    traj_state = None  # the trajectory writer's state in the checkpoint resumed from
-    changes, new_changes = [], []  # the recorded flags' changes at every resume, and at this one
-    if meta is None:  # a fresh start: every environment begins with its state
-        obs, env_state, reset_info = jax.jit(env.reset)(k_reset)
-        sym = reset_info["symbolic_obs"]
-        if live is not None:
-            hidden = jnp.asarray(live(np.asarray(sym), np.ones(E, bool), np.asarray(obs) if live.reads_images else None))
-        else:
-            hidden = jnp.zeros((E, 1), jnp.float32)  # placeholder leaf: the baseline network never reads it
-        runner = Runner(env_state, obs, sym, hidden, jnp.zeros(E, bool), jnp.zeros((), jnp.int32), key,
-                        History.empty(sym, live.history if live is not None else 0))
-        memory = Memory.initial(net_config, E)
-        start_update = 0
-    else:  # the saved state, into the structures this run builds (a mismatch is refused, naming the part)
-        obs, env_state, reset_info = jax.eval_shape(env.reset, k_reset)
-        hidden = jax.ShapeDtypeStruct((E, hidden_size if live is not None else 1), jnp.float32)
-        target = Runner(env_state, obs, reset_info["symbolic_obs"], hidden, jnp.zeros(E, bool),
-                        jnp.zeros((), jnp.int32), key,
-                        History.empty(reset_info["symbolic_obs"], live.history if live is not None else 0))
-        raw = flax.serialization.msgpack_restore(read_state_bytes(meta))
-        check_params(raw["params"], net_config, meta["path"])
-        params = flax.serialization.from_state_dict(params, raw["params"])
-        opt_state = flax.serialization.from_state_dict(opt_state, raw["opt_state"])
-        saved = raw["resume"]
-        runner = unpack_tree(saved["runner"], target, "runner (environments and hidden states)")
-        memory = unpack_tree(saved["memory"], Memory.initial(net_config, E), "policy memory")
-        key = jnp.asarray(saved["key"], key.dtype)
-        if live is not None:
-            live.load_state_dict(saved["live"])
-        totals.load_state_dict(saved["totals"])
-        counts.load_state_dict(saved["llm"])
-        times.load_state_dict(saved["times"])
-        elapsed_before = float(saved["elapsed"])
-        traj_state = saved.get("trajectories")
-        start_update = int(meta["step"]) // steps_per_update
-        changes = list(meta.get("resume_changes") or [])
-        if config.hidden and not config.control:  # where the LLM's states are computed: free, and recorded
-            new_changes = resume_changes(meta.get("train_config") or {}, config, meta["step"])
-            changes += new_changes
-        print(f"resuming {out} at update {start_update} of {num_updates} (step {meta['step']})"
-              + "".join(f"; --{c['flag'].replace('_', '-')} {c['old']!r} -> {c['new']!r}" for c in new_changes)
-              + (" (recorded: the hidden states may differ at float rounding)" if new_changes else ""))
+    for run in runs:
+        run.live = LiveHidden(info.variant, fixed_stats, source) if config.hidden else None
+        run.writer = None
+        if run.config.save_trajectories:  # a single run's (refused for groups)
+            run.writer = TrajectoryWriter(run.config.save_trajectories, run_dir=run.out, env_info=info, num_envs=E,
+                                          num_steps=config.num_steps, every=config.save_trajectories_every,
+                                          max_gb=config.save_trajectories_max_gb, spec_json=spec_json,
+                                          seed=run.config.seed, settings=settings_hash(run.config))
+    # the host side of the LLM: the run's LiveHidden, or the group's (one call for all its runs)
+    host = None if not config.hidden else LiveGroup([run.live for run in runs]) if grouped else runs[0].live
+    writer = runs[0].writer
+    rollout = make_rollout(config, env, net_config, host, keep_next_obs=writer is not None, seed_axis=seed_axis)
+    update = make_update(config, net_config, optimizer, host is not None, seed_axis=seed_axis)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / RUN_CONFIG_FILE, json.dumps({**public_config(config), "resume_changes": changes},
-                                                        indent=1, sort_keys=True))
-    if writer is not None:
-        writer.prepare(start_update, traj_state)
-    logger = MetricsLogger(out, resume_step=start_update * steps_per_update)  # drops what the checkpoint lacks
-    bar = tqdm(total=num_updates * steps_per_update, initial=start_update * steps_per_update, unit="step",
-               desc="online", disable=not config.progress, dynamic_ncols=True)
+    # each run's device state: fresh (a group's runs all start afresh or all resume at one step: `_align`), or saved
+    fresh = runs[0].meta is None
+    reset = jax.jit(env.reset) if fresh else None
+    states, saved = [], []
+    for run in runs:
+        run.totals, run.times = EpisodeTotals(info.num_achievements), UpdateTimes()
+        run.counts = LLMCounts(host, cache)  # a group's llm/* counts are the group's
+        run.elapsed_before = 0.0  # seconds the run trained before this process (a resumed run)
+        run.traj_state = None  # the trajectory writer's state in the checkpoint resumed from
+        run.changes, run.new_changes = [], []  # the recorded flags' changes at every resume, and at this one
+        key = jax.random.PRNGKey(run.config.seed)
+        key, k_init, k_reset = jax.random.split(key, 3)
+        params = init_params(net_config, k_init) if warm is None else warm
+        opt_state = optimizer.init(params)
+        history = run.live.history if run.live is not None else 0
+        if fresh:  # every environment begins with its state; the hidden states come below, for all runs at once
+            obs, env_state, reset_info = reset(k_reset)
+            runner = Runner(env_state, obs, reset_info["symbolic_obs"], None, jnp.zeros(E, bool),
+                            jnp.zeros((), jnp.int32), key, History.empty(reset_info["symbolic_obs"], history))
+            memory = Memory.initial(net_config, E)
+        else:  # the saved state, into the structures this run builds (a mismatch is refused, naming the part)
+            obs, env_state, reset_info = jax.eval_shape(env.reset, k_reset)
+            hidden = jax.ShapeDtypeStruct((E, hidden_size if host is not None else 1), jnp.float32)
+            target = Runner(env_state, obs, reset_info["symbolic_obs"], hidden, jnp.zeros(E, bool),
+                            jnp.zeros((), jnp.int32), key, History.empty(reset_info["symbolic_obs"], history))
+            meta = run.meta
+            raw = flax.serialization.msgpack_restore(read_state_bytes(meta))
+            check_params(raw["params"], net_config, meta["path"])
+            params = flax.serialization.from_state_dict(params, raw["params"])
+            opt_state = flax.serialization.from_state_dict(opt_state, raw["opt_state"])
+            resume = raw["resume"]
+            runner = unpack_tree(resume["runner"], target, "runner (environments and hidden states)")
+            memory = unpack_tree(resume["memory"], Memory.initial(net_config, E), "policy memory")
+            key = jnp.asarray(resume["key"], key.dtype)
+            if run.live is not None:
+                run.live.load_state_dict(resume["live"])
+            run.totals.load_state_dict(resume["totals"])
+            run.times.load_state_dict(resume["times"])
+            run.elapsed_before = float(resume["elapsed"])
+            run.traj_state = resume.get("trajectories")
+            run.changes = list(meta.get("resume_changes") or [])
+            if config.hidden and not config.control:  # where the LLM's states are computed: free, and recorded
+                run.new_changes = resume_changes(meta.get("train_config") or {}, run.config, meta["step"])
+                run.changes += run.new_changes
+            saved.append(resume)
+        states.append((params, opt_state, runner, memory, key))
+    params, opt_state, runner, memory, key = (stack([s[i] for s in states]) for i in range(5))
+    if fresh:
+        if host is not None:
+            sym = np.asarray(runner.sym)
+            hidden = jnp.asarray(host(sym, np.ones(sym.shape[:-1], bool),
+                                      np.asarray(runner.obs) if host.reads_images else None))
+        else:
+            hidden = jnp.zeros(runner.fresh.shape + (1,), jnp.float32)  # placeholder leaf: the baseline reads none
+        runner = runner._replace(hidden=hidden)
+        start_update = 0
+    else:
+        if grouped and host is not None and "llm_group" in saved[0]:
+            host.load_state_dict(saved[0]["llm_group"])
+        for run, resume in zip(runs, saved):
+            run.counts.load_state_dict(resume["llm"])  # after the LLM's counts: they go on from the saved run's
+        start_update = int(runs[0].meta["step"]) // steps_per_update
+        for run in runs:
+            print(f"resuming {run.out} at update {start_update} of {num_updates} (step {run.meta['step']})"
+                  + "".join(f"; --{c['flag'].replace('_', '-')} {c['old']!r} -> {c['new']!r}" for c in run.new_changes)
+                  + (" (recorded: the hidden states may differ at float rounding)" if run.new_changes else ""))
+
+    for run in runs:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.out / RUN_CONFIG_FILE, json.dumps({**public_config(run.config),
+                                                                 "resume_changes": run.changes},
+                                                                indent=1, sort_keys=True))
+        if run.writer is not None:
+            run.writer.prepare(start_update, run.traj_state)
+        run.logger = MetricsLogger(run.out, resume_step=start_update * steps_per_update)  # drops what the checkpoint lacks
+        run.hidden_stats = run.live.stats() if run.live is not None else None
+    bar = tqdm(total=num_updates * steps_per_update * K, initial=start_update * steps_per_update * K, unit="step",
+               desc=f"online, {K} seeds" if grouped else "online", disable=not config.progress, dynamic_ncols=True)
     start = time.perf_counter()
-    hidden_stats = live.stats() if live is not None else None
     save_seconds = 0.0  # the last checkpoint's, counted in the next update's times
 
+    def split(key):  # (key, k_update), each run's key split as a run alone splits its own
+        if not grouped:
+            return jax.random.split(key)
+        both = jax.vmap(jax.random.split)(key)
+        return both[:, 0], both[:, 1]
+
     def save(step: int, final: bool):
-        if writer is not None:
-            writer.wait()  # a checkpoint never names trajectories that are not on disk
-        resume = {"key": np.asarray(key), "runner": pack_tree(runner), "memory": pack_tree(memory),
-                  "totals": totals.state_dict(), "llm": counts.state_dict(), "times": times.state_dict(),
-                  "elapsed": np.float64(elapsed_before + time.perf_counter() - start)}
-        if live is not None:
-            resume["live"] = live.state_dict()
-        if writer is not None or traj_state is not None:  # kept for a later resume that saves there again
-            resume["trajectories"] = writer.state_dict() if writer is not None else traj_state
-        meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env, "spec_json": spec_json,
-                "hidden_stats": None if hidden_stats is None else hidden_stats.to_dict(), "seed": config.seed,
-                "train_config": public_config(config), "resume_changes": changes, "final": final, "resumable": True,
-                "update": step // steps_per_update,
-                "gate_travel": gate_travel(config, step // steps_per_update) if net_config.gated else None}
-        save_checkpoint(out / "checkpoints", step, {"params": params, "opt_state": opt_state, "step": step,
-                                                    "resume": resume}, meta)
-        prune_checkpoints(out / "checkpoints", config.keep)
+        state = jax.device_get((params, opt_state, runner, memory, key))
+        for k, run in enumerate(runs):
+            if run.writer is not None:
+                run.writer.wait()  # a checkpoint never names trajectories that are not on disk
+            run_params, run_opt, run_runner, run_memory, run_key = pick(state, k)
+            resume = {"key": np.asarray(run_key), "runner": pack_tree(run_runner), "memory": pack_tree(run_memory),
+                      "totals": run.totals.state_dict(), "llm": run.counts.state_dict(),
+                      "times": run.times.state_dict(),
+                      "elapsed": np.float64(run.elapsed_before + time.perf_counter() - start)}
+            if run.live is not None:
+                resume["live"] = run.live.state_dict()
+            if grouped and host is not None:
+                resume["llm_group"] = host.state_dict()
+            if run.writer is not None or run.traj_state is not None:  # kept for a later resume that saves there again
+                resume["trajectories"] = run.writer.state_dict() if run.writer is not None else run.traj_state
+            meta = {"algorithm": "ppo", "network": net_config.to_dict(), "env_name": config.env,
+                    "spec_json": spec_json,
+                    "hidden_stats": None if run.hidden_stats is None else run.hidden_stats.to_dict(),
+                    "seed": run.config.seed, "train_config": public_config(run.config), "resume_changes": run.changes,
+                    "final": final, "resumable": True, "update": step // steps_per_update,
+                    "gate_travel": gate_travel(config, step // steps_per_update) if net_config.gated else None}
+            if grouped:
+                meta["group"] = sorted(r.config.seed for r in runs)  # the seeds saved at this step together (`_align`)
+            save_checkpoint(run.out / "checkpoints", step, {"params": run_params, "opt_state": run_opt, "step": step,
+                                                            "resume": resume}, meta)
+        for run in runs:  # pruned once every run has saved: a group killed in between goes on from the step before
+            prune_checkpoints(run.out / "checkpoints", run.config.keep)
 
     try:
         with Preemption() as preemption:
             for u in range(start_update, num_updates):
                 t_iter = time.perf_counter()
-                if live is not None:
-                    hidden_stats = live.stats()
-                    norm = Norm(jnp.asarray(hidden_stats.mean), jnp.asarray(hidden_stats.std))
-                else:
-                    norm = Norm(jnp.zeros(1), jnp.ones(1))
+                norms = []
+                for run in runs:
+                    if run.live is not None:
+                        run.hidden_stats = run.live.stats()
+                        norms.append(Norm(jnp.asarray(run.hidden_stats.mean), jnp.asarray(run.hidden_stats.std)))
+                    else:
+                        norms.append(Norm(jnp.zeros(1), jnp.ones(1)))
+                norm = stack(norms)
                 t0 = time.perf_counter()
                 runner, next_memory, traj, last_value = rollout(params, runner, memory, norm)
                 jax.block_until_ready(last_value)
                 if writer is not None and writer.saves(u):
-                    writer.write(u, _trajectory_arrays(traj, live))
+                    writer.write(u, _trajectory_arrays(traj, host))
                 t1 = time.perf_counter()
-                key, k_update = jax.random.split(key)
+                key, k_update = split(key)
                 params, opt_state, losses = update(params, opt_state, traj, memory, last_value, norm, k_update)
                 memory = next_memory
                 losses = jax.device_get(losses)
                 t2 = time.perf_counter()
-                llm_s, text_s = live.timing_reset() if live is not None else (0.0, 0.0)
+                llm_s, text_s = host.timing_reset() if host is not None else (0.0, 0.0)
                 step = (u + 1) * steps_per_update
-                ep, returns, achievements = episode_metrics(traj, info.achievement_names)
-                totals.add(returns, achievements)
-                metrics = {**{k: float(v) for k, v in losses.items()}, **ep}
-                if len(achievements):
-                    rates = achievements.mean(0) * 100
-                    metrics.update({f"achievements/{n}": float(r) for n, r in zip(info.achievement_names, rates)})
-                    metrics["charts/craftax_score"] = craftax_score(rates)
-                if live is not None:
-                    metrics.update(hidden_summary(live.last_batch))
-                    metrics.update(counts.update())
-                if net_config.gated:
-                    metrics["hidden/gate"] = gate_value(params)
-                    metrics["hidden/gate_travel"] = gate_travel(config, u + 1)
-                if u == start_update and new_changes:  # the first update read states computed the new way
-                    metrics["resume/changed_flags"] = len(new_changes)
-                    logger.text("resume/changes", json.dumps(new_changes), step)
-                metrics.update(times.add(rollout=t1 - t0, update=t2 - t1, whole=time.perf_counter() - t_iter,
-                                         llm=llm_s, text=text_s, steps=steps_per_update,
-                                         compiling=u == start_update and num_updates - start_update > 1,
-                                         save=save_seconds))
-                metrics["charts/SPS"] = step / (elapsed_before + time.perf_counter() - start)
-                logger.log(step, metrics)
+                episodes = Episodes.of(traj)
+                lines = []
+                for k, run in enumerate(runs):
+                    ep, returns, achievements = episode_metrics(episodes.seed(k) if grouped else episodes,
+                                                                info.achievement_names)
+                    run.totals.add(returns, achievements)
+                    metrics = {**{name: float(v[k] if grouped else v) for name, v in losses.items()}, **ep}
+                    if len(achievements):
+                        rates = achievements.mean(0) * 100
+                        metrics.update({f"achievements/{n}": float(r) for n, r in zip(info.achievement_names, rates)})
+                        metrics["charts/craftax_score"] = craftax_score(rates)
+                    if run.live is not None:
+                        metrics.update(hidden_summary(run.live.last_batch))
+                        metrics.update(run.counts.update())
+                    if net_config.gated:
+                        metrics["hidden/gate"] = gate_value(pick(params, k))
+                        metrics["hidden/gate_travel"] = gate_travel(config, u + 1)
+                    if u == start_update and run.new_changes:  # the first update read states computed the new way
+                        metrics["resume/changed_flags"] = len(run.new_changes)
+                        run.logger.text("resume/changes", json.dumps(run.new_changes), step)
+                    lines.append(metrics)
+                whole = time.perf_counter() - t_iter  # the group's update: every run's share is of the same wall time
+                for run, metrics in zip(runs, lines):
+                    metrics.update(run.times.add(rollout=t1 - t0, update=t2 - t1, whole=whole, llm=llm_s, text=text_s,
+                                                 steps=steps_per_update,
+                                                 compiling=u == start_update and num_updates - start_update > 1,
+                                                 save=save_seconds))
+                    metrics["charts/SPS"] = step / (run.elapsed_before + time.perf_counter() - start)
+                    run.logger.log(step, metrics)
                 last = u + 1 == num_updates
                 t_save = time.perf_counter()
                 if (u + 1) % config.save_every == 0 or last or preemption.requested:
                     save(step, final=last)
                 save_seconds = time.perf_counter() - t_save
-                bar.update(steps_per_update)
-                recent = np.mean(totals.recent) if totals.recent else 0.0
-                bar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}", ret=f"{recent:.2f}")
+                bar.update(steps_per_update * K)
+                recent = [r for run in runs for r in run.totals.recent]
+                bar.set_postfix(SPS=f"{sum(m['charts/SPS'] for m in lines):.0f}",
+                                ret=f"{np.mean(recent) if recent else 0.0:.2f}")
                 if preemption.requested and not last:
                     raise Preempted(f"stopped on {preemption.requested} after update {u + 1} of {num_updates} "
                                     f"(step {step}) and saved; rerun the same command to resume")
     finally:
         bar.close()
-        logger.close()
-        if writer is not None:
-            writer.close()
-    summary = {"env": config.env, "steps": num_updates * steps_per_update, "updates": num_updates,
-               **totals.summary(), **times.summary(), "llm": config.hidden,
-               "llm_calls": live.calls if live else 0, "spec_hash": spec_hash(spec_json) if live else None,
-               **counts.summary(), "resumed_from": start_update * steps_per_update if meta is not None else None,
-               "resume_changes": changes,
-               "trajectories": None if writer is None else {"directory": str(writer.directory),
-                                                            "chunks_written": writer.written,
-                                                            "stopped": writer.stopped},
-               "gate_travel": gate_travel(config, num_updates) if net_config.gated else None,
-               "run_dir": str(out)}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    return summary
+        for run in runs:
+            if hasattr(run, "logger"):
+                run.logger.close()
+            if run.writer is not None:
+                run.writer.close()
+    summaries = {}
+    for run in runs:
+        summary = {"env": config.env, "steps": num_updates * steps_per_update, "updates": num_updates,
+                   **run.totals.summary(), **run.times.summary(), "llm": config.hidden,
+                   "llm_calls": host.calls if host is not None else 0,
+                   "spec_hash": spec_hash(spec_json) if host is not None else None,
+                   **run.counts.summary(), "resumed_from": start_update * steps_per_update if not fresh else None,
+                   "resume_changes": run.changes,
+                   "trajectories": None if run.writer is None else {"directory": str(run.writer.directory),
+                                                                    "chunks_written": run.writer.written,
+                                                                    "stopped": run.writer.stopped},
+                   "gate_travel": gate_travel(config, num_updates) if net_config.gated else None,
+                   "run_dir": str(run.out)}
+        if grouped:  # the group it trained in; its steps per second are the group's wall time's
+            summary["group"] = {"size": K, "seed_axis": seed_axis, "seeds": [r.config.seed for r in runs],
+                                "run_dirs": [str(r.out) for r in runs], "sps": K * summary["sps"]}
+        write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=1))
+        summaries[id(run)] = summary
+    return [summaries[id(run)] if id(run) in summaries else json.loads((run.out / "summary.json").read_text())
+            for run in everyone]
 
 
 def run_online(config: OnlineConfig) -> int:
