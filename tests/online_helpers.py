@@ -1,6 +1,11 @@
 """The refresh check of online PPO's live hidden states, run with any extractor (transformers in
 test_online.py, vLLM in test_llm_vllm.py)."""
 
+import os
+import signal
+import threading
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +57,14 @@ def check_refresh(extractor):
     np.testing.assert_array_equal(hidden[1:5, 0], np.repeat(hidden[:1, 0], 4, 0))  # reused in between
     assert not np.allclose(hidden[1, 1], hidden[0, 1]), "the new episode did not keep the old state"
     assert not np.isnan(hidden).any()
+
+
+def sigterm_after_first_checkpoint(ckpts) -> None:
+    """SIGTERM this process (as a preemption would) once the folder `ckpts` holds a checkpoint, from a thread."""
+    def stop():
+        deadline = time.time() + 300
+        while not list(ckpts.glob("step_*.json")) and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop, daemon=True).start()

@@ -13,7 +13,8 @@ from rl_helpers import write_hidden_task
 from hsrl.errors import InputError
 from hsrl.rl import list_checkpoints, load_policy, read_metrics
 from hsrl.rl import awr_seeds
-from hsrl.rl.awr import TrainAWRConfig, train_awr
+from hsrl.rl.awr import TrainAWRConfig
+from hsrl.rl.awr_seeds import train_awr
 from hsrl.rl.awr_seeds import seeds_that_fit, train_awr_seeds
 
 FAST = dict(width=64, progress=False, tensorboard=False, steps=60, log_every=20, save_every=20, steps_per_call=7)

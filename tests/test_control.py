@@ -50,7 +50,8 @@ def test_control_arm_trains_offline_and_plays_in_craftax(tmp_path):
 
     from hsrl.evaluate import EvalConfig, evaluate
     from hsrl.experiment.offline import evaluate_offline
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.checkpoint import load_policy
 
     data = write_hidden_task(tmp_path / "data", np.random.default_rng(0), files=1, rows_per_file=512)
@@ -247,7 +248,8 @@ def test_history_control_trains_offline_and_plays_in_craftax(tmp_path):
 
     from hsrl.data.projection import describe_control
     from hsrl.evaluate import EvalConfig, evaluate
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.checkpoint import load_policy
 
     spec = json.dumps({"model": "tiny", "layer": -1, "tokens": 1, "pooling": "mean", "history": 1})

@@ -23,7 +23,8 @@ FORECAST = ExtractionSpec(model="minilm")  # what a player can compute: the obse
 
 
 def _train(data, out, steps=4):
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
 
     train_awr(TrainAWRConfig(str(data), out=str(out), steps=steps, batch_size=16, width=16, log_every=steps,
                              save_every=steps, progress=False, tensorboard=False))

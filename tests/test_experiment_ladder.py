@@ -52,6 +52,10 @@ def test_the_hindsight_arm_is_the_ladders_top_rung(ladder_data):
     assert top["arm"] == "awr-hidden-hindsight" and "source:forecast-heldout" in top and "zero" in top
     # the upper bound reads the action from its states; with the forecast's (noise) states it is lost
     assert top["mean"][0] > 0.3 and top["source:forecast-heldout"][0] < 0.15
+    # the upper bound beats the baseline and the control; the noise forecast does neither
+    assert agg["claims"]["awr-hidden-hindsight"]["beats_baseline"] == "above"
+    assert agg["claims"]["awr-hidden-hindsight"]["beats_control"] == "above"
+    assert agg["claims"]["awr-hidden-forecast"]["beats_baseline"] not in ("above", "below")
     room = lad["room"][0]
     assert room["upper"] == "awr-hidden-hindsight" and room["hidden"] == "awr-hidden-forecast"
     assert room["mean_difference"]["low"] > 0

@@ -256,7 +256,8 @@ def test_awr_data_reads_the_last_refresh_across_chunk_files(tmp_path, cache):
 
 
 def test_flags_are_checked_and_hidden_skip_n_belongs_to_the_run(tmp_path):
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.ppo import OnlineConfig
 
     data = _write_episodes(tmp_path / "data")
@@ -441,7 +442,9 @@ def test_gate_travel_is_recorded_and_a_continued_run_adds_to_it(tmp_path):
     The gated optimiser state (two Adams) round-trips through a checkpoint."""
     import flax.serialization
 
-    from hsrl.rl.awr import AWRHyper, TrainAWRConfig, make_optimizer, train_awr
+    from hsrl.rl.awr import AWRHyper, TrainAWRConfig, make_optimizer
+
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.checkpoint import load_policy
     from hsrl.rl.metrics import read_metrics
 
@@ -522,7 +525,8 @@ def test_eval_reports_the_gate_and_follows_the_runs_hidden_skip_n(tmp_path):
     """A gated control policy (no LLM) trained with --hidden-skip-n 4: `hsrl eval` refreshes every 4 steps by default,
     and reports the gate in eval.json and eval.md."""
     from hsrl.evaluate import EvalConfig, evaluate
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.checkpoint import load_policy
 
     data = write_hidden_task(tmp_path / "data", np.random.default_rng(0), files=1, rows_per_file=512)

@@ -147,7 +147,8 @@ def test_online_serve_and_eval_refuse_a_hindsight_spec(tmp_path, capsys):
 
     from hsrl.cli import main
     from hsrl.evaluate import EvalConfig
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.live import LiveHidden
     from hsrl.serve.server import Endpoint, ServeConfig
 
@@ -268,7 +269,8 @@ def test_a_hindsight_labelled_policy_reads_the_future(tmp_path):
     the baseline (no hidden state) nor a policy on the current observation's state (a forecast's input) can."""
     from hsrl.data.label import LabelConfig, label_dataset
     from hsrl.experiment.offline import evaluate_offline
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
 
     rng = np.random.default_rng(0)
     raw = {"train": _readable_future(tmp_path / "raw-train", rng, 256), "held": _readable_future(tmp_path / "raw-held",

@@ -214,7 +214,8 @@ def test_train_awr_probe_and_experiment_accept_the_import(imported, tmp_path):
     from hsrl.experiment.config import ExperimentConfig, run_experiment
     from hsrl.probe import ProbeConfig, probe
     from hsrl.rl import load_policy
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
 
     root, run, _ = imported
     dst = root / "dst"

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import flax.serialization
 import numpy as np
 import pytest
+from online_helpers import sigterm_after_first_checkpoint
 
 from hsrl.errors import PREEMPTED_EXIT_CODE, InputError, Preempted
 from hsrl.rl.ppo import OnlineConfig, train_online
@@ -193,13 +193,7 @@ def test_preempted_in_an_experiment_keeps_its_finished_updates(tmp_path):
               eval=None, eval_data=None)
     ckpts = Path(train.out) / "checkpoints"
 
-    def stop_after_first_checkpoint():
-        deadline = time.time() + 300
-        while not list(ckpts.glob("step_*.json")) and time.time() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    sigterm_after_first_checkpoint(ckpts)
     with pytest.raises(Preempted):
         run_job(job)
     kept = [json.loads(x) for x in (Path(train.out) / "metrics.jsonl").read_text().splitlines()]
@@ -223,7 +217,8 @@ def extractor():
 def test_trajectories_hold_what_the_policy_read_and_train_awr(reference, tmp_path, extractor):
     from hsrl.data.chunks import list_chunks, read_chunk
     from hsrl.data.returns import add_returns
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.text import render_text
 
     import shutil

@@ -5,17 +5,14 @@ group refuses is refused in one line."""
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import flax.serialization
 import jax
 import numpy as np
 import pytest
+from online_helpers import sigterm_after_first_checkpoint
 
 from hsrl.errors import InputError, Preempted
 from hsrl.rl.ppo import OnlineConfig, train_online, train_online_seeds
@@ -108,13 +105,7 @@ def test_a_stopped_group_resumes_to_the_uninterrupted_end(group, tmp_path):
     configs = _configs(root)
     ckpts = root / "seed2" / "checkpoints"
 
-    def stop_after_first_checkpoint():
-        deadline = time.time() + 300
-        while not list(ckpts.glob("step_*.json")) and time.time() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    sigterm_after_first_checkpoint(ckpts)
     with pytest.raises(Preempted, match="rerun the same command to resume"):
         train_online_seeds(configs, seed_axis="map")
     saved = [max(int(p.stem.split("_")[1]) for p in (root / f"seed{s}" / "checkpoints").glob("step_*.json"))

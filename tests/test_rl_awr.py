@@ -13,8 +13,9 @@ from rl_helpers import SPEC, hidden_task_arrays, respec, write_hidden_task
 from hsrl.data import DataFileError, HiddenStats, chunk_path, list_chunks, read_chunk, write_chunk
 from hsrl.rl import CheckpointError, list_checkpoints, load_policy, read_checkpoint_meta, read_metrics
 from hsrl.rl.awr import (
-    AWRHyper, Batch, TrainAWRConfig, awr_loss, block_schedule, init_state, make_update, sample_positions, train_awr,
+    AWRHyper, Batch, TrainAWRConfig, awr_loss, block_schedule, init_state, make_update, sample_positions,
 )
+from hsrl.rl.awr_seeds import train_awr
 from hsrl.rl.networks import NetworkConfig, make_network
 
 FAST = dict(width=64, progress=False, tensorboard=False)

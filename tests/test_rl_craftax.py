@@ -6,7 +6,7 @@ import pytest
 from hsrl.data.collect import CollectConfig, collect
 from hsrl.data.returns import add_returns
 from hsrl.rl import load_policy, read_checkpoint_meta, read_metrics
-from hsrl.rl.awr import train_awr
+from hsrl.rl.awr_seeds import train_awr
 from hsrl.rl.awr import TrainAWRConfig
 
 ENV = "Craftax-Classic-Symbolic-v1"

@@ -36,7 +36,8 @@ def test_logger_resume_drops_lines_past_the_checkpoint(tmp_path):
 
 def test_every_awr_metric_is_documented(tmp_path):
     """Every name a real AWR run logs (the loss's metrics and the throughput) is documented in METRICS."""
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
 
     data = write_hidden_task(tmp_path / "data", np.random.default_rng(0), files=1, rows_per_file=64)
     train_awr(TrainAWRConfig(str(data), out=str(tmp_path / "run"), steps=2, log_every=2, save_every=2, width=8,

@@ -65,7 +65,8 @@ def test_a_text_ablation_hands_its_state_to_every_environment():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A policy trained on states of MiniLM's width labelled by SPEC, and held-out rows of the same labelling."""
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
 
     root = tmp_path_factory.mktemp("text")
     data = write_hidden_task(root / "data", np.random.default_rng(0), files=1, rows_per_file=64,

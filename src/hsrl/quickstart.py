@@ -142,7 +142,8 @@ def quickstart(config: QuickstartConfig) -> Path:
     from hsrl.evaluate import EvalConfig
     from hsrl.experiment.config import ExperimentConfig, run_experiment
     from hsrl.probe import ProbeConfig
-    from hsrl.rl.awr import TrainAWRConfig, train_awr
+    from hsrl.rl.awr import TrainAWRConfig
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.plot import plot_runs
     from hsrl.rl.ppo import OnlineConfig, train_online
 

@@ -347,11 +347,6 @@ def check_eval_source(config: ExperimentConfig) -> None:
     check_chunk_values(list_chunks(source)[0], ("obs", "action", "hidden_state"))
 
 
-def source_name(folder: str) -> str:
-    """The ablation name of an --eval-source's scores: source:FOLDER_NAME."""
-    return f"source:{Path(folder).resolve().name}"
-
-
 def upper_bound_arms(config: ExperimentConfig) -> tuple[str, ...]:
     """The hidden arms whose training states saw the future (hindsight labels: `future` > 0 in the data's spec), the
     ladder's top rung."""

@@ -105,7 +105,7 @@ def finished(job: Job) -> dict | None:
 
 def _train(job: Job) -> dict:
     if job.algo == "awr":
-        from hsrl.rl.awr import train_awr
+        from hsrl.rl.awr_seeds import train_awr
 
         return _train_result(job, train_awr(job.train))
     from hsrl.rl.ppo import train_online
@@ -141,8 +141,6 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
         scores = evaluate_offline(checkpoint, job.eval_data, job.ablations, seed=job.eval_seed, run_seed=job.seed,
                                   all_tokens_valid=job.all_tokens_valid)
         if job.eval_source is not None:  # the same policy with another spec's states (a cross-source evaluation)
-            from hsrl.experiment.config import source_name
-
             scores[source_name(job.eval_source)] = evaluate_offline(
                 checkpoint, job.eval_source, ("real",), seed=job.eval_seed, run_seed=job.seed,
                 all_tokens_valid=job.all_tokens_valid, cross_source=True)["real"]
@@ -152,6 +150,11 @@ def _evaluate(job: Job) -> tuple[dict, tuple[str, ...]]:
     report = evaluate(job.eval)
     keep = ("episodes", "return_mean", "return_std", "length_mean", "craftax_score", "achievements", "halves")
     return {r["ablation"]: {k: r[k] for k in keep if k in r} for r in report["results"]}, CRAFTAX_METRICS
+
+
+def source_name(folder: str) -> str:
+    """The ablation name of an --eval-source's scores: source:FOLDER_NAME."""
+    return f"source:{Path(folder).resolve().name}"
 
 
 def _gate(job: Job) -> dict:

@@ -633,11 +633,3 @@ def _check_same_run(out: Path, config: TrainAWRConfig, fields=IDENTITY_FIELDS) -
             flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ)
             raise InputError(f"{out} holds a run started with other settings: {flags}; use another --out, "
                              f"or the same settings to resume")
-
-
-def train_awr(config: TrainAWRConfig) -> dict:
-    """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path). The loop is
-    `hsrl.rl.awr_seeds`'s, which trains a group of seeds the same way (`train_awr_seeds`); this is its group of one."""
-    from hsrl.rl.awr_seeds import train_seeds
-
-    return train_seeds([config], None)[0]

@@ -157,6 +157,12 @@ def _stack(states: list[AWRState], device) -> AWRState:
     return jax.device_put(jax.tree.map(lambda *x: np.stack(x), *jax.device_get(states)), device)
 
 
+def train_awr(config: TrainAWRConfig) -> dict:
+    """Train (or resume) an AWR run; returns a summary dict (final step, last metrics, checkpoint path): the group
+    loop below with a group of one seed."""
+    return train_seeds([config], None)[0]
+
+
 def train_awr_seeds(configs: Sequence[TrainAWRConfig], seed_axis: str = "auto") -> list[dict]:
     """Train (or resume) the seeds of one AWR setting as one compiled program; one summary per config, in order (as
     `train_awr` returns). `configs` differ only in `seed` and `out` (`check_group`). `seed_axis`: "loop" (the one-seed

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # imported when run: `hsrl plot` needs neither JAX nor the tr
 
 
 def run_train_awr(config: TrainAWRConfig) -> int:
-    from hsrl.rl.awr import train_awr
+    from hsrl.rl.awr_seeds import train_awr
     from hsrl.rl.metrics import weighting_note
 
     summary = train_awr(config)
