@@ -13,7 +13,7 @@ from test_experiment import experiment
 
 from hsrl.data import list_chunks, read_chunk, write_chunk
 from hsrl.errors import InputError
-from hsrl.experiment.config import ExperimentConfig, run_experiment, upper_bound_arms
+from hsrl.experiment.config import ExperimentConfig, plan, run_experiment, upper_bound_arms
 from rl_helpers import SPEC
 
 HINDSIGHT_SPEC = json.dumps({**json.loads(SPEC), "future": 3})
@@ -43,7 +43,7 @@ def test_the_hindsight_arm_is_the_ladders_top_rung(ladder_data):
     config = dataclasses.replace(experiment(forecast, forecast_held, root / "exp", seeds=6),
                                  offline=(str(forecast), str(hindsight)),
                                  eval_data=(str(forecast_held), str(hindsight_held)), eval_source=str(forecast_held))
-    assert upper_bound_arms(config) == ("awr-hidden-hindsight",)
+    assert upper_bound_arms(plan(config)) == ("awr-hidden-hindsight",)
     report = run_experiment(config)
     agg = report["aggregates"]
     lad = agg["ladder"]["awr"]

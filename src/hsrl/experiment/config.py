@@ -347,15 +347,14 @@ def check_eval_source(config: ExperimentConfig) -> None:
     check_chunk_values(list_chunks(source)[0], ("obs", "action", "hidden_state"))
 
 
-def upper_bound_arms(config: ExperimentConfig) -> tuple[str, ...]:
-    """The hidden arms whose training states saw the future (hindsight labels: `future` > 0 in the data's spec), the
-    ladder's top rung."""
+def upper_bound_arms(jobs) -> tuple[str, ...]:
+    """The AWR hidden arms of `plan`'s jobs whose training states saw the future (hindsight labels: `future` > 0 in
+    the data's spec), the ladder's top rung."""
     from hsrl.data import inspect_chunk, list_chunks
     from hsrl.llm.spec import future_steps
 
-    offline = config.offline_sets()
-    names = config.variant_names() if len(offline) > 1 else [None]
-    return tuple("awr-hidden" if name is None else f"awr-hidden-{name}" for name, folder in zip(names, offline)
+    data = {j.arm: j.train.data_dir for j in jobs if j.algo == "awr" and j.hidden and not j.train.control}
+    return tuple(arm for arm, folder in data.items()
                  if future_steps(inspect_chunk(list_chunks(folder)[0]).meta.spec_json))
 
 
@@ -442,6 +441,7 @@ def plan(config: ExperimentConfig):
         control_map = config.control_map if control else DEFAULT_MAP  # the map is the control arm's alone
         # the control arm needs no ablations: the verdict compares its real score with the hidden arm's
         arm_ablations = ("real",) if control else ablations
+        eval_source = _eval_source(config, role, eval_data)  # per arm: it reads two chunks' specs
         for seed in range(config.seed, config.seed + config.seeds):
             run_dir = out / arm / f"seed{seed}"
             train_out = str(run_dir / TRAIN_DIR)
@@ -467,7 +467,7 @@ def plan(config: ExperimentConfig):
                             eval=evaluation, eval_data=None if eval_data is None else
                             str(Path(eval_data).resolve()), ablations=arm_ablations, eval_seed=config.eval_seed,
                             all_tokens_valid=config.all_tokens_valid,
-                            eval_source=_eval_source(config, role, eval_data)))
+                            eval_source=eval_source))
     return jobs
 
 
@@ -506,6 +506,8 @@ def run_experiment(config: ExperimentConfig) -> dict:
     t0, margins, done = time.perf_counter(), None, 0
     for look, (k, level) in enumerate(zip(counts, levels)):
         jobs = plan(dataclasses.replace(config, seeds=k))
+        if look == 0:
+            upper_bounds = upper_bound_arms(jobs)  # read once: every look has the same arms
         todo = [j for j in jobs if finished(j) is None]  # also refuses finished runs of other settings
         done += len(todo)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not config.progress,
@@ -519,7 +521,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         results = [finished(j) for j in jobs]
         agg = aggregate(results, config.bootstrap_reps, config.eval_seed, margin=config.margin,
                         rank_margin=config.rank_margin, alpha=level, margins=margins,
-                        upper_bounds=upper_bound_arms(config))
+                        upper_bounds=upper_bounds)
         margins = agg["margins"]  # fixed at the first look
         if config.sequential and (sequential.answered(agg["claims"]) or look == len(counts) - 1):
             agg["sequential"] = sequential.record(counts, levels, look, agg["claims"])
@@ -537,13 +539,14 @@ def plan_from_finished(config: ExperimentConfig) -> str:
 
     config.check_experiment()
     most = config.seeds_max if config.sequential else config.seeds
-    results = [r for r in map(finished, plan(dataclasses.replace(config, seeds=most))) if r is not None]
+    jobs = plan(dataclasses.replace(config, seeds=most))
+    results = [r for r in map(finished, jobs) if r is not None]
     arms = {r["arm"] for r in results}
     if not results or not any("-hidden" in a for a in arms):
         raise InputError(f"--plan: no finished hidden-arm runs in {config.out}: run a pilot first (the same command "
                          f"without --plan, for example with --seeds 4), then plan from it")
     agg = aggregate(results, config.bootstrap_reps, config.eval_seed, margin=config.margin,
-                    rank_margin=config.rank_margin, upper_bounds=upper_bound_arms(config))
+                    rank_margin=config.rank_margin, upper_bounds=upper_bound_arms(jobs))
     return "\n".join(seeds.lines(agg["plan"]))
 
 

@@ -187,7 +187,7 @@ def plan_level(family_size: int, alpha: float) -> float:
 
 
 def _seeds(entry: dict | None) -> str:
-    if entry is None or entry.get("seeds") is None and entry is not None and entry.get("range") is None:
+    if entry is None:
         return "-"
     k, (low, high) = entry["seeds"], entry["range"]
     word = lambda v: f"> {MOST_SEEDS}" if v is None else str(v)  # noqa: E731
